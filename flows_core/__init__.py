@@ -1,0 +1,94 @@
+"""Flows: durable workflows as typed ``async def`` functions, replayed from history.
+
+Import as ``import flows_core as flows``. See README.md for a tour.
+"""
+
+from ._activity_context import ActivityInfo, activity_info, heartbeat
+from ._clock import Clock, SystemClock
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
+from ._context import WorkflowContext, gather
+from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
+from ._engine import Engine, Run, WorkflowInfo, WorkflowRegistry
+from ._errors import (
+    ActivityFailed,
+    ActivityTimeout,
+    Cancelled,
+    ErrorInfo,
+    FlowsError,
+    IllegalAwaitError,
+    InvalidArgument,
+    LeaseLost,
+    NonDeterminismError,
+    PayloadError,
+    PayloadTooLarge,
+    TenantRequired,
+    TerminalError,
+    WorkflowAlreadyExists,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowNotRegistered,
+    WorkflowNotRunning,
+)
+from ._events import Event, event_summary
+from ._replay import Activation, Step, WorkflowInstance, replay
+from ._sharding import DEFAULT_SHARDS, HashSharder, Sharder, TenantSharder
+from ._store import CancelOutcome, Store, WorkflowStatus
+from ._tenancy import DEFAULT_TENANT, current_tenant, tenant
+from ._worker import Worker
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "DEFAULT_SHARDS",
+    "DEFAULT_TENANT",
+    "Activation",
+    "Activity",
+    "ActivityFailed",
+    "ActivityInfo",
+    "ActivityTimeout",
+    "CancelOutcome",
+    "Cancelled",
+    "Clock",
+    "Engine",
+    "ErrorInfo",
+    "Event",
+    "FlowsError",
+    "HashSharder",
+    "IllegalAwaitError",
+    "InvalidArgument",
+    "LeaseLost",
+    "NonDeterminismError",
+    "PayloadError",
+    "PayloadTooLarge",
+    "RetryPolicy",
+    "Run",
+    "Sharder",
+    "Step",
+    "Store",
+    "SystemClock",
+    "TenantRequired",
+    "TenantSharder",
+    "TerminalError",
+    "Worker",
+    "Workflow",
+    "WorkflowAlreadyExists",
+    "WorkflowCancelled",
+    "WorkflowContext",
+    "WorkflowFailed",
+    "WorkflowInfo",
+    "WorkflowInstance",
+    "WorkflowNotFound",
+    "WorkflowNotRegistered",
+    "WorkflowNotRunning",
+    "WorkflowRegistry",
+    "WorkflowStatus",
+    "activity",
+    "activity_info",
+    "current_tenant",
+    "event_summary",
+    "gather",
+    "heartbeat",
+    "replay",
+    "tenant",
+    "workflow",
+]

@@ -1,0 +1,92 @@
+"""Payload encoding and validation (msgspec JSON), and name checks."""
+
+from __future__ import annotations
+
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from ._errors import InvalidArgument, PayloadError, PayloadTooLarge
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "MAX_NAME_LENGTH",
+    "check_id",
+    "check_name",
+    "decode_payload",
+    "encode_payload",
+]
+
+T = TypeVar("T")
+
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 2 * 1024 * 1024
+MAX_NAME_LENGTH: Final = 200
+
+_encoder: Final = msgspec.json.Encoder()
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def encode_payload(
+    value: object,
+    *,
+    what: str = "payload",
+    expected_type: Any = Any,
+    max_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> msgspec.Raw:
+    """Encode ``value`` to JSON and check it decodes back as ``expected_type``.
+
+    Raises PayloadError naming ``what`` when the value cannot be encoded or does not
+    match the annotation, and PayloadTooLarge past ``max_bytes``.
+    """
+    try:
+        data = _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PayloadError(f"{what} is not serialisable: {exc}") from exc
+    if max_bytes is not None and len(data) > max_bytes:
+        raise PayloadTooLarge(f"{what} is {len(data)} bytes encoded; the limit is {max_bytes}")
+    if expected_type is not Any and expected_type is not object:
+        decode_payload(data, expected_type, what=what)
+    return msgspec.Raw(data)
+
+
+def decode_payload(data: bytes | msgspec.Raw, type_: type[T] | Any, *, what: str = "payload") -> T:
+    """Decode JSON ``data`` into ``type_``; a mismatch raises PayloadError naming ``what``."""
+    decoder = _decoders.get(type_)
+    if decoder is None:
+        try:
+            decoder = msgspec.json.Decoder(type_)
+        except TypeError as exc:
+            raise PayloadError(f"{what}: type {type_!r} is not supported: {exc}") from exc
+        _decoders[type_] = decoder
+    try:
+        return decoder.decode(data)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        raise PayloadError(f"{what} does not match {_type_name(type_)}: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"{what} is not valid JSON: {exc}") from exc
+
+
+def _type_name(type_: Any) -> str:
+    return getattr(type_, "__qualname__", None) or repr(type_)
+
+
+def check_name(value: object, what: str) -> str:
+    """Validate a workflow, activity or signal name: a non-empty printable string."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a string, got {type(value).__name__}")
+    if not value or not value.strip():
+        raise InvalidArgument(f"{what} must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgument(f"{what} is {len(value)} characters; the limit is {MAX_NAME_LENGTH}")
+    if not value.isprintable():
+        raise InvalidArgument(f"{what} {value!r} contains control or non-printable characters")
+    return value
+
+
+def check_id(value: object, what: str) -> str:
+    """Validate a workflow or tenant id: like a name, and without surrounding spaces."""
+    check_name(value, what)
+    assert isinstance(value, str)
+    if value != value.strip():
+        raise InvalidArgument(f"{what} {value!r} has leading or trailing spaces")
+    return value

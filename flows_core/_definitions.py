@@ -1,0 +1,215 @@
+"""Typed workflow and activity definitions, and the retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import typing
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from ._codec import check_name
+from ._errors import InvalidArgument, TerminalError
+
+if TYPE_CHECKING:
+    from ._context import WorkflowContext
+
+__all__ = ["Activity", "RetryPolicy", "Workflow", "activity", "workflow"]
+
+I = TypeVar("I")  # noqa: E741
+O = TypeVar("O")  # noqa: E741
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a failing activity is retried.
+
+    Delay before attempt n+1 is ``initial_interval * backoff**(n-1)``, capped at
+    ``max_interval``, spread by +/- ``jitter`` (a fraction). ``max_attempts`` counts the
+    first attempt. Exceptions of a ``non_retryable`` type, and ``flows.TerminalError``,
+    fail the activity at once.
+    """
+
+    initial_interval: timedelta = timedelta(seconds=1)
+    backoff: float = 2.0
+    max_interval: timedelta = timedelta(hours=1)
+    max_attempts: int = 10
+    jitter: float = 0.1
+    non_retryable: Sequence[type[BaseException]] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise InvalidArgument("RetryPolicy.max_attempts must be at least 1")
+        if self.backoff < 1.0:
+            raise InvalidArgument("RetryPolicy.backoff must be at least 1.0")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise InvalidArgument("RetryPolicy.jitter must be between 0 and 1")
+        if self.initial_interval < timedelta(0) or self.max_interval < self.initial_interval:
+            raise InvalidArgument("RetryPolicy intervals must satisfy 0 <= initial <= max")
+
+    def should_retry(self, exc: BaseException, attempt: int) -> bool:
+        """Whether a failure of attempt number ``attempt`` (1-based) is retried."""
+        if attempt >= self.max_attempts or isinstance(exc, TerminalError):
+            return False
+        return not any(isinstance(exc, t) for t in self.non_retryable)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> timedelta:
+        """Delay after the failure of attempt number ``attempt`` (1-based)."""
+        base = self.initial_interval.total_seconds() * self.backoff ** (attempt - 1)
+        base = min(base, self.max_interval.total_seconds())
+        if self.jitter:
+            base *= 1.0 + (rng or random).uniform(-self.jitter, self.jitter)
+        return timedelta(seconds=max(base, 0.0))
+
+
+def _hints(fn: Callable[..., Any], what: str) -> tuple[Any, Any]:
+    """(input type, output type) from the function's annotations; Any where missing."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:
+        raise InvalidArgument(f"{what}: cannot resolve type annotations: {exc}") from exc
+    params = list(inspect.signature(fn).parameters.values())
+    offset = 1 if what.startswith("workflow") else 0
+    if len(params) != offset + 1:
+        expected = "(ctx, input)" if offset else "(input)"
+        raise InvalidArgument(f"{what}: function must take exactly {expected}")
+    input_type = hints.get(params[offset].name, Any)
+    output_type = hints.get("return", Any)
+    if output_type is type(None):
+        output_type = None
+    return input_type, output_type
+
+
+class Activity(Generic[I, O]):
+    """A named unit of side-effecting work, run by workers with retries."""
+
+    __slots__ = (
+        "fn",
+        "heartbeat_timeout",
+        "input_type",
+        "is_async",
+        "name",
+        "output_type",
+        "retry",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[I], Awaitable[O]] | Callable[[I], O],
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+    ) -> None:
+        self.name = check_name(name, "activity name")
+        self.fn = fn
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.heartbeat_timeout = heartbeat_timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.input_type, self.output_type = _hints(fn, f"activity {name!r}")
+
+    async def run(self, value: I) -> O:
+        """Run the function once (sync ones in a thread)."""
+        if self.is_async:
+            return await self.fn(value)  # type: ignore[no-any-return,misc]
+        return await asyncio.to_thread(self.fn, value)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<Activity {self.name}>"
+
+
+class Workflow(Generic[I, O]):
+    """A named, versioned durable function ``async def f(ctx, input) -> output``."""
+
+    __slots__ = ("fn", "input_type", "name", "output_type", "version")
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[WorkflowContext, I], Awaitable[O]],
+        *,
+        version: int = 1,
+    ) -> None:
+        self.name = check_name(name, "workflow name")
+        if "-shard-" in name:
+            raise InvalidArgument(f"workflow name {name!r} must not contain '-shard-'")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InvalidArgument(f"workflow version must be an integer >= 1, got {version!r}")
+        if not inspect.iscoroutinefunction(fn):
+            raise InvalidArgument(f"workflow {name!r} must be an async def function")
+        self.fn = fn
+        self.version = version
+        self.input_type, self.output_type = _hints(fn, f"workflow {name!r}")
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name} v{self.version}>"
+
+
+@overload
+def activity(
+    name: str,
+    *,
+    retry: RetryPolicy | None = ...,
+    timeout: timedelta | None = ...,
+    heartbeat_timeout: timedelta | None = ...,
+) -> _ActivityDecorator: ...
+@overload
+def activity(name: str, **kwargs: Any) -> _ActivityDecorator: ...
+def activity(
+    name: str,
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: timedelta | None = None,
+    heartbeat_timeout: timedelta | None = None,
+    **kwargs: Any,
+) -> _ActivityDecorator:
+    """Declare an activity: ``@flows.activity("charge", retry=RetryPolicy(...))``."""
+    if kwargs:
+        raise InvalidArgument(f"activity(): unknown option(s) {sorted(kwargs)}")
+    check_name(name, "activity name")
+    return _ActivityDecorator(name, retry, timeout, heartbeat_timeout)
+
+
+class _ActivityDecorator:
+    __slots__ = ("heartbeat_timeout", "name", "retry", "timeout")
+
+    def __init__(
+        self,
+        name: str,
+        retry: RetryPolicy | None,
+        timeout: timedelta | None,
+        heartbeat_timeout: timedelta | None,
+    ) -> None:
+        self.name, self.retry, self.timeout = name, retry, timeout
+        self.heartbeat_timeout = heartbeat_timeout
+
+    @overload
+    def __call__(self, fn: Callable[[I], Awaitable[O]]) -> Activity[I, O]: ...
+    @overload
+    def __call__(self, fn: Callable[[I], O]) -> Activity[I, O]: ...
+    def __call__(self, fn: Callable[[I], Any]) -> Activity[I, Any]:
+        return Activity(
+            self.name,
+            fn,
+            retry=self.retry,
+            timeout=self.timeout,
+            heartbeat_timeout=self.heartbeat_timeout,
+        )
+
+
+def workflow(
+    name: str, *, version: int = 1
+) -> Callable[[Callable[[WorkflowContext, I], Awaitable[O]]], Workflow[I, O]]:
+    """Declare a workflow: ``@flows.workflow("order-workflow", version=1)``."""
+    check_name(name, "workflow name")
+
+    def decorate(fn: Callable[[WorkflowContext, I], Awaitable[O]]) -> Workflow[I, O]:
+        return Workflow(name, fn, version=version)
+
+    return decorate

@@ -1,0 +1,389 @@
+"""The client: start, signal, cancel, query and wait for workflows."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar, overload
+
+import msgspec
+import uuid6
+
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, check_id, check_name, decode_payload, encode_payload
+from ._definitions import Workflow
+from ._errors import (
+    ErrorInfo,
+    InvalidArgument,
+    TenantRequired,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowNotRegistered,
+)
+from ._events import CancelRequested, Event, SignalReceived, WorkflowStarted
+from ._sharding import HashSharder, Sharder, shard_key
+from ._store import (
+    TERMINAL_STATUSES,
+    CancelOutcome,
+    ListQuery,
+    NewWorkflow,
+    Store,
+    WorkflowRecord,
+    WorkflowStatus,
+)
+from ._tenancy import DEFAULT_TENANT, current_tenant
+
+__all__ = ["Engine", "Run", "WorkflowInfo", "WorkflowRegistry"]
+
+I = TypeVar("I")  # noqa: E741
+O = TypeVar("O")  # noqa: E741
+
+WORKER_LIVENESS = timedelta(seconds=60)
+
+
+class WorkflowInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``Engine.query`` tells about a workflow."""
+
+    workflow_id: str
+    tenant_id: str
+    name: str
+    version: int
+    status: WorkflowStatus
+    output: Any = None
+    """The decoded JSON output once completed."""
+    error: ErrorInfo | None = None
+    created_at: datetime
+    updated_at: datetime
+    history_length: int
+    cancel_requested: bool
+    waiting_reason: str | None = None
+    """Why a running workflow is not progressing (no worker for its version, parked...)."""
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class WorkflowRegistry:
+    """Workflow definitions by (name, version); new starts use the highest version."""
+
+    def __init__(self, workflows: Iterable[Workflow[Any, Any]] = ()) -> None:
+        self._by_key: dict[tuple[str, int], Workflow[Any, Any]] = {}
+        for wf in workflows:
+            self.add(wf)
+
+    def add(self, wf: Workflow[Any, Any]) -> None:
+        if not isinstance(wf, Workflow):
+            raise InvalidArgument(f"expected a Workflow made with @flows.workflow, got {wf!r}")
+        key = (wf.name, wf.version)
+        existing = self._by_key.get(key)
+        if existing is not None and existing is not wf:
+            raise InvalidArgument(f"workflow {wf.name!r} version {wf.version} is registered twice")
+        self._by_key[key] = wf
+
+    def get(self, name: str, version: int) -> Workflow[Any, Any] | None:
+        return self._by_key.get((name, version))
+
+    def latest(self, name: str) -> Workflow[Any, Any]:
+        versions = [wf for (n, _), wf in self._by_key.items() if n == name]
+        if not versions:
+            known = sorted({n for n, _ in self._by_key}) or ["none"]
+            raise WorkflowNotRegistered(
+                f"workflow {name!r} is not registered (registered: {', '.join(known)})"
+            )
+        return max(versions, key=lambda wf: wf.version)
+
+    def keys(self) -> list[tuple[str, int]]:
+        return sorted(self._by_key)
+
+    def names(self) -> set[str]:
+        return {name for name, _ in self._by_key}
+
+    def __iter__(self) -> Any:
+        return iter(self._by_key.values())
+
+
+class Run(Generic[O]):
+    """A handle on a started workflow."""
+
+    __slots__ = ("engine", "output_type", "tenant_id", "workflow_id", "workflow_name")
+
+    def __init__(
+        self, engine: Engine, workflow_id: str, tenant_id: str, workflow_name: str, output_type: Any
+    ) -> None:
+        self.engine = engine
+        self.workflow_id = workflow_id
+        self.tenant_id = tenant_id
+        self.workflow_name = workflow_name
+        self.output_type = output_type
+
+    async def result(self, *, timeout: float | None = None) -> O:
+        """Wait for the workflow to finish and return its output (typed)."""
+        value: O = await self.engine.wait_for_result(
+            self.workflow_id, tenant_id=self.tenant_id, timeout=timeout, type_=self.output_type
+        )
+        return value
+
+    async def query(self) -> WorkflowInfo:
+        return await self.engine.query(self.workflow_id, tenant_id=self.tenant_id)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.workflow_name} {self.workflow_id} tenant={self.tenant_id}>"
+
+
+class Engine:
+    """Client of a Store: the API applications use to drive workflows."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        workflows: Iterable[Workflow[Any, Any]] = (),
+        sharder: Sharder | None = None,
+        require_tenant: bool = False,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self.store = store
+        self.registry = WorkflowRegistry(workflows)
+        self.sharder: Sharder = sharder or HashSharder()
+        self.require_tenant = require_tenant
+        self.max_payload_bytes = max_payload_bytes
+
+    def tenant_for(self, tenant_id: str | None) -> str:
+        """Resolve the tenant: argument, then ``flows.tenant()``, then the default."""
+        if tenant_id is None:
+            tenant_id = current_tenant()
+        if tenant_id is None:
+            if self.require_tenant:
+                raise TenantRequired(
+                    "this Engine requires a tenant: pass tenant_id= or use `with flows.tenant(...)`"
+                )
+            return DEFAULT_TENANT
+        return check_id(tenant_id, "tenant id")
+
+    @overload
+    async def start(
+        self,
+        workflow: Workflow[I, O],
+        input: I,
+        *,
+        tenant_id: str | None = None,
+        workflow_id: str | None = None,
+        tx: Any = None,
+    ) -> Run[O]: ...
+    @overload
+    async def start(
+        self,
+        workflow: str,
+        input: Any,
+        *,
+        tenant_id: str | None = None,
+        workflow_id: str | None = None,
+        tx: Any = None,
+    ) -> Run[Any]: ...
+    async def start(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        input: Any,
+        *,
+        tenant_id: str | None = None,
+        workflow_id: str | None = None,
+        tx: Any = None,
+    ) -> Run[Any]:
+        """Start a workflow; returns at once with a ``Run`` handle.
+
+        ``workflow`` is a definition, or a registered name (its highest version).
+        ``tx`` is the caller's open transaction where the store supports one.
+        """
+        new, definition = self.prepare_start(workflow, input, tenant_id, workflow_id)
+        await self.store.start_workflow(new, tx=tx)
+        return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
+
+    def prepare_start(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        input: Any,
+        tenant_id: str | None,
+        workflow_id: str | None,
+    ) -> tuple[NewWorkflow, Workflow[Any, Any]]:
+        """Validate and encode a start request (no I/O); shared with sync clients."""
+        if isinstance(workflow, str):
+            definition = self.registry.latest(check_name(workflow, "workflow name"))
+        elif isinstance(workflow, Workflow):
+            definition = workflow
+        else:
+            raise InvalidArgument(f"start() takes a Workflow or a workflow name, got {workflow!r}")
+        tenant = self.tenant_for(tenant_id)
+        wf_id = str(uuid6.uuid7()) if workflow_id is None else check_id(workflow_id, "workflow id")
+        payload = encode_payload(
+            input,
+            what=f"input of workflow {definition.name!r}",
+            expected_type=definition.input_type,
+            max_bytes=self.max_payload_bytes,
+        )
+        shard = self.sharder.shard_for(definition.name, wf_id, tenant)
+        started = WorkflowStarted(
+            name=definition.name,
+            version=definition.version,
+            workflow_id=wf_id,
+            tenant_id=tenant,
+            input=payload,
+            seed=secrets.randbits(63),
+            at=self.store.clock.now(),
+        )
+        new = NewWorkflow(
+            tenant_id=tenant,
+            workflow_id=wf_id,
+            name=definition.name,
+            version=definition.version,
+            shard_key=shard_key(definition.name, shard),
+            input=payload,
+            started=started,
+        )
+        return new, definition
+
+    def prepare_signal(self, name: str, payload: Any) -> SignalReceived:
+        """Validate and encode a signal (no I/O)."""
+        check_name(name, "signal name")
+        raw = encode_payload(
+            payload, what=f"payload of signal {name!r}", max_bytes=self.max_payload_bytes
+        )
+        return SignalReceived(
+            name=name, payload=raw, signal_id=str(uuid6.uuid7()), at=self.store.clock.now()
+        )
+
+    async def signal(
+        self,
+        workflow_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        tenant_id: str | None = None,
+        tx: Any = None,
+    ) -> None:
+        """Send signal ``name`` with ``payload`` to a running workflow."""
+        tenant = self.tenant_for(tenant_id)
+        event = self.prepare_signal(name, payload)
+        await self.store.signal_workflow(tenant, check_id(workflow_id, "workflow id"), event, tx=tx)
+
+    async def cancel(
+        self,
+        workflow_id: str,
+        *,
+        reason: str = "",
+        tenant_id: str | None = None,
+        tx: Any = None,
+    ) -> CancelOutcome:
+        """Ask a workflow to cancel. Says ALREADY_FINISHED (and does nothing) if it ended."""
+        tenant = self.tenant_for(tenant_id)
+        event = CancelRequested(reason=str(reason)[:1000], at=self.store.clock.now())
+        return await self.store.cancel_workflow(
+            tenant, check_id(workflow_id, "workflow id"), event, tx=tx
+        )
+
+    async def query(
+        self, workflow_id: str, *, tenant_id: str | None = None, tx: Any = None
+    ) -> WorkflowInfo:
+        """Status, output or error, and why it waits if it does."""
+        tenant = self.tenant_for(tenant_id)
+        record = await self.store.get_workflow(tenant, check_id(workflow_id, "workflow id"), tx=tx)
+        reason = await self._waiting_reason(record)
+        return self.info(record, waiting_reason=reason)
+
+    async def history(self, workflow_id: str, *, tenant_id: str | None = None) -> list[Event]:
+        """The workflow's events, oldest first (position = index + 1)."""
+        tenant = self.tenant_for(tenant_id)
+        return await self.store.get_history(tenant, check_id(workflow_id, "workflow id"))
+
+    async def list(
+        self,
+        *,
+        tenant_id: str | None = None,
+        status: WorkflowStatus | str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[WorkflowInfo]:
+        """This tenant's workflows, newest first."""
+        tenant = self.tenant_for(tenant_id)
+        status_value = WorkflowStatus(status) if status is not None else None
+        records = await self.store.list_workflows(
+            ListQuery(tenant_id=tenant, status=status_value, name=name, limit=limit, offset=offset)
+        )
+        return [self.info(r) for r in records]
+
+    async def wait_for_result(
+        self,
+        workflow_id: str,
+        *,
+        tenant_id: str | None = None,
+        timeout: float | None = None,
+        type_: Any = Any,
+    ) -> Any:
+        """Wait until the workflow finishes; return its output decoded as ``type_``.
+
+        Raises WorkflowFailed or WorkflowCancelled, and TimeoutError after ``timeout``
+        seconds (of the store's clock).
+        """
+        tenant = self.tenant_for(tenant_id)
+        wf_id = check_id(workflow_id, "workflow id")
+        clock = self.store.clock
+        deadline = None if timeout is None else clock.now() + timedelta(seconds=timeout)
+        while True:
+            record = await self.store.get_workflow(tenant, wf_id)
+            if record.status in TERMINAL_STATUSES:
+                return self._outcome(record, type_)
+            wait = 1.0
+            if deadline is not None:
+                left = (deadline - clock.now()).total_seconds()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"workflow {wf_id!r} still {record.status} after {timeout} s"
+                    )
+                wait = min(wait, left)
+            await self.store.wait_for_workflow(tenant, wf_id, wait)
+
+    @staticmethod
+    def _outcome(record: WorkflowRecord, type_: Any) -> Any:
+        if record.status == WorkflowStatus.COMPLETED:
+            assert record.output is not None
+            return decode_payload(record.output, type_, what=f"output of {record.workflow_id!r}")
+        if record.status == WorkflowStatus.CANCELLED:
+            raise WorkflowCancelled(record.workflow_id)
+        raise WorkflowFailed(
+            record.workflow_id, record.error or ErrorInfo(type="Unknown", message="")
+        )
+
+    @staticmethod
+    def info(record: WorkflowRecord, *, waiting_reason: str | None = None) -> WorkflowInfo:
+        output = None
+        if record.output is not None:
+            output = msgspec.json.decode(record.output)
+        return WorkflowInfo(
+            workflow_id=record.workflow_id,
+            tenant_id=record.tenant_id,
+            name=record.name,
+            version=record.version,
+            status=record.status,
+            output=output,
+            error=record.error,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            history_length=record.history_length,
+            cancel_requested=record.cancel_requested,
+            waiting_reason=waiting_reason,
+        )
+
+    async def _waiting_reason(self, record: WorkflowRecord) -> str | None:
+        if record.status == WorkflowStatus.PARKED:
+            return f"parked: {record.error}; fix the code and retry it"
+        if record.status != WorkflowStatus.RUNNING or not record.workflow_task_pending:
+            return None
+        horizon = self.store.clock.now() - WORKER_LIVENESS
+        workers = [w for w in await self.store.list_workers() if w.heartbeat_at >= horizon]
+        wanted = (record.name, record.version)
+        if any(tuple(t) == wanted for w in workers for t in w.workflow_types):
+            return None
+        others = sorted({v for w in workers for (n, v) in w.workflow_types if n == record.name})
+        seen = f"; live workers run versions {others}" if others else ""
+        return f"waiting for a worker that runs {record.name!r} version {record.version}{seen}"

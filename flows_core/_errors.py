@@ -1,0 +1,175 @@
+"""Errors raised by Flows.
+
+::
+
+    FlowsError
+    ├── InvalidArgument            bad name, id, tenant or option (also a ValueError)
+    ├── PayloadError               input/output/signal payload does not encode or decode
+    │   └── PayloadTooLarge
+    ├── WorkflowNotFound           unknown id, or another tenant's workflow
+    ├── WorkflowAlreadyExists      explicit workflow_id already used
+    ├── WorkflowNotRegistered      unknown workflow name or version
+    ├── WorkflowNotRunning         signal to a workflow that has finished
+    ├── WorkflowFailed             wait_for_result on a failed workflow (has .cause)
+    ├── WorkflowCancelled          wait_for_result on a cancelled workflow
+    ├── NonDeterminismError        replay diverged from the recorded history
+    │   └── IllegalAwaitError      workflow awaited something that is not a Flows step
+    ├── ActivityFailed             raised inside a workflow when an activity fails for good
+    ├── ActivityTimeout            an activity attempt ran past its timeout (retryable)
+    ├── Cancelled                  raised inside a workflow at the await a cancel interrupts
+    ├── TerminalError              raise from an activity to stop retrying at once
+    ├── LeaseLost                  a fenced write from a claimant whose lease is gone
+    └── TenantRequired             a call without tenant on an engine that requires one
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "ActivityFailed",
+    "ActivityTimeout",
+    "Cancelled",
+    "ErrorInfo",
+    "FlowsError",
+    "IllegalAwaitError",
+    "InvalidArgument",
+    "LeaseLost",
+    "NonDeterminismError",
+    "PayloadError",
+    "PayloadTooLarge",
+    "TenantRequired",
+    "TerminalError",
+    "WorkflowAlreadyExists",
+    "WorkflowCancelled",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "WorkflowNotRegistered",
+    "WorkflowNotRunning",
+]
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A recorded error: exception type name, message, and optional details."""
+
+    type: str
+    message: str
+    attempts: int = 0
+    details: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, attempts: int = 0) -> ErrorInfo:
+        if isinstance(exc, ActivityFailed):
+            return cls(type=exc.error_type, message=exc.message, attempts=exc.attempts)
+        return cls(type=type(exc).__name__, message=str(exc), attempts=attempts)
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+class FlowsError(Exception):
+    """Base class of every error Flows raises."""
+
+
+class InvalidArgument(FlowsError, ValueError):
+    """A name, id, tenant or option is invalid; the message says which and why."""
+
+
+class PayloadError(FlowsError):
+    """A payload does not encode to JSON, or does not decode into the expected type."""
+
+
+class PayloadTooLarge(PayloadError):
+    """An encoded payload exceeds the configured maximum size."""
+
+
+class WorkflowNotFound(FlowsError):
+    """No workflow with this id exists for this tenant."""
+
+    def __init__(self, workflow_id: str, tenant_id: str | None = None) -> None:
+        super().__init__(f"workflow {workflow_id!r} not found")
+        self.workflow_id = workflow_id
+        self.tenant_id = tenant_id
+
+
+class WorkflowAlreadyExists(FlowsError):
+    """A workflow with this explicit id already exists for this tenant."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"workflow {workflow_id!r} already exists")
+        self.workflow_id = workflow_id
+
+
+class WorkflowNotRegistered(FlowsError):
+    """The workflow name (or name and version) is not registered here."""
+
+
+class WorkflowNotRunning(FlowsError):
+    """The workflow has finished and takes no more signals."""
+
+    def __init__(self, workflow_id: str, status: str) -> None:
+        super().__init__(f"workflow {workflow_id!r} is {status}; it takes no signals")
+        self.workflow_id = workflow_id
+        self.status = status
+
+
+class WorkflowFailed(FlowsError):
+    """The workflow ended in failure; ``cause`` holds the recorded error."""
+
+    def __init__(self, workflow_id: str, cause: ErrorInfo) -> None:
+        super().__init__(f"workflow {workflow_id!r} failed: {cause}")
+        self.workflow_id = workflow_id
+        self.cause = cause
+
+
+class WorkflowCancelled(FlowsError):
+    """The workflow ended cancelled."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"workflow {workflow_id!r} was cancelled")
+        self.workflow_id = workflow_id
+
+
+class NonDeterminismError(FlowsError):
+    """Replaying the workflow code produced a step that differs from the history."""
+
+
+class IllegalAwaitError(NonDeterminismError):
+    """The workflow awaited something that is not a Flows step (asyncio.sleep, raw I/O...)."""
+
+
+class ActivityFailed(FlowsError):
+    """An activity failed for good (retries exhausted or terminal error).
+
+    Raised inside the workflow at the ``await ctx.execute(...)``; keeps the original
+    exception's type name, message and the number of attempts made.
+    """
+
+    def __init__(self, activity: str, error_type: str, message: str, attempts: int) -> None:
+        super().__init__(
+            f"activity {activity!r} failed after {attempts} attempt(s): {error_type}: {message}"
+        )
+        self.activity = activity
+        self.error_type = error_type
+        self.message = message
+        self.attempts = attempts
+
+
+class ActivityTimeout(FlowsError):
+    """An activity attempt ran past its ``timeout``; retried like any other failure."""
+
+
+class Cancelled(FlowsError):
+    """The workflow was asked to cancel; raised at the await that was pending."""
+
+
+class TerminalError(FlowsError):
+    """Raise from an activity to fail it at once, without further retries."""
+
+
+class LeaseLost(FlowsError):
+    """The task's lease expired or was taken by another worker; the write was refused."""
+
+
+class TenantRequired(FlowsError):
+    """This engine requires an explicit tenant and none was given."""

@@ -1,0 +1,207 @@
+"""History events: the append-only record every workflow is replayed from.
+
+Events are frozen msgspec structs in a tagged union (tag field ``type``). Payloads
+(inputs, outputs, signal bodies) are kept as raw JSON (``msgspec.Raw``) so they are
+decoded only into the type the code asks for. Events that carry a ``seq`` belong to
+the step with that sequence number: a *command event* records that the workflow took
+the step (ActivityScheduled, TimerStarted, SignalWaitStarted, SideEffectRecorded,
+StepCancelled); a *resolution event* records its outcome (ActivityCompleted,
+ActivityFailed, TimerFired). SignalReceived and CancelRequested come from outside.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final, Literal
+
+import msgspec
+
+from ._errors import ErrorInfo
+
+__all__ = [
+    "ActivityCompleted",
+    "ActivityFailedEvent",
+    "ActivityScheduled",
+    "CancelRequested",
+    "Event",
+    "SideEffectRecorded",
+    "SignalReceived",
+    "SignalWaitStarted",
+    "StepCancelled",
+    "TimerFired",
+    "TimerStarted",
+    "WorkflowCancelledEvent",
+    "WorkflowCompleted",
+    "WorkflowFailedEvent",
+    "WorkflowStarted",
+    "decode_event",
+    "decode_events",
+    "encode_event",
+    "event_summary",
+]
+
+
+class _Base(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    at: datetime
+
+
+class WorkflowStarted(_Base, tag="workflow_started", frozen=True):
+    name: str
+    version: int
+    workflow_id: str
+    tenant_id: str
+    input: msgspec.Raw
+    seed: int
+
+
+class ActivityScheduled(_Base, tag="activity_scheduled", frozen=True):
+    seq: int
+    name: str
+    input: msgspec.Raw
+
+
+class ActivityCompleted(_Base, tag="activity_completed", frozen=True):
+    seq: int
+    output: msgspec.Raw
+    attempt: int = 1
+
+
+class ActivityFailedEvent(_Base, tag="activity_failed", frozen=True):
+    seq: int
+    error: ErrorInfo
+
+
+class TimerStarted(_Base, tag="timer_started", frozen=True):
+    seq: int
+    fire_at: datetime
+
+
+class TimerFired(_Base, tag="timer_fired", frozen=True):
+    seq: int
+
+
+class SignalWaitStarted(_Base, tag="signal_wait_started", frozen=True):
+    seq: int
+    name: str
+    timeout_at: datetime | None = None
+
+
+class SignalReceived(_Base, tag="signal_received", frozen=True):
+    name: str
+    payload: msgspec.Raw
+    signal_id: str
+
+
+SideEffectKind = Literal["now", "random", "uuid7"]
+
+
+class SideEffectRecorded(_Base, tag="side_effect", frozen=True):
+    seq: int
+    kind: SideEffectKind
+    value: str
+
+
+class StepCancelled(_Base, tag="step_cancelled", frozen=True):
+    """A pending step was dropped: its timer or task removed (cancel, or a signal won)."""
+
+    seq: int
+    reason: str
+
+
+class CancelRequested(_Base, tag="cancel_requested", frozen=True):
+    reason: str = ""
+
+
+class WorkflowCompleted(_Base, tag="workflow_completed", frozen=True):
+    output: msgspec.Raw
+
+
+class WorkflowFailedEvent(_Base, tag="workflow_failed", frozen=True):
+    error: ErrorInfo
+
+
+class WorkflowCancelledEvent(_Base, tag="workflow_cancelled", frozen=True):
+    error: ErrorInfo | None = None
+    output: msgspec.Raw | None = None
+
+
+Event = (
+    WorkflowStarted
+    | ActivityScheduled
+    | ActivityCompleted
+    | ActivityFailedEvent
+    | TimerStarted
+    | TimerFired
+    | SignalWaitStarted
+    | SignalReceived
+    | SideEffectRecorded
+    | StepCancelled
+    | CancelRequested
+    | WorkflowCompleted
+    | WorkflowFailedEvent
+    | WorkflowCancelledEvent
+)
+
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder(Event)
+_list_decoder: Final = msgspec.json.Decoder(list[Event])
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode one event to JSON bytes (the stored form)."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> Event:
+    """Decode one stored event."""
+    event: Event = _decoder.decode(data)
+    return event
+
+
+def decode_events(data: bytes | str) -> list[Event]:
+    """Decode a JSON array of stored events."""
+    return _list_decoder.decode(data)
+
+
+def _short(raw: msgspec.Raw | None, limit: int = 80) -> str:
+    if raw is None:
+        return ""
+    text = bytes(raw).decode("utf-8", "replace")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def event_summary(event: Event) -> str:
+    """One readable line describing an event, for timelines and logs."""
+    match event:
+        case WorkflowStarted():
+            return f"started {event.name} v{event.version} input={_short(event.input)}"
+        case ActivityScheduled():
+            return f"#{event.seq} activity {event.name} scheduled input={_short(event.input)}"
+        case ActivityCompleted():
+            return (
+                f"#{event.seq} activity completed (attempt {event.attempt}) "
+                f"output={_short(event.output)}"
+            )
+        case ActivityFailedEvent():
+            return f"#{event.seq} activity failed after {event.error.attempts}: {event.error}"
+        case TimerStarted():
+            return f"#{event.seq} timer until {event.fire_at.isoformat()}"
+        case TimerFired():
+            return f"#{event.seq} timer fired"
+        case SignalWaitStarted():
+            until = f" until {event.timeout_at.isoformat()}" if event.timeout_at else ""
+            return f"#{event.seq} waiting for signal {event.name!r}{until}"
+        case SignalReceived():
+            return f"signal {event.name!r} received payload={_short(event.payload)}"
+        case SideEffectRecorded():
+            return f"#{event.seq} {event.kind}() = {event.value}"
+        case StepCancelled():
+            return f"#{event.seq} step cancelled ({event.reason})"
+        case CancelRequested():
+            return f"cancel requested{': ' + event.reason if event.reason else ''}"
+        case WorkflowCompleted():
+            return f"completed output={_short(event.output)}"
+        case WorkflowFailedEvent():
+            return f"failed: {event.error}"
+        case WorkflowCancelledEvent():
+            return "cancelled" + (f": {event.error}" if event.error else "")

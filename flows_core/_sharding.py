@@ -1,0 +1,74 @@
+"""Shard keys: every row of a workflow lives under ``<workflow-name>-shard-<n>``."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ._errors import InvalidArgument
+
+__all__ = [
+    "DEFAULT_SHARDS",
+    "HashSharder",
+    "Sharder",
+    "TenantSharder",
+    "fnv1a_32",
+    "shard_key",
+    "shard_keys_for",
+]
+
+DEFAULT_SHARDS = 9
+
+
+def fnv1a_32(text: str) -> int:
+    """32-bit FNV-1a of the UTF-8 bytes of ``text`` (as the Go original)."""
+    h = 0x811C9DC5
+    for byte in text.encode("utf-8"):
+        h ^= byte
+        h = (h * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def shard_key(workflow_name: str, shard: int) -> str:
+    return f"{workflow_name}-shard-{shard}"
+
+
+class Sharder(Protocol):
+    """Chooses the shard of a new workflow. The stored key stays authoritative."""
+
+    @property
+    def shards(self) -> int:
+        """How many shards new workflows are spread over."""
+        ...
+
+    def shard_for(self, workflow_name: str, workflow_id: str, tenant_id: str) -> int:
+        """The shard number in ``range(self.shards)``."""
+        ...
+
+
+class HashSharder:
+    """Default: fnv-1a 32 of the workflow id, modulo ``shards`` (9)."""
+
+    def __init__(self, shards: int = DEFAULT_SHARDS) -> None:
+        if not isinstance(shards, int) or shards < 1:
+            raise InvalidArgument(f"shard count must be an integer >= 1, got {shards!r}")
+        self._shards = shards
+
+    @property
+    def shards(self) -> int:
+        return self._shards
+
+    def shard_for(self, workflow_name: str, workflow_id: str, tenant_id: str) -> int:
+        return fnv1a_32(workflow_id) % self._shards
+
+
+class TenantSharder(HashSharder):
+    """Keeps a tenant's workflows together: fnv-1a 32 of the tenant id."""
+
+    def shard_for(self, workflow_name: str, workflow_id: str, tenant_id: str) -> int:
+        return fnv1a_32(tenant_id) % self._shards
+
+
+def shard_keys_for(workflow_names: list[str] | set[str], shards: int) -> list[str]:
+    """Every shard key of ``workflow_names`` for ``shards`` shards, interleaved by shard."""
+    names = sorted(workflow_names)
+    return [shard_key(name, n) for n in range(shards) for name in names]

@@ -1,0 +1,328 @@
+"""The storage protocol every adapter implements (memory, PostgreSQL, Citus).
+
+One ``Store`` holds three kinds of data, all keyed by (tenant_id, shard_key, workflow_id):
+
+* the workflow row: name, version, status, output/error, history length, next step seq;
+* the history: an append-only, gap-free list of events (position 1..n);
+* tasks: at most one *workflow task* per workflow (coalesced: it means "replay me"),
+  *activity tasks* (one per scheduled step, for the queue path), and *timer tasks*
+  (one per pending timer step). A task is claimable when ``visible_at <= now`` and it
+  has no live lease.
+
+Every method below is one atomic transaction. Writes by a claimant are fenced by the
+lease token it got from ``claim`` (and workflow commits also by the expected next step
+seq): a claimant whose lease was taken over gets ``LeaseLost`` and nothing is written.
+Adapters know no workflow semantics beyond what is written here; ``flows_core``
+decides what to append and which tasks to create.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from ._clock import Clock
+from ._errors import ErrorInfo
+from ._events import ActivityCompleted, ActivityFailedEvent, CancelRequested, Event, SignalReceived
+
+__all__ = [
+    "ActivityResult",
+    "ActivityRetry",
+    "ActivityTaskClaim",
+    "ActivityTaskSpec",
+    "CancelOutcome",
+    "ClaimRequest",
+    "ClaimedTask",
+    "HeartbeatReply",
+    "Lease",
+    "ListQuery",
+    "NewWorkflow",
+    "Store",
+    "TERMINAL_STATUSES",
+    "TimerTaskSpec",
+    "WorkerInfo",
+    "WorkflowRecord",
+    "WorkflowStatus",
+    "WorkflowTaskClaim",
+    "WorkflowTaskCommit",
+]
+
+
+class WorkflowStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PARKED = "parked"
+    """Stopped by a NonDeterminismError: history untouched, waits for a code fix."""
+
+
+TERMINAL_STATUSES = frozenset(
+    {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
+)
+
+
+class CancelOutcome(StrEnum):
+    REQUESTED = "requested"
+    ALREADY_REQUESTED = "already_requested"
+    ALREADY_FINISHED = "already_finished"
+
+
+class WorkflowRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The cached state row of one workflow (derived from its history)."""
+
+    tenant_id: str
+    workflow_id: str
+    name: str
+    version: int
+    shard_key: str
+    status: WorkflowStatus
+    input: msgspec.Raw
+    output: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+    created_at: datetime
+    updated_at: datetime
+    history_length: int
+    next_seq: int
+    cancel_requested: bool = False
+    workflow_task_pending: bool = False
+    """A workflow task exists and is not leased (the workflow waits for a worker)."""
+
+
+class NewWorkflow(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything ``start_workflow`` writes: row, first event, first workflow task."""
+
+    tenant_id: str
+    workflow_id: str
+    name: str
+    version: int
+    shard_key: str
+    input: msgspec.Raw
+    started: Event
+    """The WorkflowStarted event, position 1."""
+
+
+class Lease(msgspec.Struct, frozen=True, kw_only=True):
+    """Proof of a claim. ``token`` changes with every claim of the task."""
+
+    task_id: str
+    token: str
+    tenant_id: str
+    shard_key: str
+    workflow_id: str
+    expires_at: datetime
+
+
+class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
+    owner: str
+    workflow_types: Sequence[tuple[str, int]]
+    """(name, version) pairs whose workflow tasks this worker can run."""
+    activity_names: Sequence[str]
+    limit: int
+    lease: timedelta
+    shard_keys: Sequence[str] | None = None
+    """Only tasks under these shard keys; None means any (adapters may require it)."""
+
+
+class WorkflowTaskClaim(msgspec.Struct, frozen=True, kw_only=True):
+    lease: Lease
+    workflow: WorkflowRecord
+    history: list[Event]
+
+
+class ActivityTaskClaim(msgspec.Struct, frozen=True, kw_only=True):
+    lease: Lease
+    workflow_name: str
+    seq: int
+    activity_name: str
+    input: msgspec.Raw
+    attempt: int
+    """The attempt number about to run (1-based)."""
+    cancel_requested: bool = False
+
+
+ClaimedTask = WorkflowTaskClaim | ActivityTaskClaim
+
+
+class ActivityTaskSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """An activity step to run through the queue."""
+
+    seq: int
+    name: str
+    input: msgspec.Raw
+    attempt: int = 1
+    visible_at: datetime | None = None
+    """None means at once."""
+    last_error: ErrorInfo | None = None
+
+
+class TimerTaskSpec(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int
+    fire_at: datetime
+
+
+class WorkflowTaskCommit(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of one workflow task, applied atomically.
+
+    Fenced by ``lease`` and by ``expected_next_seq`` == the row's next_seq. Appends
+    ``events`` after the current end of the history, sets next_seq, status, output and
+    error, inserts the new tasks, deletes the activity/timer tasks of ``drop_seqs``.
+    The workflow task itself is deleted, unless the history grew past
+    ``claimed_history_length`` while it ran (a signal, a timer...), in which case it
+    stays pending, unleased, so the workflow runs again. A terminal status deletes
+    every task of the workflow.
+    """
+
+    lease: Lease
+    claimed_history_length: int
+    expected_next_seq: int
+    next_seq: int
+    events: list[Event]
+    status: WorkflowStatus = WorkflowStatus.RUNNING
+    output: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+    activity_tasks: list[ActivityTaskSpec] = []
+    timers: list[TimerTaskSpec] = []
+    drop_seqs: list[int] = []
+
+
+class ActivityResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Final outcome of a queued activity: appended, task deleted, workflow task ensured."""
+
+    lease: Lease
+    event: ActivityCompleted | ActivityFailedEvent
+
+
+class ActivityRetry(msgspec.Struct, frozen=True, kw_only=True):
+    """A failed attempt to retry: the task is released until ``visible_at``."""
+
+    lease: Lease
+    next_attempt: int
+    visible_at: datetime
+    error: ErrorInfo
+
+
+class HeartbeatReply(msgspec.Struct, frozen=True, kw_only=True):
+    expires_at: datetime
+    cancel_requested: bool
+
+
+class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    worker_id: str
+    workflow_types: list[tuple[str, int]]
+    activity_names: list[str]
+    heartbeat_at: datetime
+    host: str = ""
+    pid: int = 0
+
+
+class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str | None
+    """None lists every tenant (operators only; the Engine always sets it)."""
+    status: WorkflowStatus | None = None
+    name: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Storage protocol. See the module docstring for the data model and guarantees."""
+
+    @property
+    def clock(self) -> Clock:
+        """The time source workers and the engine use with this store."""
+        ...
+
+    # -- client operations (``tx`` is an adapter-specific open transaction, or None) --
+
+    async def start_workflow(self, new: NewWorkflow, *, tx: Any = None) -> None:
+        """Insert row + WorkflowStarted + workflow task. WorkflowAlreadyExists if taken."""
+        ...
+
+    async def signal_workflow(
+        self, tenant_id: str, workflow_id: str, event: SignalReceived, *, tx: Any = None
+    ) -> None:
+        """Append the signal and ensure a workflow task.
+
+        WorkflowNotFound, or WorkflowNotRunning if terminal.
+        """
+        ...
+
+    async def cancel_workflow(
+        self, tenant_id: str, workflow_id: str, event: CancelRequested, *, tx: Any = None
+    ) -> CancelOutcome:
+        """Append CancelRequested once and ensure a workflow task; no-op when finished."""
+        ...
+
+    async def get_workflow(
+        self, tenant_id: str, workflow_id: str, *, tx: Any = None
+    ) -> WorkflowRecord:
+        """The workflow row, or WorkflowNotFound."""
+        ...
+
+    async def get_history(self, tenant_id: str, workflow_id: str, *, after: int = 0) -> list[Event]:
+        """Events at positions after ``after``, in order. WorkflowNotFound if no workflow."""
+        ...
+
+    async def list_workflows(self, query: ListQuery) -> list[WorkflowRecord]:
+        """Workflows matching the query, newest first."""
+        ...
+
+    async def wait_for_workflow(self, tenant_id: str, workflow_id: str, timeout: float) -> None:
+        """Return when the workflow may have changed, or after ``timeout`` seconds."""
+        ...
+
+    # -- worker operations --
+
+    async def claim(self, request: ClaimRequest) -> list[ClaimedTask]:
+        """Lease up to ``limit`` visible tasks, oldest first, skipping locked ones."""
+        ...
+
+    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> None:
+        """Apply a workflow task's outcome (see WorkflowTaskCommit). LeaseLost if fenced."""
+        ...
+
+    async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
+        """Set status PARKED with ``error``; the workflow task stays but is not claimable."""
+        ...
+
+    async def complete_activity(self, result: ActivityResult) -> None:
+        """Append the activity's final event, delete its task, ensure a workflow task."""
+        ...
+
+    async def retry_activity(self, retry: ActivityRetry) -> None:
+        """Release a failed attempt's task until ``visible_at`` with attempt + 1."""
+        ...
+
+    async def heartbeat(self, lease: Lease, extend: timedelta) -> HeartbeatReply:
+        """Extend a lease to now + ``extend``. LeaseLost if the task is gone or re-leased."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Give a task back at once (graceful shutdown). Silent if already lost."""
+        ...
+
+    async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
+        """For timers due now: append TimerFired, delete the timer, ensure a workflow task."""
+        ...
+
+    async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
+        """Earliest ``visible_at`` of tasks not yet visible (timers, retries), if any."""
+        ...
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new tasks may be claimable, or after ``timeout`` seconds."""
+        ...
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Insert or refresh a worker's registration (what it serves, last heartbeat)."""
+        ...
+
+    async def unregister_worker(self, worker_id: str) -> None: ...
+
+    async def list_workers(self) -> list[WorkerInfo]: ...

@@ -1,0 +1,586 @@
+"""The worker: claims tasks, replays workflows, runs activities, commits outcomes.
+
+Fast path: when a workflow task schedules activities this worker can run, it runs them
+at once under the workflow task's lease and feeds their results back into the replayed
+instance, so one commit records the schedule, the results and the next decision. The
+queue path (activity tasks) takes over for activities served elsewhere, for retries
+with backoff, and after a crash (the lease expires and the task is claimed again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+import uuid6
+
+from ._activity_context import ActivityInfo, _ActivityState, _state
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
+from ._definitions import Activity, Workflow
+from ._engine import WorkflowRegistry
+from ._errors import ActivityTimeout, ErrorInfo, InvalidArgument, LeaseLost, PayloadError
+from ._events import (
+    ActivityCompleted,
+    ActivityFailedEvent,
+    ActivityScheduled,
+    Event,
+    SignalWaitStarted,
+    StepCancelled,
+    TimerStarted,
+    WorkflowCancelledEvent,
+    WorkflowCompleted,
+    WorkflowFailedEvent,
+)
+from ._replay import WorkflowInstance
+from ._store import (
+    ActivityResult,
+    ActivityRetry,
+    ActivityTaskClaim,
+    ActivityTaskSpec,
+    ClaimedTask,
+    ClaimRequest,
+    Lease,
+    Store,
+    TimerTaskSpec,
+    WorkerInfo,
+    WorkflowStatus,
+    WorkflowTaskClaim,
+    WorkflowTaskCommit,
+)
+
+__all__ = ["Worker", "build_commit"]
+
+log = logging.getLogger("flows.worker")
+
+REGISTER_EVERY = 10.0
+
+
+@dataclass
+class _Outcome:
+    output: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+    retry_in: timedelta | None = None
+
+
+class Worker:
+    """Runs workflows and activities from a store until stopped.
+
+    ``concurrency`` bounds the tasks processed at once; ``poll_interval`` is the
+    fallback wake-up when no notification arrives; ``lease`` is how long a claimed task
+    is reserved without a heartbeat; ``max_inline_steps`` bounds the activities one
+    workflow task runs inline before committing.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        workflows: Iterable[Workflow[Any, Any]] = (),
+        activities: Iterable[Activity[Any, Any]] = (),
+        concurrency: int = 10,
+        poll_interval: float = 1.0,
+        lease: timedelta = timedelta(seconds=30),
+        worker_id: str | None = None,
+        shard_keys: Sequence[str] | None = None,
+        max_inline_steps: int = 64,
+        grace_period: float = 10.0,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        if concurrency < 1:
+            raise InvalidArgument("Worker concurrency must be at least 1")
+        if poll_interval <= 0:
+            raise InvalidArgument("Worker poll_interval must be positive")
+        if lease <= timedelta(0):
+            raise InvalidArgument("Worker lease must be positive")
+        self.store = store
+        self.registry = WorkflowRegistry(workflows)
+        self.activities: dict[str, Activity[Any, Any]] = {}
+        for act in activities:
+            if not isinstance(act, Activity):
+                raise InvalidArgument(
+                    f"expected an Activity made with @flows.activity, got {act!r}"
+                )
+            if act.name in self.activities and self.activities[act.name] is not act:
+                raise InvalidArgument(f"activity {act.name!r} is registered twice")
+            self.activities[act.name] = act
+        if not self.registry.keys() and not self.activities:
+            raise InvalidArgument("a Worker needs at least one workflow or activity")
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.lease = lease
+        self.worker_id = (
+            worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid6.uuid7().hex[-8:]}"
+        )
+        self.shard_keys = list(shard_keys) if shard_keys is not None else None
+        self.max_inline_steps = max_inline_steps
+        self.grace_period = grace_period
+        self.max_payload_bytes = max_payload_bytes
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping: asyncio.Event | None = None
+        self._done: asyncio.Event | None = None
+        self._idle = True
+        self.stats = {
+            "workflow_tasks": 0,
+            "activity_tasks": 0,
+            "inline_activities": 0,
+            "commits": 0,
+            "lease_lost": 0,
+            "store_errors": 0,
+            "parked": 0,
+        }
+
+    # -- lifecycle --
+
+    @property
+    def idle(self) -> bool:
+        """No task in progress and the last poll found nothing."""
+        return self._idle and not self._inflight
+
+    @property
+    def running(self) -> bool:
+        return self._stopping is not None and not self._stopping.is_set()
+
+    async def run(self) -> None:
+        """Poll and process until ``stop()``; survives store outages with backoff."""
+        if self._stopping is not None:
+            raise RuntimeError("this Worker is already running")
+        self._stopping = asyncio.Event()
+        self._done = asyncio.Event()
+        backoff = 0.05
+        registered_at = 0.0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if time.monotonic() - registered_at > REGISTER_EVERY:
+                        await self.store.register_worker(self._info())
+                        registered_at = time.monotonic()
+                    progressed = await self.poll_once()
+                    backoff = 0.05
+                except (LeaseLost, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    self.stats["store_errors"] += 1
+                    log.warning(
+                        "worker %s: store error, retrying in %.2fs: %r",
+                        self.worker_id,
+                        backoff,
+                        exc,
+                    )
+                    await self._sleep_or_stop(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                if not progressed:
+                    await self._idle_wait()
+        finally:
+            await self._drain()
+            with contextlib.suppress(Exception):
+                await self.store.unregister_worker(self.worker_id)
+            self._done.set()
+
+    async def stop(self, grace_period: float | None = None) -> None:
+        """Stop claiming; let in-flight work finish within the grace period, then
+        cancel it and release its leases so another worker takes it at once."""
+        if grace_period is not None:
+            self.grace_period = grace_period
+        if self._stopping is None or self._done is None:
+            return
+        self._stopping.set()
+        await self._done.wait()
+
+    def _info(self) -> WorkerInfo:
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            workflow_types=self.registry.keys(),
+            activity_names=sorted(self.activities),
+            heartbeat_at=self.store.clock.now(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        assert self._stopping is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _idle_wait(self) -> None:
+        assert self._stopping is not None
+        timeout = self.poll_interval
+        due = await self.store.next_due(self.shard_keys)
+        if due is not None:
+            timeout = max(0.0, min(timeout, (due - self.store.clock.now()).total_seconds()))
+        if timeout <= 0:
+            return
+        waiters = [
+            asyncio.ensure_future(self.store.wait_for_work(timeout)),
+            asyncio.ensure_future(self._stopping.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _drain(self) -> None:
+        if not self._inflight:
+            return
+        _done, pending = await asyncio.wait(self._inflight, timeout=self.grace_period)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    # -- polling --
+
+    async def poll_once(self) -> bool:
+        """Fire due timers and claim what capacity allows. True if anything happened."""
+        fired = await self.store.fire_due_timers(self.shard_keys, 100)
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            return True
+        claimed = await self.store.claim(
+            ClaimRequest(
+                owner=self.worker_id,
+                workflow_types=self.registry.keys(),
+                activity_names=sorted(self.activities),
+                limit=free,
+                lease=self.lease,
+                shard_keys=self.shard_keys,
+            )
+        )
+        self._idle = not claimed and not fired
+        for task in claimed:
+            self._spawn(task)
+        return bool(claimed or fired)
+
+    def _spawn(self, claim: ClaimedTask) -> None:
+        task = asyncio.ensure_future(self._process(claim))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _process(self, claim: ClaimedTask) -> None:
+        lease = claim.lease
+        try:
+            if isinstance(claim, WorkflowTaskClaim):
+                self.stats["workflow_tasks"] += 1
+                await self._workflow_task(claim)
+            else:
+                self.stats["activity_tasks"] += 1
+                await self._activity_task(claim)
+        except LeaseLost:
+            self.stats["lease_lost"] += 1
+            log.info(
+                "worker %s lost the lease of %s (workflow %s)",
+                self.worker_id,
+                lease.task_id,
+                lease.workflow_id,
+            )
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release(lease))
+            raise
+        except Exception:
+            log.exception(
+                "worker %s failed on task %s of workflow %s; releasing it",
+                self.worker_id,
+                lease.task_id,
+                lease.workflow_id,
+            )
+            with contextlib.suppress(Exception):
+                await self.store.release(lease)
+
+    # -- workflow tasks --
+
+    async def _workflow_task(self, claim: WorkflowTaskClaim) -> None:
+        wf = claim.workflow
+        definition = self.registry.get(wf.name, wf.version)
+        if definition is None:
+            await self.store.release(claim.lease)
+            return
+        clock = self.store.clock
+        instance = WorkflowInstance(definition)
+        activation = instance.apply(claim.history, clock.now())
+        events: list[Event] = list(activation.new_events)
+        retries: dict[int, ActivityTaskSpec] = {}
+        fresh = activation.new_events
+        budget = self.max_inline_steps
+        keeper = _LeaseKeeper(self.store, claim.lease, self.lease)
+        try:
+            while activation.nondeterminism is None and not instance.finished and budget > 0:
+                inline = [
+                    e
+                    for e in fresh
+                    if isinstance(e, ActivityScheduled) and e.name in self.activities
+                ][:budget]
+                if not inline:
+                    break
+                budget -= len(inline)
+                self.stats["inline_activities"] += len(inline)
+                outcomes = await asyncio.gather(
+                    *(
+                        self._attempt(
+                            self.activities[e.name],
+                            e.input,
+                            keeper,
+                            self._activity_info(claim.lease, wf.name, e.name, e.seq, 1),
+                        )
+                        for e in inline
+                    )
+                )
+                keeper.check()
+                now = clock.now()
+                resolutions: list[Event] = []
+                for scheduled, outcome in zip(inline, outcomes, strict=True):
+                    event = _resolution(scheduled.seq, 1, outcome, now)
+                    if event is not None:
+                        resolutions.append(event)
+                    else:
+                        assert outcome.retry_in is not None
+                        retries[scheduled.seq] = ActivityTaskSpec(
+                            seq=scheduled.seq,
+                            name=scheduled.name,
+                            input=scheduled.input,
+                            attempt=2,
+                            visible_at=now + outcome.retry_in,
+                            last_error=outcome.error,
+                        )
+                if not resolutions:
+                    break
+                activation = instance.apply(resolutions, now)
+                events.extend(resolutions)
+                events.extend(activation.new_events)
+                fresh = activation.new_events
+        finally:
+            await keeper.close()
+        if activation.nondeterminism is not None:
+            self.stats["parked"] += 1
+            log.error("workflow %s parked: %s", wf.workflow_id, activation.nondeterminism)
+            await self.store.park_workflow(
+                claim.lease, ErrorInfo.from_exception(activation.nondeterminism)
+            )
+            return
+        await self.store.commit_workflow_task(
+            build_commit(claim, instance.next_seq, events, retries)
+        )
+        self.stats["commits"] += 1
+
+    # -- activity tasks --
+
+    async def _activity_task(self, claim: ActivityTaskClaim) -> None:
+        activity = self.activities.get(claim.activity_name)
+        if activity is None:
+            await self.store.release(claim.lease)
+            return
+        info = self._activity_info(
+            claim.lease, claim.workflow_name, claim.activity_name, claim.seq, claim.attempt
+        )
+        keeper = _LeaseKeeper(self.store, claim.lease, self.lease)
+        try:
+            outcome = await self._attempt(activity, claim.input, keeper, info)
+        finally:
+            await keeper.close()
+        keeper.check()
+        now = self.store.clock.now()
+        event = _resolution(claim.seq, claim.attempt, outcome, now)
+        if event is None:
+            assert outcome.retry_in is not None
+            assert outcome.error is not None
+            await self.store.retry_activity(
+                ActivityRetry(
+                    lease=claim.lease,
+                    next_attempt=claim.attempt + 1,
+                    visible_at=now + outcome.retry_in,
+                    error=outcome.error,
+                )
+            )
+        else:
+            assert isinstance(event, ActivityCompleted | ActivityFailedEvent)
+            await self.store.complete_activity(ActivityResult(lease=claim.lease, event=event))
+
+    @staticmethod
+    def _activity_info(
+        lease: Lease, workflow_name: str, name: str, seq: int, attempt: int
+    ) -> ActivityInfo:
+        return ActivityInfo(
+            workflow_id=lease.workflow_id,
+            tenant_id=lease.tenant_id,
+            workflow_name=workflow_name,
+            activity_name=name,
+            seq=seq,
+            attempt=attempt,
+        )
+
+    async def _attempt(
+        self,
+        activity: Activity[Any, Any],
+        payload: msgspec.Raw,
+        keeper: _LeaseKeeper,
+        info: ActivityInfo,
+    ) -> _Outcome:
+        """Run one attempt; never raises for the activity's own failures."""
+        attempt = info.attempt
+        what = f"activity {activity.name!r}"
+        try:
+            value = decode_payload(payload, activity.input_type, what=f"input of {what}")
+        except PayloadError as exc:
+            return _Outcome(error=ErrorInfo.from_exception(exc, attempts=attempt))
+        state = _ActivityState(info)
+        keeper.watch(state)
+        token = _state.set(state)
+        try:
+            if activity.timeout is not None:
+                try:
+                    result = await asyncio.wait_for(
+                        activity.run(value), activity.timeout.total_seconds()
+                    )
+                except TimeoutError as exc:
+                    raise ActivityTimeout(
+                        f"{what} did not finish within {activity.timeout}"
+                    ) from exc
+            else:
+                result = await activity.run(value)
+        except Exception as exc:
+            error = ErrorInfo.from_exception(exc, attempts=attempt)
+            if activity.retry.should_retry(exc, attempt):
+                return _Outcome(error=error, retry_in=activity.retry.delay(attempt))
+            return _Outcome(error=error)
+        finally:
+            _state.reset(token)
+            keeper.unwatch(state)
+        try:
+            output = encode_payload(
+                result,
+                what=f"output of {what}",
+                expected_type=activity.output_type,
+                max_bytes=self.max_payload_bytes,
+            )
+        except PayloadError as exc:
+            return _Outcome(error=ErrorInfo.from_exception(exc, attempts=attempt))
+        return _Outcome(output=output)
+
+
+def _resolution(seq: int, attempt: int, outcome: _Outcome, now: Any) -> Event | None:
+    """The event recording an attempt's outcome; None when it is to be retried."""
+    if outcome.output is not None:
+        return ActivityCompleted(seq=seq, output=outcome.output, attempt=attempt, at=now)
+    if outcome.retry_in is not None:
+        return None
+    assert outcome.error is not None
+    return ActivityFailedEvent(seq=seq, error=outcome.error, at=now)
+
+
+def build_commit(
+    claim: WorkflowTaskClaim,
+    next_seq: int,
+    events: list[Event],
+    retries: dict[int, ActivityTaskSpec] | None = None,
+) -> WorkflowTaskCommit:
+    """Turn the events a workflow task produced into the store writes that record them."""
+    retries = retries or {}
+    resolved = {e.seq for e in events if isinstance(e, ActivityCompleted | ActivityFailedEvent)}
+    cancelled = {e.seq for e in events if isinstance(e, StepCancelled)}
+    activity_tasks: list[ActivityTaskSpec] = []
+    timers: list[TimerTaskSpec] = []
+    new_seqs: set[int] = set()
+    status = WorkflowStatus.RUNNING
+    output: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+    for e in events:
+        match e:
+            case ActivityScheduled():
+                new_seqs.add(e.seq)
+                if e.seq in resolved or e.seq in cancelled:
+                    continue
+                activity_tasks.append(
+                    retries.get(e.seq) or ActivityTaskSpec(seq=e.seq, name=e.name, input=e.input)
+                )
+            case TimerStarted():
+                new_seqs.add(e.seq)
+                if e.seq not in cancelled:
+                    timers.append(TimerTaskSpec(seq=e.seq, fire_at=e.fire_at))
+            case SignalWaitStarted():
+                new_seqs.add(e.seq)
+                if e.timeout_at is not None and e.seq not in cancelled:
+                    timers.append(TimerTaskSpec(seq=e.seq, fire_at=e.timeout_at))
+            case WorkflowCompleted():
+                status, output = WorkflowStatus.COMPLETED, e.output
+            case WorkflowFailedEvent():
+                status, error = WorkflowStatus.FAILED, e.error
+            case WorkflowCancelledEvent():
+                status, output, error = WorkflowStatus.CANCELLED, e.output, e.error
+            case _:
+                pass
+    return WorkflowTaskCommit(
+        lease=claim.lease,
+        claimed_history_length=len(claim.history),
+        expected_next_seq=claim.workflow.next_seq,
+        next_seq=next_seq,
+        events=events,
+        status=status,
+        output=output,
+        error=error,
+        activity_tasks=activity_tasks,
+        timers=timers,
+        drop_seqs=sorted(cancelled - new_seqs),
+    )
+
+
+class _LeaseKeeper:
+    """Extends a lease while the activities it watches heartbeat; relays cancellation."""
+
+    def __init__(self, store: Store, lease: Lease, duration: timedelta) -> None:
+        self.store, self.lease, self.duration = store, lease, duration
+        self.states: set[_ActivityState] = set()
+        self.lost: BaseException | None = None
+        self._last_extend = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self, state: _ActivityState) -> None:
+        self.states.add(state)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._loop())
+
+    def unwatch(self, state: _ActivityState) -> None:
+        self.states.discard(state)
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise LeaseLost(f"lease of task {self.lease.task_id} lost: {self.lost}")
+
+    async def _loop(self) -> None:
+        interval = max(self.duration.total_seconds() / 3, 0.01)
+        while True:
+            await asyncio.sleep(interval)
+            beat = any(s.last_beat > self._last_extend for s in self.states)
+            if not beat:
+                continue
+            self._last_extend = time.monotonic()
+            try:
+                reply = await self.store.heartbeat(self.lease, self.duration)
+            except LeaseLost as exc:
+                self.lost = exc
+                reply = None
+            except Exception as exc:
+                log.warning("heartbeat for %s failed: %r", self.lease.task_id, exc)
+                continue
+            if reply is None or reply.cancel_requested:
+                for s in list(self.states):
+                    with s.lock:
+                        s.cancelled = True
+            if reply is None:
+                return
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

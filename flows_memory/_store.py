@@ -1,0 +1,528 @@
+"""``MemoryStore``: the reference implementation of the Store protocol, in memory.
+
+Same semantics as the PostgreSQL store (leases, fencing, coalesced workflow tasks),
+with a pluggable clock (a ``VirtualClock`` in tests) and a fault hook that can make any
+operation fail before or after it takes effect, to test crash recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import msgspec
+import uuid6
+
+from flows_core import (
+    Clock,
+    ErrorInfo,
+    LeaseLost,
+    SystemClock,
+    WorkflowAlreadyExists,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+)
+from flows_core._events import (
+    CancelRequested,
+    Event,
+    SignalReceived,
+    TimerFired,
+)
+from flows_core._store import (
+    TERMINAL_STATUSES,
+    ActivityResult,
+    ActivityRetry,
+    ActivityTaskClaim,
+    CancelOutcome,
+    ClaimedTask,
+    ClaimRequest,
+    HeartbeatReply,
+    Lease,
+    ListQuery,
+    NewWorkflow,
+    WorkerInfo,
+    WorkflowRecord,
+    WorkflowStatus,
+    WorkflowTaskClaim,
+    WorkflowTaskCommit,
+)
+
+__all__ = ["FaultHook", "MemoryStore"]
+
+FaultHook = Callable[[str, Literal["before", "after"]], None]
+"""Called around every write: raise from it to simulate a crash at that point."""
+
+_Kind = Literal["workflow", "activity", "timer"]
+_counter = itertools.count()
+_NULL = msgspec.Raw(b"null")
+
+
+@dataclass
+class _Task:
+    task_id: str
+    kind: _Kind
+    key: tuple[str, str]
+    shard_key: str
+    visible_at: datetime
+    seq: int = 0
+    name: str = ""
+    input: msgspec.Raw = field(default_factory=lambda: _NULL)
+    attempt: int = 1
+    token: str | None = None
+    owner: str | None = None
+    lease_expires: datetime | None = None
+    parked: bool = False
+    last_error: ErrorInfo | None = None
+    order: int = field(default_factory=lambda: next(_counter))
+
+
+@dataclass
+class _Workflow:
+    tenant_id: str
+    workflow_id: str
+    name: str
+    version: int
+    shard_key: str
+    input: msgspec.Raw
+    created_at: datetime
+    updated_at: datetime
+    history: list[Event]
+    status: WorkflowStatus = WorkflowStatus.RUNNING
+    output: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+    next_seq: int = 1
+    cancel_requested: bool = False
+    workflow_task: _Task | None = None
+    step_tasks: dict[int, _Task] = field(default_factory=dict)
+
+
+def _no_tx(tx: Any) -> None:
+    if tx is not None:
+        raise TypeError(
+            f"MemoryStore does not take a transaction (tx=); got {type(tx).__name__}. "
+            "Transactions with your own data need flows_pg.PostgresStore."
+        )
+
+
+class MemoryStore:
+    """In-memory Store. Not shared between processes; everything is lost on exit."""
+
+    def __init__(self, *, clock: Clock | None = None, fault_hook: FaultHook | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
+        self.fault_hook = fault_hook
+        self._workflows: dict[tuple[str, str], _Workflow] = {}
+        self._tasks: dict[str, _Task] = {}
+        self._workers: dict[str, WorkerInfo] = {}
+        self._work_waiters: list[asyncio.Future[None]] = []
+        self._wf_waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
+        self.operations = 0
+        """Number of write operations applied (a stand-in for transactions)."""
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    # -- helpers --
+
+    def _fault(self, op: str, when: Literal["before", "after"]) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(op, when)
+
+    def _get(self, tenant_id: str, workflow_id: str) -> _Workflow:
+        wf = self._workflows.get((tenant_id, workflow_id))
+        if wf is None:
+            raise WorkflowNotFound(workflow_id, tenant_id)
+        return wf
+
+    def _record(self, wf: _Workflow) -> WorkflowRecord:
+        task = wf.workflow_task
+        now = self._clock.now()
+        pending = (
+            task is not None
+            and not task.parked
+            and (
+                task.token is None or (task.lease_expires is not None and task.lease_expires <= now)
+            )
+        )
+        return WorkflowRecord(
+            tenant_id=wf.tenant_id,
+            workflow_id=wf.workflow_id,
+            name=wf.name,
+            version=wf.version,
+            shard_key=wf.shard_key,
+            status=wf.status,
+            input=wf.input,
+            output=wf.output,
+            error=wf.error,
+            created_at=wf.created_at,
+            updated_at=wf.updated_at,
+            history_length=len(wf.history),
+            next_seq=wf.next_seq,
+            cancel_requested=wf.cancel_requested,
+            workflow_task_pending=pending,
+        )
+
+    def _new_task(self, wf: _Workflow, kind: _Kind, visible_at: datetime, **fields: Any) -> _Task:
+        task = _Task(
+            task_id=str(uuid6.uuid7()),
+            kind=kind,
+            key=(wf.tenant_id, wf.workflow_id),
+            shard_key=wf.shard_key,
+            visible_at=visible_at,
+            **fields,
+        )
+        self._tasks[task.task_id] = task
+        return task
+
+    def _ensure_workflow_task(self, wf: _Workflow) -> None:
+        if wf.workflow_task is None:
+            wf.workflow_task = self._new_task(wf, "workflow", self._clock.now())
+
+    def _delete(self, task: _Task) -> None:
+        self._tasks.pop(task.task_id, None)
+
+    def _drop_all(self, wf: _Workflow) -> None:
+        if wf.workflow_task is not None:
+            self._delete(wf.workflow_task)
+            wf.workflow_task = None
+        for task in wf.step_tasks.values():
+            self._delete(task)
+        wf.step_tasks.clear()
+
+    def _leased(self, lease: Lease) -> tuple[_Task, _Workflow]:
+        task = self._tasks.get(lease.task_id)
+        if task is None or task.token != lease.token:
+            raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+        wf = self._workflows.get(task.key)
+        if wf is None:
+            raise LeaseLost(f"workflow {lease.workflow_id} is gone")
+        return task, wf
+
+    def _changed(self, wf: _Workflow, *, work: bool) -> None:
+        wf.updated_at = self._clock.now()
+        self.operations += 1
+        for fut in self._wf_waiters.pop((wf.tenant_id, wf.workflow_id), []):
+            if not fut.done():
+                fut.set_result(None)
+        if work:
+            self.notify_work()
+
+    def notify_work(self) -> None:
+        """Wake every ``wait_for_work`` caller."""
+        waiters, self._work_waiters = self._work_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    @staticmethod
+    async def _wait(fut: asyncio.Future[None], timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fut, timeout)
+
+    # -- client operations --
+
+    async def start_workflow(self, new: NewWorkflow, *, tx: Any = None) -> None:
+        _no_tx(tx)
+        self._fault("start_workflow", "before")
+        key = (new.tenant_id, new.workflow_id)
+        if key in self._workflows:
+            raise WorkflowAlreadyExists(new.workflow_id)
+        now = self._clock.now()
+        wf = _Workflow(
+            tenant_id=new.tenant_id,
+            workflow_id=new.workflow_id,
+            name=new.name,
+            version=new.version,
+            shard_key=new.shard_key,
+            input=new.input,
+            created_at=now,
+            updated_at=now,
+            history=[new.started],
+        )
+        self._workflows[key] = wf
+        self._ensure_workflow_task(wf)
+        self._changed(wf, work=True)
+        self._fault("start_workflow", "after")
+
+    async def signal_workflow(
+        self, tenant_id: str, workflow_id: str, event: SignalReceived, *, tx: Any = None
+    ) -> None:
+        _no_tx(tx)
+        self._fault("signal_workflow", "before")
+        wf = self._get(tenant_id, workflow_id)
+        if wf.status in TERMINAL_STATUSES:
+            raise WorkflowNotRunning(workflow_id, wf.status.value)
+        wf.history.append(event)
+        self._ensure_workflow_task(wf)
+        self._changed(wf, work=True)
+        self._fault("signal_workflow", "after")
+
+    async def cancel_workflow(
+        self, tenant_id: str, workflow_id: str, event: CancelRequested, *, tx: Any = None
+    ) -> CancelOutcome:
+        _no_tx(tx)
+        self._fault("cancel_workflow", "before")
+        wf = self._get(tenant_id, workflow_id)
+        if wf.status in TERMINAL_STATUSES:
+            return CancelOutcome.ALREADY_FINISHED
+        if wf.cancel_requested:
+            return CancelOutcome.ALREADY_REQUESTED
+        wf.cancel_requested = True
+        wf.history.append(event)
+        self._ensure_workflow_task(wf)
+        self._changed(wf, work=True)
+        self._fault("cancel_workflow", "after")
+        return CancelOutcome.REQUESTED
+
+    async def get_workflow(
+        self, tenant_id: str, workflow_id: str, *, tx: Any = None
+    ) -> WorkflowRecord:
+        _no_tx(tx)
+        return self._record(self._get(tenant_id, workflow_id))
+
+    async def get_history(self, tenant_id: str, workflow_id: str, *, after: int = 0) -> list[Event]:
+        return list(self._get(tenant_id, workflow_id).history[after:])
+
+    async def list_workflows(self, query: ListQuery) -> list[WorkflowRecord]:
+        found = [
+            wf
+            for wf in self._workflows.values()
+            if (query.tenant_id is None or wf.tenant_id == query.tenant_id)
+            and (query.status is None or wf.status == query.status)
+            and (query.name is None or wf.name == query.name)
+        ]
+        found.sort(key=lambda wf: (wf.created_at, wf.workflow_id), reverse=True)
+        return [self._record(wf) for wf in found[query.offset : query.offset + query.limit]]
+
+    async def wait_for_workflow(self, tenant_id: str, workflow_id: str, timeout: float) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._wf_waiters.setdefault((tenant_id, workflow_id), []).append(fut)
+        await self._wait(fut, timeout)
+
+    # -- worker operations --
+
+    def _claimable(self, task: _Task, now: datetime) -> bool:
+        if task.kind == "timer" or task.parked or task.visible_at > now:
+            return False
+        return task.token is None or (task.lease_expires is not None and task.lease_expires <= now)
+
+    async def claim(self, request: ClaimRequest) -> list[ClaimedTask]:
+        self._fault("claim", "before")
+        now = self._clock.now()
+        types = set(request.workflow_types)
+        names = set(request.activity_names)
+        shards = set(request.shard_keys) if request.shard_keys is not None else None
+        candidates: list[tuple[_Task, _Workflow]] = []
+        for task in self._tasks.values():
+            if not self._claimable(task, now):
+                continue
+            if shards is not None and task.shard_key not in shards:
+                continue
+            wf = self._workflows[task.key]
+            if task.kind == "workflow":
+                if (wf.name, wf.version) not in types or wf.status != WorkflowStatus.RUNNING:
+                    continue
+            elif task.name not in names:
+                continue
+            candidates.append((task, wf))
+        candidates.sort(key=lambda c: (c[0].visible_at, c[0].order))
+        claimed: list[ClaimedTask] = []
+        expires = now + request.lease
+        for task, wf in candidates[: request.limit]:
+            task.token = str(uuid6.uuid7())
+            task.owner = request.owner
+            task.lease_expires = expires
+            lease = Lease(
+                task_id=task.task_id,
+                token=task.token,
+                tenant_id=wf.tenant_id,
+                shard_key=wf.shard_key,
+                workflow_id=wf.workflow_id,
+                expires_at=expires,
+            )
+            if task.kind == "workflow":
+                claimed.append(
+                    WorkflowTaskClaim(
+                        lease=lease, workflow=self._record(wf), history=list(wf.history)
+                    )
+                )
+            else:
+                claimed.append(
+                    ActivityTaskClaim(
+                        lease=lease,
+                        workflow_name=wf.name,
+                        seq=task.seq,
+                        activity_name=task.name,
+                        input=task.input,
+                        attempt=task.attempt,
+                        cancel_requested=wf.cancel_requested,
+                    )
+                )
+        if claimed:
+            self.operations += 1
+        self._fault("claim", "after")
+        return claimed
+
+    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> None:
+        self._fault("commit_workflow_task", "before")
+        task, wf = self._leased(commit.lease)
+        if wf.next_seq != commit.expected_next_seq:
+            raise LeaseLost(
+                f"workflow {wf.workflow_id}: next step is #{wf.next_seq}, "
+                f"the commit expected #{commit.expected_next_seq}"
+            )
+        now = self._clock.now()
+        grew = len(wf.history) != commit.claimed_history_length
+        wf.history.extend(commit.events)
+        wf.next_seq = commit.next_seq
+        wf.status = commit.status
+        wf.output = commit.output
+        wf.error = commit.error
+        if commit.status in TERMINAL_STATUSES:
+            self._drop_all(wf)
+        else:
+            for seq in commit.drop_seqs:
+                dropped = wf.step_tasks.pop(seq, None)
+                if dropped is not None:
+                    self._delete(dropped)
+            for spec in commit.activity_tasks:
+                wf.step_tasks[spec.seq] = self._new_task(
+                    wf,
+                    "activity",
+                    spec.visible_at or now,
+                    seq=spec.seq,
+                    name=spec.name,
+                    input=spec.input,
+                    attempt=spec.attempt,
+                    last_error=spec.last_error,
+                )
+            for timer in commit.timers:
+                wf.step_tasks[timer.seq] = self._new_task(wf, "timer", timer.fire_at, seq=timer.seq)
+            if grew:
+                task.token = task.owner = task.lease_expires = None
+                task.visible_at = now
+            else:
+                self._delete(task)
+                wf.workflow_task = None
+        self._changed(wf, work=True)
+        self._fault("commit_workflow_task", "after")
+
+    async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
+        self._fault("park_workflow", "before")
+        task, wf = self._leased(lease)
+        wf.status = WorkflowStatus.PARKED
+        wf.error = error
+        task.parked = True
+        task.token = task.owner = task.lease_expires = None
+        self._changed(wf, work=False)
+        self._fault("park_workflow", "after")
+
+    async def complete_activity(self, result: ActivityResult) -> None:
+        self._fault("complete_activity", "before")
+        task, wf = self._leased(result.lease)
+        wf.history.append(result.event)
+        wf.step_tasks.pop(task.seq, None)
+        self._delete(task)
+        self._ensure_workflow_task(wf)
+        self._changed(wf, work=True)
+        self._fault("complete_activity", "after")
+
+    async def retry_activity(self, retry: ActivityRetry) -> None:
+        self._fault("retry_activity", "before")
+        task, wf = self._leased(retry.lease)
+        task.token = task.owner = task.lease_expires = None
+        task.attempt = retry.next_attempt
+        task.visible_at = retry.visible_at
+        task.last_error = retry.error
+        self._changed(wf, work=True)
+        self._fault("retry_activity", "after")
+
+    async def heartbeat(self, lease: Lease, extend: timedelta) -> HeartbeatReply:
+        task, wf = self._leased(lease)
+        now = self._clock.now()
+        if task.lease_expires is not None and task.lease_expires <= now:
+            pass  # expired but not re-claimed: still ours, extend it
+        task.lease_expires = now + extend
+        return HeartbeatReply(expires_at=task.lease_expires, cancel_requested=wf.cancel_requested)
+
+    async def release(self, lease: Lease) -> None:
+        task = self._tasks.get(lease.task_id)
+        if task is None or task.token != lease.token:
+            return
+        task.token = task.owner = task.lease_expires = None
+        self.notify_work()
+
+    async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
+        now = self._clock.now()
+        shards = set(shard_keys) if shard_keys is not None else None
+        due = [
+            t
+            for t in self._tasks.values()
+            if t.kind == "timer"
+            and t.visible_at <= now
+            and (shards is None or t.shard_key in shards)
+        ]
+        if not due:
+            return 0
+        self._fault("fire_due_timers", "before")
+        due.sort(key=lambda t: (t.visible_at, t.order))
+        for task in due[:limit]:
+            wf = self._workflows[task.key]
+            wf.history.append(TimerFired(seq=task.seq, at=now))
+            wf.step_tasks.pop(task.seq, None)
+            self._delete(task)
+            self._ensure_workflow_task(wf)
+            self._changed(wf, work=True)
+        self._fault("fire_due_timers", "after")
+        return min(len(due), limit)
+
+    async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
+        now = self._clock.now()
+        shards = set(shard_keys) if shard_keys is not None else None
+        best: datetime | None = None
+        for t in self._tasks.values():
+            if t.parked or (shards is not None and t.shard_key not in shards):
+                continue
+            when = t.visible_at
+            if t.token is not None and t.lease_expires is not None:
+                when = max(when, t.lease_expires)
+            if when > now and (best is None or when < best):
+                best = when
+        return best
+
+    async def wait_for_work(self, timeout: float) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._work_waiters.append(fut)
+        await self._wait(fut, timeout)
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        self._workers[info.worker_id] = info
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        return list(self._workers.values())
+
+    # -- test helpers (not part of the protocol) --
+
+    def has_claimable_work(self) -> bool:
+        """True if some task could be claimed (or timer fired) right now."""
+        now = self._clock.now()
+        for t in self._tasks.values():
+            if t.parked:
+                continue
+            if t.kind == "timer":
+                if t.visible_at <= now:
+                    return True
+            elif self._claimable(t, now):
+                return True
+        return False
+
+    def task_count(self) -> int:
+        return len(self._tasks)

@@ -1,0 +1,155 @@
+"""``TestEnvironment``: run workflows in memory with time skipping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+from flows_core import Activity, Engine, Run, Worker, Workflow, WorkflowInfo
+
+from ._clock import VirtualClock
+from ._store import FaultHook, MemoryStore
+
+__all__ = ["TestEnvironment"]
+
+O = TypeVar("O")  # noqa: E741
+
+
+class TestEnvironment:
+    """An in-memory store, a virtual clock, an engine and in-process workers.
+
+    Whenever every worker is idle and nothing is claimable, the clock jumps to the next
+    timer (or retry, or lease expiry), so a workflow that sleeps 30 days finishes in
+    milliseconds::
+
+        async with TestEnvironment(workflows=[order], activities=[charge]) as env:
+            run = await env.engine.start(order, OrderIn(...))
+            await env.engine.signal(run.workflow_id, "warehouse-ready", {...})
+            out = await env.result(run)
+
+    ``time_skipping=False`` keeps the clock still; move it with ``env.advance(...)``.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        *,
+        workflows: Iterable[Workflow[Any, Any]] = (),
+        activities: Iterable[Activity[Any, Any]] = (),
+        workers: int = 1,
+        concurrency: int = 10,
+        start: datetime | None = None,
+        time_skipping: bool = True,
+        lease: timedelta = timedelta(seconds=30),
+        fault_hook: FaultHook | None = None,
+        **worker_options: Any,
+    ) -> None:
+        self.workflows = list(workflows)
+        self.activities = list(activities)
+        self.clock = VirtualClock(start)
+        self.store = MemoryStore(clock=self.clock, fault_hook=fault_hook)
+        self.engine = Engine(self.store, workflows=self.workflows)
+        self.time_skipping = time_skipping
+        self.workers = [
+            Worker(
+                self.store,
+                workflows=self.workflows,
+                activities=self.activities,
+                concurrency=concurrency,
+                poll_interval=0.05,
+                lease=lease,
+                worker_id=f"test-worker-{n}",
+                **worker_options,
+            )
+            for n in range(workers)
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> TestEnvironment:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start the workers (and the time skipper)."""
+        for worker in self.workers:
+            self._tasks.append(asyncio.ensure_future(worker.run()))
+        if self.time_skipping:
+            self._tasks.append(asyncio.ensure_future(self._skip_time()))
+
+    async def stop(self) -> None:
+        """Stop the workers and the time skipper."""
+        for worker in self.workers:
+            await worker.stop(grace_period=1.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def advance(self, delta: timedelta | float) -> None:
+        """Move the virtual clock forward and wake the workers."""
+        self.clock.advance(delta)
+        self.store.notify_work()
+
+    def idle(self) -> bool:
+        """Every worker idle and nothing claimable now."""
+        return all(w.idle for w in self.workers) and not self.store.has_claimable_work()
+
+    async def _skip_time(self) -> None:
+        quiet = 0
+        while True:
+            await asyncio.sleep(0.002)
+            if not self.idle():
+                quiet = 0
+                continue
+            quiet += 1
+            if quiet < 3:
+                continue
+            due = await self.store.next_due(None)
+            if due is not None:
+                self.clock.set(due)
+                self.store.notify_work()
+            quiet = 0
+
+    async def result(self, run: Run[O], *, timeout: float = 30.0) -> O:
+        """Wait (at most ``timeout`` real seconds) for ``run`` and return its output."""
+        return await asyncio.wait_for(run.result(), timeout)
+
+    async def wait_until(
+        self, run: Run[Any], predicate: Any, *, timeout: float = 30.0
+    ) -> WorkflowInfo:
+        """Poll ``run``'s info until ``predicate(info)`` is true (real-time ``timeout``)."""
+
+        async def poll() -> WorkflowInfo:
+            while True:
+                info = await run.query()
+                if predicate(info):
+                    return info
+                await asyncio.sleep(0.005)
+
+        return await asyncio.wait_for(poll(), timeout)
+
+    async def wait_idle(self, *, timeout: float = 30.0) -> None:
+        """Wait until nothing is left to do without moving the clock."""
+
+        async def poll() -> None:
+            quiet = 0
+            while quiet < 5:
+                await asyncio.sleep(0.002)
+                quiet = quiet + 1 if self.idle() else 0
+
+        await asyncio.wait_for(poll(), timeout)
