@@ -103,7 +103,10 @@ def new_activities(svc: FakeServices) -> OrderActivities:
     return OrderActivities(charge_payment, reserve_stock, refund_payment, ship_order)
 
 
-def new_workflow(acts: OrderActivities) -> flows.Workflow[OrderIn, OrderOut]:
+def new_workflow(
+    acts: OrderActivities, *, ship_delay: timedelta = timedelta(hours=1)
+) -> flows.Workflow[OrderIn, OrderOut]:
+    """The order workflow; ``ship_delay`` is the durable wait before shipping."""
     charge, reserve, refund, ship = acts
 
     @flows.workflow("order-workflow", version=1)
@@ -115,7 +118,7 @@ def new_workflow(acts: OrderActivities) -> flows.Workflow[OrderIn, OrderOut]:
         try:
             await ctx.execute(reserve, ReserveIn(order_id=order_id, items=inp.items))
             confirmation = await ctx.wait_for_signal("warehouse-ready", WarehouseConfirmation)
-            await ctx.sleep(timedelta(hours=1))
+            await ctx.sleep(ship_delay)
         except (flows.ActivityFailed, flows.Cancelled):
             await ctx.execute(refund, RefundIn(charge_id=paid.charge_id, amount=inp.total))
             if ctx.cancel_requested:

@@ -139,8 +139,7 @@ class Workflow(Generic[I, O]):
         self.name = check_name(name, "workflow name")
         if "-shard-" in name:
             raise InvalidArgument(f"workflow name {name!r} must not contain '-shard-'")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise InvalidArgument(f"workflow version must be an integer >= 1, got {version!r}")
+        _check_version(version)
         if not inspect.iscoroutinefunction(fn):
             raise InvalidArgument(f"workflow {name!r} must be an async def function")
         self.fn = fn
@@ -203,11 +202,17 @@ class _ActivityDecorator:
         )
 
 
+def _check_version(version: object) -> None:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InvalidArgument(f"workflow version must be an integer >= 1, got {version!r}")
+
+
 def workflow(
     name: str, *, version: int = 1
 ) -> Callable[[Callable[[WorkflowContext, I], Awaitable[O]]], Workflow[I, O]]:
     """Declare a workflow: ``@flows.workflow("order-workflow", version=1)``."""
     check_name(name, "workflow name")
+    _check_version(version)
 
     def decorate(fn: Callable[[WorkflowContext, I], Awaitable[O]]) -> Workflow[I, O]:
         return Workflow(name, fn, version=version)

@@ -225,7 +225,7 @@ class WorkflowInstance:
                 self.applied += 1
                 self._process(event)
                 self._run()
-            if self._violation_error is None and not self.finished:
+            if self._violation_error is None:
                 self._check_unmatched()
         return Activation(
             new_events=self._new,

@@ -1,0 +1,424 @@
+"""The ``flows`` command line: demo, migrate, worker, start, signal, cancel, show, list."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import flows_core as flows
+from flows_core._events import ActivityCompleted, ActivityScheduled, SignalWaitStarted, TimerStarted
+from flows_core._store import ListQuery, Store
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """An error reported as one line, without a traceback."""
+
+
+# -- store selection --
+
+
+def _dsn(args: argparse.Namespace) -> str | None:
+    return args.dsn or os.environ.get("FLOWS_DSN") or None
+
+
+@contextlib.asynccontextmanager
+async def open_store(args: argparse.Namespace, *, migrate: bool = False) -> AsyncIterator[Store]:
+    """The PostgresStore for --dsn / FLOWS_DSN, or the embedded server's."""
+    import psycopg
+
+    from flows_pg import PostgresStore
+
+    dsn = _dsn(args)
+    if dsn is None:
+        from flows_pg import embedded
+
+        try:
+            dsn = embedded.ensure_started(args.data_dir)
+        except Exception as exc:
+            raise CliError(f"cannot start the embedded PostgreSQL: {exc}") from exc
+        if not args.quiet:
+            print(f"· embedded PostgreSQL at {dsn}", file=sys.stderr)
+    store = PostgresStore(dsn, schema=args.schema)
+    try:
+        await store.open()
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(f"cannot connect to PostgreSQL ({_redact(dsn)}): {first}") from exc
+    try:
+        if migrate:
+            await store.migrate()
+        elif not await store.is_migrated():
+            raise CliError(
+                f"the database has no Flows schema {args.schema!r}; run `flows migrate` first"
+            )
+        yield store
+    finally:
+        await store.close()
+
+
+def _redact(dsn: str) -> str:
+    try:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        parts = conninfo_to_dict(dsn)
+        if "password" in parts:
+            parts["password"] = "***"
+        return make_conninfo(**{k: v for k, v in parts.items() if v is not None})  # type: ignore[arg-type]
+    except Exception:
+        return "the given DSN"
+
+
+def _load_app(spec: str) -> list[Any]:
+    """Definitions from ``module:attr`` (a list of workflows/activities, or a callable)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise CliError(f"--app must look like module:attribute, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import {module_name!r}: {exc}") from exc
+    try:
+        value = getattr(module, attr)
+    except AttributeError as exc:
+        raise CliError(f"module {module_name!r} has no attribute {attr!r}") from exc
+    if callable(value) and not isinstance(value, flows.Workflow | flows.Activity):
+        value = value()
+    items = list(value) if isinstance(value, list | tuple | set) else [value]
+    for item in items:
+        if not isinstance(item, flows.Workflow | flows.Activity):
+            raise CliError(f"{spec} must give workflows and activities, found {item!r}")
+    return items
+
+
+def _json(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+
+
+# -- formatting --
+
+
+def format_timeline(events: Sequence[flows.Event]) -> str:
+    """History as numbered lines with time offsets from the start."""
+    if not events:
+        return "(no events)"
+    t0 = events[0].at
+    lines = []
+    for position, event in enumerate(events, 1):
+        offset = event.at - t0
+        lines.append(f"  {position:>4}  +{_fmt_delta(offset):>9}  {flows.event_summary(event)}")
+    return "\n".join(lines)
+
+
+def _fmt_delta(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_info(info: flows.WorkflowInfo) -> str:
+    lines = [
+        f"workflow  {info.workflow_id}",
+        f"name      {info.name} v{info.version}",
+        f"tenant    {info.tenant_id}",
+        f"status    {info.status.value}",
+        f"created   {info.created_at.isoformat()}",
+        f"updated   {info.updated_at.isoformat()}",
+    ]
+    if info.output is not None:
+        lines.append(f"output    {json.dumps(info.output)}")
+    if info.error is not None:
+        lines.append(f"error     {info.error}")
+    if info.cancel_requested:
+        lines.append("cancel    requested")
+    if info.waiting_reason:
+        lines.append(f"waiting   {info.waiting_reason}")
+    return "\n".join(lines)
+
+
+# -- commands --
+
+
+async def cmd_migrate(args: argparse.Namespace) -> None:
+    async with open_store(args, migrate=True):
+        print(f"schema {args.schema!r} is migrated")
+
+
+async def cmd_worker(args: argparse.Namespace) -> None:
+    items = _load_app(args.app)
+    async with open_store(args) as store:
+        worker = flows.Worker(
+            store,
+            workflows=[i for i in items if isinstance(i, flows.Workflow)],
+            activities=[i for i in items if isinstance(i, flows.Activity)],
+            concurrency=args.concurrency,
+            poll_interval=args.poll_interval,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
+        print(f"worker {worker.worker_id} serving {len(items)} definitions; Ctrl-C stops")
+        await worker.run()
+        print("worker stopped")
+
+
+def _untyped(name: str, version: int) -> flows.Workflow[Any, Any]:
+    async def body(ctx: flows.WorkflowContext, value: Any) -> Any:
+        raise RuntimeError("placeholder definition, never run")
+
+    return flows.Workflow(name, body, version=version)
+
+
+async def cmd_start(args: argparse.Namespace) -> None:
+    payload = _json(args.input, "--input")
+    async with open_store(args) as store:
+        definition: flows.Workflow[Any, Any] | str
+        if args.app:
+            engine = flows.Engine(
+                store, workflows=[i for i in _load_app(args.app) if isinstance(i, flows.Workflow)]
+            )
+            definition = args.name
+        else:
+            engine = flows.Engine(store)
+            definition = _untyped(args.name, args.version)
+        run = await engine.start(
+            definition, payload, tenant_id=args.tenant, workflow_id=args.workflow_id
+        )
+        print(run.workflow_id)
+
+
+async def cmd_signal(args: argparse.Namespace) -> None:
+    payload = _json(args.payload, "--payload")
+    async with open_store(args) as store:
+        await flows.Engine(store).signal(
+            args.workflow_id, args.name, payload, tenant_id=args.tenant
+        )
+        print(f"signal {args.name!r} sent to {args.workflow_id}")
+
+
+async def cmd_cancel(args: argparse.Namespace) -> None:
+    async with open_store(args) as store:
+        outcome = await flows.Engine(store).cancel(
+            args.workflow_id, reason=args.reason, tenant_id=args.tenant
+        )
+        messages = {
+            flows.CancelOutcome.REQUESTED: "cancellation requested",
+            flows.CancelOutcome.ALREADY_REQUESTED: "cancellation was already requested",
+            flows.CancelOutcome.ALREADY_FINISHED: "workflow already finished; nothing to cancel",
+        }
+        print(f"{args.workflow_id}: {messages[outcome]}")
+
+
+async def cmd_show(args: argparse.Namespace) -> None:
+    async with open_store(args) as store:
+        engine = flows.Engine(store)
+        info = await engine.query(args.workflow_id, tenant_id=args.tenant)
+        history = await engine.history(args.workflow_id, tenant_id=args.tenant)
+        print(format_info(info))
+        print("history")
+        print(format_timeline(history))
+
+
+async def cmd_list(args: argparse.Namespace) -> None:
+    async with open_store(args) as store:
+        status = flows.WorkflowStatus(args.status) if args.status else None
+        tenant = None if args.all_tenants else flows.Engine(store).tenant_for(args.tenant)
+        records = await store.list_workflows(
+            ListQuery(tenant_id=tenant, status=status, name=args.name, limit=args.limit)
+        )
+        if not records:
+            print("no workflows")
+            return
+        print(f"{'workflow id':<38} {'name':<24} {'status':<10} {'tenant':<12} created")
+        for r in records:
+            created = r.created_at.strftime("%Y-%m-%d %H:%M:%S")
+            print(
+                f"{r.workflow_id:<38} {r.name + ' v' + str(r.version):<24} "
+                f"{r.status.value:<10} {r.tenant_id:<12} {created}"
+            )
+
+
+async def cmd_demo(args: argparse.Namespace) -> None:
+    from flows_examples.order import (
+        FakeServices,
+        OrderIn,
+        WarehouseConfirmation,
+        new_activities,
+        new_workflow,
+    )
+
+    svc = FakeServices()
+    acts = new_activities(svc)
+    order = new_workflow(acts, ship_delay=timedelta(seconds=args.ship_delay))
+
+    @contextlib.asynccontextmanager
+    async def memory() -> AsyncIterator[Store]:
+        from flows_memory import MemoryStore
+
+        yield MemoryStore()
+
+    ctx = memory() if args.memory else open_store(args, migrate=True)
+    async with ctx as store:
+        engine = flows.Engine(store, workflows=[order])
+        worker = flows.Worker(store, workflows=[order], activities=list(acts), poll_interval=0.2)
+        worker_task = asyncio.ensure_future(worker.run())
+        try:
+            run = await engine.start(
+                order, OrderIn(customer_id="cust-42", items=["book"], total=4200)
+            )
+            print(f"▶ started order-workflow {run.workflow_id}")
+            seen = 0
+            signalled = False
+            while True:
+                history = await engine.history(run.workflow_id)
+                for event in history[seen:]:
+                    _print_progress(event, history, args.ship_delay)
+                seen = len(history)
+                if not signalled and any(isinstance(e, SignalWaitStarted) for e in history):
+                    await asyncio.sleep(0.3)
+                    await engine.signal(
+                        run.workflow_id,
+                        "warehouse-ready",
+                        WarehouseConfirmation(warehouse="berlin-1"),
+                    )
+                    print("✉ signal 'warehouse-ready' sent (warehouse berlin-1)")
+                    signalled = True
+                info = await engine.query(run.workflow_id)
+                if info.finished:
+                    break
+                await store.wait_for_workflow(info.tenant_id, run.workflow_id, 1.0)
+            out = await run.result()
+            print(f"✔ {out.status}: order {out.order_id}, tracking {out.tracking}")
+            print("history timeline")
+            print(format_timeline(await engine.history(run.workflow_id)))
+        finally:
+            await worker.stop()
+            await worker_task
+
+
+def _print_progress(event: flows.Event, history: list[flows.Event], delay: float) -> None:
+    if isinstance(event, ActivityCompleted):
+        names = {e.seq: e.name for e in history if isinstance(e, ActivityScheduled)}
+        name = names.get(event.seq, "activity")
+        label = {
+            "charge-payment": "💳 payment charged",
+            "reserve-stock": "📦 stock reserved",
+            "ship-order": "🚚 shipped",
+        }.get(name, f"✓ {name} done")
+        print(f"{label}  → {bytes(event.output).decode()}")
+    elif isinstance(event, SignalWaitStarted):
+        print("⏳ waiting for warehouse confirmation")
+    elif isinstance(event, TimerStarted):
+        print(f"⏲ durable sleep of {delay:g}s before shipping")
+
+
+# -- entry point --
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flows", description="Durable workflows on PostgreSQL.")
+    parser.add_argument("--dsn", help="PostgreSQL DSN (default: $FLOWS_DSN, else embedded)")
+    parser.add_argument("--schema", default=os.environ.get("FLOWS_SCHEMA", "flows"))
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("FLOWS_DATA_DIR"),
+        help="embedded PostgreSQL data directory (default .flows/pgdata)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the order workflow end to end")
+    p.add_argument("--memory", action="store_true", help="use the in-memory store")
+    p.add_argument("--ship-delay", type=float, default=2.0, help="seconds of durable sleep")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("migrate", help="create or upgrade the Flows schema")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("worker", help="run a worker for the definitions in --app")
+    p.add_argument("--app", required=True, help="module:attribute with workflows and activities")
+    p.add_argument("--concurrency", type=int, default=10)
+    p.add_argument("--poll-interval", type=float, default=1.0)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("start", help="start a workflow, print its id")
+    p.add_argument("name")
+    p.add_argument("--input", help="JSON input")
+    p.add_argument("--id", dest="workflow_id")
+    p.add_argument("--tenant")
+    p.add_argument("--app", help="module:attribute, to validate the input against its type")
+    p.add_argument("--version", type=int, default=1, help="version when --app is not given")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("signal", help="send a signal")
+    p.add_argument("workflow_id")
+    p.add_argument("name")
+    p.add_argument("--payload", help="JSON payload")
+    p.add_argument("--tenant")
+    p.set_defaults(func=cmd_signal)
+
+    p = sub.add_parser("cancel", help="request cancellation")
+    p.add_argument("workflow_id")
+    p.add_argument("--reason", default="")
+    p.add_argument("--tenant")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("show", help="status, output or error, and the history timeline")
+    p.add_argument("workflow_id")
+    p.add_argument("--tenant")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("list", help="list workflows")
+    p.add_argument("--status", choices=[s.value for s in flows.WorkflowStatus])
+    p.add_argument("--name")
+    p.add_argument("--tenant")
+    p.add_argument("--all-tenants", action="store_true")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        asyncio.run(args.func(args))
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except flows.FlowsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
