@@ -439,7 +439,7 @@ class WorkflowInstance:
         same = type(taken) is type(recorded)
         if same and isinstance(taken, ActivityScheduled):
             assert isinstance(recorded, ActivityScheduled)
-            same = taken.name == recorded.name and bytes(taken.input) == bytes(recorded.input)
+            same = taken.name == recorded.name and _same_json(taken.input, recorded.input)
         elif same and isinstance(taken, SignalWaitStarted):
             assert isinstance(recorded, SignalWaitStarted)
             same = taken.name == recorded.name and (
@@ -486,6 +486,9 @@ class WorkflowInstance:
         wait = _SignalWait(step, name, type_, timeout_at is not None)
         buffered = self._buffered.get(name)
         if buffered:
+            if timeout_at is not None:
+                # Answered at once: drop the timeout, or its timer fires for nothing later.
+                self._drop(seq, "signal was already buffered")
             self._wake(self._decoded(wait, buffered.popleft()))
             return step
         self._waits[seq] = wait
@@ -518,8 +521,24 @@ class WorkflowInstance:
 
     # -- introspection --
 
+    def is_pending(self, seq: int) -> bool:
+        """True while step ``seq`` has been taken and not resolved or dropped."""
+        return seq in self._pending
+
     def pending_steps(self) -> list[int]:
         return sorted(self._pending)
+
+
+def _same_json(a: msgspec.Raw, b: msgspec.Raw) -> bool:
+    """Equal JSON values: a store may normalise the stored text (jsonb spacing, key order)."""
+    if bytes(a) == bytes(b):
+        return True
+    try:
+        canon_a = msgspec.json.encode(msgspec.json.decode(a), order="sorted")
+        canon_b = msgspec.json.encode(msgspec.json.decode(b), order="sorted")
+    except msgspec.DecodeError:
+        return False
+    return canon_a == canon_b
 
 
 def _describe(event: _CommandEvent) -> str:

@@ -1,9 +1,16 @@
 """The storage protocol every adapter implements (memory, PostgreSQL, Citus).
 
-One ``Store`` holds three kinds of data, all keyed by (tenant_id, shard_key, workflow_id):
+One ``Store`` holds, all keyed by (tenant_id, shard_key, workflow_id):
 
 * the workflow row: name, version, status, output/error, history length, next step seq;
-* the history: an append-only, gap-free list of events (position 1..n);
+* the history: an append-only, gap-free list of events (position 1..n). Only two writes
+  ever append to it: ``start_workflow`` (position 1) and the lease holder's
+  ``commit_workflow_task``, plus the claim of a workflow task (below);
+* the inbox: events from outside the workflow's own decisions (SignalReceived,
+  CancelRequested, TimerFired, results of queued activities), in arrival order. Claiming
+  a workflow task moves the inbox to the end of the history, in the same transaction,
+  so the history is exactly the sequence of events the workflow code was shown, in the
+  order it was shown them; replay applies them in that order and cannot diverge;
 * tasks: at most one *workflow task* per workflow (coalesced: it means "replay me"),
   *activity tasks* (one per scheduled step, for the queue path), and *timer tasks*
   (one per pending timer step). A task is claimable when ``visible_at <= now`` and it
@@ -91,6 +98,8 @@ class WorkflowRecord(msgspec.Struct, frozen=True, kw_only=True):
     cancel_requested: bool = False
     workflow_task_pending: bool = False
     """A workflow task exists and is not leased (the workflow waits for a worker)."""
+    inbox_length: int = 0
+    """Events received (signals, cancel, timers, results) not yet shown to the code."""
 
 
 class NewWorkflow(msgspec.Struct, frozen=True, kw_only=True):
@@ -168,13 +177,13 @@ class TimerTaskSpec(msgspec.Struct, frozen=True, kw_only=True):
 class WorkflowTaskCommit(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome of one workflow task, applied atomically.
 
-    Fenced by ``lease`` and by ``expected_next_seq`` == the row's next_seq. Appends
-    ``events`` after the current end of the history, sets next_seq, status, output and
-    error, inserts the new tasks, deletes the activity/timer tasks of ``drop_seqs``.
-    The workflow task itself is deleted, unless the history grew past
-    ``claimed_history_length`` while it ran (a signal, a timer...), in which case it
-    stays pending, unleased, so the workflow runs again. A terminal status deletes
-    every task of the workflow.
+    Fenced by ``lease``, by ``expected_next_seq`` == the row's next_seq and by
+    ``claimed_history_length`` == the history's length (LeaseLost otherwise, nothing
+    written). Appends ``events``, sets next_seq, status, output and error, inserts the
+    new tasks, deletes the activity/timer tasks of ``drop_seqs``. The workflow task is
+    deleted, unless the inbox is not empty (something arrived while it ran), in which
+    case it stays pending, unleased, so the workflow runs again. A terminal status
+    deletes every task of the workflow; inbox events that arrived too late stay there.
     """
 
     lease: Lease
@@ -188,10 +197,15 @@ class WorkflowTaskCommit(msgspec.Struct, frozen=True, kw_only=True):
     activity_tasks: list[ActivityTaskSpec] = []
     timers: list[TimerTaskSpec] = []
     drop_seqs: list[int] = []
+    keep_lease: timedelta | None = None
+    """Keep the workflow task leased for this long after the commit (the worker goes on
+    running inline steps) and move the inbox into the history, returning its events.
+    Only with a RUNNING status."""
 
 
 class ActivityResult(msgspec.Struct, frozen=True, kw_only=True):
-    """Final outcome of a queued activity: appended, task deleted, workflow task ensured."""
+    """Final outcome of a queued activity: to the inbox, task deleted, workflow task
+    ensured."""
 
     lease: Lease
     event: ActivityCompleted | ActivityFailedEvent
@@ -247,7 +261,7 @@ class Store(Protocol):
     async def signal_workflow(
         self, tenant_id: str, workflow_id: str, event: SignalReceived, *, tx: Any = None
     ) -> None:
-        """Append the signal and ensure a workflow task.
+        """Put the signal in the inbox and ensure a workflow task.
 
         WorkflowNotFound, or WorkflowNotRunning if terminal.
         """
@@ -256,7 +270,8 @@ class Store(Protocol):
     async def cancel_workflow(
         self, tenant_id: str, workflow_id: str, event: CancelRequested, *, tx: Any = None
     ) -> CancelOutcome:
-        """Append CancelRequested once and ensure a workflow task; no-op when finished."""
+        """Set cancel_requested, put CancelRequested in the inbox once, ensure a workflow
+        task; no-op when finished."""
         ...
 
     async def get_workflow(
@@ -280,11 +295,19 @@ class Store(Protocol):
     # -- worker operations --
 
     async def claim(self, request: ClaimRequest) -> list[ClaimedTask]:
-        """Lease up to ``limit`` visible tasks, oldest first, skipping locked ones."""
+        """Lease up to ``limit`` visible tasks, oldest first, skipping locked ones.
+
+        A claimed workflow task first moves its workflow's inbox into the history; the
+        claim returns the whole history and the row as of after that move.
+        """
         ...
 
-    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> None:
-        """Apply a workflow task's outcome (see WorkflowTaskCommit). LeaseLost if fenced."""
+    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Event]:
+        """Apply a workflow task's outcome (see WorkflowTaskCommit). LeaseLost if fenced.
+
+        Returns the inbox events moved into the history after ``events`` when
+        ``keep_lease`` is set (the claimant applies them and goes on); else [].
+        """
         ...
 
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
@@ -292,7 +315,8 @@ class Store(Protocol):
         ...
 
     async def complete_activity(self, result: ActivityResult) -> None:
-        """Append the activity's final event, delete its task, ensure a workflow task."""
+        """Put the activity's final event in the inbox, delete its task, ensure a
+        workflow task."""
         ...
 
     async def retry_activity(self, retry: ActivityRetry) -> None:
@@ -308,7 +332,8 @@ class Store(Protocol):
         ...
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
-        """For timers due now: append TimerFired, delete the timer, ensure a workflow task."""
+        """For timers due now: TimerFired into the inbox, delete the timer, ensure a
+        workflow task. Returns how many fired."""
         ...
 
     async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:

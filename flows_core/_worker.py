@@ -65,6 +65,15 @@ REGISTER_EVERY = 10.0
 
 
 @dataclass
+class _Progress:
+    """Where a workflow task stands: its lease and what has been committed so far."""
+
+    lease: Lease
+    history_length: int
+    next_seq: int
+
+
+@dataclass
 class _Outcome:
     output: msgspec.Raw | None = None
     error: ErrorInfo | None = None
@@ -309,20 +318,35 @@ class Worker:
         clock = self.store.clock
         instance = WorkflowInstance(definition)
         activation = instance.apply(claim.history, clock.now())
-        events: list[Event] = list(activation.new_events)
+        progress = _Progress(claim.lease, len(claim.history), wf.next_seq)
+        pending: list[Event] = list(activation.new_events)
+        fresh: list[Event] = list(activation.new_events)
         retries: dict[int, ActivityTaskSpec] = {}
-        fresh = activation.new_events
         budget = self.max_inline_steps
         keeper = _LeaseKeeper(self.store, claim.lease, self.lease)
         try:
-            while activation.nondeterminism is None and not instance.finished and budget > 0:
-                inline = [
-                    e
-                    for e in fresh
-                    if isinstance(e, ActivityScheduled) and e.name in self.activities
-                ][:budget]
+            while activation.nondeterminism is None and budget > 0:
+                inline = self._inline_candidates(instance, fresh)[:budget]
                 if not inline:
                     break
+                split = pending.index(inline[0])
+                if split > 0:
+                    # Record what came before these activities first, keeping the lease,
+                    # so a crash during them repeats nothing that had finished.
+                    moved = await self._commit(
+                        progress,
+                        instance,
+                        pending[:split],
+                        retries,
+                        keep=True,
+                        next_seq=inline[0].seq,
+                    )
+                    pending, retries = pending[split:], {}
+                    if moved:
+                        activation = instance.apply(moved, clock.now())
+                        pending += activation.new_events
+                        fresh = activation.new_events
+                        continue
                 budget -= len(inline)
                 self.stats["inline_activities"] += len(inline)
                 outcomes = await asyncio.gather(
@@ -356,8 +380,7 @@ class Worker:
                 if not resolutions:
                     break
                 activation = instance.apply(resolutions, now)
-                events.extend(resolutions)
-                events.extend(activation.new_events)
+                pending += [*resolutions, *activation.new_events]
                 fresh = activation.new_events
         finally:
             await keeper.close()
@@ -365,13 +388,52 @@ class Worker:
             self.stats["parked"] += 1
             log.error("workflow %s parked: %s", wf.workflow_id, activation.nondeterminism)
             await self.store.park_workflow(
-                claim.lease, ErrorInfo.from_exception(activation.nondeterminism)
+                progress.lease, ErrorInfo.from_exception(activation.nondeterminism)
             )
             return
-        await self.store.commit_workflow_task(
-            build_commit(claim, instance.next_seq, events, retries)
+        await self._commit(
+            progress, instance, pending, retries, keep=False, next_seq=instance.next_seq
         )
+
+    def _inline_candidates(
+        self, instance: WorkflowInstance, fresh: list[Event]
+    ) -> list[ActivityScheduled]:
+        """Just-scheduled steps this worker runs itself, still awaited by the code."""
+        if instance.finished:
+            return []
+        return [
+            e
+            for e in fresh
+            if isinstance(e, ActivityScheduled)
+            and e.name in self.activities
+            and instance.is_pending(e.seq)
+        ]
+
+    async def _commit(
+        self,
+        progress: _Progress,
+        instance: WorkflowInstance,
+        events: list[Event],
+        retries: dict[int, ActivityTaskSpec],
+        *,
+        keep: bool,
+        next_seq: int,
+    ) -> list[Event]:
+        """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back."""
+        commit = build_commit(
+            progress.lease,
+            progress.history_length,
+            progress.next_seq,
+            next_seq,
+            events,
+            retries,
+            keep_lease=self.lease if keep else None,
+        )
+        moved = await self.store.commit_workflow_task(commit)
         self.stats["commits"] += 1
+        progress.history_length += len(events) + len(moved)
+        progress.next_seq = next_seq
+        return moved
 
     # -- activity tasks --
 
@@ -479,10 +541,14 @@ def _resolution(seq: int, attempt: int, outcome: _Outcome, now: Any) -> Event | 
 
 
 def build_commit(
-    claim: WorkflowTaskClaim,
+    lease: Lease,
+    history_length: int,
+    expected_next_seq: int,
     next_seq: int,
     events: list[Event],
     retries: dict[int, ActivityTaskSpec] | None = None,
+    *,
+    keep_lease: timedelta | None = None,
 ) -> WorkflowTaskCommit:
     """Turn the events a workflow task produced into the store writes that record them."""
     retries = retries or {}
@@ -520,10 +586,11 @@ def build_commit(
             case _:
                 pass
     return WorkflowTaskCommit(
-        lease=claim.lease,
-        claimed_history_length=len(claim.history),
-        expected_next_seq=claim.workflow.next_seq,
+        lease=lease,
+        claimed_history_length=history_length,
+        expected_next_seq=expected_next_seq,
         next_seq=next_seq,
+        keep_lease=keep_lease,
         events=events,
         status=status,
         output=output,
@@ -541,6 +608,7 @@ class _LeaseKeeper:
         self.store, self.lease, self.duration = store, lease, duration
         self.states: set[_ActivityState] = set()
         self.lost: BaseException | None = None
+        self.expires_at = lease.expires_at
         self._last_extend = time.monotonic()
         self._task: asyncio.Task[None] | None = None
 
@@ -572,6 +640,7 @@ class _LeaseKeeper:
             except Exception as exc:
                 log.warning("heartbeat for %s failed: %r", self.lease.task_id, exc)
                 continue
+            self.expires_at = reply.expires_at if reply is not None else self.expires_at
             if reply is None or reply.cancel_requested:
                 for s in list(self.states):
                     with s.lock:

@@ -92,6 +92,10 @@ class _Workflow:
     created_at: datetime
     updated_at: datetime
     history: list[Event]
+    inbox: list[Event] = field(default_factory=list)
+    """Events from outside (signals, cancel, timer firings, queued results) not yet in
+    the history: the next workflow-task claim appends them, so the history only ever
+    grows by its owner's hand (see the Store protocol)."""
     status: WorkflowStatus = WorkflowStatus.RUNNING
     output: msgspec.Raw | None = None
     error: ErrorInfo | None = None
@@ -165,7 +169,15 @@ class MemoryStore:
             next_seq=wf.next_seq,
             cancel_requested=wf.cancel_requested,
             workflow_task_pending=pending,
+            inbox_length=len(wf.inbox),
         )
+
+    def _flush(self, wf: _Workflow) -> WorkflowRecord:
+        """Move the inbox into the history (at a workflow-task claim)."""
+        if wf.inbox:
+            wf.history.extend(wf.inbox)
+            wf.inbox.clear()
+        return self._record(wf)
 
     def _new_task(self, wf: _Workflow, kind: _Kind, visible_at: datetime, **fields: Any) -> _Task:
         task = _Task(
@@ -257,7 +269,7 @@ class MemoryStore:
         wf = self._get(tenant_id, workflow_id)
         if wf.status in TERMINAL_STATUSES:
             raise WorkflowNotRunning(workflow_id, wf.status.value)
-        wf.history.append(event)
+        wf.inbox.append(event)
         self._ensure_workflow_task(wf)
         self._changed(wf, work=True)
         self._fault("signal_workflow", "after")
@@ -273,7 +285,7 @@ class MemoryStore:
         if wf.cancel_requested:
             return CancelOutcome.ALREADY_REQUESTED
         wf.cancel_requested = True
-        wf.history.append(event)
+        wf.inbox.append(event)
         self._ensure_workflow_task(wf)
         self._changed(wf, work=True)
         self._fault("cancel_workflow", "after")
@@ -348,7 +360,7 @@ class MemoryStore:
             if task.kind == "workflow":
                 claimed.append(
                     WorkflowTaskClaim(
-                        lease=lease, workflow=self._record(wf), history=list(wf.history)
+                        lease=lease, workflow=self._flush(wf), history=list(wf.history)
                     )
                 )
             else:
@@ -368,7 +380,7 @@ class MemoryStore:
         self._fault("claim", "after")
         return claimed
 
-    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> None:
+    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Event]:
         self._fault("commit_workflow_task", "before")
         task, wf = self._leased(commit.lease)
         if wf.next_seq != commit.expected_next_seq:
@@ -377,7 +389,15 @@ class MemoryStore:
                 f"the commit expected #{commit.expected_next_seq}"
             )
         now = self._clock.now()
-        grew = len(wf.history) != commit.claimed_history_length
+        if len(wf.history) != commit.claimed_history_length:
+            raise LeaseLost(
+                f"workflow {wf.workflow_id}: history has {len(wf.history)} events, "
+                f"the commit was decided on {commit.claimed_history_length}"
+            )
+        moved: list[Event] = []
+        if commit.keep_lease is not None and commit.status != WorkflowStatus.RUNNING:
+            raise ValueError("keep_lease is only valid with a RUNNING status")
+        grew = bool(wf.inbox)
         wf.history.extend(commit.events)
         wf.next_seq = commit.next_seq
         wf.status = commit.status
@@ -403,7 +423,11 @@ class MemoryStore:
                 )
             for timer in commit.timers:
                 wf.step_tasks[timer.seq] = self._new_task(wf, "timer", timer.fire_at, seq=timer.seq)
-            if grew:
+            if commit.keep_lease is not None:
+                task.lease_expires = now + commit.keep_lease
+                moved = list(wf.inbox)
+                self._flush(wf)
+            elif grew:
                 task.token = task.owner = task.lease_expires = None
                 task.visible_at = now
             else:
@@ -411,6 +435,7 @@ class MemoryStore:
                 wf.workflow_task = None
         self._changed(wf, work=True)
         self._fault("commit_workflow_task", "after")
+        return moved
 
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
         self._fault("park_workflow", "before")
@@ -425,7 +450,7 @@ class MemoryStore:
     async def complete_activity(self, result: ActivityResult) -> None:
         self._fault("complete_activity", "before")
         task, wf = self._leased(result.lease)
-        wf.history.append(result.event)
+        wf.inbox.append(result.event)
         wf.step_tasks.pop(task.seq, None)
         self._delete(task)
         self._ensure_workflow_task(wf)
@@ -473,7 +498,7 @@ class MemoryStore:
         due.sort(key=lambda t: (t.visible_at, t.order))
         for task in due[:limit]:
             wf = self._workflows[task.key]
-            wf.history.append(TimerFired(seq=task.seq, at=now))
+            wf.inbox.append(TimerFired(seq=task.seq, at=now))
             wf.step_tasks.pop(task.seq, None)
             self._delete(task)
             self._ensure_workflow_task(wf)

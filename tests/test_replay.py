@@ -48,8 +48,13 @@ async def order(ctx: flows.WorkflowContext, amount: int) -> str:
 
 def started(amount: object = 10, name: str = "order") -> WorkflowStarted:
     return WorkflowStarted(
-        name=name, version=1, workflow_id="wf-1", tenant_id="t", input=msgspec.Raw(raw(amount)),
-        seed=42, at=T0,
+        name=name,
+        version=1,
+        workflow_id="wf-1",
+        tenant_id="t",
+        input=msgspec.Raw(raw(amount)),
+        seed=42,
+        at=T0,
     )
 
 
@@ -122,7 +127,7 @@ def test_user_code_cannot_swallow_nondeterminism() -> None:
     async def sneaky(ctx: flows.WorkflowContext, amount: int) -> str:
         try:
             await ctx.execute(ship, "x")
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             return "swallowed"
         return "no"
 
@@ -141,7 +146,11 @@ def test_activity_failure_is_raised_in_workflow() -> None:
         return "ok"
 
     error = flows.ErrorInfo(type="CardDeclined", message="no", attempts=3)
-    history = [started(), scheduled(1, "charge", 10), ActivityFailedEvent(seq=1, error=error, at=T0)]
+    history = [
+        started(),
+        scheduled(1, "charge", 10),
+        ActivityFailedEvent(seq=1, error=error, at=T0),
+    ]
     act = flows.replay(catches, history, T0)
     assert act.new_events == [WorkflowCompleted(output=msgspec.Raw(b'"CardDeclined/3"'), at=T0)]
 

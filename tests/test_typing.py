@@ -59,11 +59,11 @@ def test_mypy_infers_and_rejects(tmp_path: Path) -> None:
     lines = out.splitlines()
 
     def line_of(marker: str) -> int:
-        return next(i for i, l in enumerate(SNIPPET.splitlines(), 1) if marker in l)
+        return next(i for i, ln in enumerate(SNIPPET.splitlines(), 1) if marker in ln)
 
     def revealed(marker: str) -> str:
         prefix = f"snippet.py:{line_of(marker)}: note: Revealed type is "
-        found = [l.split(prefix, 1)[1] for l in lines if prefix in l]
+        found = [ln.split(prefix, 1)[1] for ln in lines if prefix in ln]
         assert found, out
         return found[0].replace("builtins.", "").strip('"')
 
@@ -75,7 +75,7 @@ def test_mypy_infers_and_rejects(tmp_path: Path) -> None:
     assert revealed("reveal_type(await run.result())") == "bool"
     wrong_input = f"snippet.py:{line_of('WRONG_INPUT')}: error"
     wrong_start = f"snippet.py:{line_of('WRONG_START')}: error"
-    assert any(wrong_input in l for l in lines), out
-    assert any(wrong_start in l for l in lines), out
-    errors = [l for l in lines if ": error:" in l]
+    assert any(wrong_input in ln for ln in lines), out
+    assert any(wrong_start in ln for ln in lines), out
+    errors = [ln for ln in lines if ": error:" in ln]
     assert len(errors) == 2, out

@@ -7,8 +7,6 @@ from datetime import timedelta
 
 import msgspec
 import pytest
-
-import flows_core as flows
 from flows_examples.order import (
     FakeServices,
     OrderIn,
@@ -16,6 +14,8 @@ from flows_examples.order import (
     new_activities,
     new_workflow,
 )
+
+import flows_core as flows
 from flows_memory import TestEnvironment
 
 

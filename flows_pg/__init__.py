@@ -1,0 +1,16 @@
+"""Flows on PostgreSQL: ``PostgresStore``, the migration runner, the embedded server helper.
+
+::
+
+    from flows_pg import PostgresStore
+
+    async with PostgresStore("postgresql://...", schema="flows") as store:
+        await store.migrate()
+        engine = flows.Engine(store)
+"""
+
+from . import embedded
+from ._migrate import check_schema, load_migrations, migrate
+from ._store import PostgresStore
+
+__all__ = ["PostgresStore", "embedded", "check_schema", "load_migrations", "migrate"]

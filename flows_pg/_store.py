@@ -1,0 +1,634 @@
+"""``PostgresStore``: the Store protocol on PostgreSQL (psycopg 3 async + psycopg_pool).
+
+See ``flows_core._store`` for the semantics and ``flows_pg._sql`` for the statements.
+Every method runs exactly one SQL statement, hence one transaction. Lease expiry and
+visibility use the database clock; ``clock`` is the system clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Self
+
+import msgspec
+import psycopg
+import uuid6
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from flows_core._clock import Clock, SystemClock
+from flows_core._errors import (
+    ErrorInfo,
+    LeaseLost,
+    PayloadError,
+    WorkflowAlreadyExists,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+)
+from flows_core._events import (
+    CancelRequested,
+    Event,
+    SignalReceived,
+    decode_events,
+    encode_event,
+)
+from flows_core._store import (
+    TERMINAL_STATUSES,
+    ActivityResult,
+    ActivityRetry,
+    ActivityTaskClaim,
+    CancelOutcome,
+    ClaimedTask,
+    ClaimRequest,
+    HeartbeatReply,
+    Lease,
+    ListQuery,
+    NewWorkflow,
+    WorkerInfo,
+    WorkflowRecord,
+    WorkflowStatus,
+    WorkflowTaskClaim,
+    WorkflowTaskCommit,
+)
+
+from . import _sql
+from ._listener import Listener, channel_names
+from ._migrate import check_schema, load_migrations, migrate
+
+__all__ = ["PostgresStore"]
+
+_json: Final = msgspec.json.Encoder()
+_error_decoder: Final = msgspec.json.Decoder(ErrorInfo)
+_types_decoder: Final = msgspec.json.Decoder(list[tuple[str, int]])
+_names_decoder: Final = msgspec.json.Decoder(list[str])
+_SHARDS_FILTER: Final = "AND t.shard_key = ANY(%(shards)s::text[])"
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _raw(text: str | None) -> msgspec.Raw | None:
+    return None if text is None else msgspec.Raw(text.encode())
+
+
+def _text(raw: msgspec.Raw | bytes | None) -> str | None:
+    return None if raw is None else bytes(raw).decode()
+
+
+def _error_text(error: ErrorInfo | None) -> str | None:
+    return None if error is None else _json.encode(error).decode()
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        raise LeaseLost(f"{what} {value!r} is not a lease of this store") from None
+
+
+def _record(row: Sequence[Any], pending: bool) -> WorkflowRecord:
+    error = row[8]
+    return WorkflowRecord(
+        tenant_id=row[0],
+        workflow_id=row[1],
+        name=row[2],
+        version=row[3],
+        shard_key=row[4],
+        status=WorkflowStatus(row[5]),
+        input=msgspec.Raw(row[6].encode()),
+        output=_raw(row[7]),
+        error=None if error is None else _error_decoder.decode(error),
+        created_at=_utc(row[9]),
+        updated_at=_utc(row[10]),
+        history_length=row[11],
+        next_seq=row[12],
+        cancel_requested=row[13],
+        workflow_task_pending=pending,
+    )
+
+
+class PostgresStore:
+    """Store on PostgreSQL.
+
+    ``PostgresStore(dsn)`` owns a connection pool (autocommit connections, opened by
+    ``open()`` or ``async with``, or lazily on first use; closed by ``close()``).
+    ``PostgresStore(pool)`` uses the caller's ``AsyncConnectionPool`` and never opens or
+    closes it. Either way the store keeps one extra connection for LISTEN, started by the
+    first ``wait_for_work``/``wait_for_workflow`` and closed by ``close()``.
+    """
+
+    def __init__(
+        self,
+        pool_or_dsn: str | AsyncConnectionPool[Any],
+        *,
+        schema: str = "flows",
+        min_size: int = 1,
+        max_size: int = 10,
+        clock: Clock | None = None,
+    ) -> None:
+        self.schema = check_schema(schema)
+        self._ident = sql.Identifier(self.schema).as_string(None)
+        self._clock: Clock = clock or SystemClock()
+        if isinstance(pool_or_dsn, str):
+            self._pool = AsyncConnectionPool(
+                pool_or_dsn,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={"autocommit": True},
+                open=False,
+                name=f"flows-{self.schema}",
+            )
+            self._owns_pool = True
+            self._conninfo = pool_or_dsn
+            self._conn_kwargs: dict[str, Any] = {}
+        elif isinstance(pool_or_dsn, AsyncConnectionPool):
+            self._pool = pool_or_dsn
+            self._owns_pool = False
+            conninfo, kwargs = pool_or_dsn.conninfo, pool_or_dsn.kwargs
+            if not isinstance(conninfo, str) or not (kwargs is None or isinstance(kwargs, dict)):
+                raise TypeError(
+                    "PostgresStore needs a pool built from a conninfo string and a kwargs "
+                    "dict (it opens its LISTEN connection with them)"
+                )
+            self._conninfo = conninfo
+            self._conn_kwargs = dict(kwargs or {})
+        else:
+            raise TypeError(
+                "PostgresStore takes a DSN string or a psycopg_pool.AsyncConnectionPool, "
+                f"got {type(pool_or_dsn).__name__}"
+            )
+        self._opened = False
+        self.work_channel, self.workflow_channel = channel_names(self.schema)
+        self._listener = Listener(self._listen_connect, self.work_channel, self.workflow_channel)
+        self._s_start = self._q(_sql.START)
+        self._s_signal = self._q(_sql.SIGNAL)
+        self._s_cancel = self._q(_sql.CANCEL)
+        self._s_get = self._q(_sql.GET_WORKFLOW)
+        self._s_history = self._q(_sql.GET_HISTORY)
+        self._s_claim = {
+            sharded: self._q(_sql.CLAIM.replace("{shards}", _SHARDS_FILTER if sharded else ""))
+            for sharded in (False, True)
+        }
+        self._s_fire = {
+            sharded: self._q(
+                _sql.FIRE_DUE_TIMERS.replace("{shards}", _SHARDS_FILTER if sharded else "")
+            )
+            for sharded in (False, True)
+        }
+        self._s_next_due = {
+            sharded: self._q(_sql.NEXT_DUE.replace("{shards}", _SHARDS_FILTER if sharded else ""))
+            for sharded in (False, True)
+        }
+        self._s_commit = self._q(_sql.COMMIT)
+        self._s_commit_grown = self._q(_sql.COMMIT_GROWN)
+        self._s_lock_leased = self._q(_sql.LOCK_LEASED)
+        self._s_park = self._q(_sql.PARK)
+        self._s_complete = self._q(_sql.COMPLETE_ACTIVITY)
+        self._s_retry = self._q(_sql.RETRY_ACTIVITY)
+        self._s_heartbeat = self._q(_sql.HEARTBEAT)
+        self._s_release = self._q(_sql.RELEASE)
+        self._s_register = self._q(_sql.REGISTER_WORKER)
+        self._s_unregister = self._q(_sql.UNREGISTER_WORKER)
+        self._s_workers = self._q(_sql.LIST_WORKERS)
+        self._s_list: dict[tuple[bool, bool, bool], str] = {}
+
+    # -- lifecycle --
+
+    async def open(self) -> None:
+        """Open the owned pool (no-op with a caller's pool)."""
+        if self._opened:
+            return
+        if self._owns_pool:
+            # Connect once first: a bad DSN fails now with the server's own message,
+            # instead of a pool timeout later.
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            await conn.close()
+            await self._pool.open(wait=True)
+        self._opened = True
+
+    async def close(self) -> None:
+        """Stop the listener and close the owned pool."""
+        await self._listener.close()
+        if self._owns_pool and self._opened:
+            await self._pool.close()
+        self._opened = False
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def migrate(self) -> list[int]:
+        """Create or upgrade this store's schema; returns the versions applied."""
+        await self.open()
+        return await migrate(self._pool, self.schema)
+
+    async def is_migrated(self) -> bool:
+        """True if this store's schema exists and has every migration of this version."""
+        latest = max(m.version for m in load_migrations())
+        table = f"{self._ident}.schema_migrations"
+        rows = await self._rows("SELECT to_regclass(%(table)s) IS NOT NULL", {"table": table})
+        if not rows[0][0]:
+            return False
+        rows = await self._rows(self._q("SELECT max(version) FROM {S}.schema_migrations"), {})
+        return rows[0][0] is not None and int(rows[0][0]) >= latest
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        return self._pool
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    # -- plumbing --
+
+    def _q(self, template: str) -> str:
+        return template.replace("{S}", self._ident)
+
+    async def _listen_connect(self) -> psycopg.AsyncConnection[Any]:
+        kwargs = {**self._conn_kwargs, "autocommit": True}
+        return await psycopg.AsyncConnection.connect(self._conninfo, **kwargs)
+
+    @staticmethod
+    def _tx(tx: Any) -> psycopg.AsyncConnection[Any] | None:
+        if tx is None:
+            return None
+        if isinstance(tx, psycopg.AsyncConnection):
+            if tx.closed:
+                raise ValueError("tx= is a closed connection")
+            if tx.info.transaction_status == TransactionStatus.INERROR:
+                raise ValueError("tx= is a connection whose transaction has failed")
+            return tx
+        raise TypeError(
+            "tx= takes a psycopg.AsyncConnection in an open transaction, "
+            f"got {type(tx).__module__}.{type(tx).__qualname__}"
+        )
+
+    async def _rows(
+        self, query: str, params: dict[str, Any], tx: Any = None
+    ) -> list[tuple[Any, ...]]:
+        conn = self._tx(tx)
+        try:
+            if conn is not None:
+                async with conn.cursor(row_factory=tuple_row) as cur:
+                    await cur.execute(query, params)
+                    return await cur.fetchall() if cur.description is not None else []
+            if not self._opened:
+                await self.open()
+            async with (
+                self._pool.connection() as pooled,
+                pooled.cursor(row_factory=tuple_row) as cur,
+            ):
+                await cur.execute(query, params)
+                return await cur.fetchall() if cur.description is not None else []
+        except pg_errors.UntranslatableCharacter as exc:
+            raise PayloadError(
+                f"a payload contains a character PostgreSQL jsonb cannot store (\\u0000): {exc}"
+            ) from exc
+
+    def _wf_key(self, tenant_id: str, workflow_id: str) -> str:
+        return _json.encode((tenant_id, workflow_id)).decode()
+
+    def _fence_params(self, lease: Lease) -> dict[str, Any]:
+        return {
+            "sk": lease.shard_key,
+            "tid": lease.tenant_id,
+            "wid": lease.workflow_id,
+            "task_id": _uuid(lease.task_id, "task id"),
+            "token": _uuid(lease.token, "lease token"),
+            "ch_work": self.work_channel,
+            "ch_wf": self.workflow_channel,
+            "wf_key": self._wf_key(lease.tenant_id, lease.workflow_id),
+        }
+
+    # -- client operations --
+
+    async def start_workflow(self, new: NewWorkflow, *, tx: Any = None) -> None:
+        params = {
+            "sk": new.shard_key,
+            "tid": new.tenant_id,
+            "wid": new.workflow_id,
+            "name": new.name,
+            "version": new.version,
+            "input": bytes(new.input).decode(),
+            "event": encode_event(new.started).decode(),
+            "wf_task_id": uuid6.uuid7(),
+            "ch_work": self.work_channel,
+            "ch_wf": self.workflow_channel,
+            "wf_key": self._wf_key(new.tenant_id, new.workflow_id),
+        }
+        try:
+            rows = await self._rows(self._s_start, params, tx)
+        except pg_errors.UniqueViolation as exc:
+            raise WorkflowAlreadyExists(new.workflow_id) from exc
+        if not rows or rows[0][0] == 0:
+            raise WorkflowAlreadyExists(new.workflow_id)
+
+    async def _append_external(
+        self, query: str, tenant_id: str, workflow_id: str, event: Event, tx: Any
+    ) -> tuple[str, bool]:
+        params = {
+            "tid": tenant_id,
+            "wid": workflow_id,
+            "event": encode_event(event).decode(),
+            "wf_task_id": uuid6.uuid7(),
+            "ch_work": self.work_channel,
+            "ch_wf": self.workflow_channel,
+            "wf_key": self._wf_key(tenant_id, workflow_id),
+        }
+        rows = await self._rows(query, params, tx)
+        if not rows:
+            raise WorkflowNotFound(workflow_id, tenant_id)
+        return rows[0][0], rows[0][1]
+
+    async def signal_workflow(
+        self, tenant_id: str, workflow_id: str, event: SignalReceived, *, tx: Any = None
+    ) -> None:
+        status, _ = await self._append_external(self._s_signal, tenant_id, workflow_id, event, tx)
+        if WorkflowStatus(status) in TERMINAL_STATUSES:
+            raise WorkflowNotRunning(workflow_id, status)
+
+    async def cancel_workflow(
+        self, tenant_id: str, workflow_id: str, event: CancelRequested, *, tx: Any = None
+    ) -> CancelOutcome:
+        status, already = await self._append_external(
+            self._s_cancel, tenant_id, workflow_id, event, tx
+        )
+        if WorkflowStatus(status) in TERMINAL_STATUSES:
+            return CancelOutcome.ALREADY_FINISHED
+        if already:
+            return CancelOutcome.ALREADY_REQUESTED
+        return CancelOutcome.REQUESTED
+
+    async def get_workflow(
+        self, tenant_id: str, workflow_id: str, *, tx: Any = None
+    ) -> WorkflowRecord:
+        rows = await self._rows(self._s_get, {"tid": tenant_id, "wid": workflow_id}, tx)
+        if not rows:
+            raise WorkflowNotFound(workflow_id, tenant_id)
+        return _record(rows[0], rows[0][14])
+
+    async def get_history(self, tenant_id: str, workflow_id: str, *, after: int = 0) -> list[Event]:
+        rows = await self._rows(
+            self._s_history, {"tid": tenant_id, "wid": workflow_id, "after": after}
+        )
+        if not rows:
+            raise WorkflowNotFound(workflow_id, tenant_id)
+        text = rows[0][0]
+        return [] if text is None else decode_events(text)
+
+    async def list_workflows(self, query: ListQuery) -> list[WorkflowRecord]:
+        key = (query.tenant_id is not None, query.status is not None, query.name is not None)
+        statement = self._s_list.get(key)
+        if statement is None:
+            statement = self._q(_sql.list_workflows_sql(tenant=key[0], status=key[1], name=key[2]))
+            self._s_list[key] = statement
+        params = {
+            "tid": query.tenant_id,
+            "status": None if query.status is None else str(query.status),
+            "name": query.name,
+            "limit": max(0, query.limit),
+            "offset": max(0, query.offset),
+        }
+        rows = await self._rows(statement, params)
+        return [_record(row, row[14]) for row in rows]
+
+    async def wait_for_workflow(self, tenant_id: str, workflow_id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        if timeout <= 0:
+            return
+        await self._listener.start(wait=min(timeout, 2.0))
+        await self._listener.wait_workflow(tenant_id, workflow_id, deadline - time.monotonic())
+
+    # -- worker operations --
+
+    async def claim(self, request: ClaimRequest) -> list[ClaimedTask]:
+        queues = [f"w:{name}:{version}" for name, version in request.workflow_types]
+        queues += [f"a:{name}" for name in request.activity_names]
+        if not queues or request.limit <= 0:
+            return []
+        if request.shard_keys is not None and not request.shard_keys:
+            return []
+        params = {
+            "queues": queues,
+            "limit": request.limit,
+            "tokens": [uuid6.uuid7() for _ in range(request.limit)],
+            "owner": request.owner,
+            "lease": request.lease,
+            "shards": None if request.shard_keys is None else list(request.shard_keys),
+        }
+        rows = await self._rows(self._s_claim[request.shard_keys is not None], params)
+        claimed: list[ClaimedTask] = []
+        for row in rows:
+            kind, task_id, token, expires, seq, name, task_input, attempt = row[:8]
+            wf = row[8:22]
+            lease = Lease(
+                task_id=str(task_id),
+                token=str(token),
+                tenant_id=wf[0],
+                shard_key=wf[4],
+                workflow_id=wf[1],
+                expires_at=_utc(expires),
+            )
+            if kind == "workflow":
+                history = row[22]
+                claimed.append(
+                    WorkflowTaskClaim(
+                        lease=lease,
+                        workflow=_record(wf, False),
+                        history=[] if history is None else decode_events(history),
+                    )
+                )
+            else:
+                claimed.append(
+                    ActivityTaskClaim(
+                        lease=lease,
+                        workflow_name=wf[2],
+                        seq=seq,
+                        activity_name=name,
+                        input=msgspec.Raw((task_input or "null").encode()),
+                        attempt=attempt,
+                        cancel_requested=wf[13],
+                    )
+                )
+        return claimed
+
+    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> None:
+        lease = commit.lease
+        params = self._fence_params(lease)
+        acts = commit.activity_tasks
+        params.update(
+            {
+                "claimed": commit.claimed_history_length,
+                "expected": commit.expected_next_seq,
+                "next_seq": commit.next_seq,
+                "events": [encode_event(e).decode() for e in commit.events],
+                "n_events": len(commit.events),
+                "status": str(commit.status),
+                "output": _text(commit.output),
+                "error": _error_text(commit.error),
+                "terminal": commit.status in TERMINAL_STATUSES,
+                "drop_seqs": list(commit.drop_seqs),
+                "a_ids": [uuid6.uuid7() for _ in acts],
+                "a_seqs": [a.seq for a in acts],
+                "a_names": [a.name for a in acts],
+                "a_inputs": [bytes(a.input).decode() for a in acts],
+                "a_attempts": [a.attempt for a in acts],
+                "a_errors": [_error_text(a.last_error) for a in acts],
+                "a_visible": [a.visible_at for a in acts],
+                "t_ids": [uuid6.uuid7() for _ in commit.timers],
+                "t_seqs": [t.seq for t in commit.timers],
+                "t_fire": [t.fire_at for t in commit.timers],
+                "new_work": bool(acts or commit.timers),
+            }
+        )
+        rows = await self._rows(self._s_commit, params)
+        ok, wf_found, task_found, next_seq, history_length = rows[0][:5]
+        if ok:
+            return
+        if (
+            wf_found
+            and task_found
+            and next_seq == commit.expected_next_seq
+            and history_length > commit.claimed_history_length
+        ):
+            # The history grew while the task ran: the slow path, in two statements.
+            rows = await self._grown_commit(params)
+            ok, wf_found, task_found, next_seq = rows[0][:4]
+            if ok:
+                return
+        if not wf_found or not task_found:
+            raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+        raise LeaseLost(
+            f"workflow {lease.workflow_id}: next step is #{next_seq}, "
+            f"the commit expected #{commit.expected_next_seq}"
+        )
+
+    async def _grown_commit(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        if not self._opened:
+            await self.open()
+        try:
+            async with (
+                self._pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor(row_factory=tuple_row) as cur,
+            ):
+                await cur.execute(self._s_lock_leased, params)
+                if not await cur.fetchall():
+                    return [(0, 1, 0, None, None)]
+                # A new statement: its snapshot sees every event appended before our lock.
+                await cur.execute(self._s_commit_grown, params)
+                return await cur.fetchall()
+        except pg_errors.UntranslatableCharacter as exc:
+            raise PayloadError(
+                f"a payload contains \\u0000, which jsonb cannot store: {exc}"
+            ) from exc
+
+    async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
+        params = self._fence_params(lease)
+        params["error"] = _error_text(error)
+        rows = await self._rows(self._s_park, params)
+        if not rows[0][0]:
+            raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+
+    async def complete_activity(self, result: ActivityResult) -> None:
+        lease = result.lease
+        params = self._fence_params(lease)
+        params["event"] = encode_event(result.event).decode()
+        params["wf_task_id"] = uuid6.uuid7()
+        rows = await self._rows(self._s_complete, params)
+        if not rows[0][0]:
+            raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+
+    async def retry_activity(self, retry: ActivityRetry) -> None:
+        lease = retry.lease
+        params = self._fence_params(lease)
+        params.update(
+            {
+                "attempt": retry.next_attempt,
+                "visible_at": retry.visible_at,
+                "error": _error_text(retry.error),
+            }
+        )
+        rows = await self._rows(self._s_retry, params)
+        if not rows[0][0]:
+            raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+
+    async def heartbeat(self, lease: Lease, extend: timedelta) -> HeartbeatReply:
+        params = self._fence_params(lease)
+        params["extend"] = extend
+        rows = await self._rows(self._s_heartbeat, params)
+        if not rows:
+            raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+        return HeartbeatReply(expires_at=_utc(rows[0][0]), cancel_requested=rows[0][1])
+
+    async def release(self, lease: Lease) -> None:
+        with contextlib.suppress(LeaseLost):
+            await self._rows(self._s_release, self._fence_params(lease))
+
+    async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
+        if limit <= 0 or (shard_keys is not None and not shard_keys):
+            return 0
+        params = {
+            "limit": limit,
+            "shards": None if shard_keys is None else list(shard_keys),
+            "task_ids": [uuid6.uuid7() for _ in range(limit)],
+            "ch_work": self.work_channel,
+            "ch_wf": self.workflow_channel,
+        }
+        rows = await self._rows(self._s_fire[shard_keys is not None], params)
+        return int(rows[0][0])
+
+    async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
+        if shard_keys is not None and not shard_keys:
+            return None
+        params = {"shards": None if shard_keys is None else list(shard_keys)}
+        rows = await self._rows(self._s_next_due[shard_keys is not None], params)
+        due: datetime | None = rows[0][0]
+        return None if due is None else _utc(due)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        if timeout <= 0:
+            return
+        await self._listener.start(wait=min(timeout, 2.0))
+        await self._listener.wait_work(deadline - time.monotonic())
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        params = {
+            "worker_id": info.worker_id,
+            "types": _json.encode([list(t) for t in info.workflow_types]).decode(),
+            "names": _json.encode(list(info.activity_names)).decode(),
+            "host": info.host,
+            "pid": info.pid,
+            "at": info.heartbeat_at,
+        }
+        await self._rows(self._s_register, params)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._rows(self._s_unregister, {"worker_id": worker_id})
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        rows = await self._rows(self._s_workers, {})
+        return [
+            WorkerInfo(
+                worker_id=row[0],
+                workflow_types=_types_decoder.decode(row[1]),
+                activity_names=_names_decoder.decode(row[2]),
+                heartbeat_at=_utc(row[3]),
+                host=row[4],
+                pid=row[5],
+            )
+            for row in rows
+        ]

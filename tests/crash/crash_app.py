@@ -1,0 +1,100 @@
+"""Workflow, activity and worker process used by the crash tests.
+
+Run as a worker process::
+
+    python crash_app.py DSN SCHEMA MODE LEASE_SECONDS
+
+MODE is ``normal``, ``slow`` (step 1 of every workflow blocks for a minute, so the
+process can be killed inside the activity) or ``die-in-commit:SECONDS`` (the process
+SIGKILLs itself that long after sending its first workflow-task commit).
+Every activity execution is recorded in ``<schema>.crash_effects`` (its own connection,
+autocommit), so the test can count executions against recorded results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+import flows_core as flows
+
+MODE = os.environ.get("CRASH_MODE", "normal")
+_local = threading.local()
+
+
+class EffectIn(msgspec.Struct):
+    workflow_id: str
+    step: int
+
+
+def effects_table(schema: str) -> sql.Composed:
+    return sql.SQL("{}.crash_effects").format(sql.Identifier(schema))
+
+
+@flows.activity("effect", retry=flows.RetryPolicy(initial_interval=timedelta(seconds=0.1)))
+def effect(inp: EffectIn) -> int:
+    conn = getattr(_local, "conn", None)
+    if conn is None:
+        conn = _local.conn = psycopg.connect(os.environ["CRASH_DSN"], autocommit=True)
+    conn.execute(
+        sql.SQL("INSERT INTO {} (workflow_id, step, pid) VALUES (%s, %s, %s)").format(
+            effects_table(os.environ["CRASH_SCHEMA"])
+        ),
+        (inp.workflow_id, inp.step, os.getpid()),
+    )
+    if MODE == "slow" and inp.step == 1:
+        time.sleep(60)
+    return inp.step + 1
+
+
+@flows.workflow("crash-wf")
+async def crash_wf(ctx: flows.WorkflowContext, steps: int) -> int:
+    total = 0
+    for step in range(steps):
+        total += await ctx.execute(effect, EffectIn(workflow_id=ctx.workflow_id, step=step))
+    await ctx.sleep(timedelta(seconds=0.2))
+    return total
+
+
+async def run_worker(dsn: str, schema: str, lease: float) -> None:
+    from flows_pg import PostgresStore
+
+    async with PostgresStore(dsn, schema=schema) as store:
+        if MODE.startswith("die-in-commit:"):
+            delay = float(MODE.split(":", 1)[1])
+            commit = store.commit_workflow_task
+
+            async def dying(c: object) -> None:
+                asyncio.ensure_future(commit(c))  # type: ignore[arg-type]
+                await asyncio.sleep(delay)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            store.commit_workflow_task = dying  # type: ignore[method-assign]
+        worker = flows.Worker(
+            store,
+            workflows=[crash_wf],
+            activities=[effect],
+            lease=timedelta(seconds=lease),
+            poll_interval=0.1,
+            concurrency=10,
+        )
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(worker.stop()))
+        print("ready", flush=True)
+        await worker.run()
+
+
+if __name__ == "__main__":
+    dsn, schema, mode, lease = sys.argv[1:5]
+    os.environ.update(CRASH_DSN=dsn, CRASH_SCHEMA=schema, CRASH_MODE=mode)
+    MODE = mode
+    asyncio.run(run_worker(dsn, schema, float(lease)))

@@ -1,0 +1,174 @@
+"""Crash tests with real processes: SIGKILL mid-activity and mid-commit, and a
+PostgreSQL restart mid-run. Another worker must finish every workflow, each activity
+result recorded exactly once, no step scheduled twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from checks import assert_history_invariants
+from conftest_pg import drop_pg_store, make_pg_store
+
+import flows_core as flows
+from flows_core._events import ActivityCompleted, ActivityScheduled
+
+from .crash_app import crash_wf, effect, effects_table
+
+pytestmark = [pytest.mark.pg, pytest.mark.slow]
+
+APP = Path(__file__).with_name("crash_app.py")
+STEPS = 3
+
+
+@pytest.fixture
+async def store(pg_dsn: str) -> AsyncIterator[object]:
+    s = await make_pg_store(pg_dsn)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await conn.execute(
+            psycopg.sql.SQL(
+                "CREATE TABLE {} (workflow_id text, step int, pid int, at timestamptz DEFAULT now())"
+            ).format(effects_table(s.schema))
+        )
+    try:
+        yield s
+    finally:
+        await drop_pg_store(s)
+
+
+def spawn(dsn: str, schema: str, mode: str, lease: float = 1.0) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APP.parent), *sys.path])}
+    proc = subprocess.Popen(
+        [sys.executable, str(APP), dsn, schema, mode, str(lease)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+async def effects(dsn: str, schema: str) -> list[tuple[str, int, int]]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            psycopg.sql.SQL("SELECT workflow_id, step, pid FROM {}").format(effects_table(schema))
+        )
+        return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def assert_all_done_exactly_once(engine: flows.Engine, ids: list[str]) -> None:
+    for wf_id in ids:
+        assert await engine.wait_for_result(wf_id, timeout=60) == sum(range(1, STEPS + 1))
+        history = await engine.history(wf_id)
+        assert_history_invariants(history)
+        scheduled = Counter(e.seq for e in history if isinstance(e, ActivityScheduled))
+        recorded = Counter(e.seq for e in history if isinstance(e, ActivityCompleted))
+        assert len(scheduled) == STEPS, history
+        assert set(scheduled.values()) == {1}, "a step was scheduled twice"
+        assert recorded == scheduled, "an activity result was not recorded exactly once"
+
+
+async def test_worker_killed_inside_activity_is_finished_by_another(pg_dsn: str, store) -> None:  # type: ignore[no-untyped-def]
+    engine = flows.Engine(store)
+    ids = [(await engine.start(crash_wf, STEPS)).workflow_id for _ in range(6)]
+    victim = spawn(pg_dsn, store.schema, "slow")
+    rescuer = None
+    try:
+
+        async def all_blocked() -> bool:
+            rows = await effects(pg_dsn, store.schema)
+            return len({w for w, step, _ in rows if step == 1}) == len(ids)
+
+        await wait_for(all_blocked, 30, "the victim to be inside step 1 of every workflow")
+        kill(victim)
+        rescuer = spawn(pg_dsn, store.schema, "normal")
+        await assert_all_done_exactly_once(engine, ids)
+    finally:
+        kill(victim)
+        if rescuer is not None:
+            kill(rescuer)
+    rows = await effects(pg_dsn, store.schema)
+    runs = Counter((w, step) for w, step, _ in rows)
+    assert all(runs[(w, 1)] == 2 for w in ids), "step 1 ran in the victim and again in the rescuer"
+    assert all(runs[(w, 0)] == 1 for w in ids), "step 0 was recorded before the kill: not re-run"
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.0005, 0.002, 0.01])
+async def test_worker_killed_during_commit(pg_dsn: str, store, delay: float) -> None:  # type: ignore[no-untyped-def]
+    engine = flows.Engine(store)
+    ids = [(await engine.start(crash_wf, STEPS)).workflow_id for _ in range(4)]
+    victim = spawn(pg_dsn, store.schema, f"die-in-commit:{delay}")
+    victim.wait(60)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read() if victim.stderr else ""
+    rescuer = spawn(pg_dsn, store.schema, "normal")
+    try:
+        await assert_all_done_exactly_once(engine, ids)
+    finally:
+        kill(rescuer)
+
+
+async def test_postgres_restart_mid_run(tmp_path: Path) -> None:
+    from flows_pg import embedded
+
+    data = tmp_path / "pg"
+    try:
+        dsn = embedded.ensure_started(data)
+    except Exception as exc:
+        pytest.skip(f"the embedded PostgreSQL is needed to restart a server: {exc}")
+    try:
+        s = await make_pg_store(dsn)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(
+                psycopg.sql.SQL(
+                    "CREATE TABLE {} (workflow_id text, step int, pid int, "
+                    "at timestamptz DEFAULT now())"
+                ).format(effects_table(s.schema))
+            )
+        os.environ.update(CRASH_DSN=dsn, CRASH_SCHEMA=s.schema)
+        engine = flows.Engine(s)
+        ids = [(await engine.start(crash_wf, STEPS)).workflow_id for _ in range(20)]
+        worker = flows.Worker(
+            s,
+            workflows=[crash_wf],
+            activities=[effect],
+            poll_interval=0.1,
+            lease=timedelta(seconds=2),
+            concurrency=4,
+        )
+        task = asyncio.ensure_future(worker.run())
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(embedded.stop, data)
+        await asyncio.sleep(1.0)
+        dsn2 = await asyncio.to_thread(embedded.ensure_started, data)
+        assert dsn2 == dsn
+        try:
+            await assert_all_done_exactly_once(engine, ids)
+        finally:
+            await worker.stop()
+            await task
+        assert worker.stats["store_errors"] > 0, "the worker never saw the outage"
+        await s.close()
+    finally:
+        embedded.stop(data, delete=True)
