@@ -1,10 +1,23 @@
 """The statements of PostgresStore. ``{S}`` stands for the quoted schema.
 
 Every store method is one statement (data-modifying CTEs), so it is one transaction and,
-on an autocommit pool connection, one round trip. Writes that touch a workflow lock its
-``workflows`` row first and its task rows second (timer firing uses SKIP LOCKED on both),
-so concurrent writers of one workflow queue up instead of deadlocking. Claims lock only
-task rows, with SKIP LOCKED. All times come from the database (``now()``).
+on an autocommit pool connection, one round trip. All times come from the database
+(``now()``).
+
+Locking. Writes that touch a workflow lock its ``workflows`` row first and its task rows
+second, so concurrent writers of one workflow queue up instead of deadlocking. Claims
+and timer firing never wait: they lock with SKIP LOCKED (claims: task rows, then the
+workflow rows of claimed workflow tasks), so a workflow being written to is left for a
+later call.
+
+Snapshots. A statement that waited for a row lock sees the latest version of that row
+but reads every other table as of its start (READ COMMITTED). So every decision that
+depends on what happened meanwhile is taken from the locked ``workflows`` row:
+history_length and next_seq (commit fencing), inbox_length (does the workflow task stay
+pending?) and inbox_seq (the next inbox position). Inbox inserts happen under that lock,
+so committed inbox rows always form a prefix of the inbox in inbox_seq order: a
+statement that moves the inbox into the history moves exactly the rows it can see, which
+are the oldest ones, and the rest (if any) stay queued in order.
 """
 
 from __future__ import annotations
@@ -13,14 +26,12 @@ __all__ = [
     "CANCEL",
     "CLAIM",
     "COMMIT",
-    "COMMIT_GROWN",
     "COMPLETE_ACTIVITY",
     "FIRE_DUE_TIMERS",
     "GET_HISTORY",
     "GET_WORKFLOW",
     "HEARTBEAT",
     "LIST_WORKERS",
-    "LOCK_LEASED",
     "NEXT_DUE",
     "PARK",
     "REGISTER_WORKER",
@@ -37,7 +48,7 @@ TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
 
 _RECORD = """w.tenant_id, w.workflow_id, w.name, w.version, w.shard_key, w.status,
     w.input::text, w.output::text, w.error::text, w.created_at, w.updated_at,
-    w.history_length, w.next_seq, w.cancel_requested"""
+    w.history_length, w.next_seq, w.cancel_requested, w.inbox_length"""
 
 _PENDING = """EXISTS (SELECT 1 FROM {S}.tasks t
     WHERE t.shard_key = w.shard_key AND t.tenant_id = w.tenant_id
@@ -74,12 +85,13 @@ SELECT (SELECT count(*) FROM wf), (SELECT count(*) FROM n)
 """
 )
 
-# Append one external event (signal / cancel request) to a running or parked workflow.
-_APPEND_EXTERNAL = (
+# Put one external event (signal / cancel request) in the inbox of a running or parked
+# workflow, ensure its workflow task. The inbox position comes from the locked row.
+_TO_INBOX = (
     """
 WITH wl AS MATERIALIZED (
   SELECT w.shard_key, w.tenant_id, w.workflow_id, w.name, w.version, w.status,
-         w.history_length, w.cancel_requested
+         w.inbox_seq, w.cancel_requested
   FROM {S}.workflows w
   WHERE w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s
   FOR UPDATE
@@ -87,13 +99,14 @@ WITH wl AS MATERIALIZED (
   SELECT * FROM wl WHERE wl.status NOT IN """
     + TERMINAL_SQL
     + """ {extra}
-), h AS (
-  INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
-  SELECT ok.shard_key, ok.tenant_id, ok.workflow_id, ok.history_length + 1, %(event)s::json
+), i AS (
+  INSERT INTO {S}.inbox (shard_key, tenant_id, workflow_id, inbox_seq, event)
+  SELECT ok.shard_key, ok.tenant_id, ok.workflow_id, ok.inbox_seq + 1, %(event)s::json
   FROM ok
 ), u AS (
   UPDATE {S}.workflows w
-  SET history_length = ok.history_length + 1, updated_at = now() {set_extra}
+  SET inbox_seq = ok.inbox_seq + 1, inbox_length = w.inbox_length + 1,
+      updated_at = now() {set_extra}
   FROM ok
   WHERE w.shard_key = ok.shard_key AND w.tenant_id = ok.tenant_id
     AND w.workflow_id = ok.workflow_id
@@ -108,8 +121,8 @@ SELECT wl.status, wl.cancel_requested, (SELECT count(*) FROM n) FROM wl
 """
 )
 
-SIGNAL = _APPEND_EXTERNAL.replace("{extra}", "").replace("{set_extra}", "")
-CANCEL = _APPEND_EXTERNAL.replace("{extra}", "AND NOT wl.cancel_requested").replace(
+SIGNAL = _TO_INBOX.replace("{extra}", "").replace("{set_extra}", "")
+CANCEL = _TO_INBOX.replace("{extra}", "AND NOT wl.cancel_requested").replace(
     "{set_extra}", ", cancel_requested = true"
 )
 
@@ -149,47 +162,149 @@ LIMIT %(limit)s OFFSET %(offset)s
 """
 
 
-# Lease up to ``limit`` visible tasks of the given queues, oldest first. The lease token
-# of the n-th claimed row is %(tokens)s[n]; its visible_at becomes the lease expiry.
-# Workflow tasks come back with their workflow row and full history (one json_agg).
-CLAIM = f"""
+_WF_KEY = """{a}.shard_key = {b}.shard_key AND {a}.tenant_id = {b}.tenant_id
+    AND {a}.workflow_id = {b}.workflow_id"""
+
+
+def _same_wf(a: str, b: str) -> str:
+    return _WF_KEY.replace("{a}", a).replace("{b}", b)
+
+
+# Lease up to ``limit`` visible tasks of the given queues, oldest first; the lease token
+# of the n-th claimed row is %(tokens)s[n] and its visible_at becomes the lease expiry.
+#
+# c:  the task rows, locked with SKIP LOCKED (concurrent claimers pass each other by).
+# w0: the snapshot version of the workflow rows of the workflow tasks among them.
+# wl: the same rows, locked with SKIP LOCKED (a workflow being written to is skipped, and
+#     the claim never waits, so its task-then-workflow lock order cannot deadlock with the
+#     writers' workflow-then-task order). Locking returns the latest version.
+# cw: the workflows claimed: running, and unchanged since the snapshot (same history and
+#     inbox), so the history and inbox rows this statement reads are complete.
+# Claimed workflow tasks move their inbox to the end of the history (mv/mp/hi/uw) and
+# come back with the row as of after the move and the whole history.
+CLAIM = (
+    """
 WITH c AS MATERIALIZED (
-  SELECT t.shard_key, t.tenant_id, t.task_id
-  FROM {{S}}.tasks t
-  WHERE t.queue = ANY(%(queues)s::text[]) AND t.visible_at <= now() {{shards}}
+  SELECT t.shard_key, t.tenant_id, t.task_id, t.workflow_id, t.kind, t.visible_at
+  FROM {S}.tasks t
+  WHERE t.queue = ANY(%(queues)s::text[]) AND t.visible_at <= now() {shards}
   ORDER BY t.visible_at
   LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
-), n AS (
-  SELECT c.*, row_number() OVER () AS rn FROM c
+), w0 AS MATERIALIZED (
+  SELECT w.shard_key, w.tenant_id, w.workflow_id, w.history_length, w.inbox_seq
+  FROM {S}.workflows w
+  WHERE (w.shard_key, w.tenant_id, w.workflow_id) IN
+        (SELECT c.shard_key, c.tenant_id, c.workflow_id FROM c WHERE c.kind = 'workflow')
+), wl AS MATERIALIZED (
+  SELECT w.shard_key, w.tenant_id, w.workflow_id, w.name, w.version, w.status, w.input,
+         w.output, w.error, w.created_at, w.updated_at, w.history_length, w.next_seq,
+         w.cancel_requested, w.inbox_length, w.inbox_seq
+  FROM {S}.workflows w
+  WHERE (w.shard_key, w.tenant_id, w.workflow_id) IN
+        (SELECT w0.shard_key, w0.tenant_id, w0.workflow_id FROM w0)
+    AND w.status = 'running'
+  FOR UPDATE SKIP LOCKED
+), cw AS MATERIALIZED (
+  SELECT wl.*
+  FROM wl
+  JOIN w0 ON """
+    + _same_wf("w0", "wl")
+    + """
+  WHERE wl.history_length = w0.history_length AND wl.inbox_seq = w0.inbox_seq
+), ok AS MATERIALIZED (
+  SELECT c.shard_key, c.tenant_id, c.task_id,
+         row_number() OVER (ORDER BY c.visible_at, c.task_id) AS rn
+  FROM c
+  WHERE c.kind <> 'workflow' OR EXISTS (SELECT 1 FROM cw WHERE """
+    + _same_wf("cw", "c")
+    + """)
 ), u AS (
-  UPDATE {{S}}.tasks t
-  SET lease_token = (%(tokens)s::uuid[])[n.rn], lease_owner = %(owner)s,
+  UPDATE {S}.tasks t
+  SET lease_token = (%(tokens)s::uuid[])[ok.rn], lease_owner = %(owner)s,
       visible_at = now() + %(lease)s::interval
-  FROM n
-  WHERE t.shard_key = n.shard_key AND t.tenant_id = n.tenant_id AND t.task_id = n.task_id
+  FROM ok
+  WHERE t.shard_key = ok.shard_key AND t.tenant_id = ok.tenant_id AND t.task_id = ok.task_id
   RETURNING t.shard_key, t.tenant_id, t.workflow_id, t.task_id, t.kind, t.lease_token,
-            t.visible_at, t.seq, t.name, t.input::text AS input, t.attempt, n.rn
+            t.visible_at, t.seq, t.name, t.input::text AS input, t.attempt, ok.rn
+), mv AS (
+  DELETE FROM {S}.inbox i
+  USING cw
+  WHERE """
+    + _same_wf("i", "cw")
+    + """
+  RETURNING i.shard_key, i.tenant_id, i.workflow_id, i.inbox_seq, i.event
+), mp AS MATERIALIZED (
+  SELECT mv.shard_key, mv.tenant_id, mv.workflow_id, mv.event,
+         (cw.history_length + row_number() OVER (
+            PARTITION BY mv.shard_key, mv.tenant_id, mv.workflow_id
+            ORDER BY mv.inbox_seq))::integer AS position
+  FROM mv
+  JOIN cw ON """
+    + _same_wf("cw", "mv")
+    + """
+), hi AS (
+  INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
+  SELECT mp.shard_key, mp.tenant_id, mp.workflow_id, mp.position, mp.event FROM mp
+), mc AS MATERIALIZED (
+  SELECT mp.shard_key, mp.tenant_id, mp.workflow_id, count(*)::integer AS n
+  FROM mp
+  GROUP BY mp.shard_key, mp.tenant_id, mp.workflow_id
+), uw AS (
+  UPDATE {S}.workflows w
+  SET history_length = w.history_length + mc.n, inbox_length = w.inbox_length - mc.n
+  FROM mc
+  WHERE """
+    + _same_wf("w", "mc")
+    + """
 )
 SELECT u.kind, u.task_id, u.lease_token, u.visible_at, u.seq, u.name, u.input, u.attempt,
-  {_RECORD},
+  r.*,
   CASE WHEN u.kind = 'workflow' THEN (
-    SELECT json_agg(h.event ORDER BY h.position)::text
-    FROM {{S}}.history h
-    WHERE h.shard_key = w.shard_key AND h.tenant_id = w.tenant_id
-      AND h.workflow_id = w.workflow_id
+    SELECT json_agg(x.event ORDER BY x.position)::text
+    FROM (
+      SELECT h.position, h.event
+      FROM {S}.history h
+      WHERE """
+    + _same_wf("h", "u")
+    + """
+      UNION ALL
+      SELECT mp.position, mp.event FROM mp WHERE """
+    + _same_wf("mp", "u")
+    + """
+    ) x
   ) END
 FROM u
-JOIN {{S}}.workflows w
-  ON w.shard_key = u.shard_key AND w.tenant_id = u.tenant_id AND w.workflow_id = u.workflow_id
+CROSS JOIN LATERAL (
+  SELECT cw.tenant_id, cw.workflow_id, cw.name, cw.version, cw.shard_key, cw.status,
+         cw.input::text, cw.output::text, cw.error::text, cw.created_at, cw.updated_at,
+         cw.history_length + coalesce(mc.n, 0), cw.next_seq, cw.cancel_requested,
+         cw.inbox_length - coalesce(mc.n, 0)
+  FROM cw
+  LEFT JOIN mc ON """
+    + _same_wf("mc", "cw")
+    + """
+  WHERE u.kind = 'workflow' AND """
+    + _same_wf("cw", "u")
+    + """
+  UNION ALL
+  SELECT """
+    + _RECORD
+    + """
+  FROM {S}.workflows w
+  WHERE u.kind <> 'workflow' AND """
+    + _same_wf("w", "u")
+    + """
+) r
 ORDER BY u.rn
 """
+)
 
 # Lock the workflow row, then (only then: the InitPlan runs first) the leased task row.
 _FENCE = """
 WITH wl AS MATERIALIZED (
   SELECT w.shard_key, w.tenant_id, w.workflow_id, w.name, w.version, w.history_length,
-         w.next_seq, w.cancel_requested
+         w.next_seq, w.cancel_requested, w.inbox_length, w.inbox_seq
   FROM {S}.workflows w
   WHERE w.shard_key = %(sk)s AND w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s
   FOR UPDATE
@@ -202,28 +317,47 @@ WITH wl AS MATERIALIZED (
   FOR UPDATE
 )"""
 
-_WF_PK = """w.shard_key = f.shard_key AND w.tenant_id = f.tenant_id
-    AND w.workflow_id = f.workflow_id"""
+_WF_PK = _same_wf("w", "f")
 
-# The commit's events go at claimed_history_length + 1... (see WorkflowTaskCommit).
-# Fast path (COMMIT): the history did not grow while the task ran, so they are appended.
-# If it grew, COMMIT writes nothing and returns grown = true; the store then runs
-# COMMIT_GROWN in a transaction that has locked the workflow row first, so its snapshot
-# holds every event (a statement that waited for the lock would not see the rows the
-# lock holder appended). COMMIT_GROWN rewrites positions claimed+1.. as commit events
-# followed by the events that arrived meanwhile, then appends the overflow: keys never
-# collide, so no deferrable key is needed.
-_COMMIT = (
+# Apply a workflow task's outcome (see WorkflowTaskCommit). Fenced by the lease token,
+# next_seq and history_length of the locked row; the events go at claimed + 1...
+# The workflow task is then deleted, or released (visible now) if the inbox is not
+# empty, or, with keep_lease, stays leased for keep_lease while the inbox moves into the
+# history after the events (mv/hm) and comes back to the caller. A terminal status
+# deletes every task of the workflow (inbox rows stay).
+COMMIT = (
     _FENCE
     + """, f AS (
-  SELECT wl.*, (wl.history_length <> %(claimed)s) AS grew
+  SELECT wl.*
   FROM wl, tl
-  WHERE tl.kind = 'workflow' AND wl.next_seq = %(expected)s {history_guard}
-){history}, u AS (
+  WHERE tl.kind = 'workflow' AND wl.next_seq = %(expected)s
+    AND wl.history_length = %(claimed)s
+), h AS (
+  INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
+  SELECT f.shard_key, f.tenant_id, f.workflow_id, %(claimed)s + e.ord, e.ev::json
+  FROM f, unnest(%(events)s::text[]) WITH ORDINALITY AS e(ev, ord)
+), mv AS (
+  DELETE FROM {S}.inbox i
+  USING f
+  WHERE %(keep)s AND """
+    + _same_wf("i", "f")
+    + """
+  RETURNING i.inbox_seq, i.event
+), mp AS MATERIALIZED (
+  SELECT mv.event, mv.inbox_seq,
+         (%(claimed)s + %(n_events)s + row_number() OVER (ORDER BY mv.inbox_seq))::integer
+           AS position
+  FROM mv
+), hm AS (
+  INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
+  SELECT f.shard_key, f.tenant_id, f.workflow_id, mp.position, mp.event
+  FROM f, mp
+), u AS (
   UPDATE {S}.workflows w
-  SET history_length = f.history_length + %(n_events)s, next_seq = %(next_seq)s,
-      status = %(status)s, output = %(output)s::json, error = %(error)s::json,
-      updated_at = now()
+  SET history_length = f.history_length + %(n_events)s + (SELECT count(*) FROM mp),
+      inbox_length = f.inbox_length - (SELECT count(*) FROM mp),
+      next_seq = %(next_seq)s, status = %(status)s, output = %(output)s::json,
+      error = %(error)s::json, updated_at = now()
   FROM f
   WHERE """
     + _WF_PK
@@ -234,14 +368,16 @@ _COMMIT = (
   WHERE t.shard_key = f.shard_key AND t.tenant_id = f.tenant_id
     AND t.workflow_id = f.workflow_id
     AND (%(terminal)s
-         OR (t.kind = 'workflow' AND NOT f.grew)
+         OR (t.kind = 'workflow' AND NOT %(keep)s AND f.inbox_length = 0)
          OR (t.kind <> 'workflow' AND t.seq = ANY(%(drop_seqs)s::int[])))
 ), r AS (
   UPDATE {S}.tasks t
-  SET lease_token = NULL, lease_owner = NULL, visible_at = now()
+  SET lease_token = CASE WHEN %(keep)s THEN t.lease_token END,
+      lease_owner = CASE WHEN %(keep)s THEN t.lease_owner END,
+      visible_at = CASE WHEN %(keep)s THEN now() + %(keep_lease)s::interval ELSE now() END
   FROM f
   WHERE t.shard_key = f.shard_key AND t.tenant_id = f.tenant_id AND t.task_id = %(task_id)s
-    AND f.grew AND NOT %(terminal)s
+    AND NOT %(terminal)s AND (%(keep)s OR f.inbox_length > 0)
 ), a AS (
   INSERT INTO {S}.tasks (shard_key, tenant_id, task_id, workflow_id, kind, queue, name, seq,
                          input, attempt, last_error, visible_at)
@@ -261,66 +397,17 @@ _COMMIT = (
   WHERE NOT %(terminal)s
   ON CONFLICT (shard_key, tenant_id, workflow_id, seq) WHERE kind <> 'workflow' DO NOTHING
 ), nw AS (
-  SELECT pg_notify(%(ch_work)s, '') FROM f WHERE f.grew OR %(new_work)s
+  SELECT pg_notify(%(ch_work)s, '') FROM f
+  WHERE %(new_work)s OR (NOT %(terminal)s AND NOT %(keep)s AND f.inbox_length > 0)
 ), nf AS (
   SELECT pg_notify(%(ch_wf)s, %(wf_key)s) FROM f
 )
 SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM wl), (SELECT count(*) FROM tl),
        (SELECT next_seq FROM wl), (SELECT history_length FROM wl),
+       (SELECT json_agg(mp.event ORDER BY mp.position)::text FROM mp),
        (SELECT count(*) FROM nw) + (SELECT count(*) FROM nf)
 """
 )
-
-COMMIT = _COMMIT.replace("{history_guard}", "AND wl.history_length = %(claimed)s").replace(
-    "{history}",
-    """, h AS (
-  INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
-  SELECT f.shard_key, f.tenant_id, f.workflow_id, %(claimed)s + e.ord, e.ev::json
-  FROM f, unnest(%(events)s::text[]) WITH ORDINALITY AS e(ev, ord)
-)""",
-)
-
-COMMIT_GROWN = _COMMIT.replace("{history_guard}", "AND wl.history_length >= %(claimed)s").replace(
-    "{history}",
-    """, grown AS MATERIALIZED (
-  SELECT h.position, h.event
-  FROM {S}.history h, f
-  WHERE h.shard_key = f.shard_key AND h.tenant_id = f.tenant_id
-    AND h.workflow_id = f.workflow_id AND h.position > %(claimed)s
-), seqd AS MATERIALIZED (
-  SELECT e.ord AS i, e.ev::json AS event
-  FROM unnest(%(events)s::text[]) WITH ORDINALITY AS e(ev, ord)
-  UNION ALL
-  SELECT %(n_events)s + (grown.position - %(claimed)s), grown.event FROM grown
-), hu AS (
-  UPDATE {S}.history h
-  SET event = s.event
-  FROM f, seqd s
-  WHERE h.shard_key = f.shard_key AND h.tenant_id = f.tenant_id
-    AND h.workflow_id = f.workflow_id AND h.position = %(claimed)s + s.i
-    AND %(claimed)s + s.i <= f.history_length
-), hi AS (
-  INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
-  SELECT f.shard_key, f.tenant_id, f.workflow_id, %(claimed)s + s.i, s.event
-  FROM f, seqd s
-  WHERE %(claimed)s + s.i > f.history_length
-)""",
-)
-
-# Lock the workflow row, then its leased task (first statement of COMMIT_GROWN's transaction).
-LOCK_LEASED = """
-WITH wl AS MATERIALIZED (
-  SELECT w.history_length FROM {S}.workflows w
-  WHERE w.shard_key = %(sk)s AND w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s
-  FOR UPDATE
-)
-SELECT t.task_id
-FROM {S}.tasks t
-WHERE t.shard_key = %(sk)s AND t.tenant_id = %(tid)s AND t.task_id = %(task_id)s
-  AND t.lease_token = %(token)s AND t.workflow_id = %(wid)s
-  AND (SELECT count(*) FROM wl) > 0
-FOR UPDATE
-"""
 
 PARK = (
     _FENCE
@@ -345,17 +432,18 @@ SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM nf)
 """
 )
 
+# The activity's final event into the inbox, its task deleted, a workflow task ensured.
 COMPLETE_ACTIVITY = (
     _FENCE
     + """, f AS (
   SELECT wl.* FROM wl, tl WHERE tl.kind = 'activity'
-), h AS (
-  INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
-  SELECT f.shard_key, f.tenant_id, f.workflow_id, f.history_length + 1, %(event)s::json
+), i AS (
+  INSERT INTO {S}.inbox (shard_key, tenant_id, workflow_id, inbox_seq, event)
+  SELECT f.shard_key, f.tenant_id, f.workflow_id, f.inbox_seq + 1, %(event)s::json
   FROM f
 ), u AS (
   UPDATE {S}.workflows w
-  SET history_length = f.history_length + 1, updated_at = now()
+  SET inbox_seq = f.inbox_seq + 1, inbox_length = f.inbox_length + 1, updated_at = now()
   FROM f
   WHERE """
     + _WF_PK
@@ -416,9 +504,11 @@ WITH u AS (
 SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)
 """
 
-# Fire due timers. Candidates are read without locks, then their workflow rows are
-# locked (SKIP LOCKED: a workflow being written to is fired on a later call), then the
-# timer rows (SKIP LOCKED), re-checked against the latest versions.
+# Fire due timers: TimerFired into the inbox, timer task deleted, workflow task ensured.
+# Candidates are read without locks, then their workflow rows are locked (SKIP LOCKED: a
+# workflow being written to is fired on a later call), then the timer rows (SKIP
+# LOCKED), re-checked against the latest versions. A workflow's timers enter its inbox
+# in (fire time, seq) order, after the inbox_seq of its locked row.
 FIRE_DUE_TIMERS = (
     """
 WITH due AS MATERIALIZED (
@@ -428,7 +518,7 @@ WITH due AS MATERIALIZED (
   ORDER BY t.visible_at
   LIMIT %(limit)s
 ), wl AS MATERIALIZED (
-  SELECT w.shard_key, w.tenant_id, w.workflow_id, w.name, w.version, w.history_length
+  SELECT w.shard_key, w.tenant_id, w.workflow_id, w.name, w.version, w.inbox_seq
   FROM {S}.workflows w
   WHERE (w.shard_key, w.tenant_id, w.workflow_id) IN
         (SELECT due.shard_key, due.tenant_id, due.workflow_id FROM due)
@@ -445,22 +535,24 @@ WITH due AS MATERIALIZED (
   FOR UPDATE SKIP LOCKED
 ), ev AS MATERIALIZED (
   SELECT tl.shard_key, tl.tenant_id, tl.workflow_id, tl.task_id, tl.seq,
-         wl.history_length + row_number() OVER (
+         wl.inbox_seq + row_number() OVER (
            PARTITION BY tl.shard_key, tl.tenant_id, tl.workflow_id
-           ORDER BY tl.visible_at, tl.seq) AS position
+           ORDER BY tl.visible_at, tl.seq) AS inbox_seq
   FROM tl
-  JOIN wl ON wl.shard_key = tl.shard_key AND wl.tenant_id = tl.tenant_id
-         AND wl.workflow_id = tl.workflow_id
+  JOIN wl ON """
+    + _same_wf("wl", "tl")
+    + """
 ), fired AS MATERIALIZED (
   SELECT wl.shard_key, wl.tenant_id, wl.workflow_id, wl.name, wl.version,
-         max(ev.position) AS history_length, row_number() OVER () AS rn
+         max(ev.inbox_seq) AS inbox_seq, count(*)::integer AS n, row_number() OVER () AS rn
   FROM wl
-  JOIN ev ON ev.shard_key = wl.shard_key AND ev.tenant_id = wl.tenant_id
-         AND ev.workflow_id = wl.workflow_id
+  JOIN ev ON """
+    + _same_wf("ev", "wl")
+    + """
   GROUP BY wl.shard_key, wl.tenant_id, wl.workflow_id, wl.name, wl.version
-), h AS (
-  INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
-  SELECT ev.shard_key, ev.tenant_id, ev.workflow_id, ev.position,
+), i AS (
+  INSERT INTO {S}.inbox (shard_key, tenant_id, workflow_id, inbox_seq, event)
+  SELECT ev.shard_key, ev.tenant_id, ev.workflow_id, ev.inbox_seq,
          json_build_object(
            'type', 'timer_fired',
            'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
@@ -468,7 +560,7 @@ WITH due AS MATERIALIZED (
   FROM ev
 ), u AS (
   UPDATE {S}.workflows w
-  SET history_length = f.history_length, updated_at = now()
+  SET inbox_seq = f.inbox_seq, inbox_length = w.inbox_length + f.n, updated_at = now()
   FROM fired f
   WHERE """
     + _WF_PK

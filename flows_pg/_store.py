@@ -1,8 +1,9 @@
 """``PostgresStore``: the Store protocol on PostgreSQL (psycopg 3 async + psycopg_pool).
 
-See ``flows_core._store`` for the semantics and ``flows_pg._sql`` for the statements.
-Every method runs exactly one SQL statement, hence one transaction. Lease expiry and
-visibility use the database clock; ``clock`` is the system clock.
+See ``flows_core._store`` for the semantics (the inbox model) and ``flows_pg._sql`` for
+the statements. Every method runs exactly one SQL statement, hence one transaction and
+one round trip. Lease expiry and visibility use the database clock; ``clock`` is the
+system clock.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def _record(row: Sequence[Any], pending: bool) -> WorkflowRecord:
         next_seq=row[12],
         cancel_requested=row[13],
         workflow_task_pending=pending,
+        inbox_length=row[14],
     )
 
 
@@ -188,8 +190,6 @@ class PostgresStore:
             for sharded in (False, True)
         }
         self._s_commit = self._q(_sql.COMMIT)
-        self._s_commit_grown = self._q(_sql.COMMIT_GROWN)
-        self._s_lock_leased = self._q(_sql.LOCK_LEASED)
         self._s_park = self._q(_sql.PARK)
         self._s_complete = self._q(_sql.COMPLETE_ACTIVITY)
         self._s_retry = self._q(_sql.RETRY_ACTIVITY)
@@ -294,7 +294,7 @@ class PostgresStore:
                 return await cur.fetchall() if cur.description is not None else []
         except pg_errors.UntranslatableCharacter as exc:
             raise PayloadError(
-                f"a payload contains a character PostgreSQL jsonb cannot store (\\u0000): {exc}"
+                f"a payload contains a character PostgreSQL cannot store here: {exc}"
             ) from exc
 
     def _wf_key(self, tenant_id: str, workflow_id: str) -> str:
@@ -335,7 +335,7 @@ class PostgresStore:
         if not rows or rows[0][0] == 0:
             raise WorkflowAlreadyExists(new.workflow_id)
 
-    async def _append_external(
+    async def _to_inbox(
         self, query: str, tenant_id: str, workflow_id: str, event: Event, tx: Any
     ) -> tuple[str, bool]:
         params = {
@@ -355,16 +355,14 @@ class PostgresStore:
     async def signal_workflow(
         self, tenant_id: str, workflow_id: str, event: SignalReceived, *, tx: Any = None
     ) -> None:
-        status, _ = await self._append_external(self._s_signal, tenant_id, workflow_id, event, tx)
+        status, _ = await self._to_inbox(self._s_signal, tenant_id, workflow_id, event, tx)
         if WorkflowStatus(status) in TERMINAL_STATUSES:
             raise WorkflowNotRunning(workflow_id, status)
 
     async def cancel_workflow(
         self, tenant_id: str, workflow_id: str, event: CancelRequested, *, tx: Any = None
     ) -> CancelOutcome:
-        status, already = await self._append_external(
-            self._s_cancel, tenant_id, workflow_id, event, tx
-        )
+        status, already = await self._to_inbox(self._s_cancel, tenant_id, workflow_id, event, tx)
         if WorkflowStatus(status) in TERMINAL_STATUSES:
             return CancelOutcome.ALREADY_FINISHED
         if already:
@@ -377,7 +375,7 @@ class PostgresStore:
         rows = await self._rows(self._s_get, {"tid": tenant_id, "wid": workflow_id}, tx)
         if not rows:
             raise WorkflowNotFound(workflow_id, tenant_id)
-        return _record(rows[0], rows[0][14])
+        return _record(rows[0], rows[0][15])
 
     async def get_history(self, tenant_id: str, workflow_id: str, *, after: int = 0) -> list[Event]:
         rows = await self._rows(
@@ -402,7 +400,7 @@ class PostgresStore:
             "offset": max(0, query.offset),
         }
         rows = await self._rows(statement, params)
-        return [_record(row, row[14]) for row in rows]
+        return [_record(row, row[15]) for row in rows]
 
     async def wait_for_workflow(self, tenant_id: str, workflow_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -432,7 +430,7 @@ class PostgresStore:
         claimed: list[ClaimedTask] = []
         for row in rows:
             kind, task_id, token, expires, seq, name, task_input, attempt = row[:8]
-            wf = row[8:22]
+            wf = row[8:23]
             lease = Lease(
                 task_id=str(task_id),
                 token=str(token),
@@ -442,7 +440,7 @@ class PostgresStore:
                 expires_at=_utc(expires),
             )
             if kind == "workflow":
-                history = row[22]
+                history = row[23]
                 claimed.append(
                     WorkflowTaskClaim(
                         lease=lease,
@@ -464,7 +462,9 @@ class PostgresStore:
                 )
         return claimed
 
-    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> None:
+    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Event]:
+        if commit.keep_lease is not None and commit.status != WorkflowStatus.RUNNING:
+            raise ValueError("keep_lease is only valid with a RUNNING status")
         lease = commit.lease
         params = self._fence_params(lease)
         acts = commit.activity_tasks
@@ -479,6 +479,8 @@ class PostgresStore:
                 "output": _text(commit.output),
                 "error": _error_text(commit.error),
                 "terminal": commit.status in TERMINAL_STATUSES,
+                "keep": commit.keep_lease is not None,
+                "keep_lease": commit.keep_lease or timedelta(0),
                 "drop_seqs": list(commit.drop_seqs),
                 "a_ids": [uuid6.uuid7() for _ in acts],
                 "a_seqs": [a.seq for a in acts],
@@ -494,46 +496,22 @@ class PostgresStore:
             }
         )
         rows = await self._rows(self._s_commit, params)
-        ok, wf_found, task_found, next_seq, history_length = rows[0][:5]
+        ok, wf_found, task_found, next_seq, history_length, moved = rows[0][:6]
         if ok:
-            return
-        if (
-            wf_found
-            and task_found
-            and next_seq == commit.expected_next_seq
-            and history_length > commit.claimed_history_length
-        ):
-            # The history grew while the task ran: the slow path, in two statements.
-            rows = await self._grown_commit(params)
-            ok, wf_found, task_found, next_seq = rows[0][:4]
-            if ok:
-                return
+            return [] if moved is None else decode_events(moved)
         if not wf_found or not task_found:
             raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
-        raise LeaseLost(
-            f"workflow {lease.workflow_id}: next step is #{next_seq}, "
-            f"the commit expected #{commit.expected_next_seq}"
-        )
-
-    async def _grown_commit(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        if not self._opened:
-            await self.open()
-        try:
-            async with (
-                self._pool.connection() as conn,
-                conn.transaction(),
-                conn.cursor(row_factory=tuple_row) as cur,
-            ):
-                await cur.execute(self._s_lock_leased, params)
-                if not await cur.fetchall():
-                    return [(0, 1, 0, None, None)]
-                # A new statement: its snapshot sees every event appended before our lock.
-                await cur.execute(self._s_commit_grown, params)
-                return await cur.fetchall()
-        except pg_errors.UntranslatableCharacter as exc:
-            raise PayloadError(
-                f"a payload contains \\u0000, which jsonb cannot store: {exc}"
-            ) from exc
+        if next_seq != commit.expected_next_seq:
+            raise LeaseLost(
+                f"workflow {lease.workflow_id}: next step is #{next_seq}, "
+                f"the commit expected #{commit.expected_next_seq}"
+            )
+        if history_length != commit.claimed_history_length:
+            raise LeaseLost(
+                f"workflow {lease.workflow_id}: history has {history_length} events, "
+                f"the commit was decided on {commit.claimed_history_length}"
+            )
+        raise LeaseLost(f"task {lease.task_id} is not a workflow task")
 
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
         params = self._fence_params(lease)

@@ -3,11 +3,23 @@
 -- The runner substitutes {schema} with a validated identifier quoted by psycopg.sql.
 -- Every table's primary key starts with shard_key and carries tenant_id, so a Citus
 -- migration can distribute every table by shard_key and colocate all rows of a workflow.
--- Events and payloads are stored as `json`, not `jsonb`: json keeps the exact text the
--- client wrote, and replay compares recorded payloads byte for byte (jsonb reorders keys,
--- rewrites numbers and spacing, and rejects \u0000, so a replayed step would look
--- non-deterministic). Nothing queries inside them. Ids (task ids, lease tokens) are
--- UUIDv7 made by the client. No triggers: the store's own statements call pg_notify.
+--
+-- Events and payloads are stored as `json`, not `jsonb`, on purpose: json keeps the exact
+-- text the client wrote, and replay compares recorded payloads with what the code
+-- produces now, byte for byte. jsonb would reorder and deduplicate keys, rewrite numbers
+-- (1e100 comes back as 101 digits, 1e-07 as 0.0000001) and spacing, and
+-- reject \u0000 in strings, so a replayed step would look non-deterministic and the
+-- workflow would be parked for no reason. Nothing queries inside them. Do not "upgrade"
+-- these columns to jsonb.
+--
+-- Ids (task ids, lease tokens) are UUIDv7 made by the client. No triggers: the store's
+-- own statements call pg_notify.
+--
+-- Data model (see flows_core._store): the workflow row; the history, append-only and
+-- gap-free, written only by start, by the claim of a workflow task (which moves the
+-- inbox in) and by the lease holder's commit; the inbox, where signals, cancel
+-- requests, fired timers and activity results wait in arrival order until the next
+-- claim of a workflow task; and the tasks.
 
 CREATE TABLE IF NOT EXISTS {schema}.workflows (
     shard_key        text        NOT NULL,
@@ -25,6 +37,12 @@ CREATE TABLE IF NOT EXISTS {schema}.workflows (
     history_length   integer     NOT NULL,
     next_seq         integer     NOT NULL DEFAULT 1,
     cancel_requested boolean     NOT NULL DEFAULT false,
+    -- Events waiting in the inbox (kept here so that a writer that waited for this
+    -- row's lock reads the current count, not its statement snapshot's).
+    inbox_length     integer     NOT NULL DEFAULT 0 CHECK (inbox_length >= 0),
+    -- The inbox_seq of the last event put in the inbox: every inbox insert takes the
+    -- next value while holding this row's lock, so inbox order is arrival order.
+    inbox_seq        bigint      NOT NULL DEFAULT 0,
     PRIMARY KEY (shard_key, tenant_id, workflow_id)
 ) WITH (fillfactor = 85);
 
@@ -49,6 +67,21 @@ CREATE TABLE IF NOT EXISTS {schema}.history (
     position    integer NOT NULL CHECK (position >= 1),
     event       json    NOT NULL,
     PRIMARY KEY (shard_key, tenant_id, workflow_id, position)
+);
+
+-- The inbox: events from outside the workflow's own decisions (SignalReceived,
+-- CancelRequested, TimerFired, results of queued activities), in arrival order
+-- (inbox_seq, from workflows.inbox_seq). Claiming the workflow task deletes them and
+-- appends them to the history, in inbox_seq order, in the same statement. Rows that
+-- arrive after the workflow finished stay until the workflow itself is deleted.
+CREATE TABLE IF NOT EXISTS {schema}.inbox (
+    shard_key   text        NOT NULL,
+    tenant_id   text        NOT NULL,
+    workflow_id text        NOT NULL,
+    inbox_seq   bigint      NOT NULL CHECK (inbox_seq >= 1),
+    event       json        NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (shard_key, tenant_id, workflow_id, inbox_seq)
 );
 
 -- Tasks: kind 'workflow' (at most one per workflow, it means "replay me"), 'activity'

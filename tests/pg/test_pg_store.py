@@ -352,8 +352,15 @@ async def test_activity_fencing_and_retry(store: PostgresStore) -> None:
     assert a3.attempt == 2
     await store.complete_activity(ActivityResult(lease=a3.lease, event=done))
     rec = await store.get_workflow("default", new.workflow_id)
-    assert rec.history_length == 3
+    # The result waits in the inbox until the workflow task is claimed.
+    assert rec.history_length == 2
+    assert rec.inbox_length == 1
     assert rec.workflow_task_pending
+    [wt2] = await store.claim(request(name))
+    assert isinstance(wt2, WorkflowTaskClaim)
+    assert wt2.workflow.history_length == 3
+    assert wt2.workflow.inbox_length == 0
+    assert isinstance(wt2.history[-1], ActivityCompleted)
     assert isinstance(
         (await store.get_history("default", new.workflow_id, after=2))[0], ActivityCompleted
     )
@@ -416,8 +423,35 @@ async def test_claim_is_oldest_first_and_batched(store: PostgresStore) -> None:
     assert len(first) == 2
 
 
-async def test_concurrent_signals_keep_history_gap_free(store: PostgresStore) -> None:
-    new = new_workflow(uid("n"))
+async def history_positions(store: PostgresStore, workflow_id: str) -> list[int]:
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(
+            sql.SQL("SELECT position FROM {}.history WHERE workflow_id = %s ORDER BY 1").format(
+                sql.Identifier(store.schema)
+            ),
+            (workflow_id,),
+        )
+        return [int(row[0]) for row in await cur.fetchall()]
+
+
+async def inbox_payloads(store: PostgresStore, workflow_id: str) -> list[bytes]:
+    """The inbox's events (signals), in inbox order."""
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT event::text FROM {}.inbox WHERE workflow_id = %s ORDER BY inbox_seq"
+            ).format(sql.Identifier(store.schema)),
+            (workflow_id,),
+        )
+        events = [msgspec.json.decode(row[0]) for row in await cur.fetchall()]
+    return [msgspec.json.encode(e["payload"]) for e in events]
+
+
+async def test_concurrent_signals_queue_in_the_inbox_and_move_in_gap_free(
+    store: PostgresStore,
+) -> None:
+    name = uid("n")
+    new = new_workflow(name)
     await store.start_workflow(new)
     at = (await store.get_workflow("default", new.workflow_id)).created_at
 
@@ -429,11 +463,12 @@ async def test_concurrent_signals_keep_history_gap_free(store: PostgresStore) ->
         )
 
     await asyncio.gather(*(send(i) for i in range(20)))
-    history = await store.get_history("default", new.workflow_id)
-    assert len(history) == 21
-    assert sorted(
-        int(bytes(e.payload)) for e in history[1:] if isinstance(e, SignalReceived)
-    ) == list(range(20))
+    # Nothing entered the history yet: the signals wait in the inbox, in arrival order.
+    assert len(await store.get_history("default", new.workflow_id)) == 1
+    rec = await store.get_workflow("default", new.workflow_id)
+    assert (rec.history_length, rec.inbox_length) == (1, 20)
+    arrival = await inbox_payloads(store, new.workflow_id)
+    assert sorted(int(p) for p in arrival) == list(range(20))
     async with store.pool.connection() as conn:
         cur = await conn.execute(
             sql.SQL("SELECT count(*) FROM {}.tasks WHERE workflow_id = %s").format(
@@ -442,6 +477,35 @@ async def test_concurrent_signals_keep_history_gap_free(store: PostgresStore) ->
             (new.workflow_id,),
         )
         assert await cur.fetchone() == (1,)  # wake-ups coalesce into one workflow task
+
+    [claim] = await store.claim(request(name))
+    assert isinstance(claim, WorkflowTaskClaim)
+    assert claim.workflow.history_length == 21
+    assert claim.workflow.inbox_length == 0
+    history = await store.get_history("default", new.workflow_id)
+    assert msgspec.json.encode(claim.history) == msgspec.json.encode(history)
+    assert await history_positions(store, new.workflow_id) == list(range(1, 22))
+    moved = [bytes(e.payload) for e in history[1:] if isinstance(e, SignalReceived)]
+    assert moved == arrival  # all 20, in arrival order
+    assert await inbox_payloads(store, new.workflow_id) == []
+
+
+async def test_sequential_signals_keep_their_order(store: PostgresStore) -> None:
+    name = uid("n")
+    new = new_workflow(name)
+    await store.start_workflow(new)
+    at = store.clock.now()
+    for i in range(5):
+        await store.signal_workflow(
+            "default",
+            new.workflow_id,
+            SignalReceived(at=at, name="s", payload=Raw(str(i).encode()), signal_id=str(i)),
+        )
+    [claim] = await store.claim(request(name))
+    assert isinstance(claim, WorkflowTaskClaim)
+    assert [bytes(e.payload) for e in claim.history if isinstance(e, SignalReceived)] == [
+        str(i).encode() for i in range(5)
+    ]
 
 
 # -- tx= --
@@ -591,13 +655,16 @@ async def test_timers_fire_once_and_park_blocks_claims(store: PostgresStore) -> 
     await asyncio.sleep(0.3)
     fired = await asyncio.gather(*(store.fire_due_timers([new.shard_key], 10) for _ in range(3)))
     assert sum(fired) == 1
-    history = await store.get_history("default", new.workflow_id)
-    assert isinstance(history[-1], TimerFired)
-    assert history[-1].seq == 1
-    assert len(history) == 3
+    rec = await store.get_workflow("default", new.workflow_id)
+    assert (rec.history_length, rec.inbox_length) == (2, 1)
+    assert rec.workflow_task_pending
+    assert len(await store.get_history("default", new.workflow_id)) == 2
     [wt2] = await store.claim(request(name))
     assert isinstance(wt2, WorkflowTaskClaim)
     assert len(wt2.history) == 3
+    assert isinstance(wt2.history[-1], TimerFired)
+    assert wt2.history[-1].seq == 1
+    assert len(await store.get_history("default", new.workflow_id)) == 3
     await store.park_workflow(wt2.lease, ErrorInfo(type="NonDeterminismError", message="x"))
     rec = await store.get_workflow("default", new.workflow_id)
     assert rec.status == WorkflowStatus.PARKED
@@ -611,6 +678,8 @@ async def test_timers_fire_once_and_park_blocks_claims(store: PostgresStore) -> 
     )
     assert await store.claim(request(name)) == []  # still parked
     assert await store.next_due([new.shard_key]) is None
+    rec = await store.get_workflow("default", new.workflow_id)
+    assert (rec.history_length, rec.inbox_length) == (3, 1)  # the signal waits
 
 
 async def test_terminal_commit_drops_every_task(store: PostgresStore) -> None:
@@ -753,7 +822,7 @@ def test_constructor_rejects_other_types() -> None:
         PostgresStore(5)  # type: ignore[arg-type]
 
 
-async def test_events_that_arrive_during_a_task_move_after_its_commit(
+async def test_events_that_arrive_during_a_task_wait_for_the_next_claim(
     store: PostgresStore,
 ) -> None:
     name = uid("n")
@@ -768,7 +837,8 @@ async def test_events_that_arrive_during_a_task_move_after_its_commit(
             new.workflow_id,
             SignalReceived(at=at, name="s", payload=Raw(str(i).encode()), signal_id=str(i)),
         )
-    await store.commit_workflow_task(
+    assert await store.claim(request(name)) == []  # one workflow task, leased
+    done = await store.commit_workflow_task(
         WorkflowTaskCommit(
             lease=wt.lease,
             claimed_history_length=1,
@@ -781,20 +851,283 @@ async def test_events_that_arrive_during_a_task_move_after_its_commit(
             ],
         )
     )
-    history = await store.get_history("default", new.workflow_id)
-    kinds = [type(e).__name__ for e in history]
-    assert kinds == [
-        "WorkflowStarted",
-        "ActivityScheduled",
-        "ActivityCompleted",
-        "TimerStarted",
-        "SignalReceived",
-        "SignalReceived",
-    ]
-    assert [bytes(e.payload) for e in history if isinstance(e, SignalReceived)] == [b"0", b"1"]
+    assert done == []
+    kinds = [type(e).__name__ for e in await store.get_history("default", new.workflow_id)]
+    assert kinds == ["WorkflowStarted", "ActivityScheduled", "ActivityCompleted", "TimerStarted"]
     rec = await store.get_workflow("default", new.workflow_id)
-    assert rec.history_length == 6
+    assert (rec.history_length, rec.inbox_length) == (4, 2)
     assert rec.workflow_task_pending  # the signals still have to be seen
     [again] = await store.claim(request(name))
     assert isinstance(again, WorkflowTaskClaim)
-    assert len(again.history) == 6
+    assert again.lease.task_id == wt.lease.task_id  # the same task, released and re-claimed
+    assert [type(e).__name__ for e in again.history] == [*kinds, *["SignalReceived"] * 2]
+    assert [bytes(e.payload) for e in again.history if isinstance(e, SignalReceived)] == [
+        b"0",
+        b"1",
+    ]
+    assert (again.workflow.history_length, again.workflow.inbox_length) == (6, 0)
+    assert again.workflow.next_seq == 3
+    assert await history_positions(store, new.workflow_id) == list(range(1, 7))
+    await store.commit_workflow_task(
+        WorkflowTaskCommit(
+            lease=again.lease,
+            claimed_history_length=6,
+            expected_next_seq=3,
+            next_seq=3,
+            events=[],
+        )
+    )
+    rec = await store.get_workflow("default", new.workflow_id)
+    assert not rec.workflow_task_pending
+    assert await store.claim(request(name)) == []  # nothing new: the task is gone
+
+
+async def test_commit_with_a_stale_history_length_is_fenced(store: PostgresStore) -> None:
+    name = uid("n")
+    new = new_workflow(name)
+    await store.start_workflow(new)
+    [wt] = await store.claim(request(name))
+    assert isinstance(wt, WorkflowTaskClaim)
+    bad = WorkflowTaskCommit(
+        lease=wt.lease, claimed_history_length=2, expected_next_seq=1, next_seq=1, events=[]
+    )
+    with pytest.raises(LeaseLost, match="history has 1 events"):
+        await store.commit_workflow_task(bad)
+    assert await history_positions(store, new.workflow_id) == [1]
+
+
+async def test_keep_lease_commit_moves_the_inbox_in_and_keeps_the_task(
+    store: PostgresStore,
+) -> None:
+    name = uid("n")
+    new = new_workflow(name)
+    await store.start_workflow(new)
+    [wt] = await store.claim(request(name, lease=0.5))
+    assert isinstance(wt, WorkflowTaskClaim)
+    at = wt.workflow.created_at
+    sigs = [
+        SignalReceived(at=at, name="s", payload=Raw(str(i).encode()), signal_id=str(i))
+        for i in range(2)
+    ]
+    for sig in sigs:
+        await store.signal_workflow("default", new.workflow_id, sig)
+    scheduled = ActivityScheduled(at=at, seq=1, name="a", input=Raw(b"1"))
+    moved = await store.commit_workflow_task(
+        WorkflowTaskCommit(
+            lease=wt.lease,
+            claimed_history_length=1,
+            expected_next_seq=1,
+            next_seq=2,
+            events=[scheduled],
+            keep_lease=timedelta(seconds=30),
+        )
+    )
+    assert msgspec.json.encode(moved) == msgspec.json.encode(sigs)
+    history = await store.get_history("default", new.workflow_id)
+    assert msgspec.json.encode(history[1:]) == msgspec.json.encode([scheduled, *sigs])
+    rec = await store.get_workflow("default", new.workflow_id)
+    assert (rec.history_length, rec.inbox_length, rec.next_seq) == (4, 0, 2)
+    assert not rec.workflow_task_pending
+    await asyncio.sleep(0.6)  # past the claim's lease: keep_lease extended it
+    assert await store.claim(request(name)) == []
+    # The same lease goes on: another keep commit with nothing new, then a final one.
+    assert (
+        await store.commit_workflow_task(
+            WorkflowTaskCommit(
+                lease=wt.lease,
+                claimed_history_length=4,
+                expected_next_seq=2,
+                next_seq=2,
+                events=[],
+                keep_lease=timedelta(seconds=30),
+            )
+        )
+        == []
+    )
+    late = SignalReceived(at=at, name="s", payload=Raw(b"9"), signal_id="9")
+    await store.signal_workflow("default", new.workflow_id, late)
+    assert (
+        await store.commit_workflow_task(
+            WorkflowTaskCommit(
+                lease=wt.lease,
+                claimed_history_length=4,
+                expected_next_seq=2,
+                next_seq=2,
+                events=[],
+            )
+        )
+        == []
+    )
+    rec = await store.get_workflow("default", new.workflow_id)
+    assert (rec.history_length, rec.inbox_length) == (4, 1)
+    assert rec.workflow_task_pending  # released for the late signal
+    [again] = await store.claim(request(name))
+    assert isinstance(again, WorkflowTaskClaim)
+    assert msgspec.json.encode(again.history[-1]) == msgspec.json.encode(late)
+    with pytest.raises(ValueError, match="keep_lease"):
+        await store.commit_workflow_task(
+            WorkflowTaskCommit(
+                lease=again.lease,
+                claimed_history_length=5,
+                expected_next_seq=2,
+                next_seq=2,
+                events=[],
+                status=WorkflowStatus.COMPLETED,
+                keep_lease=timedelta(seconds=30),
+            )
+        )
+
+
+async def test_terminal_commit_leaves_late_inbox_events_in_the_inbox(
+    store: PostgresStore,
+) -> None:
+    name = uid("n")
+    new = new_workflow(name)
+    await store.start_workflow(new)
+    [wt] = await store.claim(request(name))
+    assert isinstance(wt, WorkflowTaskClaim)
+    at = wt.workflow.created_at
+    await store.signal_workflow(
+        "default",
+        new.workflow_id,
+        SignalReceived(at=at, name="s", payload=Raw(b"1"), signal_id="1"),
+    )
+    from flows_core._events import WorkflowCompleted
+
+    await store.commit_workflow_task(
+        WorkflowTaskCommit(
+            lease=wt.lease,
+            claimed_history_length=1,
+            expected_next_seq=1,
+            next_seq=1,
+            events=[WorkflowCompleted(at=at, output=Raw(b"1"))],
+            status=WorkflowStatus.COMPLETED,
+            output=Raw(b"1"),
+        )
+    )
+    rec = await store.get_workflow("default", new.workflow_id)
+    assert rec.status == WorkflowStatus.COMPLETED
+    assert (rec.history_length, rec.inbox_length) == (2, 1)
+    assert not rec.workflow_task_pending
+    assert await table_count_for(store, "tasks", new.workflow_id) == 0
+    assert await table_count_for(store, "inbox", new.workflow_id) == 1
+    assert await store.claim(request(name)) == []
+
+
+async def table_count_for(store: PostgresStore, table: str, workflow_id: str) -> int:
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.{} WHERE workflow_id = %s").format(
+                sql.Identifier(store.schema), sql.Identifier(table)
+            ),
+            (workflow_id,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_claim_skips_a_workflow_whose_row_is_being_written(
+    store: PostgresStore, pg_dsn: str
+) -> None:
+    """A claim never waits for a workflow row lock: the workflow is claimed later, with
+    whatever the lock holder put in its inbox."""
+    name = uid("n")
+    new = new_workflow(name)
+    await store.start_workflow(new)
+    sig = SignalReceived(at=store.clock.now(), name="s", payload=Raw(b"7"), signal_id="7")
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        async with conn.transaction():
+            await store.signal_workflow("default", new.workflow_id, sig, tx=conn)
+            t0 = time.monotonic()
+            assert await asyncio.wait_for(store.claim(request(name)), 5) == []
+            assert time.monotonic() - t0 < 2
+        [claim] = await store.claim(request(name))
+    assert isinstance(claim, WorkflowTaskClaim)
+    assert msgspec.json.encode(claim.history[-1]) == msgspec.json.encode(sig)
+    assert claim.workflow.history_length == 2
+
+
+async def test_signals_racing_claims_and_commits_are_each_recorded_once_in_order(
+    pg_dsn: str, module_schema: str
+) -> None:
+    """Senders signal while a worker claims and commits (with and without keep_lease):
+    no deadlock, every signal enters the history exactly once, in each sender's order,
+    positions stay gap-free, and the inbox ends empty."""
+    name = uid("n")
+    store = PostgresStore(pg_dsn, schema=module_schema, max_size=8)
+    await store.open()
+    try:
+        new = new_workflow(name)
+        await store.start_workflow(new)
+        at = store.clock.now()
+        senders, per_sender = 4, 15
+        sending = True
+
+        async def sender(k: int) -> None:
+            for i in range(per_sender):
+                await store.signal_workflow(
+                    "default",
+                    new.workflow_id,
+                    SignalReceived(
+                        at=at, name="s", payload=Raw(f"[{k},{i}]".encode()), signal_id=f"{k}-{i}"
+                    ),
+                )
+                await asyncio.sleep(0.001 * (k + 1))
+
+        async def worker() -> int:
+            rounds = 0
+            while True:
+                claims = await store.claim(request(name, lease=30))
+                if not claims:
+                    if not sending:
+                        rec = await store.get_workflow("default", new.workflow_id)
+                        if rec.inbox_length == 0 and not rec.workflow_task_pending:
+                            return rounds
+                    await asyncio.sleep(0.002)
+                    continue
+                [claim] = claims
+                assert isinstance(claim, WorkflowTaskClaim)
+                assert claim.workflow.history_length == len(claim.history)
+                length = len(claim.history)
+                rounds += 1
+                if rounds % 2:
+                    moved = await store.commit_workflow_task(
+                        WorkflowTaskCommit(
+                            lease=claim.lease,
+                            claimed_history_length=length,
+                            expected_next_seq=1,
+                            next_seq=1,
+                            events=[],
+                            keep_lease=timedelta(seconds=30),
+                        )
+                    )
+                    length += len(moved)
+                await store.commit_workflow_task(
+                    WorkflowTaskCommit(
+                        lease=claim.lease,
+                        claimed_history_length=length,
+                        expected_next_seq=1,
+                        next_seq=1,
+                        events=[],
+                    )
+                )
+
+        work = asyncio.create_task(worker())
+        await asyncio.gather(*(sender(k) for k in range(senders)))
+        sending = False
+        rounds = await asyncio.wait_for(work, 30)
+        assert rounds >= 2
+        history = await store.get_history("default", new.workflow_id)
+        got = [msgspec.json.decode(e.payload) for e in history if isinstance(e, SignalReceived)]
+        assert len(got) == senders * per_sender
+        for k in range(senders):
+            assert [i for s, i in got if s == k] == list(range(per_sender))
+        assert await history_positions(store, new.workflow_id) == list(
+            range(1, senders * per_sender + 2)
+        )
+        assert await table_count_for(store, "inbox", new.workflow_id) == 0
+        rec = await store.get_workflow("default", new.workflow_id)
+        assert (rec.history_length, rec.inbox_length) == (len(history), 0)
+    finally:
+        await store.close()
