@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar, overload
 import msgspec
 import uuid6
 
+from ._clock import Clock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, check_id, check_name, decode_payload, encode_payload
 from ._definitions import Workflow
 from ._errors import (
@@ -33,7 +34,7 @@ from ._store import (
 )
 from ._tenancy import DEFAULT_TENANT, current_tenant
 
-__all__ = ["Engine", "Run", "WorkflowInfo", "WorkflowRegistry"]
+__all__ = ["Engine", "Planner", "Run", "WorkflowInfo", "WorkflowRegistry"]
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -131,19 +132,23 @@ class Run(Generic[O]):
         return f"<Run {self.workflow_name} {self.workflow_id} tenant={self.tenant_id}>"
 
 
-class Engine:
-    """Client of a Store: the API applications use to drive workflows."""
+class Planner:
+    """The pure half of a client: validate, resolve the tenant, encode, shard. No I/O.
+
+    ``Engine`` drives a store with what it plans; sync clients (flows_pg.SyncClient)
+    reuse it so both validate exactly alike.
+    """
 
     def __init__(
         self,
-        store: Store,
+        clock: Clock,
         *,
         workflows: Iterable[Workflow[Any, Any]] = (),
         sharder: Sharder | None = None,
         require_tenant: bool = False,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
-        self.store = store
+        self.clock = clock
         self.registry = WorkflowRegistry(workflows)
         self.sharder: Sharder = sharder or HashSharder()
         self.require_tenant = require_tenant
@@ -160,6 +165,86 @@ class Engine:
                 )
             return DEFAULT_TENANT
         return check_id(tenant_id, "tenant id")
+
+    def start(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        input: Any,
+        tenant_id: str | None,
+        workflow_id: str | None,
+    ) -> tuple[NewWorkflow, Workflow[Any, Any]]:
+        """Validate and encode a start request."""
+        if isinstance(workflow, str):
+            definition = self.registry.latest(check_name(workflow, "workflow name"))
+        elif isinstance(workflow, Workflow):
+            definition = workflow
+        else:
+            raise InvalidArgument(f"start() takes a Workflow or a workflow name, got {workflow!r}")
+        tenant = self.tenant_for(tenant_id)
+        wf_id = str(uuid6.uuid7()) if workflow_id is None else check_id(workflow_id, "workflow id")
+        payload = encode_payload(
+            input,
+            what=f"input of workflow {definition.name!r}",
+            expected_type=definition.input_type,
+            max_bytes=self.max_payload_bytes,
+        )
+        shard = self.sharder.shard_for(definition.name, wf_id, tenant)
+        started = WorkflowStarted(
+            name=definition.name,
+            version=definition.version,
+            workflow_id=wf_id,
+            tenant_id=tenant,
+            input=payload,
+            seed=secrets.randbits(63),
+            at=self.clock.now(),
+        )
+        new = NewWorkflow(
+            tenant_id=tenant,
+            workflow_id=wf_id,
+            name=definition.name,
+            version=definition.version,
+            shard_key=shard_key(definition.name, shard),
+            input=payload,
+            started=started,
+        )
+        return new, definition
+
+    def signal(self, name: str, payload: Any) -> SignalReceived:
+        """Validate and encode a signal."""
+        check_name(name, "signal name")
+        raw = encode_payload(
+            payload, what=f"payload of signal {name!r}", max_bytes=self.max_payload_bytes
+        )
+        return SignalReceived(
+            name=name, payload=raw, signal_id=str(uuid6.uuid7()), at=self.clock.now()
+        )
+
+    def cancel(self, reason: str) -> CancelRequested:
+        return CancelRequested(reason=str(reason)[:1000], at=self.clock.now())
+
+
+class Engine:
+    """Client of a Store: the API applications use to drive workflows."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        workflows: Iterable[Workflow[Any, Any]] = (),
+        sharder: Sharder | None = None,
+        require_tenant: bool = False,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self.store = store
+        self.planner = Planner(
+            store.clock,
+            workflows=workflows,
+            sharder=sharder,
+            require_tenant=require_tenant,
+            max_payload_bytes=max_payload_bytes,
+        )
+        self.registry = self.planner.registry
+        self.tenant_for = self.planner.tenant_for
 
     @overload
     async def start(
@@ -195,62 +280,9 @@ class Engine:
         ``workflow`` is a definition, or a registered name (its highest version).
         ``tx`` is the caller's open transaction where the store supports one.
         """
-        new, definition = self.prepare_start(workflow, input, tenant_id, workflow_id)
+        new, definition = self.planner.start(workflow, input, tenant_id, workflow_id)
         await self.store.start_workflow(new, tx=tx)
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
-
-    def prepare_start(
-        self,
-        workflow: Workflow[Any, Any] | str,
-        input: Any,
-        tenant_id: str | None,
-        workflow_id: str | None,
-    ) -> tuple[NewWorkflow, Workflow[Any, Any]]:
-        """Validate and encode a start request (no I/O); shared with sync clients."""
-        if isinstance(workflow, str):
-            definition = self.registry.latest(check_name(workflow, "workflow name"))
-        elif isinstance(workflow, Workflow):
-            definition = workflow
-        else:
-            raise InvalidArgument(f"start() takes a Workflow or a workflow name, got {workflow!r}")
-        tenant = self.tenant_for(tenant_id)
-        wf_id = str(uuid6.uuid7()) if workflow_id is None else check_id(workflow_id, "workflow id")
-        payload = encode_payload(
-            input,
-            what=f"input of workflow {definition.name!r}",
-            expected_type=definition.input_type,
-            max_bytes=self.max_payload_bytes,
-        )
-        shard = self.sharder.shard_for(definition.name, wf_id, tenant)
-        started = WorkflowStarted(
-            name=definition.name,
-            version=definition.version,
-            workflow_id=wf_id,
-            tenant_id=tenant,
-            input=payload,
-            seed=secrets.randbits(63),
-            at=self.store.clock.now(),
-        )
-        new = NewWorkflow(
-            tenant_id=tenant,
-            workflow_id=wf_id,
-            name=definition.name,
-            version=definition.version,
-            shard_key=shard_key(definition.name, shard),
-            input=payload,
-            started=started,
-        )
-        return new, definition
-
-    def prepare_signal(self, name: str, payload: Any) -> SignalReceived:
-        """Validate and encode a signal (no I/O)."""
-        check_name(name, "signal name")
-        raw = encode_payload(
-            payload, what=f"payload of signal {name!r}", max_bytes=self.max_payload_bytes
-        )
-        return SignalReceived(
-            name=name, payload=raw, signal_id=str(uuid6.uuid7()), at=self.store.clock.now()
-        )
 
     async def signal(
         self,
@@ -263,7 +295,7 @@ class Engine:
     ) -> None:
         """Send signal ``name`` with ``payload`` to a running workflow."""
         tenant = self.tenant_for(tenant_id)
-        event = self.prepare_signal(name, payload)
+        event = self.planner.signal(name, payload)
         await self.store.signal_workflow(tenant, check_id(workflow_id, "workflow id"), event, tx=tx)
 
     async def cancel(
@@ -276,7 +308,7 @@ class Engine:
     ) -> CancelOutcome:
         """Ask a workflow to cancel. Says ALREADY_FINISHED (and does nothing) if it ended."""
         tenant = self.tenant_for(tenant_id)
-        event = CancelRequested(reason=str(reason)[:1000], at=self.store.clock.now())
+        event = self.planner.cancel(reason)
         return await self.store.cancel_workflow(
             tenant, check_id(workflow_id, "workflow id"), event, tx=tx
         )

@@ -12,5 +12,6 @@
 from . import embedded
 from ._migrate import check_schema, load_migrations, migrate
 from ._store import PostgresStore
+from ._sync import SyncClient
 
-__all__ = ["PostgresStore", "embedded", "check_schema", "load_migrations", "migrate"]
+__all__ = ["PostgresStore", "SyncClient", "embedded", "check_schema", "load_migrations", "migrate"]

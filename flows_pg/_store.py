@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Self
+from datetime import datetime, timedelta
+from typing import Any, Final, Self, TypeVar
 
 import msgspec
 import psycopg
@@ -29,9 +28,7 @@ from flows_core._errors import (
     ErrorInfo,
     LeaseLost,
     PayloadError,
-    WorkflowAlreadyExists,
     WorkflowNotFound,
-    WorkflowNotRunning,
 )
 from flows_core._events import (
     CancelRequested,
@@ -60,61 +57,20 @@ from flows_core._store import (
 )
 
 from . import _sql
+from ._client_ops import ClientStatements, Op, cancel_op, get_op, signal_op, start_op
 from ._listener import Listener, channel_names
 from ._migrate import check_schema, load_migrations, migrate
+from ._records import error_text, record_from_row, text, utc, uuid_of
 
 __all__ = ["PostgresStore"]
+
+T = TypeVar("T")
 
 _json: Final = msgspec.json.Encoder()
 _error_decoder: Final = msgspec.json.Decoder(ErrorInfo)
 _types_decoder: Final = msgspec.json.Decoder(list[tuple[str, int]])
 _names_decoder: Final = msgspec.json.Decoder(list[str])
 _SHARDS_FILTER: Final = "AND t.shard_key = ANY(%(shards)s::text[])"
-
-
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
-def _raw(text: str | None) -> msgspec.Raw | None:
-    return None if text is None else msgspec.Raw(text.encode())
-
-
-def _text(raw: msgspec.Raw | bytes | None) -> str | None:
-    return None if raw is None else bytes(raw).decode()
-
-
-def _error_text(error: ErrorInfo | None) -> str | None:
-    return None if error is None else _json.encode(error).decode()
-
-
-def _uuid(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError):
-        raise LeaseLost(f"{what} {value!r} is not a lease of this store") from None
-
-
-def _record(row: Sequence[Any], pending: bool) -> WorkflowRecord:
-    error = row[8]
-    return WorkflowRecord(
-        tenant_id=row[0],
-        workflow_id=row[1],
-        name=row[2],
-        version=row[3],
-        shard_key=row[4],
-        status=WorkflowStatus(row[5]),
-        input=msgspec.Raw(row[6].encode()),
-        output=_raw(row[7]),
-        error=None if error is None else _error_decoder.decode(error),
-        created_at=_utc(row[9]),
-        updated_at=_utc(row[10]),
-        history_length=row[11],
-        next_seq=row[12],
-        cancel_requested=row[13],
-        workflow_task_pending=pending,
-        inbox_length=row[14],
-    )
 
 
 class PostgresStore:
@@ -170,10 +126,7 @@ class PostgresStore:
         self._opened = False
         self.work_channel, self.workflow_channel = channel_names(self.schema)
         self._listener = Listener(self._listen_connect, self.work_channel, self.workflow_channel)
-        self._s_start = self._q(_sql.START)
-        self._s_signal = self._q(_sql.SIGNAL)
-        self._s_cancel = self._q(_sql.CANCEL)
-        self._s_get = self._q(_sql.GET_WORKFLOW)
+        self._client = ClientStatements(self.schema, self._ident)
         self._s_history = self._q(_sql.GET_HISTORY)
         self._s_claim = {
             sharded: self._q(_sql.CLAIM.replace("{shards}", _SHARDS_FILTER if sharded else ""))
@@ -305,8 +258,8 @@ class PostgresStore:
             "sk": lease.shard_key,
             "tid": lease.tenant_id,
             "wid": lease.workflow_id,
-            "task_id": _uuid(lease.task_id, "task id"),
-            "token": _uuid(lease.token, "lease token"),
+            "task_id": uuid_of(lease.task_id, "task id"),
+            "token": uuid_of(lease.token, "lease token"),
             "ch_work": self.work_channel,
             "ch_wf": self.workflow_channel,
             "wf_key": self._wf_key(lease.tenant_id, lease.workflow_id),
@@ -314,68 +267,38 @@ class PostgresStore:
 
     # -- client operations --
 
-    async def start_workflow(self, new: NewWorkflow, *, tx: Any = None) -> None:
-        params = {
-            "sk": new.shard_key,
-            "tid": new.tenant_id,
-            "wid": new.workflow_id,
-            "name": new.name,
-            "version": new.version,
-            "input": bytes(new.input).decode(),
-            "event": encode_event(new.started).decode(),
-            "wf_task_id": uuid6.uuid7(),
-            "ch_work": self.work_channel,
-            "ch_wf": self.workflow_channel,
-            "wf_key": self._wf_key(new.tenant_id, new.workflow_id),
-        }
+    async def _drive(self, op: Op[T], tx: Any) -> T:
+        """Run a client operation generator on ``tx`` or a pooled connection."""
         try:
-            rows = await self._rows(self._s_start, params, tx)
-        except pg_errors.UniqueViolation as exc:
-            raise WorkflowAlreadyExists(new.workflow_id) from exc
-        if not rows or rows[0][0] == 0:
-            raise WorkflowAlreadyExists(new.workflow_id)
+            statement, params = next(op)
+            while True:
+                try:
+                    rows = await self._rows(statement, params, tx)
+                except psycopg.Error as exc:
+                    statement, params = op.throw(exc)
+                else:
+                    statement, params = op.send(rows)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
 
-    async def _to_inbox(
-        self, query: str, tenant_id: str, workflow_id: str, event: Event, tx: Any
-    ) -> tuple[str, bool]:
-        params = {
-            "tid": tenant_id,
-            "wid": workflow_id,
-            "event": encode_event(event).decode(),
-            "wf_task_id": uuid6.uuid7(),
-            "ch_work": self.work_channel,
-            "ch_wf": self.workflow_channel,
-            "wf_key": self._wf_key(tenant_id, workflow_id),
-        }
-        rows = await self._rows(query, params, tx)
-        if not rows:
-            raise WorkflowNotFound(workflow_id, tenant_id)
-        return rows[0][0], rows[0][1]
+    async def start_workflow(self, new: NewWorkflow, *, tx: Any = None) -> None:
+        await self._drive(start_op(self._client, new), tx)
 
     async def signal_workflow(
         self, tenant_id: str, workflow_id: str, event: SignalReceived, *, tx: Any = None
     ) -> None:
-        status, _ = await self._to_inbox(self._s_signal, tenant_id, workflow_id, event, tx)
-        if WorkflowStatus(status) in TERMINAL_STATUSES:
-            raise WorkflowNotRunning(workflow_id, status)
+        await self._drive(signal_op(self._client, tenant_id, workflow_id, event), tx)
 
     async def cancel_workflow(
         self, tenant_id: str, workflow_id: str, event: CancelRequested, *, tx: Any = None
     ) -> CancelOutcome:
-        status, already = await self._to_inbox(self._s_cancel, tenant_id, workflow_id, event, tx)
-        if WorkflowStatus(status) in TERMINAL_STATUSES:
-            return CancelOutcome.ALREADY_FINISHED
-        if already:
-            return CancelOutcome.ALREADY_REQUESTED
-        return CancelOutcome.REQUESTED
+        return await self._drive(cancel_op(self._client, tenant_id, workflow_id, event), tx)
 
     async def get_workflow(
         self, tenant_id: str, workflow_id: str, *, tx: Any = None
     ) -> WorkflowRecord:
-        rows = await self._rows(self._s_get, {"tid": tenant_id, "wid": workflow_id}, tx)
-        if not rows:
-            raise WorkflowNotFound(workflow_id, tenant_id)
-        return _record(rows[0], rows[0][15])
+        return await self._drive(get_op(self._client, tenant_id, workflow_id), tx)
 
     async def get_history(self, tenant_id: str, workflow_id: str, *, after: int = 0) -> list[Event]:
         rows = await self._rows(
@@ -400,7 +323,7 @@ class PostgresStore:
             "offset": max(0, query.offset),
         }
         rows = await self._rows(statement, params)
-        return [_record(row, row[15]) for row in rows]
+        return [record_from_row(row, row[15]) for row in rows]
 
     async def wait_for_workflow(self, tenant_id: str, workflow_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -437,14 +360,14 @@ class PostgresStore:
                 tenant_id=wf[0],
                 shard_key=wf[4],
                 workflow_id=wf[1],
-                expires_at=_utc(expires),
+                expires_at=utc(expires),
             )
             if kind == "workflow":
                 history = row[23]
                 claimed.append(
                     WorkflowTaskClaim(
                         lease=lease,
-                        workflow=_record(wf, False),
+                        workflow=record_from_row(wf, False),
                         history=[] if history is None else decode_events(history),
                     )
                 )
@@ -476,8 +399,8 @@ class PostgresStore:
                 "events": [encode_event(e).decode() for e in commit.events],
                 "n_events": len(commit.events),
                 "status": str(commit.status),
-                "output": _text(commit.output),
-                "error": _error_text(commit.error),
+                "output": text(commit.output),
+                "error": error_text(commit.error),
                 "terminal": commit.status in TERMINAL_STATUSES,
                 "keep": commit.keep_lease is not None,
                 "keep_lease": commit.keep_lease or timedelta(0),
@@ -487,7 +410,7 @@ class PostgresStore:
                 "a_names": [a.name for a in acts],
                 "a_inputs": [bytes(a.input).decode() for a in acts],
                 "a_attempts": [a.attempt for a in acts],
-                "a_errors": [_error_text(a.last_error) for a in acts],
+                "a_errors": [error_text(a.last_error) for a in acts],
                 "a_visible": [a.visible_at for a in acts],
                 "t_ids": [uuid6.uuid7() for _ in commit.timers],
                 "t_seqs": [t.seq for t in commit.timers],
@@ -515,7 +438,7 @@ class PostgresStore:
 
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
         params = self._fence_params(lease)
-        params["error"] = _error_text(error)
+        params["error"] = error_text(error)
         rows = await self._rows(self._s_park, params)
         if not rows[0][0]:
             raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
@@ -536,7 +459,7 @@ class PostgresStore:
             {
                 "attempt": retry.next_attempt,
                 "visible_at": retry.visible_at,
-                "error": _error_text(retry.error),
+                "error": error_text(retry.error),
             }
         )
         rows = await self._rows(self._s_retry, params)
@@ -549,7 +472,7 @@ class PostgresStore:
         rows = await self._rows(self._s_heartbeat, params)
         if not rows:
             raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
-        return HeartbeatReply(expires_at=_utc(rows[0][0]), cancel_requested=rows[0][1])
+        return HeartbeatReply(expires_at=utc(rows[0][0]), cancel_requested=rows[0][1])
 
     async def release(self, lease: Lease) -> None:
         with contextlib.suppress(LeaseLost):
@@ -574,7 +497,7 @@ class PostgresStore:
         params = {"shards": None if shard_keys is None else list(shard_keys)}
         rows = await self._rows(self._s_next_due[shard_keys is not None], params)
         due: datetime | None = rows[0][0]
-        return None if due is None else _utc(due)
+        return None if due is None else utc(due)
 
     async def wait_for_work(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -604,7 +527,7 @@ class PostgresStore:
                 worker_id=row[0],
                 workflow_types=_types_decoder.decode(row[1]),
                 activity_names=_names_decoder.decode(row[2]),
-                heartbeat_at=_utc(row[3]),
+                heartbeat_at=utc(row[3]),
                 host=row[4],
                 pid=row[5],
             )

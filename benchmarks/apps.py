@@ -1,0 +1,177 @@
+"""The workflows the benchmarks run on Flows, and a store wrapper that reports completions.
+
+The wrapper lets the harness learn in-process when workflows finish (from the worker's
+own terminal commits) instead of polling the database, so the transactions it counts
+are the library's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from typing import Any
+
+import flows_core as flows
+from flows_core._events import SignalWaitStarted
+from flows_core._store import TERMINAL_STATUSES
+
+# -- activities --
+
+# Worker-side timestamps recorded by the activities themselves.
+STAMPS: dict[str, list[float]] = {}
+"""workflow id -> perf_counter() of each step of the 20-step workflow."""
+WALL: dict[tuple[str, str], float] = {}
+"""(workflow id, label) -> time.time() recorded by the ``mark`` activity."""
+WAKE: dict[str, asyncio.Future[float]] = {}
+"""workflow id -> future resolved with time.time() when the ``mark`` activity runs."""
+
+
+@flows.activity("bench-inc")
+async def inc(x: int) -> int:
+    return x + 1
+
+
+@flows.activity("bench-step")
+async def step(x: int) -> int:
+    STAMPS.setdefault(flows.activity_info().workflow_id, []).append(time.perf_counter())
+    return x + 1
+
+
+@flows.activity("bench-mark")
+async def mark(label: str) -> float:
+    now = time.time()
+    wid = flows.activity_info().workflow_id
+    WALL[(wid, label)] = now
+    fut = WAKE.get(wid)
+    if fut is not None and not fut.done():
+        fut.set_result(now)
+    return now
+
+
+# -- workflows --
+
+
+@flows.workflow("bench-three")
+async def three(ctx: flows.WorkflowContext, x: int) -> int:
+    x = await ctx.execute(inc, x)
+    x = await ctx.execute(inc, x)
+    return await ctx.execute(inc, x)
+
+
+@flows.workflow("bench-steps")
+async def steps(ctx: flows.WorkflowContext, n: int) -> int:
+    x = 0
+    for _ in range(n):
+        x = await ctx.execute(step, x)
+    return x
+
+
+@flows.workflow("bench-signal")
+async def signalled(ctx: flows.WorkflowContext, _: int) -> float:
+    await ctx.wait_for_signal("go", int)
+    return await ctx.execute(mark, "resumed")
+
+
+@flows.workflow("bench-timer")
+async def timer(ctx: flows.WorkflowContext, ms: int) -> float:
+    await ctx.execute(mark, "before")
+    await ctx.sleep(timedelta(milliseconds=ms))
+    return await ctx.execute(mark, "after")
+
+
+WORKFLOWS = [three, steps, signalled, timer]
+ACTIVITIES = [inc, step, mark]
+
+
+def replay_workflow(n: int) -> flows.Workflow[Any, Any]:
+    """An n-step sequential workflow for the replay scenario (same shape as ``steps``)."""
+    return steps
+
+
+# -- completion tracking --
+
+
+class Tracker:
+    """Counts terminal commits and signal waits seen by a wrapped store."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.waiting = 0
+        self.target = 0
+        self.wait_target = 0
+        self.all_done = asyncio.Event()
+        self.all_waiting = asyncio.Event()
+        self.finished: dict[str, asyncio.Future[None]] = {}
+
+    def expect(self, n: int) -> None:
+        self.done, self.target = 0, n
+        self.all_done = asyncio.Event()
+        if n == 0:
+            self.all_done.set()
+
+    def expect_waiting(self, n: int) -> None:
+        self.waiting, self.wait_target = 0, n
+        self.all_waiting = asyncio.Event()
+
+    def future(self, workflow_id: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.finished[workflow_id] = fut
+        return fut
+
+    def on_commit(self, commit: Any) -> None:
+        if commit.status in TERMINAL_STATUSES:
+            self.done += 1
+            if self.done >= self.target:
+                self.all_done.set()
+            fut = self.finished.pop(commit.lease.workflow_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        if any(isinstance(e, SignalWaitStarted) for e in commit.events):
+            self.waiting += 1
+            if self.waiting >= self.wait_target:
+                self.all_waiting.set()
+
+
+def tracked(store_cls: type) -> type:
+    """A subclass of ``store_cls`` whose successful workflow commits feed ``.tracker``."""
+
+    class Tracked(store_cls):  # type: ignore[valid-type,misc]
+        tracker: Tracker
+
+        async def commit_workflow_task(self, commit: Any) -> Any:
+            result = await super().commit_workflow_task(commit)
+            self.tracker.on_commit(commit)
+            return result
+
+    Tracked.__name__ = f"Tracked{store_cls.__name__}"
+    return Tracked
+
+
+def memory_store() -> Any:
+    from flows_memory import MemoryStore
+
+    store = tracked(MemoryStore)()
+    store.tracker = Tracker()
+    return store
+
+
+def pg_store(dsn: str, schema: str, **kwargs: Any) -> Any:
+    from flows_pg import PostgresStore
+
+    store = tracked(PostgresStore)(dsn, schema=schema, **kwargs)
+    store.tracker = Tracker()
+    return store
+
+
+async def start_many(
+    engine: flows.Engine, workflow: Any, inputs: list[Any], concurrency: int = 16
+) -> list[flows.Run[Any]]:
+    """Start one workflow per input, ``concurrency`` start calls in flight."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(x: Any) -> flows.Run[Any]:
+        async with sem:
+            return await engine.start(workflow, x)
+
+    return list(await asyncio.gather(*(one(x) for x in inputs)))

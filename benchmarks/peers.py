@@ -1,0 +1,147 @@
+"""Peer systems running the same 3-step workflow: DBOS Transact and absurd.
+
+Imported only inside a runner subprocess (DBOS keeps process-wide state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+# -- DBOS Transact --
+
+
+async def _dbos_inc(x: int) -> int:
+    return x + 1
+
+
+def _dbos_definitions() -> Any:
+    from dbos import DBOS
+
+    inc = DBOS.step(name="bench_inc")(_dbos_inc)
+
+    @DBOS.workflow(name="bench_three")
+    async def three(x: int) -> int:
+        x = await inc(x)
+        x = await inc(x)
+        return await inc(x)
+
+    return three
+
+
+def dbos_config(url: str) -> dict[str, Any]:
+    return {
+        "name": "flows-bench",
+        "system_database_url": url,
+        "log_level": "WARNING",
+        "console_log_level": "WARNING",
+        "sys_db_pool_size": 10,
+    }
+
+
+def dbos_setup(url: str) -> None:
+    """Create/migrate the DBOS system database once (outside the measured rounds)."""
+    from dbos import DBOS
+
+    _dbos_definitions()
+    DBOS(config=dbos_config(url))  # type: ignore[arg-type]
+    DBOS.launch()
+    DBOS.destroy()
+
+
+async def dbos_round(spec: dict[str, Any], warmup: int) -> dict[str, Any]:
+    from dbos import DBOS
+
+    three = _dbos_definitions()
+    DBOS(config=dbos_config(spec["url"]))  # type: ignore[arg-type]
+    DBOS.launch()
+    sem = asyncio.Semaphore(spec["concurrency"])
+
+    async def one(x: int) -> int:
+        async with sem:
+            handle = await DBOS.start_workflow_async(three, x)
+            result: int = await handle.get_result()
+            return result
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(warmup)))
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one(i) for i in range(spec["n"])))
+        t1 = time.perf_counter()
+        assert all(r == i + 3 for i, r in enumerate(results)), "DBOS returned wrong results"
+    finally:
+        DBOS.destroy(destroy_registry=True)
+    return {"elapsed": t1 - t0, "n": spec["n"], "own_queries": 0}
+
+
+# -- absurd --
+
+ABSURD_QUEUE = "flowsbench"
+
+
+def absurd_setup(dsn: str, sql_path: str) -> None:
+    """Apply the absurd schema file and create the benchmark queue."""
+    import psycopg
+
+    text = Path(sql_path).read_text()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(text)  # type: ignore[call-overload]
+        conn.execute("SELECT absurd.create_queue(%s)", (ABSURD_QUEUE,))
+
+
+async def absurd_round(spec: dict[str, Any], warmup: int) -> dict[str, Any]:
+    import psycopg
+    from absurd_sdk import AsyncAbsurd
+
+    app = AsyncAbsurd(spec["dsn"], queue_name=ABSURD_QUEUE)
+    client = AsyncAbsurd(spec["dsn"], queue_name=ABSURD_QUEUE)
+
+    async def inc(x: int) -> int:
+        return x + 1
+
+    @app.register_task("bench_three")
+    async def three(params: Any, ctx: Any) -> int:
+        x = int(params["x"])
+        x = await ctx.step("s1", lambda: inc(x))
+        x = await ctx.step("s2", lambda: inc(x))
+        return int(await ctx.step("s3", lambda: inc(x)))
+
+    table = f"absurd.t_{ABSURD_QUEUE}"
+    polls = 0
+
+    async def run_batch(n: int, poller: Any) -> None:
+        nonlocal polls
+        async with poller.cursor() as cur:
+            await cur.execute(f"SELECT count(*) FROM {table} WHERE state = 'completed'")
+            polls += 1
+            row = await cur.fetchone()
+            base = int(row[0])
+        for i in range(n):
+            await client.spawn("bench_three", {"x": i})
+        while True:
+            async with poller.cursor() as cur:
+                await cur.execute(f"SELECT count(*) FROM {table} WHERE state = 'completed'")
+                polls += 1
+                row = await cur.fetchone()
+            if int(row[0]) - base >= n:
+                return
+            await asyncio.sleep(0.025)
+
+    worker = asyncio.create_task(
+        app.start_worker(concurrency=spec["concurrency"], poll_interval=0.05)
+    )
+    poller = await psycopg.AsyncConnection.connect(spec["dsn"], autocommit=True)
+    try:
+        await run_batch(warmup, poller)
+        t0 = time.perf_counter()
+        await run_batch(spec["n"], poller)
+        t1 = time.perf_counter()
+    finally:
+        app.stop_worker()
+        await asyncio.wait([worker], timeout=10)
+        await poller.close()
+        await app.close()
+        await client.close()
+    return {"elapsed": t1 - t0, "n": spec["n"], "own_queries": polls}
