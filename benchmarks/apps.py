@@ -84,11 +84,6 @@ WORKFLOWS = [three, steps, signalled, timer]
 ACTIVITIES = [inc, step, mark]
 
 
-def replay_workflow(n: int) -> flows.Workflow[Any, Any]:
-    """An n-step sequential workflow for the replay scenario (same shape as ``steps``)."""
-    return steps
-
-
 # -- completion tracking --
 
 

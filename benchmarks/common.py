@@ -143,8 +143,9 @@ class PgServer:
         from psycopg import sql
 
         with self.admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return with_dbname(self.dsn, name)
 
@@ -152,13 +153,21 @@ class PgServer:
         from psycopg import sql
 
         with self.admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
     def info(self) -> dict[str, str]:
         names = [
-            "server_version", "shared_buffers", "synchronous_commit", "fsync", "wal_level",
-            "max_connections", "work_mem", "checkpoint_timeout", "max_wal_size",
+            "server_version",
+            "shared_buffers",
+            "synchronous_commit",
+            "fsync",
+            "wal_level",
+            "max_connections",
+            "work_mem",
+            "checkpoint_timeout",
+            "max_wal_size",
         ]
         out: dict[str, str] = {"server": self.kind}
         with self.admin() as conn:
@@ -217,11 +226,15 @@ def machine_info(server: PgServer | None) -> dict[str, str]:
     with contextlib.suppress(Exception):
         head = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         info["flows_commit"] = head + ("+dirty" if dirty else "")
     from importlib import metadata

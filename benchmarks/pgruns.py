@@ -26,7 +26,10 @@ from .scenarios import _fill_pg, drop_schema, fresh_schema
 def run_spec(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.runner", json.dumps(spec)],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise RuntimeError(
@@ -72,7 +75,10 @@ class Systems:
 
 
 def throughput(
-    systems: Systems, peers: list[str], concurrencies: list[int], n_for: Callable[[int], int],
+    systems: Systems,
+    peers: list[str],
+    concurrencies: list[int],
+    n_for: Callable[[int], int],
     rounds: int,
 ) -> list[Row]:
     names = ["flows", *peers]
@@ -88,29 +94,56 @@ def throughput(
                 res["rate"] = n / res["elapsed"]
                 res["xact_per_wf"] = (res["xacts"] - base[s]) / n
                 got[s].append(res)
-                log(f"  c={c} round {r + 1} {s}: {res['rate']:,.0f} wf/s, "
-                    f"{res['xact_per_wf']:.2f} xact/wf")
+                log(
+                    f"  c={c} round {r + 1} {s}: {res['rate']:,.0f} wf/s, "
+                    f"{res['xact_per_wf']:.2f} xact/wf"
+                )
         ours = median([x["rate"] for x in got["flows"]])
         ours_x = median([x["xact_per_wf"] for x in got["flows"]])
         case = f"c={c} N={n}, median of {rounds}"
         for peer in peers or [""]:
             pv = median([x["rate"] for x in got[peer]]) if peer else None
-            rows.append(Row("a throughput", "postgres", case, "workflows/s", ours, "wf/s",
-                            peer=peer, peer_value=pv,
-                            note="rounds: " + ", ".join(f"{x['rate']:.0f}"
-                                                        for x in got["flows"])))
+            rows.append(
+                Row(
+                    "a throughput",
+                    "postgres",
+                    case,
+                    "workflows/s",
+                    ours,
+                    "wf/s",
+                    peer=peer,
+                    peer_value=pv,
+                    note="rounds: " + ", ".join(f"{x['rate']:.0f}" for x in got["flows"]),
+                )
+            )
         for peer in peers or [""]:
             pv = median([x["xact_per_wf"] for x in got[peer]]) if peer else None
-            rows.append(Row("a throughput", "postgres", case, "transactions/workflow", ours_x,
-                            "xact", peer=peer, peer_value=pv, goal="<= 5", met=ours_x <= 5.0,
-                            note=f"baseline (N=0) {base['flows']} xact subtracted"))
+            rows.append(
+                Row(
+                    "a throughput",
+                    "postgres",
+                    case,
+                    "transactions/workflow",
+                    ours_x,
+                    "xact",
+                    peer=peer,
+                    peer_value=pv,
+                    goal="<= 5",
+                    met=ours_x <= 5.0,
+                    note=f"baseline (N=0) {base['flows']} xact subtracted",
+                )
+            )
         stats = got["flows"][-1].get("stats", {})
         rows[-1].extra["worker_stats"] = stats
     return rows
 
 
 def multi_process(
-    server: PgServer, dsn: str, n: int, procs: list[int], concurrency: int,
+    server: PgServer,
+    dsn: str,
+    n: int,
+    procs: list[int],
+    concurrency: int,
     profile: Path | None = None,
 ) -> list[Row]:
     rows: list[Row] = []
@@ -121,8 +154,11 @@ def multi_process(
         spec = {"mode": "worker", "dsn": dsn, "schema": schema, "concurrency": concurrency}
         workers = [
             subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.runner", json.dumps(spec)], cwd=REPO,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                [sys.executable, "-m", "benchmarks.runner", json.dumps(spec)],
+                cwd=REPO,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             for _ in range(k)
         ]
@@ -155,15 +191,31 @@ def multi_process(
                 _finish_pyspy(spy)
             asyncio.run(drop_schema(dsn, schema))
         rates[k] = n / elapsed
-        rows.append(Row("g processes", "postgres", f"{k} worker process(es) x c={concurrency}, "
-                        f"N={n} prefilled", "workflows/s", rates[k], "wf/s",
-                        note=f"{polls} completion polls"))
+        rows.append(
+            Row(
+                "g processes",
+                "postgres",
+                f"{k} worker process(es) x c={concurrency}, N={n} prefilled",
+                "workflows/s",
+                rates[k],
+                "wf/s",
+                note=f"{polls} completion polls",
+            )
+        )
         log(f"  {k} process(es): {rates[k]:,.0f} wf/s")
     if len(procs) > 1:
         lo, hi = procs[0], procs[-1]
-        rows.append(Row("g processes", "postgres", f"{hi} vs {lo} processes", "speed-up",
-                        rates[hi] / rates[lo], "x", note=f"{os.cpu_count()} CPUs shared with "
-                        "the PostgreSQL server"))
+        rows.append(
+            Row(
+                "g processes",
+                "postgres",
+                f"{hi} vs {lo} processes",
+                "speed-up",
+                rates[hi] / rates[lo],
+                "x",
+                note=f"{os.cpu_count()} CPUs shared with the PostgreSQL server",
+            )
+        )
     return rows
 
 
@@ -181,7 +233,8 @@ def _wait_completed(dsn: str, schema: str, n: int, timeout: float) -> int:
     from psycopg import sql
 
     q = sql.SQL("SELECT count(*) FROM {}.workflows WHERE status = 'completed'").format(
-        sql.Identifier(schema))
+        sql.Identifier(schema)
+    )
     deadline = time.monotonic() + timeout
     polls = 0
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -201,9 +254,22 @@ def _start_pyspy(pid: int, out: Path) -> subprocess.Popen[str] | None:
         log("py-spy not found (pip install py-spy): no profile")
         return None
     spy = subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
-         "--output", str(out), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(1.0)  # let it attach
     return spy

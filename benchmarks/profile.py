@@ -20,7 +20,10 @@ def _short(frame: str) -> str:
     return f"{path}:{m.group('func')}"
 
 
-def summarize(path: Path, top: int = 20) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
+Shares = list[tuple[str, float]]
+
+
+def summarize(path: Path, top: int = 20) -> tuple[int, Shares, Shares]:
     """(samples, top self-time frames, top inclusive frames), shares in percent."""
     self_t: Counter[str] = Counter()
     incl: Counter[str] = Counter()
@@ -46,7 +49,8 @@ def summarize(path: Path, top: int = 20) -> tuple[int, list[tuple[str, float]], 
         items = [(k, 100.0 * v / total) for k, v in c.most_common()]
         if keep:
             items = [
-                (k, v) for k, v in items
+                (k, v)
+                for k, v in items
                 if k.startswith(("flows_", "psycopg", "psycopg_pool", "msgspec", "uuid6"))
             ]
         return items[:top]
@@ -58,8 +62,12 @@ def markdown(path: Path, top: int = 20) -> str:
     total, self_top, incl_top = summarize(path, top)
     if not total:
         return "_profile: no samples_\n"
-    out = [f"py-spy, {total} samples (on-CPU, GIL-holding and not).", "",
-           "| self % | frame |", "|---:|---|"]
+    out = [
+        f"py-spy, {total} samples (on-CPU, GIL-holding and not).",
+        "",
+        "| self % | frame |",
+        "|---:|---|",
+    ]
     out += [f"| {v:.1f} | `{k}` |" for k, v in self_top]
     out += ["", "| inclusive % | frame (flows, psycopg, msgspec) |", "|---:|---|"]
     out += [f"| {v:.1f} | `{k}` |" for k, v in incl_top]

@@ -25,8 +25,10 @@ def _fmt(v: float | None) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    head = ("| scenario | adapter | case | metric | Flows | peer | peer value | Flows/peer "
-            "| goal | met | notes |")
+    head = (
+        "| scenario | adapter | case | metric | Flows | peer | peer value | Flows/peer "
+        "| goal | met | notes |"
+    )
     out = [head, "|---|---|---|---|---:|---|---:|---:|---|---|---|"]
     for r in rows:
         met = "" if r.met is None else ("yes" if r.met else "**no**")
@@ -46,8 +48,10 @@ def goals(rows: list[Row]) -> str:
             continue
         desc = f"{r.scenario} / {r.adapter} / {r.case} / {r.metric}"
         ratio = f" (Flows/{r.peer} {_fmt(r.ratio)}x)" if r.ratio else ""
-        out.append(f"| {r.goal} — {desc} | {_fmt(r.value)} {r.unit}{ratio} "
-                   f"| {'yes' if r.met else '**no**'} |")
+        out.append(
+            f"| {r.goal} — {desc} | {_fmt(r.value)} {r.unit}{ratio} "
+            f"| {'yes' if r.met else '**no**'} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -73,11 +77,16 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
         x = range(len(picked))
         has_peer = any(r.peer_value is not None for r in picked)
         w = 0.4 if has_peer else 0.7
-        ax.bar([i - (w / 2 if has_peer else 0) for i in x], [r.value for r in picked], w,
-               label="Flows")
+        ax.bar(
+            [i - (w / 2 if has_peer else 0) for i in x], [r.value for r in picked], w, label="Flows"
+        )
         if has_peer:
-            ax.bar([i + w / 2 for i in x], [r.peer_value or 0 for r in picked], w,
-                   label="/".join(sorted({r.peer for r in picked if r.peer})))
+            ax.bar(
+                [i + w / 2 for i in x],
+                [r.peer_value or 0 for r in picked],
+                w,
+                label="/".join(sorted({r.peer for r in picked if r.peer})),
+            )
             ax.legend(fontsize=7)
         ax.set_xticks(list(x))
         ax.set_xticklabels(labels, fontsize=7, rotation=20, ha="right")
@@ -85,16 +94,31 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
         ax.set_ylabel(unit, fontsize=8)
 
     tp = [r for r in rows if r.scenario == "a throughput" and r.metric == "workflows/s"]
-    bars(axes[0][0], tp, lambda r: f"{r.adapter[:3]} {r.case.split()[0]} {r.peer}",
-         "(a) throughput, 3-step workflow", "workflows/s")
+    bars(
+        axes[0][0],
+        tp,
+        lambda r: f"{r.adapter[:3]} {r.case.split()[0]} {r.peer}",
+        "(a) throughput, 3-step workflow",
+        "workflows/s",
+    )
     xa = [r for r in rows if r.metric == "transactions/workflow"]
-    bars(axes[0][1], xa, lambda r: f"{r.case.split()[0]} {r.peer}",
-         "(a) transactions per workflow", "xact_commit / wf")
+    bars(
+        axes[0][1],
+        xa,
+        lambda r: f"{r.case.split()[0]} {r.peer}",
+        "(a) transactions per workflow",
+        "xact_commit / wf",
+    )
     st = [r for r in rows if r.scenario == "b per-step" and r.metric.startswith("step p")]
     bars(axes[0][2], st, lambda r: f"{r.adapter[:3]} {r.metric}", "(b) per-step overhead", "ms")
     lat = [r for r in rows if r.scenario in ("c signal-to-resume", "d timer lateness")]
-    bars(axes[1][0], lat, lambda r: f"{r.scenario[:1]} {r.adapter[:3]} {r.metric}",
-         "(c) signal-to-resume, (d) timer lateness", "ms")
+    bars(
+        axes[1][0],
+        lat,
+        lambda r: f"{r.scenario[:1]} {r.adapter[:3]} {r.metric}",
+        "(c) signal-to-resume, (d) timer lateness",
+        "ms",
+    )
     rp = [r for r in rows if r.scenario == "e replay" and r.metric == "replay time"]
     ax = axes[1][1]
     if rp:
@@ -107,34 +131,59 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
         ax.set_ylabel("ms", fontsize=8)
     else:
         ax.axis("off")
-    cl = [r for r in rows if r.scenario in ("f claim rate", "g processes")
-          and r.unit in ("claims/s", "wf/s")]
-    bars(axes[1][2], cl, lambda r: f"{r.adapter[:3]} {r.case[:22]}",
-         "(f) claims/s by backlog, (g) wf/s by processes", "per second")
+    cl = [
+        r
+        for r in rows
+        if r.scenario in ("f claim rate", "g processes") and r.unit in ("claims/s", "wf/s")
+    ]
+    bars(
+        axes[1][2],
+        cl,
+        lambda r: f"{r.adapter[:3]} {r.case[:22]}",
+        "(f) claims/s by backlog, (g) wf/s by processes",
+        "per second",
+    )
     axes[1][2].set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write(rows: list[Row], info: dict[str, str], extra_md: str, out_dir: Path,
-          stamp: str) -> tuple[Path, Path, Path]:
+def write(
+    rows: list[Row], info: dict[str, str], extra_md: str, out_dir: Path, stamp: str
+) -> tuple[Path, Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path = out_dir / f"bench-{stamp}.md"
     png_path = out_dir / f"bench-{stamp}.png"
     json_path = out_dir / f"bench-{stamp}.json"
     md = render(rows, info, extra_md, png_path.name)
     md_path.write_text(md)
-    json_path.write_text(json.dumps({"info": info, "rows": [asdict(r) for r in rows]},
-                                    indent=1, default=str))
-    chart(rows, png_path, f"Flows benchmarks {stamp} — " + ", ".join(
-        f"{k}={info[k]}" for k in ("cpus", "python", "pg.server_version") if k in info))
+    json_path.write_text(
+        json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1, default=str)
+    )
+    chart(
+        rows,
+        png_path,
+        f"Flows benchmarks {stamp} — "
+        + ", ".join(f"{k}={info[k]}" for k in ("cpus", "python", "pg.server_version") if k in info),
+    )
     return md_path, png_path, json_path
 
 
 def render(rows: list[Row], info: dict[str, str], extra_md: str, png_name: str = "") -> str:
-    parts = ["# Flows benchmarks", "", "## Machine", "", info_block(info),
-             "## Results", "", table(rows), "## Goals", "", goals(rows)]
+    parts = [
+        "# Flows benchmarks",
+        "",
+        "## Machine",
+        "",
+        info_block(info),
+        "## Results",
+        "",
+        table(rows),
+        "## Goals",
+        "",
+        goals(rows),
+    ]
     if extra_md:
         parts += [extra_md]
     if png_name:

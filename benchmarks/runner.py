@@ -30,7 +30,10 @@ async def flows_round(spec: dict[str, Any]) -> dict[str, Any]:
     async with store:
         engine = flows.Engine(store)
         worker = flows.Worker(
-            store, workflows=[apps.three], activities=[apps.inc], concurrency=c,
+            store,
+            workflows=[apps.three],
+            activities=[apps.inc],
+            concurrency=c,
             poll_interval=1.0,
         )
         running = asyncio.create_task(worker.run())
@@ -47,8 +50,11 @@ async def flows_round(spec: dict[str, Any]) -> dict[str, Any]:
         await worker.stop()
         await running
     return {
-        "elapsed": t1 - t0, "start_phase": t_started - t0, "n": n,
-        "stats": dict(worker.stats), "own_queries": 0,
+        "elapsed": t1 - t0,
+        "start_phase": t_started - t0,
+        "n": n,
+        "stats": dict(worker.stats),
+        "own_queries": 0,
     }
 
 
@@ -73,8 +79,11 @@ async def worker_process(spec: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     async with store:
         worker = flows.Worker(
-            store, workflows=apps.WORKFLOWS, activities=apps.ACTIVITIES,
-            concurrency=spec["concurrency"], poll_interval=1.0,
+            store,
+            workflows=apps.WORKFLOWS,
+            activities=apps.ACTIVITIES,
+            concurrency=spec["concurrency"],
+            poll_interval=1.0,
         )
         await store.list_workers()  # warm the pool
         print("ready", flush=True)
@@ -88,7 +97,15 @@ async def worker_process(spec: dict[str, Any]) -> dict[str, Any]:
     return {"stats": dict(worker.stats)}
 
 
+async def dbos_setup(spec: dict[str, Any]) -> dict[str, Any]:
+    from . import peers
+
+    peers.dbos_setup(spec["url"])
+    return {}
+
+
 MODES = {
+    "dbos_setup": dbos_setup,
     "flows": flows_round,
     "dbos": dbos_round,
     "absurd": absurd_round,

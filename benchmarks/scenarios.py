@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
 import uuid
@@ -68,8 +69,11 @@ async def flows_env(
     async with open_store(target, prefix) as store:
         engine = flows.Engine(store)
         worker = flows.Worker(
-            store, workflows=apps.WORKFLOWS, activities=apps.ACTIVITIES,
-            concurrency=concurrency, poll_interval=poll_interval,
+            store,
+            workflows=apps.WORKFLOWS,
+            activities=apps.ACTIVITIES,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
         )
         running = asyncio.create_task(worker.run())
         try:
@@ -95,8 +99,17 @@ async def throughput_memory(n: int, concurrencies: list[int]) -> list[Row]:
             await apps.start_many(engine, apps.three, list(range(n)), 16)
             await asyncio.wait_for(store.tracker.all_done.wait(), 120)
             elapsed = time.perf_counter() - t0
-        rows.append(Row("a throughput", "memory", f"c={c} N={n}", "workflows/s", n / elapsed,
-                        "wf/s", note=f"{3 * n / elapsed:,.0f} steps/s"))
+        rows.append(
+            Row(
+                "a throughput",
+                "memory",
+                f"c={c} N={n}",
+                "workflows/s",
+                n / elapsed,
+                "wf/s",
+                note=f"{3 * n / elapsed:,.0f} steps/s",
+            )
+        )
     return rows
 
 
@@ -120,7 +133,7 @@ async def per_step(target: Target, workflows: int, steps: int, bulk: int) -> lis
             await asyncio.wait_for(fut, 60)
             per_wf.append((time.perf_counter() - t0) / steps)
             stamps = apps.STAMPS.pop(wid)
-            intervals += [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+            intervals += [b - a for a, b in itertools.pairwise(stamps)]
         # steps/s with many workflows at once
         store.tracker.expect(bulk)
         t0 = time.perf_counter()
@@ -133,18 +146,42 @@ async def per_step(target: Target, workflows: int, steps: int, bulk: int) -> lis
     goal = "p50 <= 1.0 ms" if target.pg else ""
     p50 = percentile(ms, 50)
     rows = [
-        Row("b per-step", target.adapter, case, "step p50", p50, "ms", goal=goal,
-            met=(p50 <= 1.0) if target.pg else None, note=f"{len(ms)} intervals"),
+        Row(
+            "b per-step",
+            target.adapter,
+            case,
+            "step p50",
+            p50,
+            "ms",
+            goal=goal,
+            met=(p50 <= 1.0) if target.pg else None,
+            note=f"{len(ms)} intervals",
+        ),
         Row("b per-step", target.adapter, case, "step p95", percentile(ms, 95), "ms"),
         Row("b per-step", target.adapter, case, "step p99", percentile(ms, 99), "ms"),
-        Row("b per-step", target.adapter, case, "wf time / steps (median)",
-            median(per_wf) * 1000, "ms"),
+        Row(
+            "b per-step",
+            target.adapter,
+            case,
+            "wf time / steps (median)",
+            median(per_wf) * 1000,
+            "ms",
+        ),
     ]
     sps = bulk * steps / elapsed
     goal = "" if target.pg else ">= 20,000 steps/s"
-    rows.append(Row("b per-step", target.adapter, f"{bulk} x {steps}-step wfs, c=32",
-                    "steps/s", sps, "steps/s", goal=goal,
-                    met=None if target.pg else sps >= 20_000))
+    rows.append(
+        Row(
+            "b per-step",
+            target.adapter,
+            f"{bulk} x {steps}-step wfs, c=32",
+            "steps/s",
+            sps,
+            "steps/s",
+            goal=goal,
+            met=None if target.pg else sps >= 20_000,
+        )
+    )
     return rows
 
 
@@ -155,7 +192,9 @@ async def signal_latency(target: Target, samples: int) -> list[Row]:
     lat: list[float] = []
     loop = asyncio.get_running_loop()
     async with flows_env(target, "sig", concurrency=8, poll_interval=1.0) as (
-        store, engine, _,
+        store,
+        engine,
+        _,
     ):
         wids = [new_id("sig") for _ in range(samples)]
         store.tracker.expect_waiting(samples)
@@ -176,10 +215,25 @@ async def signal_latency(target: Target, samples: int) -> list[Row]:
     goal = "p50 <= 10 ms" if target.pg else ""
     case = f"{samples} samples, poll_interval=1s"
     return [
-        Row("c signal-to-resume", target.adapter, case, "p50", p50, "ms", goal=goal,
-            met=(p50 <= 10) if target.pg else None),
-        Row("c signal-to-resume", target.adapter, case, "p95", percentile(lat, 95), "ms",
-            note=f"max {max(lat):.1f} ms"),
+        Row(
+            "c signal-to-resume",
+            target.adapter,
+            case,
+            "p50",
+            p50,
+            "ms",
+            goal=goal,
+            met=(p50 <= 10) if target.pg else None,
+        ),
+        Row(
+            "c signal-to-resume",
+            target.adapter,
+            case,
+            "p95",
+            percentile(lat, 95),
+            "ms",
+            note=f"max {max(lat):.1f} ms",
+        ),
     ]
 
 
@@ -189,7 +243,9 @@ async def signal_latency(target: Target, samples: int) -> list[Row]:
 async def timer_lateness(target: Target, samples: int, sleep_ms: int = 500) -> list[Row]:
     late: list[float] = []
     async with flows_env(target, "timer", concurrency=32, poll_interval=1.0) as (
-        store, engine, _,
+        store,
+        engine,
+        _,
     ):
         wids = [new_id("tmr") for _ in range(samples)]
         store.tracker.expect(samples)
@@ -204,8 +260,15 @@ async def timer_lateness(target: Target, samples: int, sleep_ms: int = 500) -> l
     case = f"sleep({sleep_ms} ms) x{samples}"
     return [
         Row("d timer lateness", target.adapter, case, "p50", percentile(late, 50), "ms"),
-        Row("d timer lateness", target.adapter, case, "p95", percentile(late, 95), "ms",
-            note=f"max {max(late):.1f} ms"),
+        Row(
+            "d timer lateness",
+            target.adapter,
+            case,
+            "p95",
+            percentile(late, 95),
+            "ms",
+            note=f"max {max(late):.1f} ms",
+        ),
     ]
 
 
@@ -236,14 +299,32 @@ async def replay_cost(sizes: list[int], budget: float) -> list[Row]:
                 flows.replay(apps.steps, history, now)
             best = min(best, (time.perf_counter() - t0) / reps)
         per_event[n] = best * 1e6 / len(history)
-        rows.append(Row("e replay", "pure", f"{n} steps ({len(history)} events)",
-                        "replay time", best * 1000, "ms",
-                        note=f"{per_event[n]:.2f} us/event"))
+        rows.append(
+            Row(
+                "e replay",
+                "pure",
+                f"{n} steps ({len(history)} events)",
+                "replay time",
+                best * 1000,
+                "ms",
+                note=f"{per_event[n]:.2f} us/event",
+            )
+        )
     lo, hi = min(sizes), max(sizes)
     growth = per_event[hi] / per_event[lo]
-    rows.append(Row("e replay", "pure", f"us/event at {hi} vs {lo} steps", "ratio", growth, "x",
-                    goal="linear (ratio <= 2)", met=growth <= 2.0,
-                    note="; ".join(f"{n}: {per_event[n]:.2f} us/ev" for n in sizes)))
+    rows.append(
+        Row(
+            "e replay",
+            "pure",
+            f"us/event at {hi} vs {lo} steps",
+            "ratio",
+            growth,
+            "x",
+            goal="linear (ratio <= 2)",
+            met=growth <= 2.0,
+            note="; ".join(f"{n}: {per_event[n]:.2f} us/ev" for n in sizes),
+        )
+    )
     return rows
 
 
@@ -257,8 +338,14 @@ async def _fill_pg(store: Any, engine: flows.Engine, n: int) -> None:
     event = encode_event(new.started).decode().replace(wid, "@WID@")
     name, version = definition.name, definition.version
     S = store._ident  # the quoted schema name
-    params = {"n": n, "name": name, "version": version, "tid": new.tenant_id,
-              "input": bytes(new.input).decode(), "event": event}
+    params = {
+        "n": n,
+        "name": name,
+        "version": version,
+        "tid": new.tenant_id,
+        "input": bytes(new.input).decode(),
+        "event": event,
+    }
     sk = "%(name)s || '-shard-' || (g % 9)"
     async with store.pool.connection() as conn:
         ver = (await (await conn.execute("SHOW server_version_num")).fetchone())[0]
@@ -269,27 +356,36 @@ async def _fill_pg(store: Any, engine: flows.Engine, n: int) -> None:
                         status, input, history_length, next_seq)
                     SELECT {sk}, %(tid)s, 'bl-' || g, %(name)s, %(version)s, 'running',
                            %(input)s::json, 1, 1
-                    FROM generate_series(1, %(n)s) g""", params)
+                    FROM generate_series(1, %(n)s) g""",
+                params,
+            )
             await conn.execute(
                 f"""INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
                     SELECT {sk}, %(tid)s, 'bl-' || g, 1,
                            replace(%(event)s, '@WID@', g::text)::json
-                    FROM generate_series(1, %(n)s) g""", params)
+                    FROM generate_series(1, %(n)s) g""",
+                params,
+            )
             await conn.execute(
                 f"""INSERT INTO {S}.tasks (shard_key, tenant_id, task_id, workflow_id, kind,
                         queue, name, visible_at)
                     SELECT {sk}, %(tid)s, {new_uuid}, 'bl-' || g, 'workflow',
                            'w:' || %(name)s || ':' || %(version)s, %(name)s,
                            now() - interval '1 hour' + g * interval '1 ms'
-                    FROM generate_series(1, %(n)s) g""", params)
+                    FROM generate_series(1, %(n)s) g""",
+                params,
+            )
         for table in ("workflows", "history", "tasks"):
             await conn.execute(f"ANALYZE {S}.{table}")
 
 
 async def _claim_rate(store: Any, limit: int, calls: int, seconds: float) -> tuple[float, int]:
     request = ClaimRequest(
-        owner="bench-claimer", workflow_types=[(apps.three.name, apps.three.version)],
-        activity_names=[], limit=limit, lease=timedelta(minutes=10),
+        owner="bench-claimer",
+        workflow_types=[(apps.three.name, apps.three.version)],
+        activity_names=[],
+        limit=limit,
+        lease=timedelta(minutes=10),
     )
     done = tasks = 0
     t0 = time.perf_counter()
@@ -319,14 +415,30 @@ async def claim_rate(target: Target, backlogs: list[int], seconds: float) -> lis
             for limit, calls in ((1, 400), (16, 100)):
                 rate, tasks = await _claim_rate(store, limit, calls, seconds)
                 rates[(backlog, limit)] = rate
-                rows.append(Row("f claim rate", target.adapter,
-                                f"backlog {backlog:,}, limit {limit}", "claims/s", rate,
-                                "claims/s", note=f"{rate * limit:,.0f} tasks/s; "
-                                f"{tasks} tasks claimed"))
+                rows.append(
+                    Row(
+                        "f claim rate",
+                        target.adapter,
+                        f"backlog {backlog:,}, limit {limit}",
+                        "claims/s",
+                        rate,
+                        "claims/s",
+                        note=f"{rate * limit:,.0f} tasks/s; {tasks} tasks claimed",
+                    )
+                )
     small, big = min(backlogs), max(backlogs)
     for limit in (1, 16):
         ratio = rates[(big, limit)] / rates[(small, limit)]
-        rows.append(Row("f claim rate", target.adapter,
-                        f"limit {limit}: {big:,} vs {small:,} backlog", "ratio", ratio, "x",
-                        goal="no degradation (>= 0.8)", met=ratio >= 0.8))
+        rows.append(
+            Row(
+                "f claim rate",
+                target.adapter,
+                f"limit {limit}: {big:,} vs {small:,} backlog",
+                "ratio",
+                ratio,
+                "x",
+                goal="no degradation (>= 0.8)",
+                met=ratio >= 0.8,
+            )
+        )
     return rows

@@ -48,7 +48,7 @@ async def open_store(args: argparse.Namespace, *, migrate: bool = False) -> Asyn
             dsn = embedded.ensure_started(args.data_dir)
         except Exception as exc:
             raise CliError(f"cannot start the embedded PostgreSQL: {exc}") from exc
-        if not args.quiet:
+        if args.verbose or args.command == "demo":
             print(f"· embedded PostgreSQL at {dsn}", file=sys.stderr)
     store = PostgresStore(dsn, schema=args.schema)
     try:
@@ -313,6 +313,8 @@ async def cmd_demo(args: argparse.Namespace) -> None:
             print(f"✔ {out.status}: order {out.order_id}, tracking {out.tracking}")
             print("history timeline")
             print(format_timeline(await engine.history(run.workflow_id)))
+            if not args.memory:
+                print(f"(stored in PostgreSQL: `flows show {run.workflow_id}` shows it again)")
         finally:
             await worker.stop()
             await worker_task
@@ -346,7 +348,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("FLOWS_DATA_DIR"),
         help="embedded PostgreSQL data directory (default .flows/pgdata)",
     )
-    parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -417,6 +418,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader (head, less) went away: not an error of ours
+        sys.stderr.close()
+        return 0
     return 0
 
 
