@@ -74,8 +74,9 @@ async def run_worker(dsn: str, schema: str, lease: float) -> None:
             commit = store.commit_workflow_task
 
             async def dying(c: object) -> None:
-                asyncio.ensure_future(commit(c))  # type: ignore[arg-type]
+                inflight = asyncio.ensure_future(commit(c))  # type: ignore[arg-type]
                 await asyncio.sleep(delay)
+                del inflight  # never awaited: the process dies while it runs
                 os.kill(os.getpid(), signal.SIGKILL)
 
             store.commit_workflow_task = dying  # type: ignore[method-assign]

@@ -36,7 +36,8 @@ async def store(pg_dsn: str) -> AsyncIterator[object]:
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         await conn.execute(
             psycopg.sql.SQL(
-                "CREATE TABLE {} (workflow_id text, step int, pid int, at timestamptz DEFAULT now())"
+                "CREATE TABLE {} (workflow_id text, step int, pid int, "
+                "at timestamptz DEFAULT now())"
             ).format(effects_table(s.schema))
         )
     try:
