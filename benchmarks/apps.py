@@ -128,19 +128,55 @@ class Tracker:
                 self.all_waiting.set()
 
 
+# Store methods counted per call: on PostgreSQL each is one statement, one transaction
+# (a commit whose history grew meanwhile takes a second, locking, statement).
+COUNTED = (
+    "start_workflow",
+    "signal_workflow",
+    "cancel_workflow",
+    "get_workflow",
+    "get_history",
+    "claim",
+    "commit_workflow_task",
+    "park_workflow",
+    "complete_activity",
+    "retry_activity",
+    "heartbeat",
+    "release",
+    "fire_due_timers",
+    "next_due",
+    "register_worker",
+    "unregister_worker",
+    "list_workers",
+)
+
+
+def _counting(name: str, fn: Any) -> Any:
+    async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return await fn(self, *args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
 def tracked(store_cls: type) -> type:
-    """A subclass of ``store_cls`` whose successful workflow commits feed ``.tracker``."""
+    """A subclass of ``store_cls`` that counts its calls (``.calls``) and whose successful
+    workflow commits feed ``.tracker``."""
 
-    class Tracked(store_cls):  # type: ignore[valid-type,misc]
-        tracker: Tracker
+    async def commit_workflow_task(self: Any, commit: Any) -> Any:
+        result = await store_cls.commit_workflow_task(self, commit)
+        self.tracker.on_commit(commit)
+        return result
 
-        async def commit_workflow_task(self, commit: Any) -> Any:
-            result = await super().commit_workflow_task(commit)
-            self.tracker.on_commit(commit)
-            return result
-
-    Tracked.__name__ = f"Tracked{store_cls.__name__}"
-    return Tracked
+    ns: dict[str, Any] = {
+        name: _counting(name, getattr(store_cls, name))
+        for name in COUNTED
+        if hasattr(store_cls, name)
+    }
+    ns["commit_workflow_task"] = _counting("commit_workflow_task", commit_workflow_task)
+    cls = type(f"Tracked{store_cls.__name__}", (store_cls,), ns)
+    return cls
 
 
 def memory_store() -> Any:
@@ -148,6 +184,7 @@ def memory_store() -> Any:
 
     store = tracked(MemoryStore)()
     store.tracker = Tracker()
+    store.calls = {}
     return store
 
 
@@ -156,6 +193,7 @@ def pg_store(dsn: str, schema: str, **kwargs: Any) -> Any:
 
     store = tracked(PostgresStore)(dsn, schema=schema, **kwargs)
     store.tracker = Tracker()
+    store.calls = {}
     return store
 
 

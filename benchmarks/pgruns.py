@@ -133,8 +133,14 @@ def throughput(
                     note=f"baseline (N=0) {base['flows']} xact subtracted",
                 )
             )
-        stats = got["flows"][-1].get("stats", {})
-        rows[-1].extra["worker_stats"] = stats
+        last = got["flows"][-1]
+        calls = last.get("calls", {})
+        per_wf = ", ".join(
+            f"{k} {v / n:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])
+        )
+        rows[-1].extra["worker_stats"] = last.get("stats", {})
+        rows[-1].extra["store_calls"] = calls
+        rows[-1].note += f"; store calls per wf (last round, measured window): {per_wf}"
     return rows
 
 

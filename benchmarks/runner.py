@@ -42,14 +42,17 @@ async def flows_round(spec: dict[str, Any]) -> dict[str, Any]:
         await apps.start_many(engine, apps.three, list(range(WARMUP)), spec["starters"])
         await asyncio.wait_for(tracker.all_done.wait(), 60)
         tracker.expect(n)
+        store.calls.clear()
         t0 = time.perf_counter()
         await apps.start_many(engine, apps.three, list(range(n)), spec["starters"])
         t_started = time.perf_counter()
         await asyncio.wait_for(tracker.all_done.wait(), spec.get("timeout", 300))
         t1 = time.perf_counter()
+        calls = dict(store.calls)
         await worker.stop()
         await running
     return {
+        "calls": calls,
         "elapsed": t1 - t0,
         "start_phase": t_started - t0,
         "n": n,

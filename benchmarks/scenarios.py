@@ -334,7 +334,11 @@ async def replay_cost(sizes: list[int], budget: float) -> list[Row]:
 async def _fill_pg(store: Any, engine: flows.Engine, n: int) -> None:
     """Insert ``n`` started workflows (row, history, workflow task) in three statements."""
     wid = "bl-@WID@"
-    new, definition = engine.prepare_start(apps.three, 0, None, wid)
+    planner = getattr(engine, "planner", None)
+    if planner is not None:
+        new, definition = planner.start(apps.three, 0, None, wid)
+    else:  # before the Planner split
+        new, definition = engine.prepare_start(apps.three, 0, None, wid)  # type: ignore[attr-defined]
     event = encode_event(new.started).decode().replace(wid, "@WID@")
     name, version = definition.name, definition.version
     S = store._ident  # the quoted schema name
@@ -346,7 +350,7 @@ async def _fill_pg(store: Any, engine: flows.Engine, n: int) -> None:
         "input": bytes(new.input).decode(),
         "event": event,
     }
-    sk = "%(name)s || '-shard-' || (g % 9)"
+    sk = "%(name)s || '-shard-' || (g %% 9)"
     async with store.pool.connection() as conn:
         ver = (await (await conn.execute("SHOW server_version_num")).fetchone())[0]
         new_uuid = "uuidv7()" if int(ver) >= 180000 else "gen_random_uuid()"

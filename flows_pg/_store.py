@@ -229,8 +229,15 @@ class PostgresStore:
         )
 
     async def _rows(
-        self, query: str, params: dict[str, Any], tx: Any = None
+        self, query: str, params: dict[str, Any], tx: Any = None, *, read: bool = False
     ) -> list[tuple[Any, ...]]:
+        """Run one statement on ``tx`` or a pooled connection.
+
+        A pooled connection found dead (the server restarted) makes the pool check all
+        its idle connections; a ``read`` is then retried once on a fresh one. Writes are
+        not retried: whether a lost reply's statement committed is unknown, and the
+        callers (the worker's loop, fenced by leases) retry at their own level.
+        """
         conn = self._tx(tx)
         try:
             if conn is not None:
@@ -239,16 +246,25 @@ class PostgresStore:
                     return await cur.fetchall() if cur.description is not None else []
             if not self._opened:
                 await self.open()
-            async with (
-                self._pool.connection() as pooled,
-                pooled.cursor(row_factory=tuple_row) as cur,
-            ):
-                await cur.execute(query, params)
-                return await cur.fetchall() if cur.description is not None else []
+            try:
+                return await self._pooled(query, params)
+            except psycopg.OperationalError:
+                await self._pool.check()
+                if not read:
+                    raise
+                return await self._pooled(query, params)
         except pg_errors.UntranslatableCharacter as exc:
             raise PayloadError(
                 f"a payload contains a character PostgreSQL cannot store here: {exc}"
             ) from exc
+
+    async def _pooled(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        async with (
+            self._pool.connection() as pooled,
+            pooled.cursor(row_factory=tuple_row) as cur,
+        ):
+            await cur.execute(query, params)
+            return await cur.fetchall() if cur.description is not None else []
 
     def _wf_key(self, tenant_id: str, workflow_id: str) -> str:
         return _json.encode((tenant_id, workflow_id)).decode()
@@ -267,13 +283,13 @@ class PostgresStore:
 
     # -- client operations --
 
-    async def _drive(self, op: Op[T], tx: Any) -> T:
+    async def _drive(self, op: Op[T], tx: Any, *, read: bool = False) -> T:
         """Run a client operation generator on ``tx`` or a pooled connection."""
         try:
             statement, params = next(op)
             while True:
                 try:
-                    rows = await self._rows(statement, params, tx)
+                    rows = await self._rows(statement, params, tx, read=read)
                 except psycopg.Error as exc:
                     statement, params = op.throw(exc)
                 else:
@@ -298,11 +314,11 @@ class PostgresStore:
     async def get_workflow(
         self, tenant_id: str, workflow_id: str, *, tx: Any = None
     ) -> WorkflowRecord:
-        return await self._drive(get_op(self._client, tenant_id, workflow_id), tx)
+        return await self._drive(get_op(self._client, tenant_id, workflow_id), tx, read=True)
 
     async def get_history(self, tenant_id: str, workflow_id: str, *, after: int = 0) -> list[Event]:
         rows = await self._rows(
-            self._s_history, {"tid": tenant_id, "wid": workflow_id, "after": after}
+            self._s_history, {"tid": tenant_id, "wid": workflow_id, "after": after}, read=True
         )
         if not rows:
             raise WorkflowNotFound(workflow_id, tenant_id)
@@ -322,7 +338,7 @@ class PostgresStore:
             "limit": max(0, query.limit),
             "offset": max(0, query.offset),
         }
-        rows = await self._rows(statement, params)
+        rows = await self._rows(statement, params, read=True)
         return [record_from_row(row, row[15]) for row in rows]
 
     async def wait_for_workflow(self, tenant_id: str, workflow_id: str, timeout: float) -> None:
@@ -495,7 +511,7 @@ class PostgresStore:
         if shard_keys is not None and not shard_keys:
             return None
         params = {"shards": None if shard_keys is None else list(shard_keys)}
-        rows = await self._rows(self._s_next_due[shard_keys is not None], params)
+        rows = await self._rows(self._s_next_due[shard_keys is not None], params, read=True)
         due: datetime | None = rows[0][0]
         return None if due is None else utc(due)
 
@@ -521,7 +537,7 @@ class PostgresStore:
         await self._rows(self._s_unregister, {"worker_id": worker_id})
 
     async def list_workers(self) -> list[WorkerInfo]:
-        rows = await self._rows(self._s_workers, {})
+        rows = await self._rows(self._s_workers, {}, read=True)
         return [
             WorkerInfo(
                 worker_id=row[0],
