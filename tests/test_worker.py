@@ -1,0 +1,174 @@
+"""Worker behaviour: graceful stop, sharding, tenancy of waits, per-step commits."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+import flows_core as flows
+from flows_core._sharding import fnv1a_32, shard_key
+from flows_memory import MemoryStore, TestEnvironment
+
+
+def test_fnv1a_32_matches_reference_vectors() -> None:
+    assert fnv1a_32("") == 0x811C9DC5
+    assert fnv1a_32("a") == 0xE40C292C
+    assert fnv1a_32("foobar") == 0xBF9CF968
+    assert flows.HashSharder().shards == 9
+    assert shard_key("order", 4) == "order-shard-4"
+
+
+def test_sharders_spread_or_group() -> None:
+    by_id = flows.HashSharder(9)
+    shards = {by_id.shard_for("wf", f"id-{i}", "t") for i in range(200)}
+    assert shards == set(range(9))
+    by_tenant = flows.TenantSharder(9)
+    assert {by_tenant.shard_for("wf", f"id-{i}", "acme") for i in range(50)} == {
+        fnv1a_32("acme") % 9
+    }
+    with pytest.raises(flows.InvalidArgument):
+        flows.HashSharder(0)
+
+
+async def test_changing_shard_count_strands_nothing() -> None:
+    @flows.workflow("resharded")
+    async def wf(ctx: flows.WorkflowContext, _: None) -> str:
+        return await ctx.wait_for_signal("go", str)
+
+    store = MemoryStore()
+    old = flows.Engine(store, sharder=flows.HashSharder(3))
+    runs = [await old.start(wf, None) for _ in range(12)]
+    new = flows.Engine(store, sharder=flows.HashSharder(16))
+    worker = flows.Worker(store, workflows=[wf], poll_interval=0.02)
+    task = asyncio.ensure_future(worker.run())
+    try:
+        for run in runs:
+            await new.signal(run.workflow_id, "go", "ok")
+        for run in runs:
+            assert await new.wait_for_result(run.workflow_id, timeout=5) == "ok"
+            info = await store.get_workflow("default", run.workflow_id)
+            assert info.shard_key.startswith("resharded-shard-")
+            assert int(info.shard_key.rsplit("-", 1)[1]) < 3
+    finally:
+        await worker.stop()
+        await task
+
+
+async def test_stop_lets_short_work_finish_within_grace() -> None:
+    done: list[int] = []
+
+    @flows.activity("short-job")
+    async def short_job(n: int) -> int:
+        await asyncio.sleep(0.2)
+        done.append(n)
+        return n
+
+    @flows.workflow("short-wf")
+    async def wf(ctx: flows.WorkflowContext, n: int) -> int:
+        return await ctx.execute(short_job, n)
+
+    store = MemoryStore()
+    engine = flows.Engine(store)
+    worker = flows.Worker(store, workflows=[wf], activities=[short_job], poll_interval=0.02)
+    task = asyncio.ensure_future(worker.run())
+    run = await engine.start(wf, 7)
+    await asyncio.sleep(0.05)
+    await worker.stop(grace_period=2.0)
+    await task
+    assert done == [7]
+    assert await engine.wait_for_result(run.workflow_id, timeout=1) == 7
+
+
+async def test_stop_releases_leases_of_work_past_the_grace_period() -> None:
+    started = asyncio.Event()
+
+    @flows.activity("stuck-job")
+    async def stuck_job(n: int) -> int:
+        started.set()
+        await asyncio.sleep(30)
+        return n
+
+    @flows.activity("stuck-job")
+    async def quick_job(n: int) -> int:
+        return n + 1
+
+    def make(act: flows.Activity[int, int]) -> flows.Workflow[int, int]:
+        @flows.workflow("stuck-wf")
+        async def wf(ctx: flows.WorkflowContext, n: int) -> int:
+            return await ctx.execute(act, n)
+
+        return wf
+
+    store = MemoryStore()
+    engine = flows.Engine(store)
+    first = flows.Worker(
+        store,
+        workflows=[make(stuck_job)],
+        activities=[stuck_job],
+        poll_interval=0.02,
+        lease=timedelta(minutes=10),
+    )
+    task = asyncio.ensure_future(first.run())
+    run = await engine.start(make(stuck_job), 1)
+    await asyncio.wait_for(started.wait(), 5)
+    await first.stop(grace_period=0.1)
+    await task
+    # the lease (10 minutes) was released, not left to expire: a new worker takes it now
+    second = flows.Worker(
+        store, workflows=[make(quick_job)], activities=[quick_job], poll_interval=0.02
+    )
+    task2 = asyncio.ensure_future(second.run())
+    try:
+        assert await engine.wait_for_result(run.workflow_id, timeout=5) == 2
+    finally:
+        await second.stop()
+        await task2
+
+
+async def test_finished_steps_are_committed_before_the_next_inline_step() -> None:
+    """One commit per step: a crash during step 3 does not repeat steps 1 and 2."""
+    calls: list[int] = []
+    env: TestEnvironment
+
+    @flows.activity("counted")
+    async def counted(n: int) -> int:
+        calls.append(n)
+        if n == 2 and calls.count(2) == 1:
+            await env.workers[0].stop(grace_period=0)  # the worker dies mid-step
+            await asyncio.sleep(10)
+        return n
+
+    @flows.workflow("three-steps")
+    async def wf(ctx: flows.WorkflowContext, _: None) -> list[int]:
+        return [await ctx.execute(counted, i) for i in range(3)]
+
+    env = TestEnvironment(workflows=[wf], activities=[counted], workers=1)
+    async with env:
+        run = await env.engine.start(wf, None)
+        await asyncio.sleep(0.2)
+        history = await env.engine.history(run.workflow_id)
+        recorded = [e.seq for e in history if isinstance(e, flows._events.ActivityCompleted)]
+        assert recorded == [1, 2]  # steps 0 and 1 were committed before step 2 started
+        rescuer = flows.Worker(env.store, workflows=[wf], activities=[counted], poll_interval=0.02)
+        task = asyncio.ensure_future(rescuer.run())
+        try:
+            assert await env.result(run) == [0, 1, 2]
+        finally:
+            await rescuer.stop()
+            await task
+    assert calls == [0, 1, 2, 2]
+
+
+async def test_other_tenant_cannot_wait_for_result() -> None:
+    @flows.workflow("private")
+    async def wf(ctx: flows.WorkflowContext, _: None) -> int:
+        return 1
+
+    async with TestEnvironment(workflows=[wf]) as env:
+        run = await env.engine.start(wf, None, tenant_id="a")
+        assert await env.result(run) == 1
+        with pytest.raises(flows.WorkflowNotFound):
+            await env.engine.wait_for_result(run.workflow_id, tenant_id="b", timeout=1)
+        assert await env.engine.list(tenant_id="b") == []
