@@ -119,7 +119,7 @@ async def absurd_round(spec: dict[str, Any], warmup: int) -> dict[str, Any]:
             row = await cur.fetchone()
             base = int(row[0])
         for i in range(n):
-            await client.spawn("bench_three", {"x": i})
+            await client.spawn("bench_three", {"x": i}, queue=ABSURD_QUEUE)
         while True:
             async with poller.cursor() as cur:
                 await cur.execute(f"SELECT count(*) FROM {table} WHERE state = 'completed'")

@@ -81,9 +81,16 @@ def throughput(
     n_for: Callable[[int], int],
     rounds: int,
 ) -> list[Row]:
-    names = ["flows", *peers]
+    peers = list(peers)
     log("throughput: baseline rounds (N=0) for transaction counts")
-    base = {s: systems.round(s, 0, 8)["xacts"] for s in names}
+    base = {"flows": systems.round("flows", 0, 8)["xacts"]}
+    for peer in list(peers):
+        try:
+            base[peer] = systems.round(peer, 0, 8)["xacts"]
+        except Exception as exc:
+            log(f"peer {peer} failed its baseline round, dropped: {exc!r}")
+            peers.remove(peer)
+    names = ["flows", *peers]
     rows: list[Row] = []
     for c in concurrencies:
         n = n_for(c)
@@ -135,12 +142,25 @@ def throughput(
             )
         last = got["flows"][-1]
         calls = last.get("calls", {})
-        per_wf = ", ".join(
-            f"{k} {v / n:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])
-        )
+        stmts = sum(calls.values()) / n if n else 0.0
+        ranked = sorted(calls.items(), key=lambda kv: -kv[1])
+        per_wf = ", ".join(f"{k} {v / n:.2f}" for k, v in ranked)
         rows[-1].extra["worker_stats"] = last.get("stats", {})
         rows[-1].extra["store_calls"] = calls
-        rows[-1].note += f"; store calls per wf (last round, measured window): {per_wf}"
+        rows.append(
+            Row(
+                "a throughput",
+                "postgres",
+                case,
+                "store statements/workflow",
+                stmts,
+                "stmt",
+                goal="<= 5",
+                met=stmts <= 5.0,
+                note=f"one transaction each; last round: {per_wf}. The rest of "
+                "xact_commit is the LISTEN backend reading notifications",
+            )
+        )
     return rows
 
 

@@ -56,7 +56,7 @@ async def flows_round(spec: dict[str, Any]) -> dict[str, Any]:
         "elapsed": t1 - t0,
         "start_phase": t_started - t0,
         "n": n,
-        "stats": dict(worker.stats),
+        "stats": dict(worker.counters),
         "own_queries": 0,
     }
 
@@ -97,7 +97,7 @@ async def worker_process(spec: dict[str, Any]) -> dict[str, Any]:
         await loop.run_in_executor(None, sys.stdin.readline)
         await worker.stop()
         await running
-    return {"stats": dict(worker.stats)}
+    return {"stats": dict(worker.counters)}
 
 
 async def dbos_setup(spec: dict[str, Any]) -> dict[str, Any]:

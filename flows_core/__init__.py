@@ -15,6 +15,7 @@ from ._errors import (
     Cancelled,
     ErrorInfo,
     FlowsError,
+    HeartbeatTimeout,
     IllegalAwaitError,
     InvalidArgument,
     LeaseLost,
@@ -26,6 +27,7 @@ from ._errors import (
     WorkflowAlreadyExists,
     WorkflowCancelled,
     WorkflowFailed,
+    WorkflowNotDeadLettered,
     WorkflowNotFound,
     WorkflowNotRegistered,
     WorkflowNotRunning,
@@ -33,9 +35,9 @@ from ._errors import (
 from ._events import Event, event_summary
 from ._replay import Activation, Step, WorkflowInstance, replay
 from ._sharding import DEFAULT_SHARDS, HashSharder, Sharder, TenantSharder
-from ._store import CancelOutcome, Store, WorkflowStatus
+from ._store import CancelOutcome, Store, StoreStats, WorkflowStatus
 from ._tenancy import DEFAULT_TENANT, current_tenant, tenant
-from ._worker import Worker
+from ._worker import Worker, WorkerStats
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -54,6 +56,7 @@ __all__ = [
     "Event",
     "FlowsError",
     "HashSharder",
+    "HeartbeatTimeout",
     "IllegalAwaitError",
     "InvalidArgument",
     "LeaseLost",
@@ -65,11 +68,13 @@ __all__ = [
     "Sharder",
     "Step",
     "Store",
+    "StoreStats",
     "SystemClock",
     "TenantRequired",
     "TenantSharder",
     "TerminalError",
     "Worker",
+    "WorkerStats",
     "Workflow",
     "WorkflowAlreadyExists",
     "WorkflowCancelled",
@@ -77,6 +82,7 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowInfo",
     "WorkflowInstance",
+    "WorkflowNotDeadLettered",
     "WorkflowNotFound",
     "WorkflowNotRegistered",
     "WorkflowNotRunning",

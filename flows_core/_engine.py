@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import secrets
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from ._errors import (
     TenantRequired,
     WorkflowCancelled,
     WorkflowFailed,
+    WorkflowNotDeadLettered,
     WorkflowNotRegistered,
 )
 from ._events import CancelRequested, Event, SignalReceived, WorkflowStarted
@@ -34,7 +36,7 @@ from ._store import (
 )
 from ._tenancy import DEFAULT_TENANT, current_tenant
 
-__all__ = ["Engine", "Planner", "Run", "WorkflowInfo", "WorkflowRegistry"]
+__all__ = ["Engine", "Planner", "Run", "WorkflowInfo", "WorkflowRegistry", "prune_store"]
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -209,6 +211,32 @@ class Planner:
         )
         return new, definition
 
+    def restart(self, record: WorkflowRecord, workflow_id: str | None) -> NewWorkflow:
+        """A start request for a new workflow with ``record``'s name, version and input
+        (``Engine.rerun``)."""
+        wf_id = str(uuid6.uuid7()) if workflow_id is None else check_id(workflow_id, "workflow id")
+        tenant = record.tenant_id
+        shard = self.sharder.shard_for(record.name, wf_id, tenant)
+        started = WorkflowStarted(
+            name=record.name,
+            version=record.version,
+            workflow_id=wf_id,
+            tenant_id=tenant,
+            input=record.input,
+            seed=secrets.randbits(63),
+            at=self.clock.now(),
+            rerun_of=record.workflow_id,
+        )
+        return NewWorkflow(
+            tenant_id=tenant,
+            workflow_id=wf_id,
+            name=record.name,
+            version=record.version,
+            shard_key=shard_key(record.name, shard),
+            input=record.input,
+            started=started,
+        )
+
     def signal(self, name: str, payload: Any) -> SignalReceived:
         """Validate and encode a signal."""
         check_name(name, "signal name")
@@ -220,7 +248,37 @@ class Planner:
         )
 
     def cancel(self, reason: str) -> CancelRequested:
-        return CancelRequested(reason=str(reason)[:1000], at=self.clock.now())
+        text = str(reason)[:1000]
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(f"cancel reason is not valid Unicode text: {exc}") from None
+        return CancelRequested(reason=text, at=self.clock.now())
+
+    @staticmethod
+    def list_query(
+        tenant: str | None,
+        status: WorkflowStatus | str | None,
+        name: str | None,
+        limit: int,
+        offset: int,
+    ) -> ListQuery:
+        """Validate a list request (status, name, limit and offset)."""
+        status_value: WorkflowStatus | None = None
+        if status is not None:
+            try:
+                status_value = WorkflowStatus(status)
+            except ValueError:
+                known = ", ".join(s.value for s in WorkflowStatus)
+                raise InvalidArgument(f"status {status!r} is not one of: {known}") from None
+        if name is not None:
+            check_name(name, "workflow name")
+        for value, what in ((limit, "limit"), (offset, "offset")):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+                raise InvalidArgument(f"{what} must be an integer from 0 to 2**31-1, got {value!r}")
+        return ListQuery(
+            tenant_id=tenant, status=status_value, name=name, limit=limit, offset=offset
+        )
 
 
 class Engine:
@@ -338,10 +396,8 @@ class Engine:
     ) -> list[WorkflowInfo]:
         """This tenant's workflows, newest first."""
         tenant = self.tenant_for(tenant_id)
-        status_value = WorkflowStatus(status) if status is not None else None
-        records = await self.store.list_workflows(
-            ListQuery(tenant_id=tenant, status=status_value, name=name, limit=limit, offset=offset)
-        )
+        query = self.planner.list_query(tenant, status, name, limit, offset)
+        records = await self.store.list_workflows(query)
         return [self.info(r) for r in records]
 
     async def wait_for_result(
@@ -406,9 +462,69 @@ class Engine:
             waiting_reason=waiting_reason,
         )
 
+    # -- operations --
+
+    async def prune(
+        self, older_than: timedelta, *, batch: int = 1000, max_batches: int | None = None
+    ) -> int:
+        """Delete finished workflows (completed, failed, cancelled) not updated for
+        ``older_than``, with their history, inbox and tasks, in transactions of at most
+        ``batch`` workflows, until none is left (or after ``max_batches``). Every tenant's.
+        Returns how many were deleted."""
+        return await prune_store(self.store, older_than, batch=batch, max_batches=max_batches)
+
+    # -- dead letters (a PARKED workflow is a dead letter) --
+
+    async def dead_letters(
+        self,
+        *,
+        tenant_id: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> builtins.list[WorkflowInfo]:
+        """This tenant's dead-lettered (PARKED) workflows, newest first; ``error`` says
+        why and ``error.attempts`` after how many workflow-task attempts."""
+        return await self.list(
+            tenant_id=tenant_id, status=WorkflowStatus.PARKED, name=name, limit=limit, offset=offset
+        )
+
+    async def retry(self, workflow_id: str, *, tenant_id: str | None = None) -> None:
+        """Put a dead-lettered workflow back to running, in place, after a code fix: its
+        workflow task is claimable again (attempt count reset), history untouched.
+        WorkflowNotDeadLettered if it is not dead-lettered."""
+        tenant = self.tenant_for(tenant_id)
+        wf_id = check_id(workflow_id, "workflow id")
+        if not await self.store.retry_workflow(tenant, wf_id):
+            record = await self.store.get_workflow(tenant, wf_id)
+            raise WorkflowNotDeadLettered(wf_id, record.status.value)
+
+    async def rerun(
+        self,
+        workflow_id: str,
+        *,
+        tenant_id: str | None = None,
+        new_workflow_id: str | None = None,
+    ) -> Run[Any]:
+        """Start a NEW workflow with the same name, version and input as
+        ``workflow_id`` (typically a dead letter; any status works). The original is
+        left as it is. The new WorkflowStarted records ``rerun_of``."""
+        tenant = self.tenant_for(tenant_id)
+        record = await self.store.get_workflow(tenant, check_id(workflow_id, "workflow id"))
+        new = self.planner.restart(record, new_workflow_id)
+        await self.store.start_workflow(new)
+        definition = self.registry.get(record.name, record.version)
+        output_type = Any if definition is None else definition.output_type
+        return Run(self, new.workflow_id, new.tenant_id, new.name, output_type)
+
     async def _waiting_reason(self, record: WorkflowRecord) -> str | None:
         if record.status == WorkflowStatus.PARKED:
-            return f"parked: {record.error}; fix the code and retry it"
+            attempts = record.error.attempts if record.error is not None else 0
+            return (
+                f"dead-lettered (parked) after {attempts} attempt(s): {record.error}; "
+                "fix the code, then retry it in place (engine.retry / `flows retry`) "
+                "or rerun it as a new workflow (engine.rerun / `flows rerun`)"
+            )
         if record.status != WorkflowStatus.RUNNING or not record.workflow_task_pending:
             return None
         horizon = self.store.clock.now() - WORKER_LIVENESS
@@ -419,3 +535,21 @@ class Engine:
         others = sorted({v for w in workers for (n, v) in w.workflow_types if n == record.name})
         seen = f"; live workers run versions {others}" if others else ""
         return f"waiting for a worker that runs {record.name!r} version {record.version}{seen}"
+
+
+async def prune_store(
+    store: Store, older_than: timedelta, *, batch: int = 1000, max_batches: int | None = None
+) -> int:
+    """``store.prune`` in batches until a batch comes back short (see ``Engine.prune``)."""
+    if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+        raise InvalidArgument(f"older_than must be a non-negative timedelta, got {older_than!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InvalidArgument(f"batch must be a positive integer, got {batch!r}")
+    total = done = 0
+    while max_batches is None or done < max_batches:
+        deleted = await store.prune(older_than, batch)
+        total += deleted
+        done += 1
+        if deleted < batch:
+            break
+    return total

@@ -10,12 +10,14 @@
     ├── WorkflowAlreadyExists      explicit workflow_id already used
     ├── WorkflowNotRegistered      unknown workflow name or version
     ├── WorkflowNotRunning         signal to a workflow that has finished
+    ├── WorkflowNotDeadLettered    retry() of a workflow that is not dead-lettered (parked)
     ├── WorkflowFailed             wait_for_result on a failed workflow (has .cause)
     ├── WorkflowCancelled          wait_for_result on a cancelled workflow
     ├── NonDeterminismError        replay diverged from the recorded history
     │   └── IllegalAwaitError      workflow awaited something that is not a Flows step
     ├── ActivityFailed             raised inside a workflow when an activity fails for good
     ├── ActivityTimeout            an activity attempt ran past its timeout (retryable)
+    │   └── HeartbeatTimeout       ... or sent no heartbeat within its heartbeat_timeout
     ├── Cancelled                  raised inside a workflow at the await a cancel interrupts
     ├── TerminalError              raise from an activity to stop retrying at once
     ├── LeaseLost                  a fenced write from a claimant whose lease is gone
@@ -32,6 +34,7 @@ __all__ = [
     "Cancelled",
     "ErrorInfo",
     "FlowsError",
+    "HeartbeatTimeout",
     "IllegalAwaitError",
     "InvalidArgument",
     "LeaseLost",
@@ -45,6 +48,7 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowNotFound",
     "WorkflowNotRegistered",
+    "WorkflowNotDeadLettered",
     "WorkflowNotRunning",
 ]
 
@@ -113,6 +117,17 @@ class WorkflowNotRunning(FlowsError):
         self.status = status
 
 
+class WorkflowNotDeadLettered(FlowsError):
+    """``Engine.retry`` was called on a workflow that is not dead-lettered (parked)."""
+
+    def __init__(self, workflow_id: str, status: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} is {status}, not dead-lettered; nothing to retry"
+        )
+        self.workflow_id = workflow_id
+        self.status = status
+
+
 class WorkflowFailed(FlowsError):
     """The workflow ended in failure; ``cause`` holds the recorded error."""
 
@@ -157,6 +172,12 @@ class ActivityFailed(FlowsError):
 
 class ActivityTimeout(FlowsError):
     """An activity attempt ran past its ``timeout``; retried like any other failure."""
+
+
+class HeartbeatTimeout(ActivityTimeout):
+    """An activity attempt did not call ``flows.heartbeat()`` within its
+    ``heartbeat_timeout``; retried like any other failure. (If the worker running it
+    dies, the lease expires instead and the attempt runs again elsewhere.)"""
 
 
 class Cancelled(FlowsError):

@@ -45,13 +45,15 @@ class _Base(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     at: datetime
 
 
-class WorkflowStarted(_Base, tag="workflow_started", frozen=True):
+class WorkflowStarted(_Base, tag="workflow_started", frozen=True, omit_defaults=True):
     name: str
     version: int
     workflow_id: str
     tenant_id: str
     input: msgspec.Raw
     seed: int
+    rerun_of: str | None = None
+    """The workflow this one re-runs (``Engine.rerun``), if any."""
 
 
 class ActivityScheduled(_Base, tag="activity_scheduled", frozen=True):
@@ -122,7 +124,8 @@ class WorkflowFailedEvent(_Base, tag="workflow_failed", frozen=True):
 
 class WorkflowCancelledEvent(_Base, tag="workflow_cancelled", frozen=True):
     error: ErrorInfo | None = None
-    output: msgspec.Raw | None = None
+    output: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+    """What the workflow returned after the cancel request, if it returned (else null)."""
 
 
 Event = (

@@ -49,6 +49,7 @@ __all__ = [
     "ListQuery",
     "NewWorkflow",
     "Store",
+    "StoreStats",
     "TERMINAL_STATUSES",
     "TimerTaskSpec",
     "WorkerInfo",
@@ -65,7 +66,12 @@ class WorkflowStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     PARKED = "parked"
-    """Stopped by a NonDeterminismError: history untouched, waits for a code fix."""
+    """Dead-lettered: the workflow task failed for good (a NonDeterminismError or
+    IllegalAwaitError, or an unexpected worker error or crash repeated
+    ``max_workflow_task_attempts`` times). ``error`` says why, ``error.attempts`` after
+    how many claims of the task. History untouched; the workflow task stays but is not
+    claimable until ``retry_workflow`` (after a code fix). Not terminal: signals and
+    cancel requests still queue in its inbox."""
 
 
 TERMINAL_STATUSES = frozenset(
@@ -135,12 +141,20 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     lease: timedelta
     shard_keys: Sequence[str] | None = None
     """Only tasks under these shard keys; None means any (adapters may require it)."""
+    fresh_only: bool = False
+    """Skip workflow tasks a previous claimant did not finish (their next claim would be
+    attempt 2 or more): a busy worker leaves suspected poison tasks to idle ones, so a
+    poison task that kills its process takes no innocent task down with it."""
 
 
 class WorkflowTaskClaim(msgspec.Struct, frozen=True, kw_only=True):
     lease: Lease
     workflow: WorkflowRecord
     history: list[Event]
+    attempt: int = 1
+    """Claims of this workflow task since its last successful commit, this one included
+    (dead-letter accounting: a task whose claimant keeps crashing counts up). A commit
+    resets the count; ``release`` gives the claim back uncounted."""
 
 
 class ActivityTaskClaim(msgspec.Struct, frozen=True, kw_only=True):
@@ -243,6 +257,21 @@ class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
     offset: int = 0
 
 
+class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``Store.stats`` reports (operations: queue depth, backlog age, dead letters)."""
+
+    queue_depth: dict[str, int]
+    """Claimable tasks (workflow and activity; visible now, not leased) per shard key."""
+    oldest_pending_age: timedelta | None
+    """How long the oldest claimable task has been waiting (None if there is none)."""
+    in_flight: int
+    """Tasks currently leased by a worker."""
+    dead_letters: int
+    """Workflows parked (dead-lettered) waiting for a code fix and a retry."""
+    workflows: dict[str, int]
+    """Workflow rows per status."""
+
+
 @runtime_checkable
 class Store(Protocol):
     """Storage protocol. See the module docstring for the data model and guarantees."""
@@ -311,7 +340,25 @@ class Store(Protocol):
         ...
 
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
-        """Set status PARKED with ``error``; the workflow task stays but is not claimable."""
+        """Dead-letter the workflow: status PARKED with ``error`` (whose ``attempts`` the
+        caller sets); the workflow task stays, unleased, but is not claimable."""
+        ...
+
+    # -- dead letters (a PARKED workflow is a dead letter) --
+
+    async def fail_workflow_task(
+        self, lease: Lease, error: ErrorInfo, visible_at: datetime
+    ) -> None:
+        """A workflow task attempt failed with an unexpected error (not the workflow's
+        own): release the task until ``visible_at``, keeping its attempt count (the next
+        claim counts on from it). LeaseLost if fenced."""
+        ...
+
+    async def retry_workflow(self, tenant_id: str, workflow_id: str) -> bool:
+        """Put a PARKED workflow back to RUNNING: error cleared, its workflow task (made
+        if missing) claimable now with the attempt count reset; history and inbox
+        untouched. False (nothing written) if the workflow is not PARKED;
+        WorkflowNotFound if there is no such workflow."""
         ...
 
     async def complete_activity(self, result: ActivityResult) -> None:
@@ -328,7 +375,9 @@ class Store(Protocol):
         ...
 
     async def release(self, lease: Lease) -> None:
-        """Give a task back at once (graceful shutdown). Silent if already lost."""
+        """Give a task back at once (graceful shutdown). Silent if already lost.
+
+        A released workflow task's claim is not counted as an attempt."""
         ...
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
@@ -351,3 +400,18 @@ class Store(Protocol):
     async def unregister_worker(self, worker_id: str) -> None: ...
 
     async def list_workers(self) -> list[WorkerInfo]: ...
+
+    # -- operations (retention, stats) --
+
+    async def prune(self, older_than: timedelta, limit: int) -> int:
+        """Delete up to ``limit`` finished workflows (completed, failed, cancelled) whose
+        ``updated_at`` is older than ``older_than`` (store clock): row, history, inbox
+        and tasks, in one transaction. Oldest first; returns how many were deleted (less
+        than ``limit`` means none is left). Running and parked workflows are never
+        deleted."""
+        ...
+
+    async def stats(self, shard_keys: Sequence[str] | None = None) -> StoreStats:
+        """Queue depth per shard, oldest pending task age, in-flight tasks, dead letters
+        and workflows per status; only rows under ``shard_keys`` when given."""
+        ...

@@ -5,6 +5,21 @@ at once under the workflow task's lease and feeds their results back into the re
 instance, so one commit records the schedule, the results and the next decision. The
 queue path (activity tasks) takes over for activities served elsewhere, for retries
 with backoff, and after a crash (the lease expires and the task is claimed again).
+
+Dead letters. A workflow task that cannot make progress is dead-lettered (status
+PARKED, ``error.attempts`` = claims of the task) instead of being retried forever:
+
+* at once on a NonDeterminismError / IllegalAwaitError (a code fix is needed);
+* when replay or the decision raises an unexpected exception inside the worker (not the
+  workflow's own exceptions, which fail the workflow): the task is retried with backoff
+  and dead-lettered on attempt ``max_workflow_task_attempts``;
+* when the task keeps killing its claimant (a poison task: the lease expires and it is
+  claimed again and again): the store counts the claims since the last successful
+  commit, and the claim that exceeds ``max_workflow_task_attempts`` dead-letters it
+  without running it (error type ``WorkflowTaskCrashed``).
+
+``Engine.retry`` puts a dead letter back to running after a code fix, ``Engine.rerun``
+starts a new workflow with its input.
 """
 
 from __future__ import annotations
@@ -24,10 +39,17 @@ import msgspec
 import uuid6
 
 from ._activity_context import ActivityInfo, _ActivityState, _state
-from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload, set_payload_limit
 from ._definitions import Activity, Workflow
-from ._engine import WorkflowRegistry
-from ._errors import ActivityTimeout, ErrorInfo, InvalidArgument, LeaseLost, PayloadError
+from ._engine import WorkflowRegistry, prune_store
+from ._errors import (
+    ActivityTimeout,
+    ErrorInfo,
+    HeartbeatTimeout,
+    InvalidArgument,
+    LeaseLost,
+    PayloadError,
+)
 from ._events import (
     ActivityCompleted,
     ActivityFailedEvent,
@@ -57,11 +79,32 @@ from ._store import (
     WorkflowTaskCommit,
 )
 
-__all__ = ["Worker", "build_commit"]
+__all__ = ["Worker", "WorkerStats", "build_commit"]
 
 log = logging.getLogger("flows.worker")
 
 REGISTER_EVERY = 10.0
+TIMER_CHECK_EVERY = 0.05
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """What ``Worker.stats()`` reports."""
+
+    worker_id: str
+    queue_depth: dict[str, int]
+    """Claimable tasks per shard key (this worker's shards, or all)."""
+    oldest_pending_age: timedelta | None
+    in_flight: int
+    """Tasks this worker is processing now."""
+    leased: int
+    """Tasks leased by any worker (store-wide, in this worker's shards)."""
+    dead_letters: int
+    """Parked workflows (dead letters)."""
+    workflows: dict[str, int]
+    """Workflows per status."""
+    counters: dict[str, int]
+    """This worker's counters since it started (``Worker.counters``)."""
 
 
 @dataclass
@@ -86,7 +129,9 @@ class Worker:
     ``concurrency`` bounds the tasks processed at once; ``poll_interval`` is the
     fallback wake-up when no notification arrives; ``lease`` is how long a claimed task
     is reserved without a heartbeat; ``max_inline_steps`` bounds the activities one
-    workflow task runs inline before committing.
+    workflow task runs inline before committing. A workflow task that fails unexpectedly
+    is retried after ``workflow_task_backoff`` (doubling, at most 64x) and dead-lettered
+    once it has been tried ``max_workflow_task_attempts`` times (see the module doc).
     """
 
     def __init__(
@@ -103,6 +148,11 @@ class Worker:
         max_inline_steps: int = 64,
         grace_period: float = 10.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_workflow_task_attempts: int = 5,
+        workflow_task_backoff: timedelta = timedelta(seconds=1),
+        retention: timedelta | None = None,
+        retention_interval: float = 300.0,
+        retention_batch: int = 1000,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument("Worker concurrency must be at least 1")
@@ -110,6 +160,8 @@ class Worker:
             raise InvalidArgument("Worker poll_interval must be positive")
         if lease <= timedelta(0):
             raise InvalidArgument("Worker lease must be positive")
+        if max_workflow_task_attempts < 1:
+            raise InvalidArgument("Worker max_workflow_task_attempts must be at least 1")
         self.store = store
         self.registry = WorkflowRegistry(workflows)
         self.activities: dict[str, Activity[Any, Any]] = {}
@@ -133,11 +185,16 @@ class Worker:
         self.max_inline_steps = max_inline_steps
         self.grace_period = grace_period
         self.max_payload_bytes = max_payload_bytes
+        self._init_retention(retention, retention_interval, retention_batch)
+        self.max_workflow_task_attempts = max_workflow_task_attempts
+        self.workflow_task_backoff = workflow_task_backoff
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
         self._done: asyncio.Event | None = None
         self._idle = True
-        self.stats = {
+        self._timers_at = 0.0
+        self._suspects = 0
+        self.counters: dict[str, int] = {
             "workflow_tasks": 0,
             "activity_tasks": 0,
             "inline_activities": 0,
@@ -145,6 +202,7 @@ class Worker:
             "lease_lost": 0,
             "store_errors": 0,
             "parked": 0,
+            "workflow_task_failures": 0,
         }
 
     # -- lifecycle --
@@ -166,6 +224,7 @@ class Worker:
         self._done = asyncio.Event()
         backoff = 0.05
         registered_at = 0.0
+        self._start_pruner()
         try:
             while not self._stopping.is_set():
                 try:
@@ -177,12 +236,13 @@ class Worker:
                 except (LeaseLost, asyncio.CancelledError):
                     raise
                 except Exception as exc:
-                    self.stats["store_errors"] += 1
+                    self.counters["store_errors"] += 1
                     log.warning(
                         "worker %s: store error, retrying in %.2fs: %r",
                         self.worker_id,
                         backoff,
                         exc,
+                        extra={"worker_id": self.worker_id},
                     )
                     await self._sleep_or_stop(backoff)
                     backoff = min(backoff * 2, 10.0)
@@ -190,6 +250,7 @@ class Worker:
                 if not progressed:
                     await self._idle_wait()
         finally:
+            await self._stop_pruner()
             await self._drain()
             with contextlib.suppress(Exception):
                 await self.store.unregister_worker(self.worker_id)
@@ -222,6 +283,7 @@ class Worker:
 
     async def _idle_wait(self) -> None:
         assert self._stopping is not None
+        self._timers_at = 0.0  # whatever wakes us, look at the timers right after
         timeout = self.poll_interval
         due = await self.store.next_due(self.shard_keys)
         if due is not None:
@@ -247,13 +309,110 @@ class Worker:
         if pending:
             await asyncio.wait(pending)
 
+    # -- retention (background pruner), stats, log fields --
+
+    def _init_retention(self, retention: timedelta | None, interval: float, batch: int) -> None:
+        if retention is not None and (
+            not isinstance(retention, timedelta) or retention < timedelta(0)
+        ):
+            raise InvalidArgument("Worker retention must be a non-negative timedelta or None")
+        if interval <= 0 or batch < 1:
+            raise InvalidArgument("Worker retention_interval and retention_batch must be positive")
+        self.retention = retention
+        """Finished workflows older than this are pruned in the background (None: never)."""
+        self.retention_interval = interval
+        self.retention_batch = batch
+        self.retention_max_batches = 10
+        """Batches per pruning round: a round deletes at most this many x batch workflows."""
+        self._pruner: asyncio.Task[None] | None = None
+
+    async def prune_once(self) -> int:
+        """One bounded pruning round with this worker's ``retention`` (0 if it has none)."""
+        if self.retention is None:
+            return 0
+        deleted = await prune_store(
+            self.store,
+            self.retention,
+            batch=self.retention_batch,
+            max_batches=self.retention_max_batches,
+        )
+        self.counters["pruned"] = self.counters.get("pruned", 0) + deleted
+        if deleted:
+            log.info(
+                "worker %s pruned %d finished workflows older than %s",
+                self.worker_id,
+                deleted,
+                self.retention,
+                extra={"worker_id": self.worker_id, "pruned": deleted},
+            )
+        return deleted
+
+    async def _retention_loop(self) -> None:
+        while self.running:
+            try:
+                await self.prune_once()
+            except Exception as exc:
+                log.warning(
+                    "worker %s: pruning failed: %r",
+                    self.worker_id,
+                    exc,
+                    extra={"worker_id": self.worker_id},
+                )
+            await self._sleep_or_stop(self.retention_interval)
+
+    def _start_pruner(self) -> None:
+        if self.retention is not None and self._pruner is None:
+            self._pruner = asyncio.ensure_future(self._retention_loop())
+
+    async def _stop_pruner(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+            self._pruner = None
+
+    async def stats(self) -> WorkerStats:
+        """Queue depth per shard and oldest pending task age (of this worker's shards, or
+        all), tasks in flight here and leased store-wide, dead letters, and counters."""
+        found = await self.store.stats(self.shard_keys)
+        return WorkerStats(
+            worker_id=self.worker_id,
+            queue_depth=dict(found.queue_depth),
+            oldest_pending_age=found.oldest_pending_age,
+            in_flight=len(self._inflight),
+            leased=found.in_flight,
+            dead_letters=found.dead_letters,
+            workflows=dict(found.workflows),
+            counters=dict(self.counters),
+        )
+
+    def _log_extra(self, lease: Lease, attempt: int) -> dict[str, Any]:
+        """The ``extra=`` of task log records: structured fields for log handlers."""
+        return {
+            "worker_id": self.worker_id,
+            "workflow_id": lease.workflow_id,
+            "tenant_id": lease.tenant_id,
+            "shard_key": lease.shard_key,
+            "task_id": lease.task_id,
+            "attempt": attempt,
+        }
+
     # -- polling --
 
     async def poll_once(self) -> bool:
-        """Fire due timers and claim what capacity allows. True if anything happened."""
-        fired = await self.store.fire_due_timers(self.shard_keys, 100)
+        """Fire due timers and claim what capacity allows. True if anything happened.
+
+        Timers are looked at most every TIMER_CHECK_EVERY seconds while busy (each look
+        is a transaction), and at once after an idle wait, which ends when one is due.
+        """
+        fired = 0
+        if time.monotonic() >= self._timers_at:
+            fired = await self.store.fire_due_timers(self.shard_keys, 100)
+            self._timers_at = time.monotonic() + (0.0 if fired else TIMER_CHECK_EVERY)
         free = self.concurrency - len(self._inflight)
-        if free <= 0:
+        if free <= 0 or self._suspects:
+            # A suspected poison task runs alone: if it kills the process, it takes
+            # nothing else down with it.
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
             return True
         claimed = await self.store.claim(
@@ -264,34 +423,59 @@ class Worker:
                 limit=free,
                 lease=self.lease,
                 shard_keys=self.shard_keys,
+                fresh_only=bool(self._inflight),
             )
         )
+        claimed = await self._isolate_suspects(claimed)
         self._idle = not claimed and not fired
         for task in claimed:
             self._spawn(task)
         return bool(claimed or fired)
 
+    async def _isolate_suspects(self, claimed: list[ClaimedTask]) -> list[ClaimedTask]:
+        """Workflow tasks a previous claimant did not finish (attempt > 1) may be poison
+        that kills the process: run one only alone, give the others back uncounted."""
+        suspects = [c for c in claimed if isinstance(c, WorkflowTaskClaim) and c.attempt > 1]
+        if not suspects:
+            return claimed
+        keep = [c for c in claimed if c not in suspects]
+        if not keep and not self._inflight:
+            keep = [suspects.pop(0)]  # nothing else here: run one suspect, alone
+            self._suspects += 1
+        for c in suspects:
+            await self.store.release(c.lease)
+        return keep
+
     def _spawn(self, claim: ClaimedTask) -> None:
         task = asyncio.ensure_future(self._process(claim))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+        if isinstance(claim, WorkflowTaskClaim) and claim.attempt > 1:
+            task.add_done_callback(self._suspect_done)
+
+    def _suspect_done(self, _task: asyncio.Task[None]) -> None:
+        self._suspects -= 1
 
     async def _process(self, claim: ClaimedTask) -> None:
         lease = claim.lease
+        # This task's own context: the workflow code it runs encodes activity inputs and
+        # workflow outputs under this worker's payload limit.
+        set_payload_limit(self.max_payload_bytes)
         try:
             if isinstance(claim, WorkflowTaskClaim):
-                self.stats["workflow_tasks"] += 1
+                self.counters["workflow_tasks"] += 1
                 await self._workflow_task(claim)
             else:
-                self.stats["activity_tasks"] += 1
+                self.counters["activity_tasks"] += 1
                 await self._activity_task(claim)
         except LeaseLost:
-            self.stats["lease_lost"] += 1
+            self.counters["lease_lost"] += 1
             log.info(
                 "worker %s lost the lease of %s (workflow %s)",
                 self.worker_id,
                 lease.task_id,
                 lease.workflow_id,
+                extra=self._log_extra(lease, claim.attempt),
             )
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
@@ -303,6 +487,7 @@ class Worker:
                 self.worker_id,
                 lease.task_id,
                 lease.workflow_id,
+                extra=self._log_extra(lease, claim.attempt),
             )
             with contextlib.suppress(Exception):
                 await self.store.release(lease)
@@ -315,9 +500,71 @@ class Worker:
         if definition is None:
             await self.store.release(claim.lease)
             return
+        if claim.attempt > self.max_workflow_task_attempts:
+            ran = claim.attempt - 1
+            await self._dead_letter(
+                claim,
+                ErrorInfo(
+                    type="WorkflowTaskCrashed",
+                    message=f"the workflow task was claimed {ran} times without completing "
+                    "(each claimant crashed or lost its lease); not running it again",
+                    attempts=ran,
+                ),
+            )
+            return
+        try:
+            await self._run_workflow_task(claim, definition)
+        except _DecisionError as failure:
+            exc = failure.__cause__ or failure
+            self.counters["workflow_task_failures"] += 1
+            error = ErrorInfo.from_exception(exc, attempts=claim.attempt)
+            if claim.attempt >= self.max_workflow_task_attempts:
+                log.error(
+                    "workflow %s: workflow task failed (attempt %d): %r",
+                    wf.workflow_id,
+                    claim.attempt,
+                    exc,
+                    exc_info=exc,
+                    extra=self._log_extra(claim.lease, claim.attempt),
+                )
+                await self._dead_letter(claim, error)
+                return
+            delay = self.workflow_task_backoff * min(2 ** (claim.attempt - 1), 64)
+            log.warning(
+                "workflow %s: workflow task failed (attempt %d), retrying in %s: %r",
+                wf.workflow_id,
+                claim.attempt,
+                delay,
+                exc,
+                extra=self._log_extra(claim.lease, claim.attempt),
+            )
+            await self.store.fail_workflow_task(claim.lease, error, self.store.clock.now() + delay)
+
+    async def _dead_letter(self, claim: WorkflowTaskClaim, error: ErrorInfo) -> None:
+        self.counters["parked"] += 1
+        log.error(
+            "workflow %s dead-lettered: %s",
+            claim.workflow.workflow_id,
+            error,
+            extra=self._log_extra(claim.lease, claim.attempt),
+        )
+        await self.store.park_workflow(claim.lease, error)
+
+    @staticmethod
+    def _apply(instance: WorkflowInstance, events: list[Event], now: Any) -> Any:
+        """``instance.apply``; an unexpected exception becomes a _DecisionError."""
+        try:
+            return instance.apply(events, now)
+        except Exception as exc:
+            raise _DecisionError("workflow task failed") from exc
+
+    async def _run_workflow_task(
+        self, claim: WorkflowTaskClaim, definition: Workflow[Any, Any]
+    ) -> None:
+        wf = claim.workflow
         clock = self.store.clock
         instance = WorkflowInstance(definition)
-        activation = instance.apply(claim.history, clock.now())
+        activation = self._apply(instance, claim.history, clock.now())
         progress = _Progress(claim.lease, len(claim.history), wf.next_seq)
         pending: list[Event] = list(activation.new_events)
         fresh: list[Event] = list(activation.new_events)
@@ -343,12 +590,12 @@ class Worker:
                     )
                     pending, retries = pending[split:], {}
                     if moved:
-                        activation = instance.apply(moved, clock.now())
+                        activation = self._apply(instance, moved, clock.now())
                         pending += activation.new_events
                         fresh = activation.new_events
                         continue
                 budget -= len(inline)
-                self.stats["inline_activities"] += len(inline)
+                self.counters["inline_activities"] += len(inline)
                 outcomes = await asyncio.gather(
                     *(
                         self._attempt(
@@ -379,16 +626,14 @@ class Worker:
                         )
                 if not resolutions:
                     break
-                activation = instance.apply(resolutions, now)
+                activation = self._apply(instance, resolutions, now)
                 pending += [*resolutions, *activation.new_events]
                 fresh = activation.new_events
         finally:
             await keeper.close()
         if activation.nondeterminism is not None:
-            self.stats["parked"] += 1
-            log.error("workflow %s parked: %s", wf.workflow_id, activation.nondeterminism)
-            await self.store.park_workflow(
-                progress.lease, ErrorInfo.from_exception(activation.nondeterminism)
+            await self._dead_letter(
+                claim, ErrorInfo.from_exception(activation.nondeterminism, attempts=claim.attempt)
             )
             return
         await self._commit(
@@ -430,7 +675,7 @@ class Worker:
             keep_lease=self.lease if keep else None,
         )
         moved = await self.store.commit_workflow_task(commit)
-        self.stats["commits"] += 1
+        self.counters["commits"] += 1
         progress.history_length += len(events) + len(moved)
         progress.next_seq = next_seq
         return moved
@@ -499,7 +744,9 @@ class Worker:
         keeper.watch(state)
         token = _state.set(state)
         try:
-            if activity.timeout is not None:
+            if activity.heartbeat_timeout is not None:
+                result = await _run_with_heartbeat_timeout(activity, value, state, what)
+            elif activity.timeout is not None:
                 try:
                     result = await asyncio.wait_for(
                         activity.run(value), activity.timeout.total_seconds()
@@ -528,6 +775,50 @@ class Worker:
         except PayloadError as exc:
             return _Outcome(error=ErrorInfo.from_exception(exc, attempts=attempt))
         return _Outcome(output=output)
+
+
+async def _run_with_heartbeat_timeout(
+    activity: Activity[Any, Any], value: Any, state: _ActivityState, what: str
+) -> Any:
+    """Run one attempt that must call flows.heartbeat() at least every
+    ``heartbeat_timeout`` (and finish within ``timeout``, if set): HeartbeatTimeout /
+    ActivityTimeout otherwise. The first period starts when the attempt starts. A sync
+    activity's thread cannot be stopped: its attempt fails, the thread runs on."""
+    assert activity.heartbeat_timeout is not None
+    period = activity.heartbeat_timeout.total_seconds()
+    started = time.monotonic()
+    deadline = None if activity.timeout is None else started + activity.timeout.total_seconds()
+    task = asyncio.ensure_future(activity.run(value))
+    try:
+        while True:
+            now = time.monotonic()
+            wait = max(state.last_beat, started) + period - now
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            done, _ = await asyncio.wait({task}, timeout=max(wait, 0.0))
+            if done:
+                return task.result()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise ActivityTimeout(f"{what} did not finish within {activity.timeout}")
+            if now - max(state.last_beat, started) >= period:
+                raise HeartbeatTimeout(
+                    f"{what} sent no heartbeat within {activity.heartbeat_timeout}"
+                )
+    finally:
+        if not task.done():
+            task.cancel()
+            task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class _DecisionError(Exception):
+    """Replay or the decision raised unexpectedly (the cause); not the workflow's own
+    exception, which fails the workflow."""
 
 
 def _resolution(seq: int, attempt: int, outcome: _Outcome, now: Any) -> Event | None:
@@ -638,7 +929,12 @@ class _LeaseKeeper:
                 self.lost = exc
                 reply = None
             except Exception as exc:
-                log.warning("heartbeat for %s failed: %r", self.lease.task_id, exc)
+                log.warning(
+                    "heartbeat for %s failed: %r",
+                    self.lease.task_id,
+                    exc,
+                    extra={"workflow_id": self.lease.workflow_id, "task_id": self.lease.task_id},
+                )
                 continue
             self.expires_at = reply.expires_at if reply is not None else self.expires_at
             if reply is None or reply.cancel_requested:

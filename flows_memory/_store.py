@@ -45,6 +45,7 @@ from flows_core._store import (
     Lease,
     ListQuery,
     NewWorkflow,
+    StoreStats,
     WorkerInfo,
     WorkflowRecord,
     WorkflowStatus,
@@ -339,6 +340,8 @@ class MemoryStore:
             if task.kind == "workflow":
                 if (wf.name, wf.version) not in types or wf.status != WorkflowStatus.RUNNING:
                     continue
+                if request.fresh_only and task.attempt > 1:
+                    continue
             elif task.name not in names:
                 continue
             candidates.append((task, wf))
@@ -358,9 +361,15 @@ class MemoryStore:
                 expires_at=expires,
             )
             if task.kind == "workflow":
+                # task.attempt is the number the next claim gets (dead-letter accounting)
+                attempt = task.attempt
+                task.attempt += 1
                 claimed.append(
                     WorkflowTaskClaim(
-                        lease=lease, workflow=self._flush(wf), history=list(wf.history)
+                        lease=lease,
+                        workflow=self._flush(wf),
+                        history=list(wf.history),
+                        attempt=attempt,
                     )
                 )
             else:
@@ -423,6 +432,7 @@ class MemoryStore:
                 )
             for timer in commit.timers:
                 wf.step_tasks[timer.seq] = self._new_task(wf, "timer", timer.fire_at, seq=timer.seq)
+            task.attempt = 1  # a successful commit resets the attempt count
             if commit.keep_lease is not None:
                 task.lease_expires = now + commit.keep_lease
                 moved = list(wf.inbox)
@@ -446,6 +456,40 @@ class MemoryStore:
         task.token = task.owner = task.lease_expires = None
         self._changed(wf, work=False)
         self._fault("park_workflow", "after")
+
+    # -- dead letters --
+
+    async def fail_workflow_task(
+        self, lease: Lease, error: ErrorInfo, visible_at: datetime
+    ) -> None:
+        self._fault("fail_workflow_task", "before")
+        task, wf = self._leased(lease)
+        if task.kind != "workflow":
+            raise LeaseLost(f"task {lease.task_id} is not a workflow task")
+        task.token = task.owner = task.lease_expires = None
+        task.visible_at = visible_at
+        task.last_error = error
+        self._changed(wf, work=True)
+        self._fault("fail_workflow_task", "after")
+
+    async def retry_workflow(self, tenant_id: str, workflow_id: str) -> bool:
+        self._fault("retry_workflow", "before")
+        wf = self._get(tenant_id, workflow_id)
+        if wf.status != WorkflowStatus.PARKED:
+            return False
+        wf.status = WorkflowStatus.RUNNING
+        wf.error = None
+        self._ensure_workflow_task(wf)
+        task = wf.workflow_task
+        assert task is not None
+        task.parked = False
+        task.token = task.owner = task.lease_expires = None
+        task.visible_at = self._clock.now()
+        task.attempt = 1
+        task.last_error = None
+        self._changed(wf, work=True)
+        self._fault("retry_workflow", "after")
+        return True
 
     async def complete_activity(self, result: ActivityResult) -> None:
         self._fault("complete_activity", "before")
@@ -480,6 +524,8 @@ class MemoryStore:
         if task is None or task.token != lease.token:
             return
         task.token = task.owner = task.lease_expires = None
+        if task.kind == "workflow":
+            task.attempt = max(task.attempt - 1, 1)  # a released claim does not count
         self.notify_work()
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
@@ -533,6 +579,69 @@ class MemoryStore:
 
     async def list_workers(self) -> list[WorkerInfo]:
         return list(self._workers.values())
+
+    # -- operations (retention, stats) --
+
+    async def prune(self, older_than: timedelta, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        self._fault("prune", "before")
+        horizon = self._clock.now() - older_than
+        old = sorted(
+            (
+                wf
+                for wf in self._workflows.values()
+                if wf.status in TERMINAL_STATUSES and wf.updated_at < horizon
+            ),
+            key=lambda wf: (wf.updated_at, wf.tenant_id, wf.workflow_id),
+        )[:limit]
+        for wf in old:
+            self._drop_all(wf)
+            key = (wf.tenant_id, wf.workflow_id)
+            for task in [t for t in self._tasks.values() if t.key == key]:
+                self._delete(task)
+            del self._workflows[(wf.tenant_id, wf.workflow_id)]
+        if old:
+            self.operations += 1
+        self._fault("prune", "after")
+        return len(old)
+
+    async def stats(self, shard_keys: Sequence[str] | None = None) -> StoreStats:
+        now = self._clock.now()
+        shards = set(shard_keys) if shard_keys is not None else None
+        depth: dict[str, int] = {}
+        oldest: datetime | None = None
+        in_flight = 0
+        for t in self._tasks.values():
+            if shards is not None and t.shard_key not in shards:
+                continue
+            leased = t.token is not None and t.lease_expires is not None and t.lease_expires > now
+            if leased:
+                in_flight += 1
+            elif t.kind != "timer" and self._claimable(t, now):
+                depth[t.shard_key] = depth.get(t.shard_key, 0) + 1
+                if oldest is None or t.visible_at < oldest:
+                    oldest = t.visible_at
+        statuses: dict[str, int] = {}
+        for wf in self._workflows.values():
+            if shards is None or wf.shard_key in shards:
+                statuses[wf.status.value] = statuses.get(wf.status.value, 0) + 1
+        return StoreStats(
+            queue_depth=depth,
+            oldest_pending_age=None if oldest is None else max(now - oldest, timedelta(0)),
+            in_flight=in_flight,
+            dead_letters=statuses.get(WorkflowStatus.PARKED.value, 0),
+            workflows=statuses,
+        )
+
+    def row_counts(self) -> dict[str, int]:
+        """Stored items per kind (test helper: retention keeps these bounded)."""
+        return {
+            "workflows": len(self._workflows),
+            "history": sum(len(wf.history) for wf in self._workflows.values()),
+            "inbox": sum(len(wf.inbox) for wf in self._workflows.values()),
+            "tasks": len(self._tasks),
+        }
 
     # -- test helpers (not part of the protocol) --
 

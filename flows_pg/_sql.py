@@ -27,6 +27,7 @@ __all__ = [
     "CLAIM",
     "COMMIT",
     "COMPLETE_ACTIVITY",
+    "FAIL_WORKFLOW_TASK",
     "FIRE_DUE_TIMERS",
     "GET_HISTORY",
     "GET_WORKFLOW",
@@ -34,10 +35,13 @@ __all__ = [
     "LIST_WORKERS",
     "NEXT_DUE",
     "PARK",
+    "PRUNE",
     "REGISTER_WORKER",
     "RELEASE",
     "RETRY_ACTIVITY",
+    "RETRY_WORKFLOW",
     "SIGNAL",
+    "STATS",
     "START",
     "TERMINAL_SQL",
     "UNREGISTER_WORKER",
@@ -188,6 +192,7 @@ WITH c AS MATERIALIZED (
   SELECT t.shard_key, t.tenant_id, t.task_id, t.workflow_id, t.kind, t.visible_at
   FROM {S}.tasks t
   WHERE t.queue = ANY(%(queues)s::text[]) AND t.visible_at <= now() {shards}
+    AND (NOT %(fresh_only)s OR t.kind <> 'workflow' OR t.attempt <= 1)
   ORDER BY t.visible_at
   LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
@@ -222,11 +227,14 @@ WITH c AS MATERIALIZED (
 ), u AS (
   UPDATE {S}.tasks t
   SET lease_token = (%(tokens)s::uuid[])[ok.rn], lease_owner = %(owner)s,
-      visible_at = now() + %(lease)s::interval
+      visible_at = now() + %(lease)s::interval,
+      attempt = CASE WHEN t.kind = 'workflow' THEN t.attempt + 1 ELSE t.attempt END
   FROM ok
   WHERE t.shard_key = ok.shard_key AND t.tenant_id = ok.tenant_id AND t.task_id = ok.task_id
   RETURNING t.shard_key, t.tenant_id, t.workflow_id, t.task_id, t.kind, t.lease_token,
-            t.visible_at, t.seq, t.name, t.input::text AS input, t.attempt, ok.rn
+            t.visible_at, t.seq, t.name, t.input::text AS input,
+            CASE WHEN t.kind = 'workflow' THEN t.attempt - 1 ELSE t.attempt END AS attempt,
+            ok.rn
 ), mv AS (
   DELETE FROM {S}.inbox i
   USING cw
@@ -374,7 +382,8 @@ COMMIT = (
   UPDATE {S}.tasks t
   SET lease_token = CASE WHEN %(keep)s THEN t.lease_token END,
       lease_owner = CASE WHEN %(keep)s THEN t.lease_owner END,
-      visible_at = CASE WHEN %(keep)s THEN now() + %(keep_lease)s::interval ELSE now() END
+      visible_at = CASE WHEN %(keep)s THEN now() + %(keep_lease)s::interval ELSE now() END,
+      attempt = 1
   FROM f
   WHERE t.shard_key = f.shard_key AND t.tenant_id = f.tenant_id AND t.task_id = %(task_id)s
     AND NOT %(terminal)s AND (%(keep)s OR f.inbox_length > 0)
@@ -400,7 +409,8 @@ COMMIT = (
   SELECT pg_notify(%(ch_work)s, '') FROM f
   WHERE %(new_work)s OR (NOT %(terminal)s AND NOT %(keep)s AND f.inbox_length > 0)
 ), nf AS (
-  SELECT pg_notify(%(ch_wf)s, %(wf_key)s) FROM f
+  -- waiters (wait_for_result) care about the end of a workflow task, not each kept step
+  SELECT pg_notify(%(ch_wf)s, %(wf_key)s) FROM f WHERE NOT %(keep)s
 )
 SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM wl), (SELECT count(*) FROM tl),
        (SELECT next_seq FROM wl), (SELECT history_length FROM wl),
@@ -494,7 +504,8 @@ LEFT JOIN {S}.workflows w
 RELEASE = """
 WITH u AS (
   UPDATE {S}.tasks t
-  SET lease_token = NULL, lease_owner = NULL, visible_at = now()
+  SET lease_token = NULL, lease_owner = NULL, visible_at = now(),
+      attempt = CASE WHEN t.kind = 'workflow' THEN greatest(t.attempt - 1, 1) ELSE t.attempt END
   WHERE t.shard_key = %(sk)s AND t.tenant_id = %(tid)s AND t.task_id = %(task_id)s
     AND t.lease_token = %(token)s
   RETURNING 1
@@ -610,4 +621,110 @@ SELECT worker_id, workflow_types::text, activity_names::text, heartbeat_at, host
 FROM {S}.workers
 WHERE shard_key = '' AND tenant_id = ''
 ORDER BY worker_id
+"""
+
+
+# -- dead letters (a parked workflow is a dead letter) --
+
+# A workflow task attempt failed (unexpected worker error): released until %(visible_at)s,
+# attempt count kept (claim counts on from it), error kept in last_error.
+FAIL_WORKFLOW_TASK = """
+WITH u AS (
+  UPDATE {S}.tasks t
+  SET lease_token = NULL, lease_owner = NULL, visible_at = %(visible_at)s,
+      last_error = %(error)s::json
+  WHERE t.shard_key = %(sk)s AND t.tenant_id = %(tid)s AND t.task_id = %(task_id)s
+    AND t.lease_token = %(token)s AND t.kind = 'workflow'
+  RETURNING 1
+), n AS (
+  SELECT pg_notify(%(ch_work)s, ''), pg_notify(%(ch_wf)s, %(wf_key)s) FROM u
+)
+SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)
+"""
+
+# A parked workflow back to running: error cleared; its workflow task (inserted if
+# missing) claimable now, unleased, attempt count reset. The locked row decides.
+RETRY_WORKFLOW = """
+WITH wl AS MATERIALIZED (
+  SELECT w.shard_key, w.tenant_id, w.workflow_id, w.name, w.version, w.status
+  FROM {S}.workflows w
+  WHERE w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s
+  FOR UPDATE
+), ok AS (
+  SELECT * FROM wl WHERE wl.status = 'parked'
+), u AS (
+  UPDATE {S}.workflows w
+  SET status = 'running', error = NULL, updated_at = now()
+  FROM ok
+  WHERE w.shard_key = ok.shard_key AND w.tenant_id = ok.tenant_id
+    AND w.workflow_id = ok.workflow_id
+), t AS (
+  INSERT INTO {S}.tasks
+    (shard_key, tenant_id, task_id, workflow_id, kind, queue, name, visible_at)
+  SELECT ok.shard_key, ok.tenant_id, %(wf_task_id)s, ok.workflow_id, 'workflow',
+         'w:' || ok.name || ':' || ok.version, ok.name, now()
+  FROM ok
+  ON CONFLICT (shard_key, tenant_id, workflow_id) WHERE kind = 'workflow' DO UPDATE
+  SET lease_token = NULL, lease_owner = NULL, visible_at = now(), attempt = 1,
+      last_error = NULL
+), n AS (
+  SELECT pg_notify(%(ch_work)s, ''), pg_notify(%(ch_wf)s, %(wf_key)s) FROM ok
+)
+SELECT wl.status, (SELECT count(*) FROM n) FROM wl
+"""
+
+
+# -- operations: retention and stats --
+
+# Delete up to %(limit)s finished workflows last updated before now() - %(age)s, oldest
+# first, with their history, inbox and tasks. Rows being written to are skipped (SKIP
+# LOCKED) and left for the next batch; a finished workflow takes no more writes anyway.
+PRUNE = (
+    """
+WITH v AS MATERIALIZED (
+  SELECT w.shard_key, w.tenant_id, w.workflow_id
+  FROM {S}.workflows w
+  WHERE w.status IN """
+    + TERMINAL_SQL
+    + """ AND w.updated_at < now() - %(age)s::interval
+  ORDER BY w.updated_at
+  LIMIT %(limit)s
+  FOR UPDATE SKIP LOCKED
+), h AS (
+  DELETE FROM {S}.history h USING v WHERE """
+    + _same_wf("h", "v")
+    + """
+), i AS (
+  DELETE FROM {S}.inbox i USING v WHERE """
+    + _same_wf("i", "v")
+    + """
+), t AS (
+  DELETE FROM {S}.tasks t USING v WHERE """
+    + _same_wf("t", "v")
+    + """
+), d AS (
+  DELETE FROM {S}.workflows w USING v WHERE """
+    + _same_wf("w", "v")
+    + """
+  RETURNING 1
+)
+SELECT count(*) FROM d
+"""
+)
+
+# Queue depth per shard (claimable now), age of the oldest claimable task, leased tasks,
+# and workflows per status. {tshards}/{wshards}: optional shard filters.
+STATS = """
+SELECT
+  (SELECT coalesce(json_object_agg(q.shard_key, q.n), '{}')::text
+   FROM (SELECT t.shard_key, count(*) AS n FROM {S}.tasks t
+         WHERE t.queue IS NOT NULL AND t.visible_at <= now() {tshards}
+         GROUP BY t.shard_key) q),
+  (SELECT now() - min(t.visible_at) FROM {S}.tasks t
+   WHERE t.queue IS NOT NULL AND t.visible_at <= now() {tshards}),
+  (SELECT count(*) FROM {S}.tasks t
+   WHERE t.lease_token IS NOT NULL AND t.visible_at > now() {tshards}),
+  (SELECT coalesce(json_object_agg(s.status, s.n), '{}')::text
+   FROM (SELECT w.status, count(*) AS n FROM {S}.workflows w
+         WHERE true {wshards} GROUP BY w.status) s)
 """

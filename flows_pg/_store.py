@@ -49,6 +49,7 @@ from flows_core._store import (
     Lease,
     ListQuery,
     NewWorkflow,
+    StoreStats,
     WorkerInfo,
     WorkflowRecord,
     WorkflowStatus,
@@ -70,6 +71,7 @@ _json: Final = msgspec.json.Encoder()
 _error_decoder: Final = msgspec.json.Decoder(ErrorInfo)
 _types_decoder: Final = msgspec.json.Decoder(list[tuple[str, int]])
 _names_decoder: Final = msgspec.json.Decoder(list[str])
+_counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _SHARDS_FILTER: Final = "AND t.shard_key = ANY(%(shards)s::text[])"
 
 
@@ -144,6 +146,8 @@ class PostgresStore:
         }
         self._s_commit = self._q(_sql.COMMIT)
         self._s_park = self._q(_sql.PARK)
+        self._s_fail_wf_task = self._q(_sql.FAIL_WORKFLOW_TASK)
+        self._s_retry_wf = self._q(_sql.RETRY_WORKFLOW)
         self._s_complete = self._q(_sql.COMPLETE_ACTIVITY)
         self._s_retry = self._q(_sql.RETRY_ACTIVITY)
         self._s_heartbeat = self._q(_sql.HEARTBEAT)
@@ -364,6 +368,7 @@ class PostgresStore:
             "owner": request.owner,
             "lease": request.lease,
             "shards": None if request.shard_keys is None else list(request.shard_keys),
+            "fresh_only": request.fresh_only,
         }
         rows = await self._rows(self._s_claim[request.shard_keys is not None], params)
         claimed: list[ClaimedTask] = []
@@ -385,6 +390,7 @@ class PostgresStore:
                         lease=lease,
                         workflow=record_from_row(wf, False),
                         history=[] if history is None else decode_events(history),
+                        attempt=attempt,
                     )
                 )
             else:
@@ -458,6 +464,31 @@ class PostgresStore:
         rows = await self._rows(self._s_park, params)
         if not rows[0][0]:
             raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+
+    # -- dead letters --
+
+    async def fail_workflow_task(
+        self, lease: Lease, error: ErrorInfo, visible_at: datetime
+    ) -> None:
+        params = self._fence_params(lease)
+        params.update({"error": error_text(error), "visible_at": visible_at})
+        rows = await self._rows(self._s_fail_wf_task, params)
+        if not rows[0][0]:
+            raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+
+    async def retry_workflow(self, tenant_id: str, workflow_id: str) -> bool:
+        params = {
+            "tid": tenant_id,
+            "wid": workflow_id,
+            "wf_task_id": uuid6.uuid7(),
+            "ch_work": self.work_channel,
+            "ch_wf": self.workflow_channel,
+            "wf_key": self._wf_key(tenant_id, workflow_id),
+        }
+        rows = await self._rows(self._s_retry_wf, params)
+        if not rows:
+            raise WorkflowNotFound(workflow_id, tenant_id)
+        return bool(rows[0][0] == "parked")
 
     async def complete_activity(self, result: ActivityResult) -> None:
         lease = result.lease
@@ -549,3 +580,32 @@ class PostgresStore:
             )
             for row in rows
         ]
+
+    # -- operations (retention, stats) --
+
+    async def prune(self, older_than: timedelta, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        rows = await self._rows(
+            self._q(_sql.PRUNE), {"age": max(older_than, timedelta(0)), "limit": limit}
+        )
+        return int(rows[0][0])
+
+    async def stats(self, shard_keys: Sequence[str] | None = None) -> StoreStats:
+        sharded = shard_keys is not None
+        statement = self._q(
+            _sql.STATS.replace("{tshards}", _SHARDS_FILTER if sharded else "").replace(
+                "{wshards}", "AND w.shard_key = ANY(%(shards)s::text[])" if sharded else ""
+            )
+        )
+        params = {"shards": None if shard_keys is None else list(shard_keys)}
+        rows = await self._rows(statement, params, read=True)
+        depth, oldest, in_flight, statuses = rows[0]
+        by_status = {str(k): int(v) for k, v in _counts_decoder.decode(statuses).items()}
+        return StoreStats(
+            queue_depth={str(k): int(v) for k, v in _counts_decoder.decode(depth).items()},
+            oldest_pending_age=None if oldest is None else max(oldest, timedelta(0)),
+            in_flight=int(in_flight),
+            dead_letters=by_status.get(WorkflowStatus.PARKED.value, 0),
+            workflows=by_status,
+        )

@@ -1,4 +1,5 @@
-"""The ``flows`` command line: demo, migrate, worker, start, signal, cancel, show, list."""
+"""The ``flows`` command line: demo, migrate, worker, start, signal, cancel, show, list,
+dead-letters, retry, rerun."""
 
 from __future__ import annotations
 
@@ -151,6 +152,8 @@ def format_info(info: flows.WorkflowInfo) -> str:
         lines.append(f"output    {json.dumps(info.output)}")
     if info.error is not None:
         lines.append(f"error     {info.error}")
+        if info.error.attempts:
+            lines.append(f"attempts  {info.error.attempts}")
     if info.cancel_requested:
         lines.append("cancel    requested")
     if info.waiting_reason:
@@ -260,6 +263,51 @@ async def cmd_list(args: argparse.Namespace) -> None:
             )
 
 
+# -- dead letters --
+
+
+async def cmd_dead_letters(args: argparse.Namespace) -> None:
+    async with open_store(args) as store:
+        tenant = None if args.all_tenants else flows.Engine(store).tenant_for(args.tenant)
+        records = await store.list_workflows(
+            ListQuery(
+                tenant_id=tenant,
+                status=flows.WorkflowStatus.PARKED,
+                name=args.name,
+                limit=args.limit,
+            )
+        )
+        if not records:
+            print("no dead letters")
+            return
+        print(f"{'workflow id':<38} {'name':<24} {'attempts':>8} {'tenant':<12} error")
+        for r in records:
+            error = r.error or flows.ErrorInfo(type="Unknown", message="")
+            print(
+                f"{r.workflow_id:<38} {r.name + ' v' + str(r.version):<24} "
+                f"{error.attempts:>8} {r.tenant_id:<12} {_one_line(str(error))}"
+            )
+
+
+def _one_line(text: str, limit: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+async def cmd_retry(args: argparse.Namespace) -> None:
+    async with open_store(args) as store:
+        await flows.Engine(store).retry(args.workflow_id, tenant_id=args.tenant)
+        print(f"{args.workflow_id}: back to running; its workflow task is claimable again")
+
+
+async def cmd_rerun(args: argparse.Namespace) -> None:
+    async with open_store(args) as store:
+        run = await flows.Engine(store).rerun(
+            args.workflow_id, tenant_id=args.tenant, new_workflow_id=args.new_id
+        )
+        print(run.workflow_id)
+
+
 async def cmd_demo(args: argparse.Namespace) -> None:
     from flows_examples.order import (
         FakeServices,
@@ -336,6 +384,79 @@ def _print_progress(event: flows.Event, history: list[flows.Event], delay: float
         print(f"⏲ durable sleep of {delay:g}s before shipping")
 
 
+# -- operations: retention and stats --
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` (or plain seconds) as a timedelta."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _UNITS else "s"
+    number = value[:-1] if value[-1:] in _UNITS else value
+    try:
+        amount = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age: use a number and a unit, like 30d, 12h, 90m, 45s"
+        ) from None
+    if not amount >= 0 or amount == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the age must be a non-negative number")
+    return timedelta(seconds=amount * _UNITS[unit])
+
+
+async def cmd_prune(args: argparse.Namespace) -> None:
+    if args.batch < 1:
+        raise CliError("--batch must be at least 1")
+    async with open_store(args) as store:
+        total = 0
+        while True:
+            deleted = await store.prune(args.older_than, args.batch)
+            total += deleted
+            if args.verbose and deleted:
+                print(f"· deleted {deleted} (total {total})", file=sys.stderr)
+            if deleted < args.batch:
+                break
+        print(f"pruned {total} finished workflows older than {args.older_than}")
+
+
+def format_stats(stats: flows.StoreStats) -> str:
+    age = stats.oldest_pending_age
+    lines = [
+        f"pending       {sum(stats.queue_depth.values())}",
+        f"oldest        {'-' if age is None else _fmt_delta(age)}",
+        f"in flight     {stats.in_flight}",
+        f"dead letters  {stats.dead_letters}",
+        "workflows     "
+        + (", ".join(f"{k} {v}" for k, v in sorted(stats.workflows.items())) or "none"),
+    ]
+    if stats.queue_depth:
+        lines.append("queue depth per shard")
+        lines += [f"  {k:<40} {v}" for k, v in sorted(stats.queue_depth.items())]
+    return "\n".join(lines)
+
+
+async def cmd_stats(args: argparse.Namespace) -> None:
+    async with open_store(args) as store:
+        stats = await store.stats(args.shard or None)
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "queue_depth": stats.queue_depth,
+                        "oldest_pending_age_seconds": None
+                        if stats.oldest_pending_age is None
+                        else stats.oldest_pending_age.total_seconds(),
+                        "in_flight": stats.in_flight,
+                        "dead_letters": stats.dead_letters,
+                        "workflows": stats.workflows,
+                    }
+                )
+            )
+        else:
+            print(format_stats(stats))
+
+
 # -- entry point --
 
 
@@ -399,6 +520,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-tenants", action="store_true")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("dead-letters", help="list dead-lettered (parked) workflows")
+    p.add_argument("--name")
+    p.add_argument("--tenant")
+    p.add_argument("--all-tenants", action="store_true")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("retry", help="put a dead-lettered workflow back to running (in place)")
+    p.add_argument("workflow_id")
+    p.add_argument("--tenant")
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("rerun", help="start a new workflow with the same input and version")
+    p.add_argument("workflow_id")
+    p.add_argument("--new-id", help="id of the new workflow (default: a new UUIDv7)")
+    p.add_argument("--tenant")
+    p.set_defaults(func=cmd_rerun)
+
+    p = sub.add_parser("prune", help="delete finished workflows older than an age")
+    p.add_argument("--older-than", type=parse_age, required=True, help="age: 30d, 12h, 90m...")
+    p.add_argument("--batch", type=int, default=1000, help="workflows per transaction")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("stats", help="queue depth, oldest pending task, in flight, dead letters")
+    p.add_argument("--shard", action="append", help="only this shard key (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_stats)
     return parser
 
 

@@ -263,3 +263,32 @@ def test_instance_can_be_fed_incrementally_like_full_replay() -> None:
     assert full.new_events == []
     assert full.nondeterminism is None
     assert instance.pending_steps() == [2]
+
+
+def test_every_event_survives_encode_decode() -> None:
+    """Found by the chaos suite: a cancelled workflow's string output did not decode."""
+    from flows_core._events import decode_events, encode_event
+
+    out = msgspec.Raw(b'"refunded"')
+    error = flows.ErrorInfo(type="E", message="m", attempts=2)
+    events: list[flows.Event] = [
+        started({"nested": [1, 2.5, None]}),
+        scheduled(1, "a", {"k": "v"}),
+        completed(1, [1, 2]),
+        ActivityFailedEvent(seq=2, error=error, at=T0),
+        TimerStarted(seq=3, fire_at=T0, at=T0),
+        TimerFired(seq=3, at=T0),
+        SignalWaitStarted(seq=4, name="s", timeout_at=T0, at=T0),
+        SignalReceived(name="s", payload=msgspec.Raw(b'{"x":1}'), signal_id="i", at=T0),
+        SideEffectRecorded(seq=5, kind="random", value="0.5", at=T0),
+        StepCancelled(seq=4, reason="r", at=T0),
+        CancelRequested(reason="why", at=T0),
+        WorkflowCompleted(output=out, at=T0),
+        WorkflowFailedEvent(error=error, at=T0),
+        WorkflowCancelledEvent(output=out, at=T0),
+        WorkflowCancelledEvent(error=error, at=T0),
+    ]
+    text = b"[" + b",".join(encode_event(e) for e in events) + b"]"
+    again = decode_events(text)
+    assert [encode_event(e) for e in again] == [encode_event(e) for e in events]
+    assert bytes(again[13].output) == b'"refunded"'  # type: ignore[union-attr]

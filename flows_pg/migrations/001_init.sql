@@ -58,6 +58,9 @@ CREATE INDEX IF NOT EXISTS workflows_list_status_idx
     ON {schema}.workflows (tenant_id, status, created_at DESC, workflow_id DESC);
 CREATE INDEX IF NOT EXISTS workflows_list_name_idx
     ON {schema}.workflows (tenant_id, name, created_at DESC, workflow_id DESC);
+-- prune (retention): finished workflows, oldest update first.
+CREATE INDEX IF NOT EXISTS workflows_prune_idx
+    ON {schema}.workflows (updated_at) WHERE status IN ('completed', 'failed', 'cancelled');
 
 -- The append-only history: one row per event, positions 1..n without gaps.
 CREATE TABLE IF NOT EXISTS {schema}.history (

@@ -241,7 +241,7 @@ async def test_worker_killed_in_an_inline_activity_is_finished_by_another(
     run = await engine.start(crashy, 20, tenant_id=f"t-{adapter.ns}")
     await asyncio.wait_for(entered.wait(), TIMEOUT)
     await kill(first, first_task, monkeypatch)
-    assert first.stats["commits"] == 0
+    assert first.counters["commits"] == 0
 
     second = worker(store, workflows=[crashy], activities=[slow], lease=lease)
     async with running(second):
@@ -317,9 +317,9 @@ async def test_a_finished_workflow_never_runs_again(adapter: Adapter) -> None:
         )
         await adapter.pass_time(0.2)
         await asyncio.sleep(0.2)  # the worker keeps polling meanwhile
-        commits = w.stats["commits"]
+        commits = w.counters["commits"]
     assert len(runs) == executions, "the workflow code ran again after it finished"
-    assert commits == w.stats["commits"]
+    assert commits == w.counters["commits"]
     after = await checked_history(store, run)
     assert len(after) == len(before)
     assert (await store.get_workflow(tenant, run.workflow_id)).status == (

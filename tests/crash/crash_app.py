@@ -4,7 +4,8 @@ Run as a worker process::
 
     python crash_app.py DSN SCHEMA MODE LEASE_SECONDS
 
-MODE is ``normal``, ``slow`` (step 1 of every workflow blocks for a minute, so the
+MODE is ``normal`` (it also serves ``poison-wf``, which os._exit()s the process),
+``slow`` (step 1 of every workflow blocks for a minute, so the
 process can be killed inside the activity) or ``die-in-commit:SECONDS`` (the process
 SIGKILLs itself that long after sending its first workflow-task commit).
 Every activity execution is recorded in ``<schema>.crash_effects`` (its own connection,
@@ -45,12 +46,17 @@ def effect(inp: EffectIn) -> int:
     conn = getattr(_local, "conn", None)
     if conn is None:
         conn = _local.conn = psycopg.connect(os.environ["CRASH_DSN"], autocommit=True)
-    conn.execute(
-        sql.SQL("INSERT INTO {} (workflow_id, step, pid) VALUES (%s, %s, %s)").format(
-            effects_table(os.environ["CRASH_SCHEMA"])
-        ),
-        (inp.workflow_id, inp.step, os.getpid()),
-    )
+    try:
+        conn.execute(
+            sql.SQL("INSERT INTO {} (workflow_id, step, pid) VALUES (%s, %s, %s)").format(
+                effects_table(os.environ["CRASH_SCHEMA"])
+            ),
+            (inp.workflow_id, inp.step, os.getpid()),
+        )
+    except psycopg.OperationalError:
+        _local.conn = None  # the server went away: the retry reconnects
+        conn.close()
+        raise
     if MODE == "slow" and inp.step == 1:
         time.sleep(60)
     return inp.step + 1
@@ -63,6 +69,12 @@ async def crash_wf(ctx: flows.WorkflowContext, steps: int) -> int:
         total += await ctx.execute(effect, EffectIn(workflow_id=ctx.workflow_id, step=step))
     await ctx.sleep(timedelta(seconds=0.2))
     return total
+
+
+@flows.workflow("poison-wf")
+async def poison_wf(ctx: flows.WorkflowContext, _: None) -> None:
+    """Kills the process running its workflow task, every time (a poison task)."""
+    os._exit(17)
 
 
 async def run_worker(dsn: str, schema: str, lease: float) -> None:
@@ -82,11 +94,12 @@ async def run_worker(dsn: str, schema: str, lease: float) -> None:
             store.commit_workflow_task = dying  # type: ignore[method-assign]
         worker = flows.Worker(
             store,
-            workflows=[crash_wf],
+            workflows=[crash_wf, poison_wf],
             activities=[effect],
             lease=timedelta(seconds=lease),
             poll_interval=0.1,
             concurrency=10,
+            max_workflow_task_attempts=int(os.environ.get("CRASH_MAX_WF_ATTEMPTS", "5")),
         )
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(worker.stop()))

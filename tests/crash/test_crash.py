@@ -22,7 +22,7 @@ from conftest_pg import drop_pg_store, make_pg_store
 import flows_core as flows
 from flows_core._events import ActivityCompleted, ActivityScheduled
 
-from .crash_app import crash_wf, effect, effects_table
+from .crash_app import crash_wf, effect, effects_table, poison_wf
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
@@ -169,7 +169,40 @@ async def test_postgres_restart_mid_run(tmp_path: Path) -> None:
         finally:
             await worker.stop()
             await task
-        assert worker.stats["store_errors"] > 0, "the worker never saw the outage"
+        assert worker.counters["store_errors"] > 0, "the worker never saw the outage"
         await s.close()
     finally:
         embedded.stop(data, delete=True)
+
+
+async def test_poison_task_that_kills_workers_is_dead_lettered(pg_dsn: str, store) -> None:  # type: ignore[no-untyped-def]
+    """A workflow whose task kills the worker process each time is dead-lettered after
+    max_workflow_task_attempts lease expiries; the other workflows keep flowing."""
+    engine = flows.Engine(store)
+    poison = await engine.start(poison_wf, None)
+    ids = [(await engine.start(crash_wf, STEPS)).workflow_id for _ in range(6)]
+    os.environ["CRASH_MAX_WF_ATTEMPTS"] = "3"
+    deaths = 0
+    proc = spawn(pg_dsn, store.schema, "normal", lease=0.5)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while (await engine.query(poison.workflow_id)).status != flows.WorkflowStatus.PARKED:
+            assert loop.time() < deadline, "the poison workflow was never dead-lettered"
+            if proc.poll() is not None:
+                assert proc.returncode == 17, proc.stderr.read() if proc.stderr else ""
+                deaths += 1
+                proc = spawn(pg_dsn, store.schema, "normal", lease=0.5)  # a restart
+            await asyncio.sleep(0.05)
+        await assert_all_done_exactly_once(engine, ids)
+        assert proc.poll() is None, "the worker died after the dead-lettering"
+    finally:
+        os.environ.pop("CRASH_MAX_WF_ATTEMPTS", None)
+        kill(proc)
+    assert deaths == 3
+    info = await engine.query(poison.workflow_id)
+    assert info.error is not None
+    assert info.error.type == "WorkflowTaskCrashed"
+    assert info.error.attempts == 3
+    assert [d.workflow_id for d in await engine.dead_letters()] == [poison.workflow_id]
+    assert len(await engine.history(poison.workflow_id)) == 1

@@ -58,7 +58,7 @@ async def test_commit_runs_and_rollback_leaves_no_trace(pg_dsn: str, store: Post
     with pytest.raises(flows.WorkflowNotFound):
         await engine.query(dropped)
     assert client.query(kept).status == flows.WorkflowStatus.COMPLETED
-    assert worker.stats["workflow_tasks"] >= 1
+    assert worker.counters["workflow_tasks"] >= 1
     async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
         cur = await conn.execute(
             psycopg.sql.SQL("SELECT count(*) FROM {}.history WHERE workflow_id = %s").format(
