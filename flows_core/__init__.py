@@ -22,6 +22,7 @@ from ._errors import (
     NonDeterminismError,
     PayloadError,
     PayloadTooLarge,
+    ScheduleToCloseTimeout,
     TenantRequired,
     TerminalError,
     WorkflowAlreadyExists,
@@ -31,6 +32,7 @@ from ._errors import (
     WorkflowNotFound,
     WorkflowNotRegistered,
     WorkflowNotRunning,
+    WorkflowTimeout,
 )
 from ._events import Event, event_summary
 from ._replay import Activation, Step, WorkflowInstance, replay
@@ -65,6 +67,7 @@ __all__ = [
     "PayloadTooLarge",
     "RetryPolicy",
     "Run",
+    "ScheduleToCloseTimeout",
     "Sharder",
     "Step",
     "Store",
@@ -88,6 +91,7 @@ __all__ = [
     "WorkflowNotRunning",
     "WorkflowRegistry",
     "WorkflowStatus",
+    "WorkflowTimeout",
     "activity",
     "activity_info",
     "current_tenant",

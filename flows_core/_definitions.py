@@ -94,6 +94,7 @@ class Activity(Generic[I, O]):
         "name",
         "output_type",
         "retry",
+        "schedule_to_close",
         "timeout",
     )
 
@@ -105,12 +106,22 @@ class Activity(Generic[I, O]):
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
         heartbeat_timeout: timedelta | None = None,
+        schedule_to_close: timedelta | None = None,
     ) -> None:
         self.name = check_name(name, "activity name")
         self.fn = fn
         self.retry = retry or RetryPolicy()
+        for value, what in (
+            (timeout, "timeout"),
+            (heartbeat_timeout, "heartbeat_timeout"),
+            (schedule_to_close, "schedule_to_close"),
+        ):
+            _check_duration(value, f"activity {name!r} {what}")
         self.timeout = timeout
         self.heartbeat_timeout = heartbeat_timeout
+        self.schedule_to_close = schedule_to_close
+        """Deadline of the whole step, from when the workflow first scheduled it, across
+        every attempt and retry delay (ScheduleToCloseTimeout)."""
         self.is_async = inspect.iscoroutinefunction(fn)
         self.input_type, self.output_type = _hints(fn, f"activity {name!r}")
 
@@ -157,6 +168,7 @@ def activity(
     retry: RetryPolicy | None = ...,
     timeout: timedelta | None = ...,
     heartbeat_timeout: timedelta | None = ...,
+    schedule_to_close: timedelta | None = ...,
 ) -> _ActivityDecorator: ...
 @overload
 def activity(name: str, **kwargs: Any) -> _ActivityDecorator: ...
@@ -166,17 +178,24 @@ def activity(
     retry: RetryPolicy | None = None,
     timeout: timedelta | None = None,
     heartbeat_timeout: timedelta | None = None,
+    schedule_to_close: timedelta | None = None,
     **kwargs: Any,
 ) -> _ActivityDecorator:
-    """Declare an activity: ``@flows.activity("charge", retry=RetryPolicy(...))``."""
+    """Declare an activity: ``@flows.activity("charge", retry=RetryPolicy(...))``.
+
+    ``timeout`` bounds each attempt (ActivityTimeout, retried), ``heartbeat_timeout``
+    the time between ``flows.heartbeat()`` calls (HeartbeatTimeout, retried), and
+    ``schedule_to_close`` the whole step from when it was first scheduled, retries
+    included (ScheduleToCloseTimeout, not retried).
+    """
     if kwargs:
         raise InvalidArgument(f"activity(): unknown option(s) {sorted(kwargs)}")
     check_name(name, "activity name")
-    return _ActivityDecorator(name, retry, timeout, heartbeat_timeout)
+    return _ActivityDecorator(name, retry, timeout, heartbeat_timeout, schedule_to_close)
 
 
 class _ActivityDecorator:
-    __slots__ = ("heartbeat_timeout", "name", "retry", "timeout")
+    __slots__ = ("heartbeat_timeout", "name", "retry", "schedule_to_close", "timeout")
 
     def __init__(
         self,
@@ -184,9 +203,11 @@ class _ActivityDecorator:
         retry: RetryPolicy | None,
         timeout: timedelta | None,
         heartbeat_timeout: timedelta | None,
+        schedule_to_close: timedelta | None = None,
     ) -> None:
         self.name, self.retry, self.timeout = name, retry, timeout
         self.heartbeat_timeout = heartbeat_timeout
+        self.schedule_to_close = schedule_to_close
 
     @overload
     def __call__(self, fn: Callable[[I], Awaitable[O]]) -> Activity[I, O]: ...
@@ -199,7 +220,13 @@ class _ActivityDecorator:
             retry=self.retry,
             timeout=self.timeout,
             heartbeat_timeout=self.heartbeat_timeout,
+            schedule_to_close=self.schedule_to_close,
         )
+
+
+def _check_duration(value: object, what: str) -> None:
+    if value is not None and (not isinstance(value, timedelta) or value <= timedelta(0)):
+        raise InvalidArgument(f"{what} must be a positive timedelta or None, got {value!r}")
 
 
 def _check_version(version: object) -> None:

@@ -22,6 +22,7 @@ from ._errors import (
     WorkflowFailed,
     WorkflowNotDeadLettered,
     WorkflowNotRegistered,
+    WorkflowTimeout,
 )
 from ._events import CancelRequested, Event, SignalReceived, WorkflowStarted
 from ._sharding import HashSharder, Sharder, shard_key
@@ -174,8 +175,10 @@ class Planner:
         input: Any,
         tenant_id: str | None,
         workflow_id: str | None,
+        execution_timeout: timedelta | None = None,
     ) -> tuple[NewWorkflow, Workflow[Any, Any]]:
         """Validate and encode a start request."""
+        _check_execution_timeout(execution_timeout)
         if isinstance(workflow, str):
             definition = self.registry.latest(check_name(workflow, "workflow name"))
         elif isinstance(workflow, Workflow):
@@ -199,6 +202,7 @@ class Planner:
             input=payload,
             seed=secrets.randbits(63),
             at=self.clock.now(),
+            execution_timeout=execution_timeout,
         )
         new = NewWorkflow(
             tenant_id=tenant,
@@ -211,9 +215,14 @@ class Planner:
         )
         return new, definition
 
-    def restart(self, record: WorkflowRecord, workflow_id: str | None) -> NewWorkflow:
+    def restart(
+        self,
+        record: WorkflowRecord,
+        workflow_id: str | None,
+        execution_timeout: timedelta | None = None,
+    ) -> NewWorkflow:
         """A start request for a new workflow with ``record``'s name, version and input
-        (``Engine.rerun``)."""
+        (``Engine.rerun``), and the original's ``execution_timeout`` (counted anew)."""
         wf_id = str(uuid6.uuid7()) if workflow_id is None else check_id(workflow_id, "workflow id")
         tenant = record.tenant_id
         shard = self.sharder.shard_for(record.name, wf_id, tenant)
@@ -226,6 +235,7 @@ class Planner:
             seed=secrets.randbits(63),
             at=self.clock.now(),
             rerun_of=record.workflow_id,
+            execution_timeout=execution_timeout,
         )
         return NewWorkflow(
             tenant_id=tenant,
@@ -312,6 +322,7 @@ class Engine:
         *,
         tenant_id: str | None = None,
         workflow_id: str | None = None,
+        execution_timeout: timedelta | None = None,
         tx: Any = None,
     ) -> Run[O]: ...
     @overload
@@ -322,6 +333,7 @@ class Engine:
         *,
         tenant_id: str | None = None,
         workflow_id: str | None = None,
+        execution_timeout: timedelta | None = None,
         tx: Any = None,
     ) -> Run[Any]: ...
     async def start(
@@ -331,14 +343,21 @@ class Engine:
         *,
         tenant_id: str | None = None,
         workflow_id: str | None = None,
+        execution_timeout: timedelta | None = None,
         tx: Any = None,
     ) -> Run[Any]:
         """Start a workflow; returns at once with a ``Run`` handle.
 
         ``workflow`` is a definition, or a registered name (its highest version).
+        ``execution_timeout``: once this long has passed since the start, the workflow
+        is ended FAILED with error type ``WorkflowTimeout`` (``wait_for_result`` raises
+        ``flows.WorkflowTimeout``), even if it waits for a signal; no more of its code
+        runs and its pending steps are dropped.
         ``tx`` is the caller's open transaction where the store supports one.
         """
-        new, definition = self.planner.start(workflow, input, tenant_id, workflow_id)
+        new, definition = self.planner.start(
+            workflow, input, tenant_id, workflow_id, execution_timeout
+        )
         await self.store.start_workflow(new, tx=tx)
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
 
@@ -438,9 +457,10 @@ class Engine:
             return decode_payload(record.output, type_, what=f"output of {record.workflow_id!r}")
         if record.status == WorkflowStatus.CANCELLED:
             raise WorkflowCancelled(record.workflow_id)
-        raise WorkflowFailed(
-            record.workflow_id, record.error or ErrorInfo(type="Unknown", message="")
-        )
+        error = record.error or ErrorInfo(type="Unknown", message="")
+        if error.type == WorkflowTimeout.__name__:
+            raise WorkflowTimeout(record.workflow_id, error)
+        raise WorkflowFailed(record.workflow_id, error)
 
     @staticmethod
     def info(record: WorkflowRecord, *, waiting_reason: str | None = None) -> WorkflowInfo:
@@ -508,10 +528,15 @@ class Engine:
     ) -> Run[Any]:
         """Start a NEW workflow with the same name, version and input as
         ``workflow_id`` (typically a dead letter; any status works). The original is
-        left as it is. The new WorkflowStarted records ``rerun_of``."""
+        left as it is. The new WorkflowStarted records ``rerun_of``; the original's
+        ``execution_timeout``, if any, applies again from the new start."""
         tenant = self.tenant_for(tenant_id)
         record = await self.store.get_workflow(tenant, check_id(workflow_id, "workflow id"))
-        new = self.planner.restart(record, new_workflow_id)
+        first = await self.store.get_history(tenant, record.workflow_id)
+        timeout = None
+        if first and isinstance(first[0], WorkflowStarted):
+            timeout = first[0].execution_timeout
+        new = self.planner.restart(record, new_workflow_id, timeout)
         await self.store.start_workflow(new)
         definition = self.registry.get(record.name, record.version)
         output_type = Any if definition is None else definition.output_type
@@ -535,6 +560,11 @@ class Engine:
         others = sorted({v for w in workers for (n, v) in w.workflow_types if n == record.name})
         seen = f"; live workers run versions {others}" if others else ""
         return f"waiting for a worker that runs {record.name!r} version {record.version}{seen}"
+
+
+def _check_execution_timeout(value: object) -> None:
+    if value is not None and (not isinstance(value, timedelta) or value <= timedelta(0)):
+        raise InvalidArgument(f"execution_timeout must be a positive timedelta, got {value!r}")
 
 
 async def prune_store(

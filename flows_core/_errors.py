@@ -12,12 +12,14 @@
     ├── WorkflowNotRunning         signal to a workflow that has finished
     ├── WorkflowNotDeadLettered    retry() of a workflow that is not dead-lettered (parked)
     ├── WorkflowFailed             wait_for_result on a failed workflow (has .cause)
+    │   └── WorkflowTimeout        ... that ran past its execution_timeout
     ├── WorkflowCancelled          wait_for_result on a cancelled workflow
     ├── NonDeterminismError        replay diverged from the recorded history
     │   └── IllegalAwaitError      workflow awaited something that is not a Flows step
     ├── ActivityFailed             raised inside a workflow when an activity fails for good
     ├── ActivityTimeout            an activity attempt ran past its timeout (retryable)
-    │   └── HeartbeatTimeout       ... or sent no heartbeat within its heartbeat_timeout
+    │   ├── HeartbeatTimeout       ... or sent no heartbeat within its heartbeat_timeout
+    │   └── ScheduleToCloseTimeout the step ran past its schedule_to_close (not retried)
     ├── Cancelled                  raised inside a workflow at the await a cancel interrupts
     ├── TerminalError              raise from an activity to stop retrying at once
     ├── LeaseLost                  a fenced write from a claimant whose lease is gone
@@ -41,6 +43,7 @@ __all__ = [
     "NonDeterminismError",
     "PayloadError",
     "PayloadTooLarge",
+    "ScheduleToCloseTimeout",
     "TenantRequired",
     "TerminalError",
     "WorkflowAlreadyExists",
@@ -50,6 +53,7 @@ __all__ = [
     "WorkflowNotRegistered",
     "WorkflowNotDeadLettered",
     "WorkflowNotRunning",
+    "WorkflowTimeout",
 ]
 
 
@@ -137,6 +141,12 @@ class WorkflowFailed(FlowsError):
         self.cause = cause
 
 
+class WorkflowTimeout(WorkflowFailed):
+    """The workflow ran past the ``execution_timeout`` it was started with: it was ended
+    FAILED with error type ``WorkflowTimeout`` (its pending steps dropped, no code run
+    after the deadline)."""
+
+
 class WorkflowCancelled(FlowsError):
     """The workflow ended cancelled."""
 
@@ -178,6 +188,13 @@ class HeartbeatTimeout(ActivityTimeout):
     """An activity attempt did not call ``flows.heartbeat()`` within its
     ``heartbeat_timeout``; retried like any other failure. (If the worker running it
     dies, the lease expires instead and the attempt runs again elsewhere.)"""
+
+
+class ScheduleToCloseTimeout(ActivityTimeout):
+    """The activity step was not done within its ``schedule_to_close`` (counted from
+    when the workflow first scheduled it, across all attempts and retry delays): no
+    further attempt is made, the workflow sees ``ActivityFailed`` with this error type.
+    An async attempt still running at the deadline is cancelled."""
 
 
 class Cancelled(FlowsError):

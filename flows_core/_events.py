@@ -11,7 +11,7 @@ ActivityFailed, TimerFired). SignalReceived and CancelRequested come from outsid
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final, Literal
 
 import msgspec
@@ -23,6 +23,7 @@ __all__ = [
     "ActivityFailedEvent",
     "ActivityScheduled",
     "CancelRequested",
+    "DEADLINE_SEQ",
     "Event",
     "SideEffectRecorded",
     "SignalReceived",
@@ -54,12 +55,21 @@ class WorkflowStarted(_Base, tag="workflow_started", frozen=True, omit_defaults=
     seed: int
     rerun_of: str | None = None
     """The workflow this one re-runs (``Engine.rerun``), if any."""
+    execution_timeout: timedelta | None = None
+    """``start(..., execution_timeout=)``: at ``at + execution_timeout`` the workflow is
+    ended FAILED with a ``WorkflowTimeout`` error. Replay records the deadline as the
+    reserved timer step #0 (TimerStarted seq 0, never taken by the code); its TimerFired
+    ends the workflow."""
 
 
 class ActivityScheduled(_Base, tag="activity_scheduled", frozen=True):
     seq: int
     name: str
     input: msgspec.Raw
+
+
+DEADLINE_SEQ: Final = 0
+"""The reserved step of the execution deadline (see WorkflowStarted.execution_timeout)."""
 
 
 class ActivityCompleted(_Base, tag="activity_completed", frozen=True):
@@ -177,7 +187,8 @@ def event_summary(event: Event) -> str:
     """One readable line describing an event, for timelines and logs."""
     match event:
         case WorkflowStarted():
-            return f"started {event.name} v{event.version} input={_short(event.input)}"
+            limit = f" timeout={event.execution_timeout}" if event.execution_timeout else ""
+            return f"started {event.name} v{event.version} input={_short(event.input)}{limit}"
         case ActivityScheduled():
             return f"#{event.seq} activity {event.name} scheduled input={_short(event.input)}"
         case ActivityCompleted():
@@ -187,8 +198,12 @@ def event_summary(event: Event) -> str:
             )
         case ActivityFailedEvent():
             return f"#{event.seq} activity failed after {event.error.attempts}: {event.error}"
+        case TimerStarted() if event.seq == DEADLINE_SEQ:
+            return f"execution deadline {event.fire_at.isoformat()}"
         case TimerStarted():
             return f"#{event.seq} timer until {event.fire_at.isoformat()}"
+        case TimerFired() if event.seq == DEADLINE_SEQ:
+            return "execution deadline reached"
         case TimerFired():
             return f"#{event.seq} timer fired"
         case SignalWaitStarted():

@@ -21,12 +21,13 @@ Pure: no I/O, no clock (``now`` is an argument), no global randomness.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import random
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
@@ -41,8 +42,10 @@ from ._errors import (
     IllegalAwaitError,
     NonDeterminismError,
     PayloadError,
+    WorkflowTimeout,
 )
 from ._events import (
+    DEADLINE_SEQ,
     ActivityCompleted,
     ActivityFailedEvent,
     ActivityScheduled,
@@ -135,17 +138,21 @@ class _Task:
         self, instance: WorkflowInstance, coro: Coroutine[Any, Any, Any], future: Step[Any]
     ):
         self.instance, self.coro, self.future = instance, coro, future
+        instance._live.add(self)
 
     def step(self) -> None:
         instance = self.instance
         try:
             yielded = self.coro.send(None)
         except StopIteration as stop:
+            instance._live.discard(self)
             instance._wake(self.future._resolve(stop.value))
             return
         except _Abort:
+            instance._live.discard(self)
             return
         except Exception as exc:
+            instance._live.discard(self)
             instance._wake(self.future._resolve(exc=exc))
             return
         if isinstance(yielded, Step):
@@ -197,6 +204,9 @@ class WorkflowInstance:
         self.next_seq = 1
         self.cancel_requested = False
         self.finished = False
+        self.execution_timeout: timedelta | None = None
+        self._terminated = False
+        self._live: set[_Task] = set()
         self._ready: deque[_Task] = deque()
         self._main: Step[Any] | None = None
         self._expected: dict[int, _CommandEvent] = {}
@@ -249,6 +259,8 @@ class WorkflowInstance:
         match event:
             case WorkflowStarted():
                 self._start(event)
+            case TimerFired() if event.seq == DEADLINE_SEQ:
+                self._deadline_passed()
             case ActivityCompleted():
                 self._resolve_activity(event.seq, event)
             case ActivityFailedEvent():
@@ -310,6 +322,16 @@ class WorkflowInstance:
         except PayloadError as exc:
             self._wake(main._resolve(exc=exc))
             return
+        if event.execution_timeout is not None:
+            # The deadline is step #0, recorded before any step the code takes; the
+            # store fires it like any timer, and its TimerFired ends the workflow.
+            self.execution_timeout = event.execution_timeout
+            assert self.now is not None
+            fire_at = event.at + event.execution_timeout
+            try:
+                self._take(TimerStarted(seq=DEADLINE_SEQ, fire_at=fire_at, at=self.now))
+            except _Abort:
+                return
         coro = self.definition.fn(ctx, value)
         self._ready.append(_Task(self, coro, main))
 
@@ -347,6 +369,39 @@ class WorkflowInstance:
         entry = self._pending.pop(seq, None)
         if entry is not None:
             self._wake(entry[0]._resolve(None))
+
+    def _deadline_passed(self) -> None:
+        """The execution deadline fired: end the workflow FAILED with WorkflowTimeout.
+        No more workflow code runs (its coroutines are closed, so ``finally`` blocks run
+        but can take no step); pending steps are dropped with the workflow (a terminal
+        commit deletes all its tasks)."""
+        if DEADLINE_SEQ not in self._issued:
+            self._violation(
+                NonDeterminismError("history has an execution deadline the workflow never set")
+            )
+            return
+        if self.finished:
+            return
+        self.finished = True
+        self._terminated = True
+        self._ready.clear()
+        self._pending.clear()
+        self._waits.clear()
+        token = _current.set(self)
+        try:
+            for task in list(self._live):
+                with contextlib.suppress(Exception, _Abort):
+                    task.coro.close()
+        finally:
+            _current.reset(token)
+        self._live.clear()
+        assert self.now is not None
+        error = ErrorInfo(
+            type=WorkflowTimeout.__name__,
+            message=f"workflow {self.definition.name!r} did not finish within its "
+            f"execution_timeout of {self.execution_timeout}",
+        )
+        self._record_terminal(WorkflowFailedEvent(error=error, at=self.now))
 
     def _deliver(self, event: SignalReceived) -> None:
         for seq, wait in self._waits.items():
@@ -406,6 +461,9 @@ class WorkflowInstance:
             event = WorkflowCancelledEvent(error=ErrorInfo.from_exception(exc), at=self.now)
         else:
             event = WorkflowFailedEvent(error=ErrorInfo.from_exception(exc), at=self.now)
+        self._record_terminal(event)
+
+    def _record_terminal(self, event: _TerminalEvent) -> None:
         recorded = self._expected_terminal
         if recorded is not None:
             if type(recorded) is not type(event):
@@ -422,7 +480,7 @@ class WorkflowInstance:
 
     def _take(self, event: _CommandEvent) -> bool:
         """Record that the code takes step ``event.seq``; True if it is new."""
-        if self._violation_error is not None:
+        if self._violation_error is not None or self._terminated:
             raise _Abort
         seq = event.seq
         recorded = self._expected.pop(seq, None)

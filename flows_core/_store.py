@@ -166,6 +166,9 @@ class ActivityTaskClaim(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     """The attempt number about to run (1-based)."""
     cancel_requested: bool = False
+    scheduled_at: datetime | None = None
+    """When the workflow first scheduled the step (its ActivityScheduled ``at``; the
+    worker's schedule-to-close deadline counts from it). None if unknown."""
 
 
 ClaimedTask = WorkflowTaskClaim | ActivityTaskClaim
@@ -181,6 +184,9 @@ class ActivityTaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     visible_at: datetime | None = None
     """None means at once."""
     last_error: ErrorInfo | None = None
+    scheduled_at: datetime | None = None
+    """When the step was first scheduled; stored with the task, kept across retries and
+    handed back in its claims (``ActivityTaskClaim.scheduled_at``)."""
 
 
 class TimerTaskSpec(msgspec.Struct, frozen=True, kw_only=True):

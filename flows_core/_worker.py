@@ -30,10 +30,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import msgspec
 import uuid6
@@ -49,6 +49,7 @@ from ._errors import (
     InvalidArgument,
     LeaseLost,
     PayloadError,
+    ScheduleToCloseTimeout,
 )
 from ._events import (
     ActivityCompleted,
@@ -82,6 +83,9 @@ from ._store import (
 __all__ = ["Worker", "WorkerStats", "build_commit"]
 
 log = logging.getLogger("flows.worker")
+
+C = TypeVar("C", ActivityResult, ActivityRetry, WorkflowTaskCommit)
+R = TypeVar("R")
 
 REGISTER_EVERY = 10.0
 TIMER_CHECK_EVERY = 0.05
@@ -603,6 +607,7 @@ class Worker:
                             e.input,
                             keeper,
                             self._activity_info(claim.lease, wf.name, e.name, e.seq, 1),
+                            e.at,
                         )
                         for e in inline
                     )
@@ -623,6 +628,7 @@ class Worker:
                             attempt=2,
                             visible_at=now + outcome.retry_in,
                             last_error=outcome.error,
+                            scheduled_at=scheduled.at,
                         )
                 if not resolutions:
                     break
@@ -674,11 +680,33 @@ class Worker:
             retries,
             keep_lease=self.lease if keep else None,
         )
-        moved = await self.store.commit_workflow_task(commit)
+        moved = await self._write_fenced(self.store.commit_workflow_task, commit)
         self.counters["commits"] += 1
         progress.history_length += len(events) + len(moved)
         progress.next_seq = next_seq
         return moved
+
+    async def _write_fenced(self, write: Callable[[C], Awaitable[R]], request: C) -> R:
+        """Run a fenced write, retrying store errors (a dropped connection, a restart)
+        with backoff for as long as the lease lasts. Safe because the write is fenced:
+        if a lost reply hid a success, the retry gets LeaseLost and changes nothing, and
+        the work of the step is not thrown away over a blip."""
+        delay = 0.05
+        while True:
+            try:
+                return await write(request)
+            except (LeaseLost, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                lease: Lease = request.lease
+                if self.store.clock.now() + timedelta(seconds=delay) >= lease.expires_at:
+                    raise
+                self.counters["store_errors"] += 1
+                log.warning(
+                    "store write for %s failed, retrying in %.2fs: %r", lease.task_id, delay, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     # -- activity tasks --
 
@@ -692,7 +720,7 @@ class Worker:
         )
         keeper = _LeaseKeeper(self.store, claim.lease, self.lease)
         try:
-            outcome = await self._attempt(activity, claim.input, keeper, info)
+            outcome = await self._attempt(activity, claim.input, keeper, info, claim.scheduled_at)
         finally:
             await keeper.close()
         keeper.check()
@@ -701,17 +729,20 @@ class Worker:
         if event is None:
             assert outcome.retry_in is not None
             assert outcome.error is not None
-            await self.store.retry_activity(
+            await self._write_fenced(
+                self.store.retry_activity,
                 ActivityRetry(
                     lease=claim.lease,
                     next_attempt=claim.attempt + 1,
                     visible_at=now + outcome.retry_in,
                     error=outcome.error,
-                )
+                ),
             )
         else:
             assert isinstance(event, ActivityCompleted | ActivityFailedEvent)
-            await self.store.complete_activity(ActivityResult(lease=claim.lease, event=event))
+            await self._write_fenced(
+                self.store.complete_activity, ActivityResult(lease=claim.lease, event=event)
+            )
 
     @staticmethod
     def _activity_info(
@@ -732,10 +763,23 @@ class Worker:
         payload: msgspec.Raw,
         keeper: _LeaseKeeper,
         info: ActivityInfo,
+        scheduled_at: datetime | None = None,
     ) -> _Outcome:
-        """Run one attempt; never raises for the activity's own failures."""
+        """Run one attempt; never raises for the activity's own failures.
+
+        With ``schedule_to_close`` (counted from ``scheduled_at``, when the step was
+        first scheduled): an attempt due after the deadline is not run, one still
+        running at the deadline is cut, and a retry that would start past it is not
+        made; each ends the step with a ScheduleToCloseTimeout error."""
         attempt = info.attempt
         what = f"activity {activity.name!r}"
+        clock = self.store.clock
+        deadline = None
+        if activity.schedule_to_close is not None and scheduled_at is not None:
+            deadline = scheduled_at + activity.schedule_to_close
+            if clock.now() >= deadline:
+                error = _schedule_to_close(activity, attempt - 1, None)
+                return _Outcome(error=error)
         try:
             value = decode_payload(payload, activity.input_type, what=f"input of {what}")
         except PayloadError as exc:
@@ -743,15 +787,23 @@ class Worker:
         state = _ActivityState(info)
         keeper.watch(state)
         token = _state.set(state)
+        left = None if deadline is None else (deadline - clock.now()).total_seconds()
         try:
             if activity.heartbeat_timeout is not None:
-                result = await _run_with_heartbeat_timeout(activity, value, state, what)
-            elif activity.timeout is not None:
+                result = await _run_with_heartbeat_timeout(activity, value, state, what, left)
+            elif activity.timeout is not None or left is not None:
+                limit = activity.timeout.total_seconds() if activity.timeout else None
+                cut_by_deadline = left is not None and (limit is None or left < limit)
                 try:
                     result = await asyncio.wait_for(
-                        activity.run(value), activity.timeout.total_seconds()
+                        activity.run(value), left if cut_by_deadline else limit
                     )
                 except TimeoutError as exc:
+                    if cut_by_deadline:
+                        raise ScheduleToCloseTimeout(
+                            f"{what} was not done within {activity.schedule_to_close} "
+                            "of being scheduled; its running attempt was cut"
+                        ) from exc
                     raise ActivityTimeout(
                         f"{what} did not finish within {activity.timeout}"
                     ) from exc
@@ -759,8 +811,13 @@ class Worker:
                 result = await activity.run(value)
         except Exception as exc:
             error = ErrorInfo.from_exception(exc, attempts=attempt)
+            if isinstance(exc, ScheduleToCloseTimeout):
+                return _Outcome(error=error)
             if activity.retry.should_retry(exc, attempt):
-                return _Outcome(error=error, retry_in=activity.retry.delay(attempt))
+                delay = activity.retry.delay(attempt)
+                if deadline is not None and clock.now() + delay >= deadline:
+                    return _Outcome(error=_schedule_to_close(activity, attempt, error))
+                return _Outcome(error=error, retry_in=delay)
             return _Outcome(error=error)
         finally:
             _state.reset(token)
@@ -777,28 +834,51 @@ class Worker:
         return _Outcome(output=output)
 
 
+def _schedule_to_close(
+    activity: Activity[Any, Any], attempts: int, last: ErrorInfo | None
+) -> ErrorInfo:
+    """The error of a step whose schedule-to-close deadline passed between attempts."""
+    message = f"activity {activity.name!r} was not done within {activity.schedule_to_close} "
+    message += "of being scheduled"
+    if last is not None:
+        message += f"; no retry after attempt {attempts} failed with {last}"
+    return ErrorInfo(type=ScheduleToCloseTimeout.__name__, message=message, attempts=attempts)
+
+
 async def _run_with_heartbeat_timeout(
-    activity: Activity[Any, Any], value: Any, state: _ActivityState, what: str
+    activity: Activity[Any, Any],
+    value: Any,
+    state: _ActivityState,
+    what: str,
+    left: float | None = None,
 ) -> Any:
     """Run one attempt that must call flows.heartbeat() at least every
-    ``heartbeat_timeout`` (and finish within ``timeout``, if set): HeartbeatTimeout /
-    ActivityTimeout otherwise. The first period starts when the attempt starts. A sync
-    activity's thread cannot be stopped: its attempt fails, the thread runs on."""
+    ``heartbeat_timeout`` (and finish within ``timeout``, if set, and within ``left``
+    seconds, the rest of its schedule-to-close): HeartbeatTimeout / ActivityTimeout /
+    ScheduleToCloseTimeout otherwise. The first period starts when the attempt starts. A
+    sync activity's thread cannot be stopped: its attempt fails, the thread runs on."""
     assert activity.heartbeat_timeout is not None
     period = activity.heartbeat_timeout.total_seconds()
     started = time.monotonic()
     deadline = None if activity.timeout is None else started + activity.timeout.total_seconds()
+    cutoff = None if left is None else started + left
     task = asyncio.ensure_future(activity.run(value))
     try:
         while True:
             now = time.monotonic()
             wait = max(state.last_beat, started) + period - now
-            if deadline is not None:
-                wait = min(wait, deadline - now)
+            for limit in (deadline, cutoff):
+                if limit is not None:
+                    wait = min(wait, limit - now)
             done, _ = await asyncio.wait({task}, timeout=max(wait, 0.0))
             if done:
                 return task.result()
             now = time.monotonic()
+            if cutoff is not None and now >= cutoff:
+                raise ScheduleToCloseTimeout(
+                    f"{what} was not done within {activity.schedule_to_close} "
+                    "of being scheduled; its running attempt was cut"
+                )
             if deadline is not None and now >= deadline:
                 raise ActivityTimeout(f"{what} did not finish within {activity.timeout}")
             if now - max(state.last_beat, started) >= period:
@@ -858,7 +938,8 @@ def build_commit(
                 if e.seq in resolved or e.seq in cancelled:
                     continue
                 activity_tasks.append(
-                    retries.get(e.seq) or ActivityTaskSpec(seq=e.seq, name=e.name, input=e.input)
+                    retries.get(e.seq)
+                    or ActivityTaskSpec(seq=e.seq, name=e.name, input=e.input, scheduled_at=e.at)
                 )
             case TimerStarted():
                 new_seqs.add(e.seq)

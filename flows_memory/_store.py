@@ -79,6 +79,7 @@ class _Task:
     lease_expires: datetime | None = None
     parked: bool = False
     last_error: ErrorInfo | None = None
+    scheduled_at: datetime | None = None
     order: int = field(default_factory=lambda: next(_counter))
 
 
@@ -382,6 +383,7 @@ class MemoryStore:
                         input=task.input,
                         attempt=task.attempt,
                         cancel_requested=wf.cancel_requested,
+                        scheduled_at=task.scheduled_at,
                     )
                 )
         if claimed:
@@ -429,6 +431,7 @@ class MemoryStore:
                     input=spec.input,
                     attempt=spec.attempt,
                     last_error=spec.last_error,
+                    scheduled_at=spec.scheduled_at,
                 )
             for timer in commit.timers:
                 wf.step_tasks[timer.seq] = self._new_task(wf, "timer", timer.fire_at, seq=timer.seq)

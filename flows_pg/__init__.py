@@ -11,7 +11,18 @@
 
 from . import embedded
 from ._migrate import check_schema, load_migrations, migrate
+from ._rls import TENANT_SETTING, set_tenant, set_tenant_sync
 from ._store import PostgresStore
 from ._sync import SyncClient
 
-__all__ = ["PostgresStore", "SyncClient", "embedded", "check_schema", "load_migrations", "migrate"]
+__all__ = [
+    "TENANT_SETTING",
+    "PostgresStore",
+    "SyncClient",
+    "embedded",
+    "check_schema",
+    "load_migrations",
+    "migrate",
+    "set_tenant",
+    "set_tenant_sync",
+]

@@ -44,10 +44,10 @@ class ClientStatements:
     def __init__(self, schema: str, ident: str) -> None:
         self.schema = schema
         self.work_channel, self.workflow_channel = channel_names(schema)
-        self.start = _sql.START.replace("{S}", ident)
-        self.signal = _sql.SIGNAL.replace("{S}", ident)
-        self.cancel = _sql.CANCEL.replace("{S}", ident)
-        self.get = _sql.GET_WORKFLOW.replace("{S}", ident)
+        self.start = _sql.compact(_sql.START.replace("{S}", ident))
+        self.signal = _sql.compact(_sql.SIGNAL.replace("{S}", ident))
+        self.cancel = _sql.compact(_sql.CANCEL.replace("{S}", ident))
+        self.get = _sql.compact(_sql.GET_WORKFLOW.replace("{S}", ident))
 
     def wf_key(self, tenant_id: str, workflow_id: str) -> str:
         return _json.encode((tenant_id, workflow_id)).decode()

@@ -3,7 +3,9 @@
 Migration files live in ``flows_pg/migrations`` (``NNN_name.sql``; the repository's
 ``migrations/`` is a link to it). ``{schema}`` in a file is replaced by the schema name,
 validated against ``^[a-z_][a-z0-9_]{0,62}$`` and quoted by ``psycopg.sql.Identifier``.
-Files whose name contains ``citus`` are applied only with ``citus=True``.
+Files whose name contains ``citus`` are applied only with ``citus=True``, and those whose
+name has the word ``rls`` (``100_rls.sql``, ``1NN_x_rls.sql``: row-level security,
+numbered from 100) only with ``rls=True``.
 
 Everything runs in one transaction that first takes ``pg_advisory_xact_lock`` on a key
 derived from the schema name, so ten workers starting together apply each migration
@@ -55,7 +57,7 @@ class Migration:
         return sql.SQL(self.text).format(schema=sql.Identifier(check_schema(schema)))
 
 
-def load_migrations(*, citus: bool = False) -> list[Migration]:
+def load_migrations(*, citus: bool = False, rls: bool = False) -> list[Migration]:
     """The migration files shipped with flows_pg, in version order."""
     found: list[Migration] = []
     for entry in MIGRATIONS_DIR.iterdir():
@@ -63,6 +65,8 @@ def load_migrations(*, citus: bool = False) -> list[Migration]:
         if match is None:
             continue
         if "citus" in match.group(2) and not citus:
+            continue
+        if "rls" in match.group(2).split("_") and not rls:
             continue
         text = entry.read_text(encoding="utf-8")
         found.append(Migration(int(match.group(1)), match.group(2), text))
@@ -78,7 +82,9 @@ def _lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-async def _apply(conn: psycopg.AsyncConnection[Any], schema: str, citus: bool) -> list[int]:
+async def _apply(
+    conn: psycopg.AsyncConnection[Any], schema: str, citus: bool, rls: bool = False
+) -> list[int]:
     ident = sql.Identifier(schema)
     applied: list[int] = []
     async with conn.transaction(), conn.cursor() as cur:
@@ -94,7 +100,7 @@ async def _apply(conn: psycopg.AsyncConnection[Any], schema: str, citus: bool) -
         )
         await cur.execute(sql.SQL("SELECT version FROM {}.schema_migrations").format(ident))
         done = {int(row[0]) for row in await cur.fetchall()}
-        for migration in load_migrations(citus=citus):
+        for migration in load_migrations(citus=citus, rls=rls):
             if migration.version in done:
                 continue
             await cur.execute(migration.statement(schema))
@@ -113,21 +119,24 @@ async def migrate(
     schema: str = "flows",
     *,
     citus: bool = False,
+    rls: bool = False,
 ) -> list[int]:
     """Bring ``schema`` up to date; return the versions applied now (often none).
 
     Takes a DSN, an ``AsyncConnection`` (used in a transaction, or a savepoint if one is
-    open) or an ``AsyncConnectionPool``.
+    open) or an ``AsyncConnectionPool``. ``rls=True`` also applies the optional
+    row-level security migration (see ``flows_pg/migrations/100_rls.sql``); leaving it
+    out later never removes it.
     """
     schema = check_schema(schema)
     if isinstance(conninfo_or_conn, str):
         async with await psycopg.AsyncConnection.connect(conninfo_or_conn) as conn:
-            return await _apply(conn, schema, citus)
+            return await _apply(conn, schema, citus, rls)
     if isinstance(conninfo_or_conn, psycopg.AsyncConnection):
-        return await _apply(conninfo_or_conn, schema, citus)
+        return await _apply(conninfo_or_conn, schema, citus, rls)
     if isinstance(conninfo_or_conn, AsyncConnectionPool):
         async with conninfo_or_conn.connection() as conn:
-            return await _apply(conn, schema, citus)
+            return await _apply(conn, schema, citus, rls)
     raise TypeError(
         "migrate() takes a DSN string, a psycopg.AsyncConnection or an AsyncConnectionPool, "
         f"got {type(conninfo_or_conn).__name__}"

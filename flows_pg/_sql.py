@@ -22,7 +22,11 @@ are the oldest ones, and the rest (if any) stay queued in order.
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 __all__ = [
+    "compact",
     "CANCEL",
     "CLAIM",
     "COMMIT",
@@ -47,6 +51,17 @@ __all__ = [
     "UNREGISTER_WORKER",
     "list_workflows_sql",
 ]
+
+_COMMENT: Final = re.compile(r"--[^\n']*$", re.MULTILINE)
+_SPACE: Final = re.compile(r"\s+")
+
+
+def compact(statement: str) -> str:
+    """Drop ``--`` comments and runs of white space: psycopg caches the parsing of
+    statements up to 4 KiB only, and the claim and commit statements are longer as
+    written. (No literal in our statements contains ``--`` or repeated spaces.)"""
+    return _SPACE.sub(" ", _COMMENT.sub("", statement)).strip()
+
 
 TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
 
@@ -234,7 +249,7 @@ WITH c AS MATERIALIZED (
   RETURNING t.shard_key, t.tenant_id, t.workflow_id, t.task_id, t.kind, t.lease_token,
             t.visible_at, t.seq, t.name, t.input::text AS input,
             CASE WHEN t.kind = 'workflow' THEN t.attempt - 1 ELSE t.attempt END AS attempt,
-            ok.rn
+            ok.rn, t.scheduled_at
 ), mv AS (
   DELETE FROM {S}.inbox i
   USING cw
@@ -281,7 +296,8 @@ SELECT u.kind, u.task_id, u.lease_token, u.visible_at, u.seq, u.name, u.input, u
     + _same_wf("mp", "u")
     + """
     ) x
-  ) END
+  ) END,
+  u.scheduled_at
 FROM u
 CROSS JOIN LATERAL (
   SELECT cw.tenant_id, cw.workflow_id, cw.name, cw.version, cw.shard_key, cw.status,
@@ -389,12 +405,13 @@ COMMIT = (
     AND NOT %(terminal)s AND (%(keep)s OR f.inbox_length > 0)
 ), a AS (
   INSERT INTO {S}.tasks (shard_key, tenant_id, task_id, workflow_id, kind, queue, name, seq,
-                         input, attempt, last_error, visible_at)
+                         input, attempt, last_error, visible_at, scheduled_at)
   SELECT f.shard_key, f.tenant_id, x.id, f.workflow_id, 'activity', 'a:' || x.name, x.name,
-         x.seq, x.input::json, x.attempt, x.err::json, coalesce(x.vis, now())
+         x.seq, x.input::json, x.attempt, x.err::json, coalesce(x.vis, now()), x.sched
   FROM f, unnest(%(a_ids)s::uuid[], %(a_seqs)s::int[], %(a_names)s::text[],
                  %(a_inputs)s::text[], %(a_attempts)s::int[], %(a_errors)s::text[],
-                 %(a_visible)s::timestamptz[]) AS x(id, seq, name, input, attempt, err, vis)
+                 %(a_visible)s::timestamptz[], %(a_scheduled)s::timestamptz[])
+          AS x(id, seq, name, input, attempt, err, vis, sched)
   WHERE NOT %(terminal)s
   ON CONFLICT (shard_key, tenant_id, workflow_id, seq) WHERE kind <> 'workflow' DO NOTHING
 ), tm AS (

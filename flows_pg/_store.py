@@ -67,6 +67,7 @@ __all__ = ["PostgresStore"]
 
 T = TypeVar("T")
 
+
 _json: Final = msgspec.json.Encoder()
 _error_decoder: Final = msgspec.json.Decoder(ErrorInfo)
 _types_decoder: Final = msgspec.json.Decoder(list[tuple[str, int]])
@@ -185,20 +186,22 @@ class PostgresStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def migrate(self) -> list[int]:
-        """Create or upgrade this store's schema; returns the versions applied."""
+    async def migrate(self, *, rls: bool = False) -> list[int]:
+        """Create or upgrade this store's schema; returns the versions applied.
+        ``rls=True`` also turns on row-level security (see ``flows_pg.set_tenant``)."""
         await self.open()
-        return await migrate(self._pool, self.schema)
+        return await migrate(self._pool, self.schema, rls=rls)
 
     async def is_migrated(self) -> bool:
         """True if this store's schema exists and has every migration of this version."""
-        latest = max(m.version for m in load_migrations())
+        required = {m.version for m in load_migrations()}
         table = f"{self._ident}.schema_migrations"
         rows = await self._rows("SELECT to_regclass(%(table)s) IS NOT NULL", {"table": table})
         if not rows[0][0]:
             return False
-        rows = await self._rows(self._q("SELECT max(version) FROM {S}.schema_migrations"), {})
-        return rows[0][0] is not None and int(rows[0][0]) >= latest
+        # Every base version, not max(version): optional ones (rls, 100+) sort above them.
+        rows = await self._rows(self._q("SELECT version FROM {S}.schema_migrations"), {})
+        return required <= {int(row[0]) for row in rows}
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
@@ -211,7 +214,7 @@ class PostgresStore:
     # -- plumbing --
 
     def _q(self, template: str) -> str:
-        return template.replace("{S}", self._ident)
+        return _sql.compact(template.replace("{S}", self._ident))
 
     async def _listen_connect(self) -> psycopg.AsyncConnection[Any]:
         kwargs = {**self._conn_kwargs, "autocommit": True}
@@ -403,6 +406,7 @@ class PostgresStore:
                         input=msgspec.Raw((task_input or "null").encode()),
                         attempt=attempt,
                         cancel_requested=wf[13],
+                        scheduled_at=None if row[24] is None else utc(row[24]),
                     )
                 )
         return claimed
@@ -434,6 +438,7 @@ class PostgresStore:
                 "a_attempts": [a.attempt for a in acts],
                 "a_errors": [error_text(a.last_error) for a in acts],
                 "a_visible": [a.visible_at for a in acts],
+                "a_scheduled": [a.scheduled_at for a in acts],
                 "t_ids": [uuid6.uuid7() for _ in commit.timers],
                 "t_seqs": [t.seq for t in commit.timers],
                 "t_fire": [t.fire_at for t in commit.timers],

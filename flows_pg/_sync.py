@@ -4,6 +4,7 @@ on the caller's own psycopg ``Connection`` and inside its transaction."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -96,10 +97,12 @@ class SyncClient:
         *,
         tenant_id: str | None = None,
         workflow_id: str | None = None,
+        execution_timeout: timedelta | None = None,
         tx: Any = None,
     ) -> str:
-        """Start a workflow; returns its id. Validates exactly like ``Engine.start``."""
-        new, _ = self.planner.start(workflow, input, tenant_id, workflow_id)
+        """Start a workflow; returns its id. Validates exactly like ``Engine.start``
+        (``execution_timeout`` too)."""
+        new, _ = self.planner.start(workflow, input, tenant_id, workflow_id, execution_timeout)
         self._run(start_op(self._st, new), tx)
         return new.workflow_id
 

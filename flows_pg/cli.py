@@ -59,7 +59,7 @@ async def open_store(args: argparse.Namespace, *, migrate: bool = False) -> Asyn
         raise CliError(f"cannot connect to PostgreSQL ({_redact(dsn)}): {first}") from exc
     try:
         if migrate:
-            await store.migrate()
+            await store.migrate(rls=getattr(args, "rls", False))
         elif not await store.is_migrated():
             raise CliError(
                 f"the database has no Flows schema {args.schema!r}; run `flows migrate` first"
@@ -207,7 +207,11 @@ async def cmd_start(args: argparse.Namespace) -> None:
             engine = flows.Engine(store)
             definition = _untyped(args.name, args.version)
         run = await engine.start(
-            definition, payload, tenant_id=args.tenant, workflow_id=args.workflow_id
+            definition,
+            payload,
+            tenant_id=args.tenant,
+            workflow_id=args.workflow_id,
+            execution_timeout=args.timeout,
         )
         print(run.workflow_id)
 
@@ -478,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("migrate", help="create or upgrade the Flows schema")
+    p.add_argument(
+        "--rls",
+        action="store_true",
+        help="also enable row-level security per tenant (see README, Row-level security)",
+    )
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("worker", help="run a worker for the definitions in --app")
@@ -493,6 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant")
     p.add_argument("--app", help="module:attribute, to validate the input against its type")
     p.add_argument("--version", type=int, default=1, help="version when --app is not given")
+    p.add_argument(
+        "--timeout",
+        type=parse_age,
+        help="execution timeout (30m, 12h, 7d...): then the workflow fails with WorkflowTimeout",
+    )
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("signal", help="send a signal")

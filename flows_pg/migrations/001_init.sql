@@ -107,6 +107,9 @@ CREATE TABLE IF NOT EXISTS {schema}.tasks (
     attempt     integer     NOT NULL DEFAULT 1,
     last_error  json,
     visible_at  timestamptz NOT NULL,
+    -- activity tasks: when the workflow first scheduled the step (ActivityScheduled.at),
+    -- kept across retries; the worker's schedule-to-close deadline counts from it.
+    scheduled_at timestamptz,
     lease_token uuid,
     lease_owner text,
     created_at  timestamptz NOT NULL DEFAULT now(),

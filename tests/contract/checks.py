@@ -19,6 +19,10 @@ Vocabulary (see ``flows_core._events``):
   timeout of a SignalWaitStarted that has one);
 * StepCancelled drops a pending step (its task or timer is deleted in the same commit);
 * terminal events: WorkflowCompleted / WorkflowFailed / WorkflowCancelled;
+* the execution deadline (``start(..., execution_timeout=)``): the reserved step #0, a
+  TimerStarted with seq 0 that the first workflow task records before any step of the
+  code, resolved by a TimerFired with seq 0 when the deadline passes; the workflow then
+  ends FAILED with error type WorkflowTimeout;
 * *inbox events* come from outside the workflow's own decisions: SignalReceived,
   CancelRequested, and resolutions written by complete_activity / fire_due_timers.
 
@@ -43,6 +47,7 @@ from collections.abc import Sequence
 import msgspec
 
 from flows_core._events import (
+    DEADLINE_SEQ,
     ActivityCompleted,
     ActivityFailedEvent,
     ActivityScheduled,
@@ -136,6 +141,12 @@ def assert_history_invariants(
        again). ``terminal_last=False`` tolerates inbox events after it (a store that
        appends what arrives straight to the history), never a command, StepCancelled
        or a second terminal.
+    8. The execution deadline: a TimerStarted with seq 0 (DEADLINE_SEQ) only if
+       WorkflowStarted has an execution_timeout, then exactly once, before every other
+       command, firing at ``started.at + execution_timeout``; it is outside the step
+       seqs of rule 3 and is never cancelled. A TimerFired with seq 0 only after it.
+       A terminal WorkflowFailed with error type WorkflowTimeout only after that
+       TimerFired, and every WorkflowTimeout history has it.
     """
     if not history:
         raise _fail(history, None, "history is empty (WorkflowStarted must be at position 1)")
@@ -149,8 +160,36 @@ def assert_history_invariants(
     cancels = 0
     signal_ids: Counter[str] = Counter()
     terminal_at: int | None = None
+    started = history[0]
+    deadline_fired = False
 
     for pos, event in enumerate(history, start=1):
+        if isinstance(event, TimerStarted) and event.seq == DEADLINE_SEQ:
+            if started.execution_timeout is None:
+                raise _fail(history, pos, "an execution deadline without execution_timeout")
+            if commands:
+                raise _fail(history, pos, "the execution deadline is not the first command")
+            if event.fire_at != started.at + started.execution_timeout:
+                raise _fail(history, pos, f"execution deadline at {event.fire_at}")
+            commands[DEADLINE_SEQ] = event
+            continue
+        if isinstance(event, TimerFired) and event.seq == DEADLINE_SEQ:
+            if DEADLINE_SEQ not in commands:
+                raise _fail(history, pos, "the execution deadline fired but was never set")
+            if deadline_fired:
+                raise _fail(history, pos, "the execution deadline fired twice")
+            deadline_fired = True
+            if terminal_at is not None and terminal_last:
+                raise _fail(history, pos, f"TimerFired after the terminal event at {terminal_at}")
+            continue
+        if isinstance(event, StepCancelled) and event.seq == DEADLINE_SEQ:
+            raise _fail(history, pos, "the execution deadline was cancelled")
+        if (
+            isinstance(event, WorkflowFailedEvent)
+            and event.error.type == "WorkflowTimeout"
+            and not deadline_fired
+        ):
+            raise _fail(history, pos, "WorkflowTimeout before the execution deadline fired")
         if pos > 1 and isinstance(event, WorkflowStarted):
             raise _fail(history, pos, "a second WorkflowStarted")
         if terminal_at is not None and (terminal_last or not isinstance(event, INBOX_TYPES)):
@@ -229,7 +268,7 @@ def assert_record_matches(record: WorkflowRecord, history: Sequence[Event]) -> N
     assert record.history_length == len(history), (
         f"row says {record.history_length} events, history has {len(history)}"
     )
-    seqs = [e.seq for e in history if isinstance(e, COMMAND_TYPES)]
+    seqs = [e.seq for e in history if isinstance(e, COMMAND_TYPES) and e.seq != DEADLINE_SEQ]
     expected_next = (max(seqs) + 1) if seqs else 1
     assert record.next_seq == expected_next, (
         f"row next_seq {record.next_seq}, history's last command seq + 1 is {expected_next}"

@@ -642,3 +642,34 @@ async def test_signal_with_payload_is_kept_verbatim(kit: Kit) -> None:
     assert isinstance(stored, SignalReceived)
     assert decoded(stored.payload) == payload
     assert (stored.name, stored.signal_id) == ("data", sig.signal_id)
+
+
+async def test_activity_task_keeps_its_scheduled_at_across_retries(kit: Kit) -> None:
+    """The first-scheduled time of a queued step (schedule-to-close counts from it) is
+    stored with the task and handed back by every claim, after a retry too."""
+    await kit.start()
+    claim = await kit.claim_wf()
+    first = kit.now() - timedelta(hours=3)
+    await kit.store.commit_workflow_task(
+        kit.commit(
+            claim,
+            [ActivityScheduled(seq=1, name=kit.act, input=raw(1), at=first)],
+            next_seq=2,
+            activity_tasks=[
+                ActivityTaskSpec(seq=1, name=kit.act, input=raw(1), scheduled_at=first)
+            ],
+        )
+    )
+    act = await kit.claim_act()
+    assert close_to(act.scheduled_at, first)
+    await kit.store.retry_activity(
+        ActivityRetry(
+            lease=act.lease,
+            next_attempt=2,
+            visible_at=kit.now(),
+            error=ErrorInfo(type="Boom", message="x"),
+        )
+    )
+    again = await kit.claim_act()
+    assert again.attempt == 2
+    assert close_to(again.scheduled_at, first)
