@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import enum
-from contextvars import ContextVar
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -11,15 +9,12 @@ import msgspec
 from ._errors import InvalidArgument, PayloadError, PayloadTooLarge
 
 __all__ = [
-    "CONFIGURED_LIMIT",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "MAX_NAME_LENGTH",
     "check_id",
     "check_name",
     "decode_payload",
     "encode_payload",
-    "payload_limit",
-    "set_payload_limit",
 ]
 
 T = TypeVar("T")
@@ -31,43 +26,18 @@ _encoder: Final = msgspec.json.Encoder()
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
 
-class _Configured(enum.Enum):
-    LIMIT = "configured"
-
-
-CONFIGURED_LIMIT: Final = _Configured.LIMIT
-"""``encode_payload(max_bytes=CONFIGURED_LIMIT)``: the limit of the current context."""
-
-_payload_limit: ContextVar[int | None] = ContextVar(
-    "flows_payload_limit", default=DEFAULT_MAX_PAYLOAD_BYTES
-)
-
-
-def set_payload_limit(max_bytes: int | None) -> None:
-    """Set the payload limit of the current context (a worker sets its own in each task,
-    so the workflow code it runs -- activity inputs, workflow outputs -- honours it)."""
-    _payload_limit.set(max_bytes)
-
-
-def payload_limit() -> int | None:
-    return _payload_limit.get()
-
-
 def encode_payload(
     value: object,
     *,
     what: str = "payload",
     expected_type: Any = Any,
-    max_bytes: int | _Configured | None = CONFIGURED_LIMIT,
+    max_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> msgspec.Raw:
     """Encode ``value`` to JSON and check it decodes back as ``expected_type``.
 
     Raises PayloadError naming ``what`` when the value cannot be encoded or does not
-    match the annotation, and PayloadTooLarge past ``max_bytes`` (by default the limit
-    of the current context: ``DEFAULT_MAX_PAYLOAD_BYTES`` unless a worker set its own).
+    match the annotation, and PayloadTooLarge past ``max_bytes``.
     """
-    if isinstance(max_bytes, _Configured):
-        max_bytes = _payload_limit.get()
     try:
         data = _encoder.encode(value)
     except (TypeError, ValueError, OverflowError) as exc:

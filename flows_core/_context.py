@@ -53,7 +53,10 @@ class WorkflowContext:
                 f"ctx.execute() takes an Activity made with @flows.activity, got {activity!r}"
             )
         payload = encode_payload(
-            input, what=f"input of activity {activity.name!r}", expected_type=activity.input_type
+            input,
+            what=f"input of activity {activity.name!r}",
+            expected_type=activity.input_type,
+            max_bytes=self._instance.max_payload_bytes,
         )
         return self._instance.schedule_activity(activity.name, payload, activity.output_type)
 

@@ -33,7 +33,7 @@ from uuid import UUID
 
 import msgspec
 
-from ._codec import decode_payload, encode_payload
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
 from ._definitions import Workflow
 from ._errors import (
     ActivityFailed,
@@ -193,8 +193,15 @@ class _SignalWait:
 class WorkflowInstance:
     """One workflow's code, driven deterministically by its history."""
 
-    def __init__(self, definition: Workflow[Any, Any]) -> None:
+    def __init__(
+        self,
+        definition: Workflow[Any, Any],
+        *,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
         self.definition = definition
+        self.max_payload_bytes = max_payload_bytes
+        """Limit for what the code encodes: activity inputs and the workflow's output."""
         self.workflow_id = ""
         self.tenant_id = ""
         self.seed = 0
@@ -449,6 +456,7 @@ class WorkflowInstance:
                     main._result,
                     what=f"output of workflow {self.definition.name!r}",
                     expected_type=self.definition.output_type,
+                    max_bytes=self.max_payload_bytes,
                 )
             except PayloadError as perr:
                 event = WorkflowFailedEvent(error=ErrorInfo.from_exception(perr), at=self.now)

@@ -39,7 +39,7 @@ import msgspec
 import uuid6
 
 from ._activity_context import ActivityInfo, _ActivityState, _state
-from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload, set_payload_limit
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
 from ._definitions import Activity, Workflow
 from ._engine import WorkflowRegistry, prune_store
 from ._errors import (
@@ -462,9 +462,6 @@ class Worker:
 
     async def _process(self, claim: ClaimedTask) -> None:
         lease = claim.lease
-        # This task's own context: the workflow code it runs encodes activity inputs and
-        # workflow outputs under this worker's payload limit.
-        set_payload_limit(self.max_payload_bytes)
         try:
             if isinstance(claim, WorkflowTaskClaim):
                 self.counters["workflow_tasks"] += 1
@@ -567,7 +564,7 @@ class Worker:
     ) -> None:
         wf = claim.workflow
         clock = self.store.clock
-        instance = WorkflowInstance(definition)
+        instance = WorkflowInstance(definition, max_payload_bytes=self.max_payload_bytes)
         activation = self._apply(instance, claim.history, clock.now())
         progress = _Progress(claim.lease, len(claim.history), wf.next_seq)
         pending: list[Event] = list(activation.new_events)
