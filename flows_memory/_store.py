@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -62,6 +63,9 @@ _Kind = Literal["workflow", "activity", "timer"]
 _counter = itertools.count()
 _NULL = msgspec.Raw(b"null")
 
+_Queue = tuple[str, str, int]
+"""A claim queue: ("w", workflow name, version), ("a", activity name, 0), ("t", "", 0)."""
+
 
 @dataclass
 class _Task:
@@ -81,6 +85,14 @@ class _Task:
     last_error: ErrorInfo | None = None
     scheduled_at: datetime | None = None
     order: int = field(default_factory=lambda: next(_counter))
+    queue: _Queue = ("t", "", 0)
+    gen: int = 0
+    """Bumped on every change of claimability (and on delete): heap entries carrying an
+    older generation are stale and skipped (lazy invalidation)."""
+
+
+_Entry = tuple[datetime, int, int, _Task]
+"""A heap entry: (when, task.order, task.gen, task)."""
 
 
 @dataclass
@@ -126,6 +138,18 @@ class MemoryStore:
         self._workers: dict[str, WorkerInfo] = {}
         self._work_waiters: list[asyncio.Future[None]] = []
         self._wf_waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
+        # Indexes (lazy invalidation through _Task.gen), so claims and timer scans do
+        # not look at every task:
+        self._pending: dict[str, list[_Entry]] = {}
+        """Per shard: non-timer, unparked tasks keyed by the time they become claimable
+        (visible_at, or the lease expiry if later)."""
+        self._ready: dict[_Queue, list[_Entry]] = {}
+        """Per queue: claimable tasks keyed by (visible_at, order), the claim order."""
+        self._timer_wait: dict[str, list[_Entry]] = {}
+        """Per shard: timers not yet due at the last look, keyed by (visible_at, order)."""
+        self._timer_due: dict[str, list[_Entry]] = {}
+        """Per shard: due timers, keyed by (visible_at, order)."""
+        self._pushes = 0
         self.operations = 0
         """Number of write operations applied (a stand-in for transactions)."""
 
@@ -190,7 +214,12 @@ class MemoryStore:
             visible_at=visible_at,
             **fields,
         )
+        if kind == "workflow":
+            task.queue = ("w", wf.name, wf.version)
+        elif kind == "activity":
+            task.queue = ("a", task.name, 0)
         self._tasks[task.task_id] = task
+        self._touch(task)
         return task
 
     def _ensure_workflow_task(self, wf: _Workflow) -> None:
@@ -198,7 +227,89 @@ class MemoryStore:
             wf.workflow_task = self._new_task(wf, "workflow", self._clock.now())
 
     def _delete(self, task: _Task) -> None:
-        self._tasks.pop(task.task_id, None)
+        if self._tasks.get(task.task_id) is task:
+            del self._tasks[task.task_id]
+        task.gen += 1
+
+    # -- indexes --
+
+    def _index(self, task: _Task) -> None:
+        """Push an entry for the task's current state and generation."""
+        if self._tasks.get(task.task_id) is not task:
+            return
+        now = self._clock.now()
+        entry: _Entry = (task.visible_at, task.order, task.gen, task)
+        if task.kind == "timer":
+            timers = self._timer_due if task.visible_at <= now else self._timer_wait
+            heapq.heappush(timers.setdefault(task.shard_key, []), entry)
+        elif task.parked:
+            return
+        elif self._claimable(task, now):
+            heapq.heappush(self._ready.setdefault(task.queue, []), entry)
+        else:
+            when = task.visible_at
+            if task.token is not None and task.lease_expires is not None:
+                when = max(when, task.lease_expires)
+            entry = (when, task.order, task.gen, task)
+            heapq.heappush(self._pending.setdefault(task.shard_key, []), entry)
+        self._pushes += 1
+
+    def _touch(self, task: _Task) -> None:
+        """Call after any change to a task's visibility, lease or parked state."""
+        task.gen += 1
+        self._index(task)
+        if self._pushes > 2 * len(self._tasks) + 1024:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Drop all heap entries (and so the stale ones) and index every task afresh."""
+        self._pending, self._ready = {}, {}
+        self._timer_wait, self._timer_due = {}, {}
+        self._pushes = 0
+        for task in self._tasks.values():
+            self._index(task)
+
+    def _promote(self, now: datetime) -> None:
+        """Move pending tasks whose time has come into their ready queues."""
+        for heap in self._pending.values():
+            while heap and heap[0][0] <= now:
+                _, order, gen, task = heapq.heappop(heap)
+                if task.gen == gen and self._claimable(task, now):
+                    entry = (task.visible_at, order, gen, task)
+                    heapq.heappush(self._ready.setdefault(task.queue, []), entry)
+        for shard, heap in self._timer_wait.items():
+            if heap and heap[0][0] <= now:
+                due = self._timer_due.setdefault(shard, [])
+                while heap and heap[0][0] <= now:
+                    entry = heapq.heappop(heap)
+                    if entry[3].gen == entry[2]:
+                        heapq.heappush(due, entry)
+
+    @staticmethod
+    def _clean(heap: list[_Entry] | None) -> list[_Entry] | None:
+        """Pop stale entries off the top; the heap if a live entry remains, else None."""
+        if heap is None:
+            return None
+        while heap and heap[0][3].gen != heap[0][2]:
+            heapq.heappop(heap)
+        return heap or None
+
+    @staticmethod
+    def _merge(heaps: dict[Any, list[_Entry]], keys: Any) -> Iterator[tuple[Any, _Entry]]:
+        """Pop entries from ``heaps[k]`` for k in ``keys`` in global (when, order) order."""
+        heads: list[tuple[datetime, int, Any]] = []
+        for k in dict.fromkeys(keys):
+            h = heaps.get(k)
+            if h:
+                heads.append((h[0][0], h[0][1], k))
+        heapq.heapify(heads)
+        while heads:
+            _, _, k = heapq.heappop(heads)
+            h = heaps[k]
+            entry = heapq.heappop(h)
+            if h:
+                heapq.heappush(heads, (h[0][0], h[0][1], k))
+            yield k, entry
 
     def _drop_all(self, wf: _Workflow) -> None:
         if wf.workflow_task is not None:
@@ -328,31 +439,40 @@ class MemoryStore:
     async def claim(self, request: ClaimRequest) -> list[ClaimedTask]:
         self._fault("claim", "before")
         now = self._clock.now()
-        types = set(request.workflow_types)
-        names = set(request.activity_names)
         shards = set(request.shard_keys) if request.shard_keys is not None else None
+        queues: list[_Queue] = [("w", n, v) for n, v in request.workflow_types]
+        queues += [("a", n, 0) for n in request.activity_names]
+        self._promote(now)
         candidates: list[tuple[_Task, _Workflow]] = []
-        for task in self._tasks.values():
-            if not self._claimable(task, now):
-                continue
-            if shards is not None and task.shard_key not in shards:
-                continue
-            wf = self._workflows[task.key]
-            if task.kind == "workflow":
-                if (wf.name, wf.version) not in types or wf.status != WorkflowStatus.RUNNING:
+        skipped: list[tuple[_Queue, _Entry]] = []
+        if request.limit > 0:
+            for q, entry in self._merge(self._ready, queues):
+                task, gen = entry[3], entry[2]
+                if task.gen != gen:
+                    continue  # stale
+                if not self._claimable(task, now):  # the clock went back
+                    self._touch(task)
                     continue
-                if request.fresh_only and task.attempt > 1:
+                wf = self._workflows[task.key]
+                if (
+                    (shards is not None and task.shard_key not in shards)
+                    or (task.kind == "workflow" and wf.status != WorkflowStatus.RUNNING)
+                    or (task.kind == "workflow" and request.fresh_only and task.attempt > 1)
+                ):
+                    skipped.append((q, entry))
                     continue
-            elif task.name not in names:
-                continue
-            candidates.append((task, wf))
-        candidates.sort(key=lambda c: (c[0].visible_at, c[0].order))
+                candidates.append((task, wf))
+                if len(candidates) >= request.limit:
+                    break
+        for q, entry in skipped:
+            heapq.heappush(self._ready[q], entry)
         claimed: list[ClaimedTask] = []
         expires = now + request.lease
-        for task, wf in candidates[: request.limit]:
+        for task, wf in candidates:
             task.token = str(uuid6.uuid7())
             task.owner = request.owner
             task.lease_expires = expires
+            self._touch(task)
             lease = Lease(
                 task_id=task.task_id,
                 token=task.token,
@@ -438,11 +558,13 @@ class MemoryStore:
             task.attempt = 1  # a successful commit resets the attempt count
             if commit.keep_lease is not None:
                 task.lease_expires = now + commit.keep_lease
+                self._touch(task)
                 moved = list(wf.inbox)
                 self._flush(wf)
             elif grew:
                 task.token = task.owner = task.lease_expires = None
                 task.visible_at = now
+                self._touch(task)
             else:
                 self._delete(task)
                 wf.workflow_task = None
@@ -457,6 +579,7 @@ class MemoryStore:
         wf.error = error
         task.parked = True
         task.token = task.owner = task.lease_expires = None
+        self._touch(task)
         self._changed(wf, work=False)
         self._fault("park_workflow", "after")
 
@@ -472,6 +595,7 @@ class MemoryStore:
         task.token = task.owner = task.lease_expires = None
         task.visible_at = visible_at
         task.last_error = error
+        self._touch(task)
         self._changed(wf, work=True)
         self._fault("fail_workflow_task", "after")
 
@@ -490,6 +614,7 @@ class MemoryStore:
         task.visible_at = self._clock.now()
         task.attempt = 1
         task.last_error = None
+        self._touch(task)
         self._changed(wf, work=True)
         self._fault("retry_workflow", "after")
         return True
@@ -511,6 +636,7 @@ class MemoryStore:
         task.attempt = retry.next_attempt
         task.visible_at = retry.visible_at
         task.last_error = retry.error
+        self._touch(task)
         self._changed(wf, work=True)
         self._fault("retry_activity", "after")
 
@@ -520,6 +646,7 @@ class MemoryStore:
         if task.lease_expires is not None and task.lease_expires <= now:
             pass  # expired but not re-claimed: still ours, extend it
         task.lease_expires = now + extend
+        self._touch(task)
         return HeartbeatReply(expires_at=task.lease_expires, cancel_requested=wf.cancel_requested)
 
     async def release(self, lease: Lease) -> None:
@@ -529,23 +656,33 @@ class MemoryStore:
         task.token = task.owner = task.lease_expires = None
         if task.kind == "workflow":
             task.attempt = max(task.attempt - 1, 1)  # a released claim does not count
+        self._touch(task)
         self.notify_work()
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
         now = self._clock.now()
-        shards = set(shard_keys) if shard_keys is not None else None
-        due = [
-            t
-            for t in self._tasks.values()
-            if t.kind == "timer"
-            and t.visible_at <= now
-            and (shards is None or t.shard_key in shards)
-        ]
+        self._promote(now)
+        keys = list(self._timer_due) if shard_keys is None else list(shard_keys)
+        due: list[_Task] = []
+        taken: list[tuple[str, _Entry]] = []
+        if limit > 0:
+            for shard, entry in self._merge(self._timer_due, keys):
+                if entry[3].gen != entry[2]:
+                    continue  # stale
+                taken.append((shard, entry))
+                due.append(entry[3])
+                if len(due) >= limit:
+                    break
+        elif any(self._clean(self._timer_due.get(k)) is not None for k in keys):
+            self._fault("fire_due_timers", "before")  # some are due, none may fire
+            self._fault("fire_due_timers", "after")
+            return 0
+        for shard, entry in taken:  # back until deleted below (a fault may come first)
+            heapq.heappush(self._timer_due[shard], entry)
         if not due:
             return 0
         self._fault("fire_due_timers", "before")
-        due.sort(key=lambda t: (t.visible_at, t.order))
-        for task in due[:limit]:
+        for task in due:
             wf = self._workflows[task.key]
             wf.inbox.append(TimerFired(seq=task.seq, at=now))
             wf.step_tasks.pop(task.seq, None)
@@ -553,20 +690,21 @@ class MemoryStore:
             self._ensure_workflow_task(wf)
             self._changed(wf, work=True)
         self._fault("fire_due_timers", "after")
-        return min(len(due), limit)
+        return len(due)
 
     async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
         now = self._clock.now()
-        shards = set(shard_keys) if shard_keys is not None else None
+        self._promote(now)
+        keys: Any = (
+            set(self._pending) | set(self._timer_wait) if shard_keys is None else set(shard_keys)
+        )
         best: datetime | None = None
-        for t in self._tasks.values():
-            if t.parked or (shards is not None and t.shard_key not in shards):
-                continue
-            when = t.visible_at
-            if t.token is not None and t.lease_expires is not None:
-                when = max(when, t.lease_expires)
-            if when > now and (best is None or when < best):
-                best = when
+        for k in keys:
+            for heap in (self._clean(self._pending.get(k)), self._clean(self._timer_wait.get(k))):
+                if heap is not None:
+                    when = heap[0][0]
+                    if when > now and (best is None or when < best):
+                        best = when
         return best
 
     async def wait_for_work(self, timeout: float) -> None:
@@ -651,13 +789,13 @@ class MemoryStore:
     def has_claimable_work(self) -> bool:
         """True if some task could be claimed (or timer fired) right now."""
         now = self._clock.now()
-        for t in self._tasks.values():
-            if t.parked:
-                continue
-            if t.kind == "timer":
-                if t.visible_at <= now:
-                    return True
-            elif self._claimable(t, now):
+        self._promote(now)
+        for heap in self._timer_due.values():
+            if self._clean(heap) is not None:
+                return True
+        for heap in self._ready.values():
+            top = self._clean(heap)
+            if top is not None and self._claimable(top[0][3], now):
                 return True
         return False
 
