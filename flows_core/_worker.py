@@ -597,17 +597,19 @@ class Worker:
                         continue
                 budget -= len(inline)
                 self.counters["inline_activities"] += len(inline)
-                outcomes = await asyncio.gather(
-                    *(
-                        self._attempt(
-                            self.activities[e.name],
-                            e.input,
-                            keeper,
-                            self._activity_info(claim.lease, wf.name, e.name, e.seq, 1),
-                            e.at,
-                        )
-                        for e in inline
+                attempts = [
+                    self._attempt(
+                        self.activities[e.name],
+                        e.input,
+                        keeper,
+                        self._activity_info(claim.lease, wf.name, e.name, e.seq, 1),
+                        e.at,
                     )
+                    for e in inline
+                ]
+                # one step (the common case) runs in this task: no task to create
+                outcomes = (
+                    [await attempts[0]] if len(attempts) == 1 else await asyncio.gather(*attempts)
                 )
                 keeper.check()
                 now = clock.now()
@@ -979,12 +981,19 @@ class _LeaseKeeper:
         self.lost: BaseException | None = None
         self.expires_at = lease.expires_at
         self._last_extend = time.monotonic()
+        self._interval = max(duration.total_seconds() / 3, 0.01)
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def watch(self, state: _ActivityState) -> None:
         self.states.add(state)
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._loop())
+        if self._task is None and self._timer is None:
+            # Most activities end long before the first look: a timer handle is far
+            # cheaper than a task that would only be cancelled.
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
 
     def unwatch(self, state: _ActivityState) -> None:
         self.states.discard(state)
@@ -994,9 +1003,11 @@ class _LeaseKeeper:
             raise LeaseLost(f"lease of task {self.lease.task_id} lost: {self.lost}")
 
     async def _loop(self) -> None:
-        interval = max(self.duration.total_seconds() / 3, 0.01)
+        first = True
         while True:
-            await asyncio.sleep(interval)
+            if not first:
+                await asyncio.sleep(self._interval)
+            first = False
             beat = any(s.last_beat > self._last_extend for s in self.states)
             if not beat:
                 continue
@@ -1023,6 +1034,8 @@ class _LeaseKeeper:
                 return
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
