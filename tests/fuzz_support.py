@@ -211,3 +211,30 @@ async def one_case(
     assert_not_secret(listed, tenant)
     if sync is not None:
         await sync(tally, tenant, workflow_id, name, signal_name, payload)
+
+
+def run_cases(examples: int, run_one: Callable[..., None]) -> None:
+    """Run ``run_one(**generated)`` on ``examples`` hostile cases (shared by every fuzz
+    test, so memory and PostgreSQL see the same inputs)."""
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(
+        tenant=tenants,
+        workflow_id=hostile_text,
+        name=hostile_text,
+        signal_name=hostile_text,
+        payload=hostile_payload,
+        status=statuses,
+        limit=ints,
+        offset=ints,
+    )
+    def case(**kw: Any) -> None:
+        run_one(**kw)
+
+    case()

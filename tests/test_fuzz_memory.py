@@ -11,14 +11,9 @@ from fuzz_support import (
     SECRET_TENANT,
     Tally,
     fuzz_wf,
-    hostile_payload,
-    hostile_text,
-    ints,
     one_case,
-    statuses,
-    tenants,
+    run_cases,
 )
-from hypothesis import HealthCheck, given, settings
 
 import flows_core as flows
 from flows_memory import MemoryStore
@@ -35,27 +30,11 @@ def test_hostile_inputs_memory(capsys: pytest.CaptureFixture[str]) -> None:
     )
     tally = Tally()
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-    )
-    @given(
-        tenant=tenants,
-        workflow_id=hostile_text,
-        name=hostile_text,
-        signal_name=hostile_text,
-        payload=hostile_payload,
-        status=statuses,
-        limit=ints,
-        offset=ints,
-    )
-    def case(**kw: Any) -> None:
+    def one(**kw: Any) -> None:
         loop.run_until_complete(one_case(engine, tally, **kw))
 
     try:
-        case()
+        run_cases(EXAMPLES, one)
     finally:
         loop.close()
     assert tally.cases >= EXAMPLES // 2

@@ -20,14 +20,9 @@ from fuzz_support import (
     assert_not_secret,
     expect_flows,
     fuzz_wf,
-    hostile_payload,
-    hostile_text,
-    ints,
     one_case,
-    statuses,
-    tenants,
+    run_cases,
 )
-from hypothesis import HealthCheck, given, settings
 
 import flows_core as flows
 from flows_pg import SyncClient
@@ -95,27 +90,11 @@ def test_hostile_inputs_pg(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> N
                 ),
             )
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-    )
-    @given(
-        tenant=tenants,
-        workflow_id=hostile_text,
-        name=hostile_text,
-        signal_name=hostile_text,
-        payload=hostile_payload,
-        status=statuses,
-        limit=ints,
-        offset=ints,
-    )
-    def case(**kw: Any) -> None:
+    def one(**kw: Any) -> None:
         loop.run_until_complete(one_case(engine, tally, sync=sync_ops, **kw))
 
     try:
-        case()
+        run_cases(EXAMPLES, one)
         # the secret workflow is intact and still its tenant's only
         info = loop.run_until_complete(engine.query(SECRET_ID, tenant_id=SECRET_TENANT))
         assert info.tenant_id == SECRET_TENANT
