@@ -132,6 +132,7 @@ class Tracker:
 # (a commit whose history grew meanwhile takes a second, locking, statement).
 COUNTED = (
     "start_workflow",
+    "start_workflow_leased",
     "signal_workflow",
     "cancel_workflow",
     "get_workflow",
@@ -157,6 +158,7 @@ def _counting(name: str, fn: Any) -> Any:
         return await fn(self, *args, **kwargs)
 
     call.__name__ = name
+    call.__wrapped__ = fn  # type: ignore[attr-defined]  # (PostgresStore looks through it)
     return call
 
 
@@ -192,6 +194,15 @@ def pg_store(dsn: str, schema: str, **kwargs: Any) -> Any:
     from flows_pg import PostgresStore
 
     store = tracked(PostgresStore)(dsn, schema=schema, **kwargs)
+    store.tracker = Tracker()
+    store.calls = {}
+    return store
+
+
+def citus_store(dsn: str, schema: str, **kwargs: Any) -> Any:
+    from flows_citus import CitusStore
+
+    store = tracked(CitusStore)(dsn, schema=schema, **kwargs)
     store.tracker = Tracker()
     store.calls = {}
     return store

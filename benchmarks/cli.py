@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -149,21 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     if "citus" in plan.adapters:
-        if not os.environ.get("FLOWS_CITUS_DSN"):
-            notes.append("Citus: skipped (set FLOWS_CITUS_DSN to run it).")
-        else:
-            try:
-                import flows_citus
-
-                has_store = hasattr(flows_citus, "CitusStore")
-            except ImportError:
-                has_store = False
-            if not has_store:
-                notes.append(
-                    "Citus: FLOWS_CITUS_DSN is set but flows_citus has no CitusStore yet: skipped."
-                )
-            else:  # pragma: no cover - not implemented in this tree yet
-                notes.append("Citus: CitusStore found but not wired into the harness yet.")
+        _citus_scenarios(plan, notes, attempt)
     for n in notes:
         log(n)
 
@@ -200,6 +187,55 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render(rows, info, extra_md))
     log(f"saved {md_path} and {png_path}")
     return 1 if failures and not rows else 0
+
+
+def _citus_scenarios(plan: Plan, notes: list[str], attempt: Any) -> None:
+    """The in-process scenarios on Citus: FLOWS_CITUS_DSN (a coordinator), else a local
+    three-node cluster when a PostgreSQL here has the citus extension installed."""
+    from flows_citus._cluster import LocalCitusCluster, find_citus_pg_bin
+
+    dsn = os.environ.get("FLOWS_CITUS_DSN")
+    cluster = None
+    if not dsn:
+        pg_bin = find_citus_pg_bin()
+        if pg_bin is None:
+            notes.append(
+                "Citus: skipped (set FLOWS_CITUS_DSN, or install the citus extension into a "
+                "local PostgreSQL)."
+            )
+            return
+        cluster = LocalCitusCluster(Path(tempfile.mkdtemp(prefix="flows-bench-citus-")), pg_bin)
+        dsn = cluster.start()
+        notes.append(f"Citus: local 3-node cluster from {pg_bin} (coordinator + 2 workers).")
+    try:
+        import psycopg
+
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT citus_version(), current_setting('server_version')"
+            ).fetchone()
+        if row is not None:
+            version = row[0].split(" on ")[0]
+            notes.append(f"Citus: {version}, PostgreSQL {row[1]}; 32 shard keys.")
+        citus = sc.Target("citus", dsn)
+        s = plan.scenarios
+        if "a" in s:
+            attempt(
+                "(a) citus throughput",
+                lambda: _run(sc.throughput_inprocess(citus, plan.n_for(8) // 2, plan.concurrency)),
+            )
+        if "b" in s:
+            attempt(
+                "(b) citus per-step",
+                lambda: _run(sc.per_step(citus, plan.steps_wfs, 20, plan.bulk)),
+            )
+        if "c" in s:
+            attempt("(c) citus signal", lambda: _run(sc.signal_latency(citus, plan.samples)))
+        if "d" in s:
+            attempt("(d) citus timers", lambda: _run(sc.timer_lateness(citus, plan.samples)))
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
 
 def _pg_scenarios(server: PgServer, plan: Plan, args: argparse.Namespace, attempt: Any) -> str:

@@ -53,7 +53,10 @@ async def open_store(target: Target, prefix: str) -> AsyncIterator[Any]:
         yield apps.memory_store()
         return
     schema = fresh_schema(prefix)
-    store = apps.pg_store(target.dsn, schema)
+    if target.adapter == "citus":
+        store = apps.citus_store(target.dsn, schema)
+    else:
+        store = apps.pg_store(target.dsn, schema)
     try:
         async with store:
             await store.migrate()
@@ -87,13 +90,18 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-# -- (a) throughput, memory only (PostgreSQL rounds run in subprocesses: see cli) --
+# -- (a) throughput in this process: memory and Citus (the PostgreSQL rounds, side by
+# side with the peers, run in subprocesses: see cli and pgruns) --
 
 
 async def throughput_memory(n: int, concurrencies: list[int]) -> list[Row]:
+    return await throughput_inprocess(Target("memory"), n, concurrencies)
+
+
+async def throughput_inprocess(target: Target, n: int, concurrencies: list[int]) -> list[Row]:
     rows = []
     for c in concurrencies:
-        async with flows_env(Target("memory"), "tp", concurrency=c) as (store, engine, _):
+        async with flows_env(target, "tp", concurrency=c) as (store, engine, _):
             store.tracker.expect(n)
             t0 = time.perf_counter()
             await apps.start_many(engine, apps.three, list(range(n)), 16)
@@ -102,7 +110,7 @@ async def throughput_memory(n: int, concurrencies: list[int]) -> list[Row]:
         rows.append(
             Row(
                 "a throughput",
-                "memory",
+                target.adapter,
                 f"c={c} N={n}",
                 "workflows/s",
                 n / elapsed,

@@ -6,7 +6,7 @@ import builtins
 import secrets
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import msgspec
 import uuid6
@@ -25,7 +25,7 @@ from ._errors import (
     WorkflowTimeout,
 )
 from ._events import CancelRequested, Event, SignalReceived, WorkflowStarted
-from ._sharding import HashSharder, Sharder, shard_key
+from ._sharding import HashSharder, Sharder, key_for
 from ._store import (
     TERMINAL_STATUSES,
     CancelOutcome,
@@ -34,6 +34,7 @@ from ._store import (
     Store,
     WorkflowRecord,
     WorkflowStatus,
+    WorkflowTaskClaim,
 )
 from ._tenancy import DEFAULT_TENANT, current_tenant
 
@@ -193,7 +194,6 @@ class Planner:
             expected_type=definition.input_type,
             max_bytes=self.max_payload_bytes,
         )
-        shard = self.sharder.shard_for(definition.name, wf_id, tenant)
         started = WorkflowStarted(
             name=definition.name,
             version=definition.version,
@@ -209,7 +209,7 @@ class Planner:
             workflow_id=wf_id,
             name=definition.name,
             version=definition.version,
-            shard_key=shard_key(definition.name, shard),
+            shard_key=key_for(self.sharder, definition.name, wf_id, tenant),
             input=payload,
             started=started,
         )
@@ -225,7 +225,6 @@ class Planner:
         (``Engine.rerun``), and the original's ``execution_timeout`` (counted anew)."""
         wf_id = str(uuid6.uuid7()) if workflow_id is None else check_id(workflow_id, "workflow id")
         tenant = record.tenant_id
-        shard = self.sharder.shard_for(record.name, wf_id, tenant)
         started = WorkflowStarted(
             name=record.name,
             version=record.version,
@@ -242,7 +241,7 @@ class Planner:
             workflow_id=wf_id,
             name=record.name,
             version=record.version,
-            shard_key=shard_key(record.name, shard),
+            shard_key=key_for(self.sharder, record.name, wf_id, tenant),
             input=record.input,
             started=started,
         )
@@ -302,12 +301,17 @@ class Engine:
         sharder: Sharder | None = None,
         require_tenant: bool = False,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        eager_start: bool = True,
     ) -> None:
         self.store = store
+        self.eager_start = eager_start
+        """Start workflows leased to a Worker of this process that serves them and has
+        free capacity, when the store can (see ``_start_eagerly``)."""
         self.planner = Planner(
             store.clock,
             workflows=workflows,
-            sharder=sharder,
+            # A store may impose its own placement (Citus: keys follow from tenant and id).
+            sharder=sharder if sharder is not None else getattr(store, "sharder", None),
             require_tenant=require_tenant,
             max_payload_bytes=max_payload_bytes,
         )
@@ -358,8 +362,34 @@ class Engine:
         new, definition = self.planner.start(
             workflow, input, tenant_id, workflow_id, execution_timeout
         )
-        await self.store.start_workflow(new, tx=tx)
+        if tx is not None or not await self._start_eagerly(new):
+            await self.store.start_workflow(new, tx=tx)
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
+
+    async def _start_eagerly(self, new: NewWorkflow) -> bool:
+        """Eager workflow start: when a Worker running in this process on the same store
+        serves the workflow and has a free slot, and the store offers
+        ``start_workflow_leased`` (an optional capability, ``flows_core._store.EagerStart``),
+        start the workflow with its first workflow task leased to that worker and hand
+        the claim over in-process (no claim transaction, no notification). False when
+        that is not possible (the caller then starts it the ordinary way)."""
+        if not self.eager_start:
+            return False
+        start_leased = getattr(self.store, "start_workflow_leased", None)
+        if start_leased is None:
+            return False
+        for worker in local_workers(self.store):
+            if worker.reserve_slot(new):
+                break
+        else:
+            return False
+        try:
+            claim = await start_leased(new, owner=worker.worker_id, lease=worker.lease)
+        except BaseException:
+            worker.unreserve_slot()
+            raise
+        await worker.accept_eager(claim)
+        return True
 
     async def signal(
         self,
@@ -560,6 +590,39 @@ class Engine:
         others = sorted({v for w in workers for (n, v) in w.workflow_types if n == record.name})
         seen = f"; live workers run versions {others}" if others else ""
         return f"waiting for a worker that runs {record.name!r} version {record.version}{seen}"
+
+
+class _LocalWorker(Protocol):
+    """What the Engine needs of a Worker to start workflows eagerly on it."""
+
+    worker_id: str
+    lease: timedelta
+
+    def reserve_slot(self, new: NewWorkflow) -> bool: ...
+
+    def unreserve_slot(self) -> None: ...
+
+    async def accept_eager(self, claim: WorkflowTaskClaim) -> None: ...
+
+
+_LOCAL_WORKERS: dict[int, list[_LocalWorker]] = {}
+"""Running Workers of this process, by ``id()`` of their store (eager start)."""
+
+
+def local_workers(store: object) -> list[_LocalWorker]:
+    return list(_LOCAL_WORKERS.get(id(store), ()))
+
+
+def add_local_worker(store: object, worker: _LocalWorker) -> None:
+    _LOCAL_WORKERS.setdefault(id(store), []).append(worker)
+
+
+def remove_local_worker(store: object, worker: _LocalWorker) -> None:
+    workers = _LOCAL_WORKERS.get(id(store))
+    if workers is not None and worker in workers:
+        workers.remove(worker)
+        if not workers:
+            del _LOCAL_WORKERS[id(store)]
 
 
 def _check_execution_timeout(value: object) -> None:

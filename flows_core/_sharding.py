@@ -12,6 +12,7 @@ __all__ = [
     "Sharder",
     "TenantSharder",
     "fnv1a_32",
+    "key_for",
     "shard_key",
     "shard_keys_for",
 ]
@@ -33,7 +34,13 @@ def shard_key(workflow_name: str, shard: int) -> str:
 
 
 class Sharder(Protocol):
-    """Chooses the shard of a new workflow. The stored key stays authoritative."""
+    """Chooses the shard of a new workflow. The stored key stays authoritative.
+
+    The key is ``<workflow-name>-shard-<n>`` unless the sharder also has a method
+    ``key_for(workflow_name, workflow_id, tenant_id) -> str`` that names it (the Citus
+    layout does: its keys follow from the tenant and workflow id alone, so a lookup by
+    id knows the key). See ``key_for`` below.
+    """
 
     @property
     def shards(self) -> int:
@@ -66,6 +73,17 @@ class TenantSharder(HashSharder):
 
     def shard_for(self, workflow_name: str, workflow_id: str, tenant_id: str) -> int:
         return fnv1a_32(tenant_id) % self._shards
+
+
+def key_for(sharder: Sharder, workflow_name: str, workflow_id: str, tenant_id: str) -> str:
+    """The shard key ``sharder`` gives a new workflow."""
+    custom = getattr(sharder, "key_for", None)
+    if custom is not None:
+        key = custom(workflow_name, workflow_id, tenant_id)
+        if not isinstance(key, str) or not key:
+            raise InvalidArgument(f"{type(sharder).__name__}.key_for returned {key!r}")
+        return key
+    return shard_key(workflow_name, sharder.shard_for(workflow_name, workflow_id, tenant_id))
 
 
 def shard_keys_for(workflow_names: list[str] | set[str], shards: int) -> list[str]:

@@ -43,6 +43,7 @@ __all__ = [
     "ActivityTaskSpec",
     "CancelOutcome",
     "ClaimRequest",
+    "EagerStart",
     "ClaimedTask",
     "HeartbeatReply",
     "Lease",
@@ -99,6 +100,8 @@ class WorkflowRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: ErrorInfo | None = None
     created_at: datetime
     updated_at: datetime
+    """When the row last changed: start, status, inbox, the end of a workflow task
+    (steps committed under a kept lease need not move it)."""
     history_length: int
     next_seq: int
     cancel_requested: bool = False
@@ -220,7 +223,10 @@ class WorkflowTaskCommit(msgspec.Struct, frozen=True, kw_only=True):
     keep_lease: timedelta | None = None
     """Keep the workflow task leased for this long after the commit (the worker goes on
     running inline steps) and move the inbox into the history, returning its events.
-    Only with a RUNNING status."""
+    Only with a RUNNING status. A store may leave a lease that still has more than half
+    of ``keep_lease`` to run as it is (PostgreSQL does: the row update is then
+    heap-only); the claim's attempt count is reset either way. Such a commit need not
+    move the row's ``updated_at`` either."""
 
 
 class ActivityResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -420,4 +426,29 @@ class Store(Protocol):
     async def stats(self, shard_keys: Sequence[str] | None = None) -> StoreStats:
         """Queue depth per shard, oldest pending task age, in-flight tasks, dead letters
         and workflows per status; only rows under ``shard_keys`` when given."""
+        ...
+
+
+@runtime_checkable
+class EagerStart(Protocol):
+    """An OPTIONAL store capability: start a workflow with its first workflow task
+    already leased (eager workflow start).
+
+    When the process that starts a workflow also runs a Worker serving that workflow type
+    with free capacity, the Engine starts the workflow through this method and hands the
+    returned claim to that worker in-process: no claim transaction, no work notification.
+    The Engine and Worker look for it with ``getattr(store, "start_workflow_leased",
+    None)`` and use ``start_workflow`` when it is missing (or None), so a store without
+    it (Citus, for one) works unchanged.
+    """
+
+    async def start_workflow_leased(
+        self, new: NewWorkflow, *, owner: str, lease: timedelta
+    ) -> WorkflowTaskClaim:
+        """``start_workflow`` (one transaction, WorkflowAlreadyExists if taken, nothing
+        written then) whose workflow task is inserted leased to ``owner`` until now +
+        ``lease``, exactly as if ``claim`` had just leased it: the returned claim has
+        attempt 1, the row as written and the history ``[new.started]``. A later claim
+        of the task after the lease expires counts as attempt 2 (the claimant crashed).
+        No work notification is needed (nothing is claimable)."""
         ...

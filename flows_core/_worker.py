@@ -6,6 +6,14 @@ instance, so one commit records the schedule, the results and the next decision.
 queue path (activity tasks) takes over for activities served elsewhere, for retries
 with backoff, and after a crash (the lease expires and the task is claimed again).
 
+Eager start and backlog. An Engine of the same process, on the same store, hands a
+workflow it starts straight to a running Worker that serves it and has room, when the
+store offers ``start_workflow_leased`` (an optional capability): the workflow task is
+inserted already leased to the worker, so there is no claim and no notification. Room is
+the free slots plus a small backlog of leased tasks waiting for a slot (``backlog``),
+which claims also fill (one claim statement then serves several tasks); a task waiting
+there longer than ``backlog_wait`` is released to the queue for any worker to take.
+
 Dead letters. A workflow task that cannot make progress is dead-lettered (status
 PARKED, ``error.attempts`` = claims of the task) instead of being retried forever:
 
@@ -25,6 +33,7 @@ starts a new workflow with its input.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -41,7 +50,7 @@ import uuid6
 from ._activity_context import ActivityInfo, _ActivityState, _state
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
 from ._definitions import Activity, Workflow
-from ._engine import WorkflowRegistry, prune_store
+from ._engine import WorkflowRegistry, add_local_worker, prune_store, remove_local_worker
 from ._errors import (
     ActivityTimeout,
     ErrorInfo,
@@ -72,6 +81,7 @@ from ._store import (
     ClaimedTask,
     ClaimRequest,
     Lease,
+    NewWorkflow,
     Store,
     TimerTaskSpec,
     WorkerInfo,
@@ -193,8 +203,22 @@ class Worker:
         self.max_workflow_task_attempts = max_workflow_task_attempts
         self.workflow_task_backoff = workflow_task_backoff
         self._inflight: set[asyncio.Task[None]] = set()
+        self._reserved = 0
+        """Slots promised to eager starts in progress (``reserve_slot``)."""
+        self._backlog: collections.deque[tuple[ClaimedTask, asyncio.TimerHandle]] = (
+            collections.deque()
+        )
+        """Leased tasks waiting here for a slot (at most ``backlog``)."""
+        self.backlog = max(concurrency, 8)
+        """How many leased tasks may wait here for a slot, beyond ``concurrency``: eager
+        starts handed over by an Engine of this process, and tasks a claim took beyond
+        the free slots (one claim statement then serves several tasks). One that waits
+        longer than ``backlog_wait`` seconds is given back to the queue (released,
+        uncounted), where any worker can take it."""
+        self.backlog_wait = min(lease.total_seconds() / 3, 1.0)
         self._stopping: asyncio.Event | None = None
         self._done: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = True
         self._timers_at = 0.0
         self._suspects = 0
@@ -207,6 +231,7 @@ class Worker:
             "store_errors": 0,
             "parked": 0,
             "workflow_task_failures": 0,
+            "eager_starts": 0,
         }
 
     # -- lifecycle --
@@ -214,7 +239,7 @@ class Worker:
     @property
     def idle(self) -> bool:
         """No task in progress and the last poll found nothing."""
-        return self._idle and not self._inflight
+        return self._idle and not self._inflight and not self._reserved and not self._backlog
 
     @property
     def running(self) -> bool:
@@ -229,6 +254,8 @@ class Worker:
         backoff = 0.05
         registered_at = 0.0
         self._start_pruner()
+        self._loop = asyncio.get_running_loop()
+        add_local_worker(self.store, self)
         try:
             while not self._stopping.is_set():
                 try:
@@ -254,7 +281,9 @@ class Worker:
                 if not progressed:
                     await self._idle_wait()
         finally:
+            remove_local_worker(self.store, self)
             await self._stop_pruner()
+            await self._release_backlog()
             await self._drain()
             with contextlib.suppress(Exception):
                 await self.store.unregister_worker(self.worker_id)
@@ -420,18 +449,24 @@ class Worker:
         if time.monotonic() >= self._timers_at:
             fired = await self.store.fire_due_timers(self.shard_keys, 100)
             self._timers_at = time.monotonic() + (0.0 if fired else TIMER_CHECK_EVERY)
-        free = self.concurrency - len(self._inflight)
+        self._next_from_backlog()
+        free = self.concurrency - len(self._inflight) - self._reserved - len(self._backlog)
         if free <= 0 or self._suspects:
             # A suspected poison task runs alone: if it kills the process, it takes
             # nothing else down with it.
-            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            if self._inflight:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            else:  # every slot is promised to an eager start under way
+                await asyncio.sleep(0.001)
             return True
+        # Claim for the backlog too: one statement for several tasks.
+        room = max(0, self.backlog - len(self._backlog) - self._reserved)
         claimed = await self.store.claim(
             ClaimRequest(
                 owner=self.worker_id,
                 workflow_types=self.registry.keys(),
                 activity_names=sorted(self.activities),
-                limit=free,
+                limit=free + room,
                 lease=self.lease,
                 shard_keys=self.shard_keys,
                 fresh_only=bool(self._inflight),
@@ -439,8 +474,10 @@ class Worker:
         )
         claimed = await self._isolate_suspects(claimed)
         self._idle = not claimed and not fired
-        for task in claimed:
+        for task in claimed[:free]:
             self._spawn(task)
+        for task in claimed[free:]:
+            self._wait_for_slot(task)
         return bool(claimed or fired)
 
     async def _isolate_suspects(self, claimed: list[ClaimedTask]) -> list[ClaimedTask]:
@@ -457,12 +494,88 @@ class Worker:
             await self.store.release(c.lease)
         return keep
 
+    # -- eager start (Engine.start hands over a workflow task it started leased) --
+
+    def reserve_slot(self, new: NewWorkflow) -> bool:
+        """Promise a slot to an eager start of ``new`` if this worker runs it now: it is
+        running, serves the workflow's (name, version) and shard key, runs no suspected
+        poison task, and has a free slot. The caller then calls ``accept_eager`` with
+        the claim, or ``unreserve_slot`` if the start failed."""
+        if not self.running or self._suspects:
+            return False
+        try:
+            if asyncio.get_running_loop() is not self._loop:
+                return False  # an Engine on another event loop (thread)
+        except RuntimeError:
+            return False
+        if self.registry.get(new.name, new.version) is None:
+            return False
+        if self.shard_keys is not None and new.shard_key not in self.shard_keys:
+            return False
+        if len(self._inflight) + self._reserved + len(self._backlog) >= (
+            self.concurrency + self.backlog
+        ):
+            return False
+        self._reserved += 1
+        return True
+
+    def unreserve_slot(self) -> None:
+        self._reserved -= 1
+
+    async def accept_eager(self, claim: WorkflowTaskClaim) -> None:
+        """Run a workflow task started leased to this worker (after ``reserve_slot``);
+        give it back at once if the worker stopped meanwhile."""
+        self._reserved -= 1
+        if not self.running:
+            with contextlib.suppress(Exception):
+                await self.store.release(claim.lease)
+            return
+        self.counters["eager_starts"] += 1
+        if len(self._inflight) < self.concurrency and not self._backlog and not self._suspects:
+            self._spawn(claim)
+            return
+        self._wait_for_slot(claim)
+
+    def _wait_for_slot(self, claim: ClaimedTask) -> None:
+        timer = asyncio.get_running_loop().call_later(self.backlog_wait, self._give_back, claim)
+        self._backlog.append((claim, timer))
+
+    def _give_back(self, claim: ClaimedTask) -> None:
+        """A leased task waited too long for a slot here: back to the queue."""
+        for item in self._backlog:
+            if item[0] is claim:
+                self._backlog.remove(item)
+                break
+        else:
+            return
+        task = asyncio.ensure_future(self.store.release(claim.lease))
+        task.add_done_callback(_retrieve)
+
+    def _next_from_backlog(self, _task: asyncio.Task[None] | None = None) -> None:
+        while (
+            self._backlog
+            and len(self._inflight) < self.concurrency
+            and not self._suspects
+            and self.running
+        ):
+            claim, timer = self._backlog.popleft()
+            timer.cancel()
+            self._spawn(claim)
+
+    async def _release_backlog(self) -> None:
+        while self._backlog:
+            claim, timer = self._backlog.popleft()
+            timer.cancel()
+            with contextlib.suppress(Exception):
+                await self.store.release(claim.lease)
+
     def _spawn(self, claim: ClaimedTask) -> None:
         task = asyncio.ensure_future(self._process(claim))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         if isinstance(claim, WorkflowTaskClaim) and claim.attempt > 1:
             task.add_done_callback(self._suspect_done)
+        task.add_done_callback(self._next_from_backlog)
 
     def _suspect_done(self, _task: asyncio.Task[None]) -> None:
         self._suspects -= 1

@@ -374,6 +374,56 @@ class MemoryStore:
         self._changed(wf, work=True)
         self._fault("start_workflow", "after")
 
+    async def start_workflow_leased(
+        self, new: NewWorkflow, *, owner: str, lease: timedelta
+    ) -> WorkflowTaskClaim:
+        """Eager start (``flows_core._store.EagerStart``): ``start_workflow`` with the
+        workflow task leased to ``owner`` as if claimed at once."""
+        self._fault("start_workflow", "before")
+        key = (new.tenant_id, new.workflow_id)
+        if key in self._workflows:
+            raise WorkflowAlreadyExists(new.workflow_id)
+        now = self._clock.now()
+        wf = _Workflow(
+            tenant_id=new.tenant_id,
+            workflow_id=new.workflow_id,
+            name=new.name,
+            version=new.version,
+            shard_key=new.shard_key,
+            input=new.input,
+            created_at=now,
+            updated_at=now,
+            history=[new.started],
+        )
+        self._workflows[key] = wf
+        expires = now + lease
+        # attempt 2: the number the next claim gets, as after a claim (dead letters)
+        task = self._new_task(
+            wf,
+            "workflow",
+            now,
+            attempt=2,
+            token=str(uuid6.uuid7()),
+            owner=owner,
+            lease_expires=expires,
+        )
+        wf.workflow_task = task
+        self._changed(wf, work=False)
+        self._fault("start_workflow", "after")
+        return WorkflowTaskClaim(
+            lease=Lease(
+                task_id=task.task_id,
+                token=task.token or "",
+                tenant_id=wf.tenant_id,
+                shard_key=wf.shard_key,
+                workflow_id=wf.workflow_id,
+                expires_at=expires,
+            ),
+            workflow=self._record(wf),
+            history=list(wf.history),
+            attempt=1,
+        )
+
     async def signal_workflow(
         self, tenant_id: str, workflow_id: str, event: SignalReceived, *, tx: Any = None
     ) -> None:

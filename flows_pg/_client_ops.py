@@ -8,7 +8,7 @@ into the generator, which turns them into Flows errors.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -45,6 +45,7 @@ class ClientStatements:
         self.schema = schema
         self.work_channel, self.workflow_channel = channel_names(schema)
         self.start = _sql.compact(_sql.START.replace("{S}", ident))
+        self.start_quiet = _sql.compact(_sql.START_QUIET.replace("{S}", ident))
         self.signal = _sql.compact(_sql.SIGNAL.replace("{S}", ident))
         self.cancel = _sql.compact(_sql.CANCEL.replace("{S}", ident))
         self.get = _sql.compact(_sql.GET_WORKFLOW.replace("{S}", ident))
@@ -53,8 +54,13 @@ class ClientStatements:
         return _json.encode((tenant_id, workflow_id)).decode()
 
 
-def start_op(st: ClientStatements, new: NewWorkflow) -> Op[None]:
+def start_op(
+    st: ClientStatements, new: NewWorkflow, local_workers: Sequence[str] | None = None
+) -> Op[None]:
+    """Start ``new``. ``local_workers``: ids of workers the caller wakes itself; no
+    NOTIFY is sent for them (None: notify)."""
     params = {
+        "local": None if local_workers is None else list(local_workers),
         "sk": new.shard_key,
         "tid": new.tenant_id,
         "wid": new.workflow_id,
@@ -68,7 +74,7 @@ def start_op(st: ClientStatements, new: NewWorkflow) -> Op[None]:
         "wf_key": st.wf_key(new.tenant_id, new.workflow_id),
     }
     try:
-        rows = yield st.start, params
+        rows = yield (st.start if local_workers is None else st.start_quiet), params
     except pg_errors.UniqueViolation as exc:
         raise WorkflowAlreadyExists(new.workflow_id) from exc
     if not rows or rows[0][0] == 0:

@@ -29,7 +29,7 @@ __all__ = [
     "compact",
     "CANCEL",
     "CLAIM",
-    "COMMIT",
+    "commit_sql",
     "COMPLETE_ACTIVITY",
     "FAIL_WORKFLOW_TASK",
     "FIRE_DUE_TIMERS",
@@ -47,6 +47,8 @@ __all__ = [
     "SIGNAL",
     "STATS",
     "START",
+    "START_LEASED",
+    "START_QUIET",
     "TERMINAL_SQL",
     "UNREGISTER_WORKER",
     "list_workflows_sql",
@@ -82,6 +84,15 @@ _ENSURE_WORKFLOW_TASK = """INSERT INTO {S}.tasks
   FROM {src} x
   ON CONFLICT (shard_key, tenant_id, workflow_id) WHERE kind = 'workflow' DO NOTHING"""
 
+# A start notifies only the work channel: nobody waits for a workflow that did not
+# exist. START notifies always; START_QUIET (used by a store that runs workers of its
+# own, which it wakes in-process) only when a live worker (registered within the
+# horizon; workers register every 10 s) other than those (%(local)s) runs the workflow's
+# type. A worker registers before its first claim, so one not registered yet still
+# finds the task by claiming. (START_QUIET reads the workers table, which a store that
+# registers workers may do; an application role under row-level security may not.)
+WORKER_HORIZON = "60 seconds"
+
 START = (
     """
 WITH wf AS (
@@ -98,11 +109,51 @@ WITH wf AS (
     + _ENSURE_WORKFLOW_TASK.replace("{src}", "wf")
     + """
 ), n AS (
-  SELECT pg_notify(%(ch_work)s, ''), pg_notify(%(ch_wf)s, %(wf_key)s) FROM wf
+  SELECT pg_notify(%(ch_work)s, '') FROM wf {who}
 )
 SELECT (SELECT count(*) FROM wf), (SELECT count(*) FROM n)
 """
 )
+
+START_QUIET = START.replace(
+    "{who}",
+    """
+  WHERE EXISTS (
+    SELECT 1 FROM {S}.workers k
+    WHERE k.shard_key = '' AND k.tenant_id = '' AND k.worker_id <> ALL(%(local)s::text[])
+      AND k.heartbeat_at > now() - interval '"""
+    + WORKER_HORIZON
+    + """'
+      AND k.workflow_types @> jsonb_build_array(jsonb_build_array(wf.name, wf.version)))""",
+)
+START = START.replace("{who}", "")
+
+# Eager start (flows_core._store.EagerStart): START with the workflow task inserted
+# leased to %(owner)s until now() + %(lease)s, as a claim would leave it (attempt 2 is
+# the number the next claim gets). Nothing is claimable, so nothing is notified; and
+# nobody waits for a workflow that did not exist.
+START_LEASED = """
+WITH wf AS (
+  INSERT INTO {S}.workflows AS w
+    (shard_key, tenant_id, workflow_id, name, version, status, input, history_length, next_seq)
+  VALUES (%(sk)s, %(tid)s, %(wid)s, %(name)s, %(version)s, 'running', %(input)s::json, 1, 1)
+  ON CONFLICT DO NOTHING
+  RETURNING w.shard_key, w.tenant_id, w.workflow_id, w.name, w.version, w.created_at,
+            w.updated_at
+), h AS (
+  INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
+  SELECT wf.shard_key, wf.tenant_id, wf.workflow_id, 1, %(event)s::json FROM wf
+), t AS (
+  INSERT INTO {S}.tasks (shard_key, tenant_id, task_id, workflow_id, kind, queue, name,
+                         attempt, visible_at, lease_token, lease_owner)
+  SELECT wf.shard_key, wf.tenant_id, %(wf_task_id)s, wf.workflow_id, 'workflow',
+         'w:' || wf.name || ':' || wf.version, wf.name, 2, now() + %(lease)s::interval,
+         %(token)s, %(owner)s
+  FROM wf
+  RETURNING visible_at
+)
+SELECT wf.created_at, wf.updated_at, (SELECT visible_at FROM t) FROM wf
+"""
 
 # Put one external event (signal / cancel request) in the inbox of a running or parked
 # workflow, ensure its workflow task. The inbox position comes from the locked row.
@@ -349,7 +400,12 @@ _WF_PK = _same_wf("w", "f")
 # empty, or, with keep_lease, stays leased for keep_lease while the inbox moves into the
 # history after the events (mv/hm) and comes back to the caller. A terminal status
 # deletes every task of the workflow (inbox rows stay).
-COMMIT = (
+#
+# ``commit_sql`` writes the variant a commit needs: the parts for new activity tasks,
+# timers, dropped steps and the kept lease only when the commit has them, so that the
+# common commit (an inline step: events only) plans and runs little, dumps few
+# parameters and stays under psycopg's 4 KiB parse cache.
+_COMMIT_HEAD = (
     _FENCE
     + """, f AS (
   SELECT wl.*
@@ -360,10 +416,18 @@ COMMIT = (
   INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
   SELECT f.shard_key, f.tenant_id, f.workflow_id, %(claimed)s + e.ord, e.ev::json
   FROM f, unnest(%(events)s::text[]) WITH ORDINALITY AS e(ev, ord)
-), mv AS (
+)"""
+)
+
+# keep: the inbox moves into the history after the events and comes back (mp). The
+# row's indexed columns (updated_at, status) and the task's visible_at (while more than
+# half of keep_lease is left) stay as they are, so both updates are heap-only (HOT):
+# a step's commit then writes no index entries for them.
+_COMMIT_KEEP = (
+    """, mv AS (
   DELETE FROM {S}.inbox i
   USING f
-  WHERE %(keep)s AND """
+  WHERE """
     + _same_wf("i", "f")
     + """
   RETURNING i.inbox_seq, i.event
@@ -380,6 +444,28 @@ COMMIT = (
   UPDATE {S}.workflows w
   SET history_length = f.history_length + %(n_events)s + (SELECT count(*) FROM mp),
       inbox_length = f.inbox_length - (SELECT count(*) FROM mp),
+      next_seq = %(next_seq)s
+  FROM f
+  WHERE """
+    + _WF_PK
+    + """
+), r AS (
+  UPDATE {S}.tasks t
+  SET visible_at = CASE WHEN t.visible_at < now() + %(keep_lease)s::interval / 2
+                        THEN now() + %(keep_lease)s::interval ELSE t.visible_at END,
+      attempt = 1
+  FROM f
+  WHERE t.shard_key = f.shard_key AND t.tenant_id = f.tenant_id AND t.task_id = %(task_id)s
+    AND (t.attempt <> 1 OR t.visible_at < now() + %(keep_lease)s::interval / 2)
+)"""
+)
+
+# not keep: the workflow task is deleted, or released if the inbox is not empty; a
+# terminal status deletes every task of the workflow.
+_COMMIT_END = (
+    """, u AS (
+  UPDATE {S}.workflows w
+  SET history_length = f.history_length + %(n_events)s,
       next_seq = %(next_seq)s, status = %(status)s, output = %(output)s::json,
       error = %(error)s::json, updated_at = now()
   FROM f
@@ -391,19 +477,26 @@ COMMIT = (
   USING f
   WHERE t.shard_key = f.shard_key AND t.tenant_id = f.tenant_id
     AND t.workflow_id = f.workflow_id
-    AND (%(terminal)s
-         OR (t.kind = 'workflow' AND NOT %(keep)s AND f.inbox_length = 0)
-         OR (t.kind <> 'workflow' AND t.seq = ANY(%(drop_seqs)s::int[])))
+    AND (%(terminal)s OR (t.kind = 'workflow' AND f.inbox_length = 0){drop})
 ), r AS (
   UPDATE {S}.tasks t
-  SET lease_token = CASE WHEN %(keep)s THEN t.lease_token END,
-      lease_owner = CASE WHEN %(keep)s THEN t.lease_owner END,
-      visible_at = CASE WHEN %(keep)s THEN now() + %(keep_lease)s::interval ELSE now() END,
-      attempt = 1
+  SET lease_token = NULL, lease_owner = NULL, visible_at = now(), attempt = 1
   FROM f
   WHERE t.shard_key = f.shard_key AND t.tenant_id = f.tenant_id AND t.task_id = %(task_id)s
-    AND NOT %(terminal)s AND (%(keep)s OR f.inbox_length > 0)
-), a AS (
+    AND NOT %(terminal)s AND f.inbox_length > 0
+)"""
+)
+
+_COMMIT_DROP = """, d AS (
+  DELETE FROM {S}.tasks t
+  USING f
+  WHERE t.shard_key = f.shard_key AND t.tenant_id = f.tenant_id
+    AND t.workflow_id = f.workflow_id{drop}
+)"""
+
+_DROP_SEQS = " OR (t.kind <> 'workflow' AND t.seq = ANY(%(drop_seqs)s::int[]))"
+
+_COMMIT_ACTIVITIES = """, a AS (
   INSERT INTO {S}.tasks (shard_key, tenant_id, task_id, workflow_id, kind, queue, name, seq,
                          input, attempt, last_error, visible_at, scheduled_at)
   SELECT f.shard_key, f.tenant_id, x.id, f.workflow_id, 'activity', 'a:' || x.name, x.name,
@@ -414,7 +507,9 @@ COMMIT = (
           AS x(id, seq, name, input, attempt, err, vis, sched)
   WHERE NOT %(terminal)s
   ON CONFLICT (shard_key, tenant_id, workflow_id, seq) WHERE kind <> 'workflow' DO NOTHING
-), tm AS (
+)"""
+
+_COMMIT_TIMERS = """, tm AS (
   INSERT INTO {S}.tasks (shard_key, tenant_id, task_id, workflow_id, kind, queue, seq,
                          visible_at)
   SELECT f.shard_key, f.tenant_id, x.id, f.workflow_id, 'timer', NULL, x.seq, x.fire_at
@@ -422,19 +517,54 @@ COMMIT = (
           AS x(id, seq, fire_at)
   WHERE NOT %(terminal)s
   ON CONFLICT (shard_key, tenant_id, workflow_id, seq) WHERE kind <> 'workflow' DO NOTHING
-), nw AS (
-  SELECT pg_notify(%(ch_work)s, '') FROM f
-  WHERE %(new_work)s OR (NOT %(terminal)s AND NOT %(keep)s AND f.inbox_length > 0)
-), nf AS (
-  -- waiters (wait_for_result) care about the end of a workflow task, not each kept step
-  SELECT pg_notify(%(ch_wf)s, %(wf_key)s) FROM f WHERE NOT %(keep)s
-)
+)"""
+
+
+def commit_sql(*, keep: bool, activities: bool, timers: bool, drops: bool) -> str:
+    """The commit statement for a commit that keeps its lease (or not) and has new
+    activity tasks, timers, steps to drop (or not)."""
+    parts = [_COMMIT_HEAD]
+    drop = _DROP_SEQS if drops else ""
+    if keep:
+        parts.append(_COMMIT_KEEP)
+        if drops:
+            parts.append(_COMMIT_DROP.replace("{drop}", " AND (false" + drop + ")"))
+    else:
+        parts.append(_COMMIT_END.replace("{drop}", drop))
+    if activities:
+        parts.append(_COMMIT_ACTIVITIES)
+    if timers:
+        parts.append(_COMMIT_TIMERS)
+    # Work to announce: new tasks, or (no kept lease) an inbox that filled meanwhile.
+    # Waiters (wait_for_result) care about the end of a workflow task, not each kept step.
+    work = []
+    if activities or timers:
+        work.append("true")
+    if not keep:
+        work.append("(NOT %(terminal)s AND f.inbox_length > 0)")
+    notify = []
+    if work:
+        notify.append(
+            ", nw AS (\n  SELECT pg_notify(%(ch_work)s, '') FROM f WHERE "
+            + " OR ".join(work)
+            + "\n)"
+        )
+    if not keep:
+        notify.append(", nf AS (\n  SELECT pg_notify(%(ch_wf)s, %(wf_key)s) FROM f\n)")
+    parts += notify
+    moved = "(SELECT json_agg(mp.event ORDER BY mp.position)::text FROM mp)" if keep else "NULL"
+    counts = [f"(SELECT count(*) FROM {n})" for n in ("nw", "nf") if f", {n} AS" in "".join(notify)]
+    parts.append(
+        """
 SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM wl), (SELECT count(*) FROM tl),
-       (SELECT next_seq FROM wl), (SELECT history_length FROM wl),
-       (SELECT json_agg(mp.event ORDER BY mp.position)::text FROM mp),
-       (SELECT count(*) FROM nw) + (SELECT count(*) FROM nf)
-"""
-)
+       (SELECT next_seq FROM wl), (SELECT history_length FROM wl), """
+        + moved
+        + ", "
+        + (" + ".join(counts) or "0")
+        + "\n"
+    )
+    return "".join(parts)
+
 
 PARK = (
     _FENCE

@@ -28,6 +28,7 @@ from flows_core._errors import (
     ErrorInfo,
     LeaseLost,
     PayloadError,
+    WorkflowAlreadyExists,
     WorkflowNotFound,
 )
 from flows_core._events import (
@@ -127,6 +128,8 @@ class PostgresStore:
                 f"got {type(pool_or_dsn).__name__}"
             )
         self._opened = False
+        self._local_workers: dict[str, None] = {}
+        """Workers registered through this store (it wakes them in-process on starts)."""
         self.work_channel, self.workflow_channel = channel_names(self.schema)
         self._listener = Listener(self._listen_connect, self.work_channel, self.workflow_channel)
         self._client = ClientStatements(self.schema, self._ident)
@@ -145,7 +148,16 @@ class PostgresStore:
             sharded: self._q(_sql.NEXT_DUE.replace("{shards}", _SHARDS_FILTER if sharded else ""))
             for sharded in (False, True)
         }
-        self._s_commit = self._q(_sql.COMMIT)
+        self._s_commit = {
+            (keep, acts, timers, drops): self._q(
+                _sql.commit_sql(keep=keep, activities=acts, timers=timers, drops=drops)
+            )
+            for keep in (False, True)
+            for acts in (False, True)
+            for timers in (False, True)
+            for drops in (False, True)
+        }
+        self._s_start_leased = self._q(_sql.START_LEASED)
         self._s_park = self._q(_sql.PARK)
         self._s_fail_wf_task = self._q(_sql.FAIL_WORKFLOW_TASK)
         self._s_retry_wf = self._q(_sql.RETRY_WORKFLOW)
@@ -306,7 +318,66 @@ class PostgresStore:
             return result
 
     async def start_workflow(self, new: NewWorkflow, *, tx: Any = None) -> None:
-        await self._drive(start_op(self._client, new), tx)
+        local = self._local_workers
+        if tx is not None or not local:
+            # With tx= the task is seen only once the caller commits: the NOTIFY (sent
+            # at that commit) is for every worker, this store's own included.
+            await self._drive(start_op(self._client, new), tx)
+            return
+        await self._drive(start_op(self._client, new, list(local)), tx)
+        self._listener.wake_work()  # this store's own workers: woken in-process
+
+    async def start_workflow_leased(
+        self, new: NewWorkflow, *, owner: str, lease: timedelta
+    ) -> WorkflowTaskClaim:
+        """Eager start (``flows_core._store.EagerStart``): ``start_workflow`` with the
+        workflow task leased to ``owner``, in one statement and without notifications."""
+        task_id, token = uuid6.uuid7(), uuid6.uuid7()
+        params = {
+            "sk": new.shard_key,
+            "tid": new.tenant_id,
+            "wid": new.workflow_id,
+            "name": new.name,
+            "version": new.version,
+            "input": bytes(new.input).decode(),
+            "event": encode_event(new.started).decode(),
+            "wf_task_id": task_id,
+            "token": token,
+            "owner": owner,
+            "lease": lease,
+        }
+        try:
+            rows = await self._rows(self._s_start_leased, params)
+        except pg_errors.UniqueViolation as exc:
+            raise WorkflowAlreadyExists(new.workflow_id) from exc
+        if not rows:
+            raise WorkflowAlreadyExists(new.workflow_id)
+        created, updated, expires = rows[0]
+        return WorkflowTaskClaim(
+            lease=Lease(
+                task_id=str(task_id),
+                token=str(token),
+                tenant_id=new.tenant_id,
+                shard_key=new.shard_key,
+                workflow_id=new.workflow_id,
+                expires_at=utc(expires),
+            ),
+            workflow=WorkflowRecord(
+                tenant_id=new.tenant_id,
+                workflow_id=new.workflow_id,
+                name=new.name,
+                version=new.version,
+                shard_key=new.shard_key,
+                status=WorkflowStatus.RUNNING,
+                input=new.input,
+                created_at=utc(created),
+                updated_at=utc(updated),
+                history_length=1,
+                next_seq=1,
+            ),
+            history=[new.started],
+            attempt=1,
+        )
 
     async def signal_workflow(
         self, tenant_id: str, workflow_id: str, event: SignalReceived, *, tx: Any = None
@@ -352,7 +423,8 @@ class PostgresStore:
         deadline = time.monotonic() + timeout
         if timeout <= 0:
             return
-        await self._listener.start(wait=min(timeout, 2.0))
+        if await self._listener.start(wait=min(timeout, 2.0)):
+            return  # it was not listening: the caller looks again first
         await self._listener.wait_workflow(tenant_id, workflow_id, deadline - time.monotonic())
 
     # -- worker operations --
@@ -415,8 +487,9 @@ class PostgresStore:
         if commit.keep_lease is not None and commit.status != WorkflowStatus.RUNNING:
             raise ValueError("keep_lease is only valid with a RUNNING status")
         lease = commit.lease
+        keep = commit.keep_lease is not None
+        acts, timers, drops = commit.activity_tasks, commit.timers, commit.drop_seqs
         params = self._fence_params(lease)
-        acts = commit.activity_tasks
         params.update(
             {
                 "claimed": commit.claimed_history_length,
@@ -424,28 +497,40 @@ class PostgresStore:
                 "next_seq": commit.next_seq,
                 "events": [encode_event(e).decode() for e in commit.events],
                 "n_events": len(commit.events),
-                "status": str(commit.status),
-                "output": text(commit.output),
-                "error": error_text(commit.error),
                 "terminal": commit.status in TERMINAL_STATUSES,
-                "keep": commit.keep_lease is not None,
-                "keep_lease": commit.keep_lease or timedelta(0),
-                "drop_seqs": list(commit.drop_seqs),
-                "a_ids": [uuid6.uuid7() for _ in acts],
-                "a_seqs": [a.seq for a in acts],
-                "a_names": [a.name for a in acts],
-                "a_inputs": [bytes(a.input).decode() for a in acts],
-                "a_attempts": [a.attempt for a in acts],
-                "a_errors": [error_text(a.last_error) for a in acts],
-                "a_visible": [a.visible_at for a in acts],
-                "a_scheduled": [a.scheduled_at for a in acts],
-                "t_ids": [uuid6.uuid7() for _ in commit.timers],
-                "t_seqs": [t.seq for t in commit.timers],
-                "t_fire": [t.fire_at for t in commit.timers],
-                "new_work": bool(acts or commit.timers),
             }
         )
-        rows = await self._rows(self._s_commit, params)
+        if keep:
+            params["keep_lease"] = commit.keep_lease
+        else:
+            params["status"] = str(commit.status)
+            params["output"] = text(commit.output)
+            params["error"] = error_text(commit.error)
+        if drops:
+            params["drop_seqs"] = list(drops)
+        if acts:
+            params.update(
+                {
+                    "a_ids": [uuid6.uuid7() for _ in acts],
+                    "a_seqs": [a.seq for a in acts],
+                    "a_names": [a.name for a in acts],
+                    "a_inputs": [bytes(a.input).decode() for a in acts],
+                    "a_attempts": [a.attempt for a in acts],
+                    "a_errors": [error_text(a.last_error) for a in acts],
+                    "a_visible": [a.visible_at for a in acts],
+                    "a_scheduled": [a.scheduled_at for a in acts],
+                }
+            )
+        if timers:
+            params.update(
+                {
+                    "t_ids": [uuid6.uuid7() for _ in timers],
+                    "t_seqs": [t.seq for t in timers],
+                    "t_fire": [t.fire_at for t in timers],
+                }
+            )
+        statement = self._s_commit[keep, bool(acts), bool(timers), bool(drops)]
+        rows = await self._rows(statement, params)
         ok, wf_found, task_found, next_seq, history_length, moved = rows[0][:6]
         if ok:
             return [] if moved is None else decode_events(moved)
@@ -555,10 +640,12 @@ class PostgresStore:
         deadline = time.monotonic() + timeout
         if timeout <= 0:
             return
-        await self._listener.start(wait=min(timeout, 2.0))
+        if await self._listener.start(wait=min(timeout, 2.0)):
+            return  # it was not listening: the caller looks again first
         await self._listener.wait_work(deadline - time.monotonic())
 
     async def register_worker(self, info: WorkerInfo) -> None:
+        self._local_workers[info.worker_id] = None
         params = {
             "worker_id": info.worker_id,
             "types": _json.encode([list(t) for t in info.workflow_types]).decode(),
@@ -570,6 +657,7 @@ class PostgresStore:
         await self._rows(self._s_register, params)
 
     async def unregister_worker(self, worker_id: str) -> None:
+        self._local_workers.pop(worker_id, None)
         await self._rows(self._s_unregister, {"worker_id": worker_id})
 
     async def list_workers(self) -> list[WorkerInfo]:

@@ -1,11 +1,13 @@
 """``SyncClient``: start, signal, cancel and query from synchronous code (Django, Flask),
-on the caller's own psycopg ``Connection`` and inside its transaction."""
+on the caller's own psycopg ``Connection`` and inside its transaction. On a schema
+migrated for Citus it runs the Citus statements (found on first use)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -22,6 +24,10 @@ from flows_core._store import CancelOutcome
 from ._client_ops import ClientStatements, Op, cancel_op, get_op, signal_op, start_op
 from ._migrate import check_schema
 
+if TYPE_CHECKING:
+    from flows_citus._client_ops import CitusStatements
+    from flows_citus._layout import CitusLayout
+
 __all__ = ["SyncClient"]
 
 T = TypeVar("T")
@@ -32,7 +38,9 @@ class SyncClient:
 
     Pass ``tx=`` a ``psycopg.Connection``: the statement runs in its current transaction,
     which the caller commits or rolls back (never this client). Without ``tx`` the client
-    opens a short autocommit connection to ``conninfo``.
+    opens a short autocommit connection to ``conninfo``. The first call looks whether the
+    schema was migrated for Citus; if so, the client follows the schema's layout (a
+    ``sharder=`` given here must then be left out) and sends router queries only.
     """
 
     def __init__(
@@ -55,13 +63,18 @@ class SyncClient:
             max_payload_bytes=max_payload_bytes,
         )
         self._st = ClientStatements(self.schema, sql.Identifier(self.schema).as_string(None))
+        self._sharder_given = sharder is not None
+        self._citus: tuple[CitusStatements, CitusLayout] | None = None
+        self._checked = False
 
-    def _run(self, op: Op[T], tx: Any) -> T:
+    @contextlib.contextmanager
+    def _connection(self, tx: Any) -> Iterator[psycopg.Connection[Any]]:
         if tx is None:
             if self.conninfo is None:
                 raise TypeError("SyncClient without conninfo needs tx=<psycopg.Connection>")
             with psycopg.connect(self.conninfo, autocommit=True) as conn:
-                return self._drive(op, conn)
+                yield conn
+            return
         if not isinstance(tx, psycopg.Connection):
             raise TypeError(
                 "tx= takes a psycopg.Connection in an open transaction, "
@@ -71,7 +84,27 @@ class SyncClient:
             raise ValueError("tx= is a closed connection")
         if tx.info.transaction_status == TransactionStatus.INERROR:
             raise ValueError("tx= is a connection whose transaction has failed")
-        return self._drive(op, tx)
+        yield tx
+
+    def _citus_of(
+        self, conn: psycopg.Connection[Any]
+    ) -> tuple[CitusStatements, CitusLayout] | None:
+        """(statements, layout) if the schema is migrated for Citus, else None."""
+        if not self._checked:
+            from flows_citus._client_ops import CitusStatements, layout_op
+
+            statements = CitusStatements(self.schema, self._st_ident)
+            layout = self._drive_batches(layout_op(statements), conn)
+            if layout is not None:
+                self._citus = (statements, layout)
+                if not self._sharder_given:
+                    self.planner.sharder = layout
+            self._checked = True
+        return self._citus
+
+    @property
+    def _st_ident(self) -> str:
+        return sql.Identifier(self.schema).as_string(None)
 
     @staticmethod
     def _drive(op: Op[T], conn: psycopg.Connection[Any]) -> T:
@@ -90,6 +123,23 @@ class SyncClient:
             result: T = stop.value
             return result
 
+    @staticmethod
+    def _drive_batches(op: Any, conn: psycopg.Connection[Any]) -> Any:
+        """Run a Citus client operation: each batch in one transaction (a savepoint
+        inside the caller's transaction)."""
+        try:
+            batch = next(op)
+            while True:
+                results = []
+                with conn.transaction():
+                    for step in batch:
+                        with conn.cursor(row_factory=tuple_row) as cur:
+                            cur.execute(step.statement, step.params)
+                            results.append(cur.fetchall() if step.rows else [])
+                batch = op.send(results)
+        except StopIteration as stop:
+            return stop.value
+
     def start(
         self,
         workflow: Workflow[Any, Any] | str,
@@ -102,8 +152,15 @@ class SyncClient:
     ) -> str:
         """Start a workflow; returns its id. Validates exactly like ``Engine.start``
         (``execution_timeout`` too)."""
-        new, _ = self.planner.start(workflow, input, tenant_id, workflow_id, execution_timeout)
-        self._run(start_op(self._st, new), tx)
+        with self._connection(tx) as conn:
+            citus = self._citus_of(conn)
+            new, _ = self.planner.start(workflow, input, tenant_id, workflow_id, execution_timeout)
+            if citus is not None:
+                from flows_citus._client_ops import start_op as citus_start
+
+                self._drive_batches(citus_start(citus[0], citus[1], new), conn)
+            else:
+                self._drive(start_op(self._st, new), conn)
         return new.workflow_id
 
     def signal(
@@ -117,7 +174,15 @@ class SyncClient:
     ) -> None:
         tenant = self.planner.tenant_for(tenant_id)
         event = self.planner.signal(name, payload)
-        self._run(signal_op(self._st, tenant, check_id(workflow_id, "workflow id"), event), tx)
+        wf_id = check_id(workflow_id, "workflow id")
+        with self._connection(tx) as conn:
+            citus = self._citus_of(conn)
+            if citus is not None:
+                from flows_citus._client_ops import signal_op as citus_signal
+
+                self._drive_batches(citus_signal(citus[0], citus[1], tenant, wf_id, event), conn)
+            else:
+                self._drive(signal_op(self._st, tenant, wf_id, event), conn)
 
     def cancel(
         self,
@@ -129,13 +194,29 @@ class SyncClient:
     ) -> CancelOutcome:
         tenant = self.planner.tenant_for(tenant_id)
         event = self.planner.cancel(reason)
-        return self._run(
-            cancel_op(self._st, tenant, check_id(workflow_id, "workflow id"), event), tx
-        )
+        wf_id = check_id(workflow_id, "workflow id")
+        with self._connection(tx) as conn:
+            citus = self._citus_of(conn)
+            if citus is not None:
+                from flows_citus._client_ops import cancel_op as citus_cancel
+
+                outcome: CancelOutcome = self._drive_batches(
+                    citus_cancel(citus[0], citus[1], tenant, wf_id, event), conn
+                )
+                return outcome
+            return self._drive(cancel_op(self._st, tenant, wf_id, event), conn)
 
     def query(
         self, workflow_id: str, *, tenant_id: str | None = None, tx: Any = None
     ) -> WorkflowInfo:
         tenant = self.planner.tenant_for(tenant_id)
-        record = self._run(get_op(self._st, tenant, check_id(workflow_id, "workflow id")), tx)
+        wf_id = check_id(workflow_id, "workflow id")
+        with self._connection(tx) as conn:
+            citus = self._citus_of(conn)
+            if citus is not None:
+                from flows_citus._client_ops import get_op as citus_get
+
+                record = self._drive_batches(citus_get(citus[0], citus[1], tenant, wf_id), conn)
+            else:
+                record = self._drive(get_op(self._st, tenant, wf_id), conn)
         return Engine.info(record)

@@ -36,7 +36,8 @@ def _dsn(args: argparse.Namespace) -> str | None:
 
 @contextlib.asynccontextmanager
 async def open_store(args: argparse.Namespace, *, migrate: bool = False) -> AsyncIterator[Store]:
-    """The PostgresStore for --dsn / FLOWS_DSN, or the embedded server's."""
+    """The store for --dsn / FLOWS_DSN, or the embedded server's: a CitusStore when the
+    schema was migrated for Citus (or, for ``migrate``, when the database runs Citus)."""
     import psycopg
 
     from flows_pg import PostgresStore
@@ -51,15 +52,21 @@ async def open_store(args: argparse.Namespace, *, migrate: bool = False) -> Asyn
             raise CliError(f"cannot start the embedded PostgreSQL: {exc}") from exc
         if args.verbose or args.command == "demo":
             print(f"· embedded PostgreSQL at {dsn}", file=sys.stderr)
-    store = PostgresStore(dsn, schema=args.schema)
+    store: PostgresStore = PostgresStore(dsn, schema=args.schema)
     try:
         await store.open()
+        if await _use_citus(store, args, migrate):
+            await store.close()
+            from flows_citus import CitusStore
+
+            store = CitusStore(dsn, schema=args.schema)
+            await store.open()
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CliError(f"cannot connect to PostgreSQL ({_redact(dsn)}): {first}") from exc
     try:
         if migrate:
-            await store.migrate(rls=getattr(args, "rls", False))
+            await _migrate(store, args)
         elif not await store.is_migrated():
             raise CliError(
                 f"the database has no Flows schema {args.schema!r}; run `flows migrate` first"
@@ -67,6 +74,36 @@ async def open_store(args: argparse.Namespace, *, migrate: bool = False) -> Asyn
         yield store
     finally:
         await store.close()
+
+
+async def _use_citus(store: Any, args: argparse.Namespace, migrate: bool) -> bool:
+    """Citus if asked (--citus), or found: the Citus extension (migrate, unless
+    --no-citus) or a schema migrated for Citus (every other command)."""
+    if migrate:
+        if getattr(args, "citus", None) is not None:
+            return bool(args.citus)
+        rows = await store._rows(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')", {}
+        )
+        return bool(rows[0][0])
+    rows = await store._rows(
+        "SELECT to_regclass(%(t)s) IS NOT NULL", {"t": f"{store._ident}.layout"}
+    )
+    return bool(rows[0][0])
+
+
+async def _migrate(store: Any, args: argparse.Namespace) -> None:
+    rls = getattr(args, "rls", False)
+    shards, sharding = getattr(args, "shards", None), getattr(args, "sharding", None)
+    from flows_citus import CitusStore
+
+    if isinstance(store, CitusStore):
+        await store.migrate(shards=shards, sharding=sharding, rls=rls)
+        print(f"Citus layout: {store.layout.shards} shard keys by {store.layout.sharding}")
+        return
+    if shards is not None or sharding is not None:
+        raise CliError("--shards and --sharding apply to Citus only (flows migrate --citus)")
+    await store.migrate(rls=rls)
 
 
 def _redact(dsn: str) -> str:
@@ -486,6 +523,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--rls",
         action="store_true",
         help="also enable row-level security per tenant (see README, Row-level security)",
+    )
+    p.add_argument(
+        "--citus",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="distribute the schema on Citus (default: when the citus extension is there)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        help="Citus: number of shard keys, fixed once workflows exist (default 32)",
+    )
+    p.add_argument(
+        "--sharding",
+        choices=["workflow", "tenant"],
+        help="Citus: spread by workflow id (default) or keep each tenant together",
     )
     p.set_defaults(func=cmd_migrate)
 

@@ -94,6 +94,16 @@ ADAPTERS = [
         id="pg",
         marks=pytest.mark.pg,
     ),
-    # Citus, once tests/conftest_citus.py offers citus_dsn / make_citus_store / drop_citus_store:
-    # pytest.param(partial(sql_adapter, "flows_citus", "citus_dsn", "conftest_citus", "make_citus_store", "drop_citus_store"), id="citus", marks=pytest.mark.citus),  # noqa: E501
+    pytest.param(
+        partial(
+            sql_adapter,
+            "flows_citus",
+            "citus_dsn",
+            "conftest_citus",
+            "make_citus_store",
+            "drop_citus_store",
+        ),
+        id="citus",
+        marks=pytest.mark.citus,
+    ),
 ]

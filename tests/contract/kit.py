@@ -63,6 +63,12 @@ class Kit:
         self.wf = f"wf-{ns}"
         self.act = f"act-{ns}"
         self.shard = f"wf-{ns}-shard-0"
+        # A store that places workflows itself (Citus: the key follows from tenant and
+        # id; the contract adapter uses tenant sharding) names the kit's shard.
+        self.sharder = getattr(self.store, "sharder", None)
+        if self.sharder is not None:
+            self.shard = self.sharder.key_for(self.wf, "", self.tenant)
+        self.shards_used = [self.shard]
         self._ids = 0
 
     def now(self) -> datetime:
@@ -85,12 +91,17 @@ class Kit:
         workflow_id = workflow_id or self.new_id()
         name = name or self.wf
         payload = raw({"n": 1} if input is None else input)
+        shard = self.shard
+        if self.sharder is not None:
+            shard = self.sharder.key_for(name, workflow_id, tenant)
+            if shard not in self.shards_used:
+                self.shards_used.append(shard)
         return NewWorkflow(
             tenant_id=tenant,
             workflow_id=workflow_id,
             name=name,
             version=version,
-            shard_key=self.shard,
+            shard_key=shard,
             input=payload,
             started=WorkflowStarted(
                 name=name,
@@ -136,7 +147,7 @@ class Kit:
                 activity_names=list(acts),
                 limit=limit,
                 lease=lease,
-                shard_keys=[self.shard] if shards is None else list(shards),
+                shard_keys=list(self.shards_used) if shards is None else list(shards),
             )
         )
 

@@ -6,6 +6,7 @@ here only sees this test's workflows.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -148,14 +149,13 @@ async def test_tables_stay_bounded_with_retention(adapter: Adapter) -> None:
 async def test_worker_background_pruner(adapter: Adapter) -> None:
     store = adapter.store
     engine = flows.Engine(store)
-    # results are read before the pruner may delete them: retention 1 s, checked often
-    w = worker(store, workflows=[short], activities=[double], retention=timedelta(seconds=1))
+    # results are read before the pruner may delete them: retention 3 s, checked often
+    w = worker(store, workflows=[short], activities=[double], retention=timedelta(seconds=3))
     w.retention_interval = 0.05
     async with running(w):
         runs = [await engine.start(short, i) for i in range(5)]
-        for run in runs:
-            await result(run)
-        for _ in range(100):
+        await asyncio.gather(*(result(run) for run in runs))
+        for _ in range(200):
             if not (await store.stats()).workflows:
                 break
             await adapter.pass_time(0.05)

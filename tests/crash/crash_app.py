@@ -80,7 +80,12 @@ async def poison_wf(ctx: flows.WorkflowContext, _: None) -> None:
 async def run_worker(dsn: str, schema: str, lease: float) -> None:
     from flows_pg import PostgresStore
 
-    async with PostgresStore(dsn, schema=schema) as store:
+    store_class = PostgresStore
+    if os.environ.get("CRASH_STORE") == "citus":
+        from flows_citus import CitusStore
+
+        store_class = CitusStore
+    async with store_class(dsn, schema=schema) as store:
         if MODE.startswith("die-in-commit:"):
             delay = float(MODE.split(":", 1)[1])
             commit = store.commit_workflow_task

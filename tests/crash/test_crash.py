@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from checks import assert_history_invariants
+from conftest_citus import drop_citus_store, make_citus_store
 from conftest_pg import drop_pg_store, make_pg_store
 
 import flows_core as flows
@@ -24,16 +25,35 @@ from flows_core._events import ActivityCompleted, ActivityScheduled
 
 from .crash_app import crash_wf, effect, effects_table, poison_wf
 
-pytestmark = [pytest.mark.pg, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 APP = Path(__file__).with_name("crash_app.py")
 STEPS = 3
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("pg", marks=pytest.mark.pg),
+        pytest.param("citus", marks=pytest.mark.citus),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(store kind, server DSN): every crash test runs on PostgreSQL and on Citus."""
+    kind: str = request.param
+    return kind, request.getfixturevalue("pg_dsn" if kind == "pg" else "citus_dsn")
+
+
 @pytest.fixture
-async def store(pg_dsn: str) -> AsyncIterator[object]:
-    s = await make_pg_store(pg_dsn)
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+def dsn(backend: tuple[str, str]) -> str:
+    return backend[1]
+
+
+@pytest.fixture
+async def store(backend: tuple[str, str]) -> AsyncIterator[object]:
+    kind, dsn = backend
+    s = await (make_pg_store(dsn) if kind == "pg" else make_citus_store(dsn))
+    s.crash_kind = kind
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute(
             psycopg.sql.SQL(
                 "CREATE TABLE {} (workflow_id text, step int, pid int, "
@@ -43,13 +63,18 @@ async def store(pg_dsn: str) -> AsyncIterator[object]:
     try:
         yield s
     finally:
-        await drop_pg_store(s)
+        await (drop_pg_store(s) if kind == "pg" else drop_citus_store(s))
 
 
-def spawn(dsn: str, schema: str, mode: str, lease: float = 1.0) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APP.parent), *sys.path])}
+def spawn(dsn: str, store: object, mode: str, lease: float = 1.0) -> subprocess.Popen[str]:
+    """A worker process on ``store``'s schema (a PostgresStore or a CitusStore)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(APP.parent), *sys.path]),
+        "CRASH_STORE": getattr(store, "crash_kind", "pg"),
+    }
     proc = subprocess.Popen(
-        [sys.executable, str(APP), dsn, schema, mode, str(lease)],
+        [sys.executable, str(APP), dsn, store.schema, mode, str(lease)],  # type: ignore[attr-defined]
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -91,45 +116,46 @@ async def assert_all_done_exactly_once(engine: flows.Engine, ids: list[str]) -> 
         assert recorded == scheduled, "an activity result was not recorded exactly once"
 
 
-async def test_worker_killed_inside_activity_is_finished_by_another(pg_dsn: str, store) -> None:  # type: ignore[no-untyped-def]
+async def test_worker_killed_inside_activity_is_finished_by_another(dsn: str, store) -> None:  # type: ignore[no-untyped-def]
     engine = flows.Engine(store)
     ids = [(await engine.start(crash_wf, STEPS)).workflow_id for _ in range(6)]
-    victim = spawn(pg_dsn, store.schema, "slow")
+    victim = spawn(dsn, store, "slow")
     rescuer = None
     try:
 
         async def all_blocked() -> bool:
-            rows = await effects(pg_dsn, store.schema)
+            rows = await effects(dsn, store.schema)
             return len({w for w, step, _ in rows if step == 1}) == len(ids)
 
         await wait_for(all_blocked, 30, "the victim to be inside step 1 of every workflow")
         kill(victim)
-        rescuer = spawn(pg_dsn, store.schema, "normal")
+        rescuer = spawn(dsn, store, "normal")
         await assert_all_done_exactly_once(engine, ids)
     finally:
         kill(victim)
         if rescuer is not None:
             kill(rescuer)
-    rows = await effects(pg_dsn, store.schema)
+    rows = await effects(dsn, store.schema)
     runs = Counter((w, step) for w, step, _ in rows)
     assert all(runs[(w, 1)] == 2 for w in ids), "step 1 ran in the victim and again in the rescuer"
     assert all(runs[(w, 0)] == 1 for w in ids), "step 0 was recorded before the kill: not re-run"
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.0005, 0.002, 0.01])
-async def test_worker_killed_during_commit(pg_dsn: str, store, delay: float) -> None:  # type: ignore[no-untyped-def]
+async def test_worker_killed_during_commit(dsn: str, store, delay: float) -> None:  # type: ignore[no-untyped-def]
     engine = flows.Engine(store)
     ids = [(await engine.start(crash_wf, STEPS)).workflow_id for _ in range(4)]
-    victim = spawn(pg_dsn, store.schema, f"die-in-commit:{delay}")
+    victim = spawn(dsn, store, f"die-in-commit:{delay}")
     victim.wait(60)
     assert victim.returncode == -signal.SIGKILL, victim.stderr.read() if victim.stderr else ""
-    rescuer = spawn(pg_dsn, store.schema, "normal")
+    rescuer = spawn(dsn, store, "normal")
     try:
         await assert_all_done_exactly_once(engine, ids)
     finally:
         kill(rescuer)
 
 
+@pytest.mark.pg
 async def test_postgres_restart_mid_run(tmp_path: Path) -> None:
     from flows_pg import embedded
 
@@ -175,7 +201,7 @@ async def test_postgres_restart_mid_run(tmp_path: Path) -> None:
         embedded.stop(data, delete=True)
 
 
-async def test_poison_task_that_kills_workers_is_dead_lettered(pg_dsn: str, store) -> None:  # type: ignore[no-untyped-def]
+async def test_poison_task_that_kills_workers_is_dead_lettered(dsn: str, store) -> None:  # type: ignore[no-untyped-def]
     """A workflow whose task kills the worker process each time is dead-lettered after
     max_workflow_task_attempts lease expiries; the other workflows keep flowing."""
     engine = flows.Engine(store)
@@ -183,7 +209,7 @@ async def test_poison_task_that_kills_workers_is_dead_lettered(pg_dsn: str, stor
     ids = [(await engine.start(crash_wf, STEPS)).workflow_id for _ in range(6)]
     os.environ["CRASH_MAX_WF_ATTEMPTS"] = "3"
     deaths = 0
-    proc = spawn(pg_dsn, store.schema, "normal", lease=0.5)
+    proc = spawn(dsn, store, "normal", lease=0.5)
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
@@ -192,7 +218,7 @@ async def test_poison_task_that_kills_workers_is_dead_lettered(pg_dsn: str, stor
             if proc.poll() is not None:
                 assert proc.returncode == 17, proc.stderr.read() if proc.stderr else ""
                 deaths += 1
-                proc = spawn(pg_dsn, store.schema, "normal", lease=0.5)  # a restart
+                proc = spawn(dsn, store, "normal", lease=0.5)  # a restart
             await asyncio.sleep(0.05)
         await assert_all_done_exactly_once(engine, ids)
         assert proc.poll() is None, "the worker died after the dead-lettering"

@@ -1,4 +1,5 @@
-"""Fuzz every client entry point on PostgreSQL: Engine and SyncClient (see fuzz_support).
+"""Fuzz every client entry point on PostgreSQL and on Citus: Engine and SyncClient (see
+fuzz_support).
 
 Hostile tenant ids, workflow ids, names, signal names and payloads must give a correct
 result or a Flows error, never a raw psycopg error, and never another tenant's workflow.
@@ -12,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest_citus import drop_citus_store, make_citus_store
 from conftest_pg import drop_pg_store, make_pg_store
 from fuzz_support import (
     SECRET_ID,
@@ -27,17 +29,22 @@ from fuzz_support import (
 import flows_core as flows
 from flows_pg import SyncClient
 
-pytestmark = pytest.mark.pg
-
-EXAMPLES = 200
+EXAMPLES = {"pg": 200, "citus": 100}
 
 
-def test_hostile_inputs_pg(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "kind",
+    [pytest.param("pg", marks=pytest.mark.pg), pytest.param("citus", marks=pytest.mark.citus)],
+)
+def test_hostile_inputs(
+    kind: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsn = request.getfixturevalue("pg_dsn" if kind == "pg" else "citus_dsn")
     loop = asyncio.new_event_loop()
-    store = loop.run_until_complete(make_pg_store(pg_dsn))
+    store = loop.run_until_complete(make_pg_store(dsn) if kind == "pg" else make_citus_store(dsn))
     engine = flows.Engine(store, workflows=[fuzz_wf])
     client = SyncClient(schema=store.schema, workflows=[fuzz_wf])
-    conn = psycopg.connect(pg_dsn, autocommit=True)
+    conn = psycopg.connect(dsn, autocommit=True)
     loop.run_until_complete(
         engine.start(fuzz_wf, {"secret": True}, tenant_id=SECRET_TENANT, workflow_id=SECRET_ID)
     )
@@ -94,15 +101,15 @@ def test_hostile_inputs_pg(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> N
         loop.run_until_complete(one_case(engine, tally, sync=sync_ops, **kw))
 
     try:
-        run_cases(EXAMPLES, one)
+        run_cases(EXAMPLES[kind], one)
         # the secret workflow is intact and still its tenant's only
         info = loop.run_until_complete(engine.query(SECRET_ID, tenant_id=SECRET_TENANT))
         assert info.tenant_id == SECRET_TENANT
         assert info.name == "fuzz-wf"
     finally:
         conn.close()
-        loop.run_until_complete(drop_pg_store(store))
+        loop.run_until_complete(drop_pg_store(store) if kind == "pg" else drop_citus_store(store))
         loop.close()
-    assert tally.cases >= EXAMPLES // 2
+    assert tally.cases >= EXAMPLES[kind] // 2
     with capsys.disabled():
-        print(f"\npg fuzz: {tally.cases} cases, {tally.calls} calls: {tally.outcomes}")
+        print(f"\n{kind} fuzz: {tally.cases} cases, {tally.calls} calls: {tally.outcomes}")

@@ -4,9 +4,11 @@ tenancy, LISTEN/NOTIFY. The adapter-independent guarantees live in the contract 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import psycopg
@@ -41,6 +43,7 @@ from flows_core._store import (
     ListQuery,
     NewWorkflow,
     TimerTaskSpec,
+    WorkerInfo,
     WorkflowStatus,
     WorkflowTaskClaim,
     WorkflowTaskCommit,
@@ -754,9 +757,21 @@ async def test_terminal_commit_drops_every_task(store: PostgresStore) -> None:
 # -- LISTEN/NOTIFY --
 
 
+def _worker_info(worker_id: str, name: str) -> WorkerInfo:
+    return WorkerInfo(
+        worker_id=worker_id,
+        workflow_types=[(name, 1)],
+        activity_names=[],
+        heartbeat_at=datetime.now(UTC),
+    )
+
+
 async def test_notify_wakes_wait_for_work_quickly(pg_dsn: str, module_schema: str) -> None:
     waiter = await make_pg_store(pg_dsn, module_schema)
     writer = await make_pg_store(pg_dsn, module_schema)
+    name = uid("n")
+    # a start notifies when a live worker (here: registered through another store) runs it
+    await waiter.register_worker(_worker_info(uid("w-"), name))
     try:
         await waiter.wait_for_work(0.01)  # starts the listener
         t0 = time.monotonic()
@@ -765,7 +780,7 @@ async def test_notify_wakes_wait_for_work_quickly(pg_dsn: str, module_schema: st
 
         async def later() -> None:
             await asyncio.sleep(0.2)
-            await writer.start_workflow(new_workflow(uid("n")))
+            await writer.start_workflow(new_workflow(name))
 
         t0 = time.monotonic()
         await asyncio.gather(waiter.wait_for_work(10), later())
@@ -773,6 +788,106 @@ async def test_notify_wakes_wait_for_work_quickly(pg_dsn: str, module_schema: st
     finally:
         await waiter.close()
         await writer.close()
+
+
+async def _notifications(conn: psycopg.AsyncConnection[Any], seconds: float) -> list[str]:
+    got: list[str] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            async for note in conn.notifies():
+                got.append(note.channel)
+    return got
+
+
+async def test_start_notifies_only_when_another_live_worker_runs_the_workflow(
+    pg_dsn: str, module_schema: str
+) -> None:
+    """A start's NOTIFY costs a transaction on every listening backend: a store that
+    runs workers of its own wakes them in-process, and notifies only when a live worker
+    other than its own runs the workflow's type."""
+    store = await make_pg_store(pg_dsn, module_schema)
+    other = await make_pg_store(pg_dsn, module_schema)
+    name = uid("n")
+    listen = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+    try:
+        await listen.execute(f'LISTEN "{store.work_channel}"')
+        await listen.execute(f'LISTEN "{store.workflow_channel}"')
+        # a store without workers of its own (a client) always notifies
+        await store.start_workflow(new_workflow(name))
+        assert await _notifications(listen, 0.2) == [store.work_channel]
+        # a worker of this store, waiting: woken in-process, still no notification
+        await store.register_worker(_worker_info(uid("w-"), name))
+        await store.wait_for_work(0.01)
+        waiting = asyncio.ensure_future(store.wait_for_work(10))
+        await asyncio.sleep(0.05)
+        await store.start_workflow(new_workflow(name))
+        await asyncio.wait_for(waiting, 5)  # woken, long before its 10 s timeout
+        assert await _notifications(listen, 0.2) == []
+        # another store's live worker of another workflow type: still none
+        await other.register_worker(_worker_info(uid("w-"), uid("other")))
+        await store.start_workflow(new_workflow(name))
+        assert await _notifications(listen, 0.2) == []
+        # another store's live worker of this type: one work notification
+        await other.register_worker(_worker_info(uid("w-"), name))
+        await store.start_workflow(new_workflow(name))
+        assert await _notifications(listen, 0.3) == [store.work_channel]
+    finally:
+        await listen.close()
+        await store.close()
+        await other.close()
+
+
+async def test_listener_stops_listening_while_nobody_waits(pg_dsn: str, module_schema: str) -> None:
+    """A listening backend pays a transaction for every notifying commit: the store's
+    listener UNLISTENs once nobody has waited for ``idle_after``; the next wait then
+    returns at once (the caller looks again), and later waits are woken as before."""
+    waiter = await make_pg_store(pg_dsn, module_schema)
+    writer = await make_pg_store(pg_dsn, module_schema)
+    name = uid("n")
+    await waiter.register_worker(_worker_info(uid("w-"), name))
+    waiter._listener.idle_after = 0.1
+    try:
+        await waiter.wait_for_work(0.01)  # starts the listener
+        for _ in range(200):
+            if waiter._listener.pauses:
+                break
+            await asyncio.sleep(0.01)
+        assert waiter._listener.pauses == 1
+        assert not waiter._listener.listening
+        # a start meanwhile is not received; the next wait returns at once instead
+        await writer.start_workflow(new_workflow(name))
+        await asyncio.wait_for(waiter.wait_for_work(30), 5)
+        assert waiter._listener.listening
+
+        async def later() -> None:
+            await asyncio.sleep(0.05)
+            await writer.start_workflow(new_workflow(name))
+
+        await asyncio.wait_for(asyncio.gather(waiter.wait_for_work(30), later()), 5)
+    finally:
+        await waiter.close()
+        await writer.close()
+
+
+async def test_start_in_a_callers_transaction_notifies_at_its_commit(
+    pg_dsn: str, module_schema: str
+) -> None:
+    """With tx=, the store's own workers cannot be woken before the caller commits:
+    the NOTIFY (sent at commit) is kept for them too."""
+    store = await make_pg_store(pg_dsn, module_schema)
+    name = uid("n")
+    listen = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+    try:
+        await listen.execute(f'LISTEN "{store.work_channel}"')
+        await store.register_worker(_worker_info(uid("w-"), name))
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            await store.start_workflow(new_workflow(name), tx=conn)
+            assert await _notifications(listen, 0.1) == []
+            await conn.commit()
+        assert await _notifications(listen, 0.3) == [store.work_channel]
+    finally:
+        await listen.close()
+        await store.close()
 
 
 async def test_notify_wakes_wait_for_workflow(pg_dsn: str, module_schema: str) -> None:

@@ -1,0 +1,71 @@
+"""flows_pg.SyncClient on a schema migrated for Citus: it finds the layout by itself and
+sends the Citus (router) statements, in the caller's own transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from conftest_citus import drop_citus_store, make_citus_store
+
+import flows_core as flows
+from flows_pg import SyncClient
+
+pytestmark = pytest.mark.citus
+
+
+@flows.workflow("sync-citus")
+async def waits_for_go(ctx: flows.WorkflowContext, base: int) -> int:
+    return base + await ctx.wait_for_signal("go", int)
+
+
+@pytest.fixture
+async def store(citus_dsn: str) -> AsyncIterator[Any]:
+    s = await make_citus_store(citus_dsn)
+    try:
+        yield s
+    finally:
+        await drop_citus_store(s)
+
+
+def start_then_roll_back(client: SyncClient, conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        client.start(waits_for_go, 1, workflow_id="s2", tenant_id="acme", tx=conn)
+        raise RuntimeError("rolled back")
+
+
+def client_calls(dsn: str, schema: str) -> None:
+    client = SyncClient(dsn, schema=schema, workflows=[waits_for_go])
+    with psycopg.connect(dsn) as conn:
+        with conn.transaction():
+            client.start(waits_for_go, 40, workflow_id="s1", tenant_id="acme", tx=conn)
+        with pytest.raises(RuntimeError, match="rolled back"):
+            start_then_roll_back(client, conn)
+        with pytest.raises(flows.WorkflowNotFound):
+            client.query("s2", tenant_id="acme", tx=conn)
+        assert client.query("s1", tenant_id="acme", tx=conn).status == "running"
+        with pytest.raises(flows.WorkflowAlreadyExists):
+            client.start(waits_for_go, 1, workflow_id="s1", tenant_id="acme")
+    client.signal("s1", "go", 2, tenant_id="acme")
+    client.start(waits_for_go, 0, workflow_id="s3", tenant_id="acme")
+    assert client.cancel("s3", tenant_id="acme") == flows.CancelOutcome.REQUESTED
+    wrong = SyncClient(dsn, schema=schema, sharder=flows.HashSharder(9))
+    with pytest.raises(flows.InvalidArgument, match="follows from its tenant and id"):
+        wrong.start(waits_for_go, 1, workflow_id="s4", tenant_id="acme")
+
+
+async def test_sync_client_on_citus(store: Any, citus_dsn: str) -> None:
+    await asyncio.to_thread(client_calls, citus_dsn, store.schema)
+    engine = flows.Engine(store)
+    worker = flows.Worker(store, workflows=[waits_for_go], poll_interval=0.1)
+    task = asyncio.ensure_future(worker.run())
+    try:
+        assert await engine.wait_for_result("s1", tenant_id="acme", timeout=20) == 42
+        record = await store.get_workflow("acme", "s1")
+        assert record.shard_key == store.layout.locate("acme", "s1")
+    finally:
+        await worker.stop()
+        await task
