@@ -52,6 +52,7 @@ from flows_core._store import (
     WorkflowStatus,
     WorkflowTaskClaim,
     WorkflowTaskCommit,
+    eager_start_claim,
 )
 from flows_pg import PostgresStore
 from flows_pg._migrate import migrate
@@ -128,6 +129,12 @@ class CitusStore(PostgresStore):
             found = await self._rows(self._q("SELECT shards, sharding FROM {S}.layout"), {})
             if found:
                 self._layout = CitusLayout(int(found[0][0]), str(found[0][1]))
+
+    async def _ready(self) -> CitusLayout:
+        """The layout, opening the store first if needed (the first call of a method)."""
+        if self._layout is None:
+            await self.open()
+        return self.layout
 
     @property
     def layout(self) -> CitusLayout:
@@ -253,8 +260,7 @@ class CitusStore(PostgresStore):
 
     async def _drive_batches(self, op: Op[T], tx: Any = None) -> T:
         """Run a client operation: each batch it yields is one transaction."""
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         try:
             batch = next(op)
             while True:
@@ -264,8 +270,7 @@ class CitusStore(PostgresStore):
             return result
 
     async def start_workflow(self, new: NewWorkflow, *, tx: Any = None) -> None:
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         await self._drive_batches(start_op(self._st, self.layout, new), tx)
 
     async def start_workflow_leased(
@@ -273,8 +278,7 @@ class CitusStore(PostgresStore):
     ) -> WorkflowTaskClaim:
         """Eager start (``flows_core._store.EagerStart``): the start's transaction with
         the workflow task inserted leased to ``owner``; no notification."""
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         params = start_params(self._st, self.layout, new)
         params.update(token=uuid6.uuid7(), owner=owner, lease=lease)
         results = await self._run(
@@ -287,37 +291,19 @@ class CitusStore(PostgresStore):
         if not results[0]:
             raise WorkflowAlreadyExists(new.workflow_id)
         (created, updated), (expires,) = results[0][0], results[1][0]
-        return WorkflowTaskClaim(
-            lease=Lease(
-                task_id=str(params["wf_task_id"]),
-                token=str(params["token"]),
-                tenant_id=new.tenant_id,
-                shard_key=new.shard_key,
-                workflow_id=new.workflow_id,
-                expires_at=utc(expires),
-            ),
-            workflow=WorkflowRecord(
-                tenant_id=new.tenant_id,
-                workflow_id=new.workflow_id,
-                name=new.name,
-                version=new.version,
-                shard_key=new.shard_key,
-                status=WorkflowStatus.RUNNING,
-                input=new.input,
-                created_at=utc(created),
-                updated_at=utc(updated),
-                history_length=1,
-                next_seq=1,
-            ),
-            history=[new.started],
-            attempt=1,
+        return eager_start_claim(
+            new,
+            task_id=str(params["wf_task_id"]),
+            token=str(params["token"]),
+            expires_at=utc(expires),
+            created_at=utc(created),
+            updated_at=utc(updated),
         )
 
     async def signal_workflow(
         self, tenant_id: str, workflow_id: str, event: SignalReceived, *, tx: Any = None
     ) -> None:
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         await self._drive_batches(
             signal_op(self._st, self.layout, tenant_id, workflow_id, event), tx
         )
@@ -325,8 +311,7 @@ class CitusStore(PostgresStore):
     async def cancel_workflow(
         self, tenant_id: str, workflow_id: str, event: CancelRequested, *, tx: Any = None
     ) -> CancelOutcome:
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         return await self._drive_batches(
             cancel_op(self._st, self.layout, tenant_id, workflow_id, event), tx
         )
@@ -334,13 +319,11 @@ class CitusStore(PostgresStore):
     async def get_workflow(
         self, tenant_id: str, workflow_id: str, *, tx: Any = None
     ) -> WorkflowRecord:
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         return await self._drive_batches(get_op(self._st, self.layout, tenant_id, workflow_id), tx)
 
     async def get_history(self, tenant_id: str, workflow_id: str, *, after: int = 0) -> list[Event]:
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         params = self._where(tenant_id, workflow_id)
         params["after"] = after
         rows = await self._rows(self._c["GET_HISTORY"], params, read=True)
@@ -349,8 +332,7 @@ class CitusStore(PostgresStore):
         return [] if rows[0][0] is None else decode_events(rows[0][0])
 
     async def list_workflows(self, query: ListQuery) -> list[WorkflowRecord]:
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         key = (query.tenant_id is not None, query.status is not None, query.name is not None)
         statement = self._c_list.get(key)
         if statement is None:
@@ -377,8 +359,7 @@ class CitusStore(PostgresStore):
         queues += [f"a:{name}" for name in request.activity_names]
         if not queues or request.limit <= 0:
             return []
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         keys = self._keys(request.shard_keys)
         # Work notifications name their shard key: those keys are claimed from at once.
         # All keys are probed (one pipelined round trip) unless that was done less than
@@ -581,8 +562,7 @@ class CitusStore(PostgresStore):
             raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
 
     async def retry_workflow(self, tenant_id: str, workflow_id: str) -> bool:
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         params = self._where(tenant_id, workflow_id)
         params["wf_task_id"] = uuid6.uuid7()
         steps = [
@@ -642,8 +622,7 @@ class CitusStore(PostgresStore):
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
         if limit <= 0:
             return 0
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         keys = self._keys(shard_keys)
         probes = await self._each_key(self._c["FIRE_PROBE"], keys, {})
         fired = 0
@@ -677,8 +656,7 @@ class CitusStore(PostgresStore):
         return fired
 
     async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         per_key = await self._each_key(self._c["NEXT_DUE"], self._keys(shard_keys), {})
         found = [rows[0][0] for rows in per_key if rows[0][0] is not None]
         return utc(min(found)) if found else None
@@ -688,8 +666,7 @@ class CitusStore(PostgresStore):
     async def prune(self, older_than: timedelta, limit: int) -> int:
         if limit <= 0:
             return 0
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         pruned = 0
         for key in self.layout.keys:
             if pruned >= limit:
@@ -700,8 +677,7 @@ class CitusStore(PostgresStore):
         return pruned
 
     async def stats(self, shard_keys: Sequence[str] | None = None) -> StoreStats:
-        if self._layout is None:
-            await self.open()
+        await self._ready()
         keys = self._keys(shard_keys)
         per_key = await self._each_key(self._c["STATS"], keys, {})
         depth: dict[str, int] = {}

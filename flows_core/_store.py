@@ -58,6 +58,7 @@ __all__ = [
     "WorkflowStatus",
     "WorkflowTaskClaim",
     "WorkflowTaskCommit",
+    "eager_start_claim",
 ]
 
 
@@ -452,3 +453,41 @@ class EagerStart(Protocol):
         of the task after the lease expires counts as attempt 2 (the claimant crashed).
         No work notification is needed (nothing is claimable)."""
         ...
+
+
+def eager_start_claim(
+    new: NewWorkflow,
+    *,
+    task_id: str,
+    token: str,
+    expires_at: datetime,
+    created_at: datetime,
+    updated_at: datetime,
+) -> WorkflowTaskClaim:
+    """The claim ``EagerStart.start_workflow_leased`` returns: ``new``'s row as written
+    (running, history ``[new.started]``), its workflow task leased by ``token``."""
+    return WorkflowTaskClaim(
+        lease=Lease(
+            task_id=task_id,
+            token=token,
+            tenant_id=new.tenant_id,
+            shard_key=new.shard_key,
+            workflow_id=new.workflow_id,
+            expires_at=expires_at,
+        ),
+        workflow=WorkflowRecord(
+            tenant_id=new.tenant_id,
+            workflow_id=new.workflow_id,
+            name=new.name,
+            version=new.version,
+            shard_key=new.shard_key,
+            status=WorkflowStatus.RUNNING,
+            input=new.input,
+            created_at=created_at,
+            updated_at=updated_at,
+            history_length=1,
+            next_seq=1,
+        ),
+        history=[new.started],
+        attempt=1,
+    )

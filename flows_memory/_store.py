@@ -52,6 +52,7 @@ from flows_core._store import (
     WorkflowStatus,
     WorkflowTaskClaim,
     WorkflowTaskCommit,
+    eager_start_claim,
 )
 
 __all__ = ["FaultHook", "MemoryStore"]
@@ -117,6 +118,21 @@ class _Workflow:
     cancel_requested: bool = False
     workflow_task: _Task | None = None
     step_tasks: dict[int, _Task] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, new: NewWorkflow, now: datetime) -> _Workflow:
+        """A just-started workflow: its row and its WorkflowStarted event."""
+        return cls(
+            tenant_id=new.tenant_id,
+            workflow_id=new.workflow_id,
+            name=new.name,
+            version=new.version,
+            shard_key=new.shard_key,
+            input=new.input,
+            created_at=now,
+            updated_at=now,
+            history=[new.started],
+        )
 
 
 def _no_tx(tx: Any) -> None:
@@ -358,18 +374,7 @@ class MemoryStore:
         if key in self._workflows:
             raise WorkflowAlreadyExists(new.workflow_id)
         now = self._clock.now()
-        wf = _Workflow(
-            tenant_id=new.tenant_id,
-            workflow_id=new.workflow_id,
-            name=new.name,
-            version=new.version,
-            shard_key=new.shard_key,
-            input=new.input,
-            created_at=now,
-            updated_at=now,
-            history=[new.started],
-        )
-        self._workflows[key] = wf
+        wf = self._workflows[key] = _Workflow.new(new, now)
         self._ensure_workflow_task(wf)
         self._changed(wf, work=True)
         self._fault("start_workflow", "after")
@@ -384,18 +389,7 @@ class MemoryStore:
         if key in self._workflows:
             raise WorkflowAlreadyExists(new.workflow_id)
         now = self._clock.now()
-        wf = _Workflow(
-            tenant_id=new.tenant_id,
-            workflow_id=new.workflow_id,
-            name=new.name,
-            version=new.version,
-            shard_key=new.shard_key,
-            input=new.input,
-            created_at=now,
-            updated_at=now,
-            history=[new.started],
-        )
-        self._workflows[key] = wf
+        wf = self._workflows[key] = _Workflow.new(new, now)
         expires = now + lease
         # attempt 2: the number the next claim gets, as after a claim (dead letters)
         task = self._new_task(
@@ -410,18 +404,13 @@ class MemoryStore:
         wf.workflow_task = task
         self._changed(wf, work=False)
         self._fault("start_workflow", "after")
-        return WorkflowTaskClaim(
-            lease=Lease(
-                task_id=task.task_id,
-                token=task.token or "",
-                tenant_id=wf.tenant_id,
-                shard_key=wf.shard_key,
-                workflow_id=wf.workflow_id,
-                expires_at=expires,
-            ),
-            workflow=self._record(wf),
-            history=list(wf.history),
-            attempt=1,
+        return eager_start_claim(
+            new,
+            task_id=task.task_id,
+            token=task.token or "",
+            expires_at=expires,
+            created_at=now,
+            updated_at=now,
         )
 
     async def signal_workflow(

@@ -56,6 +56,7 @@ from flows_core._store import (
     WorkflowStatus,
     WorkflowTaskClaim,
     WorkflowTaskCommit,
+    eager_start_claim,
 )
 
 from . import _sql
@@ -353,30 +354,13 @@ class PostgresStore:
         if not rows:
             raise WorkflowAlreadyExists(new.workflow_id)
         created, updated, expires = rows[0]
-        return WorkflowTaskClaim(
-            lease=Lease(
-                task_id=str(task_id),
-                token=str(token),
-                tenant_id=new.tenant_id,
-                shard_key=new.shard_key,
-                workflow_id=new.workflow_id,
-                expires_at=utc(expires),
-            ),
-            workflow=WorkflowRecord(
-                tenant_id=new.tenant_id,
-                workflow_id=new.workflow_id,
-                name=new.name,
-                version=new.version,
-                shard_key=new.shard_key,
-                status=WorkflowStatus.RUNNING,
-                input=new.input,
-                created_at=utc(created),
-                updated_at=utc(updated),
-                history_length=1,
-                next_seq=1,
-            ),
-            history=[new.started],
-            attempt=1,
+        return eager_start_claim(
+            new,
+            task_id=str(task_id),
+            token=str(token),
+            expires_at=utc(expires),
+            created_at=utc(created),
+            updated_at=utc(updated),
         )
 
     async def signal_workflow(

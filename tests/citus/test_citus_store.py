@@ -4,12 +4,11 @@ its fair claims, and starting a workflow inside the application's own transactio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
-from conftest_citus import drop_citus_store, make_citus_store
+from conftest_citus import drop_citus_store
 from conftest_pg import fresh_schema
 from psycopg import sql
 
@@ -22,15 +21,6 @@ from tests.contract.kit import Kit
 pytestmark = pytest.mark.citus
 
 TABLES = ("workflows", "history", "inbox", "tasks", "workers")
-
-
-@pytest.fixture
-async def store(citus_dsn: str) -> AsyncIterator[Any]:
-    s = await make_citus_store(citus_dsn)
-    try:
-        yield s
-    finally:
-        await drop_citus_store(s)
 
 
 def distribution(dsn: str, schema: str) -> dict[str, tuple[str, str | None, int]]:

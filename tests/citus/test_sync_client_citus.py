@@ -4,12 +4,10 @@ sends the Citus (router) statements, in the caller's own transaction."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
-from conftest_citus import drop_citus_store, make_citus_store
 
 import flows_core as flows
 from flows_pg import SyncClient
@@ -20,15 +18,6 @@ pytestmark = pytest.mark.citus
 @flows.workflow("sync-citus")
 async def waits_for_go(ctx: flows.WorkflowContext, base: int) -> int:
     return base + await ctx.wait_for_signal("go", int)
-
-
-@pytest.fixture
-async def store(citus_dsn: str) -> AsyncIterator[Any]:
-    s = await make_citus_store(citus_dsn)
-    try:
-        yield s
-    finally:
-        await drop_citus_store(s)
 
 
 def start_then_roll_back(client: SyncClient, conn: psycopg.Connection[Any]) -> None:
