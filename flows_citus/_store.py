@@ -56,7 +56,7 @@ from flows_core._store import (
 )
 from flows_pg import PostgresStore
 from flows_pg._migrate import migrate
-from flows_pg._records import error_text, record_from_row, text, utc
+from flows_pg._records import commit_refused, error_text, record_from_row, text, utc
 
 from . import _sql
 from ._client_ops import (
@@ -524,19 +524,12 @@ class CitusStore(PostgresStore):
             moved = done[0][0]
             return [] if moved is None else decode_events(moved)
         wf_found, task_kind, next_seq, history_length = results[0][0]
-        if not wf_found or task_kind is None:
-            raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
-        if next_seq != commit.expected_next_seq:
-            raise LeaseLost(
-                f"workflow {lease.workflow_id}: next step is #{next_seq}, "
-                f"the commit expected #{commit.expected_next_seq}"
-            )
-        if history_length != commit.claimed_history_length:
-            raise LeaseLost(
-                f"workflow {lease.workflow_id}: history has {history_length} events, "
-                f"the commit was decided on {commit.claimed_history_length}"
-            )
-        raise LeaseLost(f"task {lease.task_id} is not a workflow task")
+        raise commit_refused(
+            commit,
+            task_found=bool(wf_found and task_kind is not None),
+            next_seq=next_seq,
+            history_length=history_length,
+        )
 
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
         params = self._lease_params(lease)

@@ -10,9 +10,9 @@ from typing import Any, Final
 import msgspec
 
 from flows_core._errors import ErrorInfo, LeaseLost
-from flows_core._store import WorkflowRecord, WorkflowStatus
+from flows_core._store import WorkflowRecord, WorkflowStatus, WorkflowTaskCommit
 
-__all__ = ["error_text", "raw", "record_from_row", "text", "utc", "uuid_of"]
+__all__ = ["commit_refused", "error_text", "raw", "record_from_row", "text", "utc", "uuid_of"]
 
 _json: Final = msgspec.json.Encoder()
 _error_decoder: Final = msgspec.json.Decoder(ErrorInfo)
@@ -61,3 +61,27 @@ def record_from_row(row: Sequence[Any], pending: bool) -> WorkflowRecord:
         workflow_task_pending=pending,
         inbox_length=row[14],
     )
+
+
+def commit_refused(
+    commit: WorkflowTaskCommit,
+    *,
+    task_found: bool,
+    next_seq: int | None,
+    history_length: int | None,
+) -> LeaseLost:
+    """Why a fenced workflow-task commit wrote nothing, from what its fence read."""
+    lease = commit.lease
+    if not task_found:
+        return LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+    if next_seq != commit.expected_next_seq:
+        return LeaseLost(
+            f"workflow {lease.workflow_id}: next step is #{next_seq}, "
+            f"the commit expected #{commit.expected_next_seq}"
+        )
+    if history_length != commit.claimed_history_length:
+        return LeaseLost(
+            f"workflow {lease.workflow_id}: history has {history_length} events, "
+            f"the commit was decided on {commit.claimed_history_length}"
+        )
+    return LeaseLost(f"task {lease.task_id} is not a workflow task")

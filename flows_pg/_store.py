@@ -63,7 +63,7 @@ from . import _sql
 from ._client_ops import ClientStatements, Op, cancel_op, get_op, signal_op, start_op
 from ._listener import Listener, channel_names
 from ._migrate import check_schema, load_migrations, migrate
-from ._records import error_text, record_from_row, text, utc, uuid_of
+from ._records import commit_refused, error_text, record_from_row, text, utc, uuid_of
 
 __all__ = ["PostgresStore"]
 
@@ -518,19 +518,12 @@ class PostgresStore:
         ok, wf_found, task_found, next_seq, history_length, moved = rows[0][:6]
         if ok:
             return [] if moved is None else decode_events(moved)
-        if not wf_found or not task_found:
-            raise LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
-        if next_seq != commit.expected_next_seq:
-            raise LeaseLost(
-                f"workflow {lease.workflow_id}: next step is #{next_seq}, "
-                f"the commit expected #{commit.expected_next_seq}"
-            )
-        if history_length != commit.claimed_history_length:
-            raise LeaseLost(
-                f"workflow {lease.workflow_id}: history has {history_length} events, "
-                f"the commit was decided on {commit.claimed_history_length}"
-            )
-        raise LeaseLost(f"task {lease.task_id} is not a workflow task")
+        raise commit_refused(
+            commit,
+            task_found=bool(wf_found and task_found),
+            next_seq=next_seq,
+            history_length=history_length,
+        )
 
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
         params = self._fence_params(lease)
