@@ -68,6 +68,9 @@ class Listener:
         self.pauses = 0
         """How many times listening stopped for want of waiters (for tests, stats)."""
         self._work_hints: dict[str, None] = {}
+        self._work_missed = False
+        """A work notification came while nobody waited (the worker was claiming or
+        reading its timers): the next wait returns at once instead of sleeping on it."""
 
     @property
     def listening(self) -> bool:
@@ -112,6 +115,9 @@ class Listener:
     async def wait_work(self, timeout: float) -> None:
         if timeout <= 0:
             return
+        if self._work_missed:
+            self._work_missed = False
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._work_waiters.add(fut)
         try:
@@ -144,7 +150,13 @@ class Listener:
 
     def wake_work(self) -> None:
         """Wake this process's ``wait_work`` callers (as a work notification would)."""
-        self._set(self._work_waiters)
+        self._work_arrived()
+
+    def _work_arrived(self) -> None:
+        if self._work_waiters:
+            self._set(self._work_waiters)
+        else:
+            self._work_missed = True
 
     # -- internals --
 
@@ -163,7 +175,7 @@ class Listener:
         if channel == self._work_channel:
             if payload and len(self._work_hints) < 4096:
                 self._work_hints[payload] = None
-            self._set(self._work_waiters)
+            self._work_arrived()
         elif channel == self._wf_channel:
             try:
                 key = _payload_decoder.decode(payload)

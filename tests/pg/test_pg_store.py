@@ -790,6 +790,27 @@ async def test_notify_wakes_wait_for_work_quickly(pg_dsn: str, module_schema: st
         await writer.close()
 
 
+async def test_work_notified_between_two_waits_is_not_lost(pg_dsn: str, module_schema: str) -> None:
+    """A worker does not wait while it claims or reads its timers: a notification that
+    arrives then makes its next wait return at once, instead of sleeping through it."""
+    waiter = await make_pg_store(pg_dsn, module_schema)
+    writer = await make_pg_store(pg_dsn, module_schema)
+    name = uid("n")
+    await waiter.register_worker(_worker_info(uid("w-"), name))
+    try:
+        await waiter.wait_for_work(0.01)  # starts the listener; nobody waits now
+        await writer.start_workflow(new_workflow(name))
+        for _ in range(500):  # until the listener has read the notification
+            if waiter._listener._work_missed:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(waiter.wait_for_work(60), 10)  # at once, not after 60 s
+        assert not waiter._listener._work_missed, "the missed wake-up is used once"
+    finally:
+        await waiter.close()
+        await writer.close()
+
+
 async def _notifications(conn: psycopg.AsyncConnection[Any], seconds: float) -> list[str]:
     got: list[str] = []
     with contextlib.suppress(TimeoutError):
