@@ -287,7 +287,14 @@ class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
 
 @runtime_checkable
 class Store(Protocol):
-    """Storage protocol. See the module docstring for the data model and guarantees."""
+    """Storage protocol. See the module docstring for the data model and guarantees.
+
+    Optional: a store whose placement of workflows is not free has an attribute
+    ``sharder`` (a ``Sharder`` with ``key_for``); ``Engine`` then names the shard keys of
+    new workflows with it (Citus: the key follows from tenant and workflow id, so a
+    lookup by id is a single-shard query), and ``start_workflow`` refuses other keys.
+    Another optional capability is ``EagerStart`` below.
+    """
 
     @property
     def clock(self) -> Clock:
