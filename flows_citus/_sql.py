@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from flows_pg._sql import list_filters
+
 __all__ = [
     "ACTIVITY_INBOX",
     "CLAIM_HISTORY",
@@ -130,13 +132,7 @@ WHERE {_pk("w")}
 
 def list_workflows_sql(*, tenant: bool, status: bool, name: bool) -> str:
     """The newest ``%(limit)s`` workflows of one shard key matching the filters."""
-    where = ["w.shard_key = %(sk)s"]
-    if tenant:
-        where.append("w.tenant_id = %(tid)s")
-    if status:
-        where.append("w.status = %(status)s")
-    if name:
-        where.append("w.name = %(name)s")
+    where = ["w.shard_key = %(sk)s", *list_filters(tenant=tenant, status=status, name=name)]
     return f"""
 SELECT {RECORD}, {_PENDING}
 FROM {{S}}.workflows w

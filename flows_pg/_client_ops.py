@@ -29,7 +29,7 @@ from . import _sql
 from ._listener import channel_names
 from ._records import record_from_row
 
-__all__ = ["ClientStatements", "Op", "cancel_op", "get_op", "signal_op", "start_op"]
+__all__ = ["ClientStatements", "Op", "cancel_op", "get_op", "signal_op", "start_op", "start_params"]
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
@@ -54,13 +54,9 @@ class ClientStatements:
         return _json.encode((tenant_id, workflow_id)).decode()
 
 
-def start_op(
-    st: ClientStatements, new: NewWorkflow, local_workers: Sequence[str] | None = None
-) -> Op[None]:
-    """Start ``new``. ``local_workers``: ids of workers the caller wakes itself; no
-    NOTIFY is sent for them (None: notify)."""
-    params = {
-        "local": None if local_workers is None else list(local_workers),
+def start_params(new: NewWorkflow) -> dict[str, Any]:
+    """The parameters every start statement takes (``wf_task_id``: a new task id)."""
+    return {
         "sk": new.shard_key,
         "tid": new.tenant_id,
         "wid": new.workflow_id,
@@ -69,10 +65,21 @@ def start_op(
         "input": bytes(new.input).decode(),
         "event": encode_event(new.started).decode(),
         "wf_task_id": uuid6.uuid7(),
-        "ch_work": st.work_channel,
-        "ch_wf": st.workflow_channel,
-        "wf_key": st.wf_key(new.tenant_id, new.workflow_id),
     }
+
+
+def start_op(
+    st: ClientStatements, new: NewWorkflow, local_workers: Sequence[str] | None = None
+) -> Op[None]:
+    """Start ``new``. ``local_workers``: ids of workers the caller wakes itself; no
+    NOTIFY is sent for them (None: notify)."""
+    params = start_params(new)
+    params.update(
+        local=None if local_workers is None else list(local_workers),
+        ch_work=st.work_channel,
+        ch_wf=st.workflow_channel,
+        wf_key=st.wf_key(new.tenant_id, new.workflow_id),
+    )
     try:
         rows = yield (st.start if local_workers is None else st.start_quiet), params
     except pg_errors.UniqueViolation as exc:

@@ -51,6 +51,7 @@ __all__ = [
     "START_QUIET",
     "TERMINAL_SQL",
     "UNREGISTER_WORKER",
+    "list_filters",
     "list_workflows_sql",
 ]
 
@@ -214,7 +215,8 @@ WHERE w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s
 """
 
 
-def list_workflows_sql(*, tenant: bool, status: bool, name: bool) -> str:
+def list_filters(*, tenant: bool, status: bool, name: bool) -> list[str]:
+    """The WHERE conditions of a listing (on ``w``) for the filters given."""
     where = []
     if tenant:
         where.append("w.tenant_id = %(tid)s")
@@ -222,6 +224,11 @@ def list_workflows_sql(*, tenant: bool, status: bool, name: bool) -> str:
         where.append("w.status = %(status)s")
     if name:
         where.append("w.name = %(name)s")
+    return where
+
+
+def list_workflows_sql(*, tenant: bool, status: bool, name: bool) -> str:
+    where = list_filters(tenant=tenant, status=status, name=name)
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     return f"""
 SELECT {_RECORD}, {_PENDING}

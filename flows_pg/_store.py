@@ -60,7 +60,15 @@ from flows_core._store import (
 )
 
 from . import _sql
-from ._client_ops import ClientStatements, Op, cancel_op, get_op, signal_op, start_op
+from ._client_ops import (
+    ClientStatements,
+    Op,
+    cancel_op,
+    get_op,
+    signal_op,
+    start_op,
+    start_params,
+)
 from ._listener import Listener, channel_names
 from ._migrate import check_schema, load_migrations, migrate
 from ._records import commit_refused, error_text, record_from_row, text, utc, uuid_of
@@ -333,20 +341,9 @@ class PostgresStore:
     ) -> WorkflowTaskClaim:
         """Eager start (``flows_core._store.EagerStart``): ``start_workflow`` with the
         workflow task leased to ``owner``, in one statement and without notifications."""
-        task_id, token = uuid6.uuid7(), uuid6.uuid7()
-        params = {
-            "sk": new.shard_key,
-            "tid": new.tenant_id,
-            "wid": new.workflow_id,
-            "name": new.name,
-            "version": new.version,
-            "input": bytes(new.input).decode(),
-            "event": encode_event(new.started).decode(),
-            "wf_task_id": task_id,
-            "token": token,
-            "owner": owner,
-            "lease": lease,
-        }
+        params = start_params(new)
+        task_id, token = params["wf_task_id"], uuid6.uuid7()
+        params.update(token=token, owner=owner, lease=lease)
         try:
             rows = await self._rows(self._s_start_leased, params)
         except pg_errors.UniqueViolation as exc:
