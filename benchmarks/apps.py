@@ -13,8 +13,8 @@ from datetime import timedelta
 from typing import Any
 
 import flows_core as flows
-from flows_core._events import SignalWaitStarted
-from flows_core._store import TERMINAL_STATUSES
+from flows_core.events import SignalWaitStarted
+from flows_core.store import TERMINAL_STATUSES
 
 # -- activities --
 

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import flows_core as flows
-from flows_core._events import encode_event
-from flows_core._store import ClaimRequest
+from flows_core.events import encode_event
+from flows_core.store import ClaimRequest
 
 from . import apps
 from .common import Row, log, median, percentile

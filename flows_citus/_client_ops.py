@@ -20,8 +20,8 @@ from flows_core._errors import (
     WorkflowNotFound,
     WorkflowNotRunning,
 )
-from flows_core._events import CancelRequested, Event, SignalReceived, encode_event
-from flows_core._store import (
+from flows_core.events import CancelRequested, Event, SignalReceived, encode_event
+from flows_core.store import (
     TERMINAL_STATUSES,
     CancelOutcome,
     NewWorkflow,

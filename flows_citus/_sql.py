@@ -169,7 +169,7 @@ ON CONFLICT (shard_key, tenant_id, workflow_id) WHERE kind = 'workflow' DO NOTHI
 START_TASK: Final = ENSURE_WORKFLOW_TASK.replace("{guard}", _NEW_ROW)
 
 # Eager start: the workflow task inserted already leased to %(owner)s, as a claim would
-# (attempt 2 means "claimed once"; see flows_core._store.EagerStart).
+# (attempt 2 means "claimed once"; see flows_core.store.EagerStart).
 START_TASK_LEASED: Final = f"""
 INSERT INTO {{S}}.tasks AS t (shard_key, tenant_id, task_id, workflow_id, kind, queue, name,
                             attempt, visible_at, lease_token, lease_owner)

@@ -34,8 +34,8 @@ from flows_core._errors import (
     WorkflowAlreadyExists,
     WorkflowNotFound,
 )
-from flows_core._events import CancelRequested, Event, SignalReceived, decode_events, encode_event
-from flows_core._store import (
+from flows_core.events import CancelRequested, Event, SignalReceived, decode_events, encode_event
+from flows_core.store import (
     TERMINAL_STATUSES,
     ActivityResult,
     ActivityRetry,
@@ -276,7 +276,7 @@ class CitusStore(PostgresStore):
     async def start_workflow_leased(
         self, new: NewWorkflow, *, owner: str, lease: timedelta
     ) -> WorkflowTaskClaim:
-        """Eager start (``flows_core._store.EagerStart``): the start's transaction with
+        """Eager start (``flows_core.store.EagerStart``): the start's transaction with
         the workflow task inserted leased to ``owner``; no notification."""
         await self._ready()
         params = start_params(self._st, self.layout, new)

@@ -23,6 +23,8 @@ from ._errors import (
     PayloadError,
     PayloadTooLarge,
     ScheduleToCloseTimeout,
+    StoreError,
+    StoreUnavailable,
     TenantRequired,
     TerminalError,
     WorkflowAlreadyExists,
@@ -32,14 +34,15 @@ from ._errors import (
     WorkflowNotFound,
     WorkflowNotRegistered,
     WorkflowNotRunning,
+    WorkflowTerminated,
     WorkflowTimeout,
 )
-from ._events import Event, event_summary
 from ._replay import Activation, Step, WorkflowInstance, replay
 from ._sharding import DEFAULT_SHARDS, HashSharder, Sharder, TenantSharder
-from ._store import CancelOutcome, Store, StoreStats, WorkflowStatus
 from ._tenancy import DEFAULT_TENANT, current_tenant, tenant
 from ._worker import Worker, WorkerStats
+from .events import Event, event_summary
+from .store import CancelOutcome, Store, StoreStats, TerminateOutcome, WorkflowStatus
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -71,11 +74,14 @@ __all__ = [
     "Sharder",
     "Step",
     "Store",
+    "StoreError",
     "StoreStats",
+    "StoreUnavailable",
     "SystemClock",
     "TenantRequired",
     "TenantSharder",
     "TerminalError",
+    "TerminateOutcome",
     "Worker",
     "WorkerStats",
     "Workflow",
@@ -91,6 +97,7 @@ __all__ = [
     "WorkflowNotRunning",
     "WorkflowRegistry",
     "WorkflowStatus",
+    "WorkflowTerminated",
     "WorkflowTimeout",
     "activity",
     "activity_info",

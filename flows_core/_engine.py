@@ -22,21 +22,29 @@ from ._errors import (
     WorkflowFailed,
     WorkflowNotDeadLettered,
     WorkflowNotRegistered,
+    WorkflowTerminated,
     WorkflowTimeout,
 )
-from ._events import CancelRequested, Event, SignalReceived, WorkflowStarted
 from ._sharding import HashSharder, Sharder, key_for
-from ._store import (
+from ._tenancy import DEFAULT_TENANT, current_tenant
+from .events import (
+    CancelRequested,
+    Event,
+    SignalReceived,
+    WorkflowStarted,
+    WorkflowTerminatedEvent,
+)
+from .store import (
     TERMINAL_STATUSES,
     CancelOutcome,
     ListQuery,
     NewWorkflow,
     Store,
+    TerminateOutcome,
     WorkflowRecord,
     WorkflowStatus,
     WorkflowTaskClaim,
 )
-from ._tenancy import DEFAULT_TENANT, current_tenant
 
 __all__ = ["Engine", "Planner", "Run", "WorkflowInfo", "WorkflowRegistry", "prune_store"]
 
@@ -257,12 +265,12 @@ class Planner:
         )
 
     def cancel(self, reason: str) -> CancelRequested:
-        text = str(reason)[:1000]
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidArgument(f"cancel reason is not valid Unicode text: {exc}") from None
-        return CancelRequested(reason=text, at=self.clock.now())
+        """Validate a cancel request."""
+        return CancelRequested(reason=_reason(reason, "cancel"), at=self.clock.now())
+
+    def terminate(self, reason: str) -> WorkflowTerminatedEvent:
+        """Validate a terminate request."""
+        return WorkflowTerminatedEvent(reason=_reason(reason, "terminate"), at=self.clock.now())
 
     @staticmethod
     def list_query(
@@ -369,7 +377,7 @@ class Engine:
     async def _start_eagerly(self, new: NewWorkflow) -> bool:
         """Eager workflow start: when a Worker running in this process on the same store
         serves the workflow and has a free slot, and the store offers
-        ``start_workflow_leased`` (an optional capability, ``flows_core._store.EagerStart``),
+        ``start_workflow_leased`` (an optional capability, ``flows_core.store.EagerStart``),
         start the workflow with its first workflow task leased to that worker and hand
         the claim over in-process (no claim transaction, no notification). False when
         that is not possible (the caller then starts it the ordinary way)."""
@@ -417,6 +425,23 @@ class Engine:
         tenant = self.tenant_for(tenant_id)
         event = self.planner.cancel(reason)
         return await self.store.cancel_workflow(
+            tenant, check_id(workflow_id, "workflow id"), event, tx=tx
+        )
+
+    async def terminate(
+        self,
+        workflow_id: str,
+        *,
+        reason: str = "",
+        tenant_id: str | None = None,
+        tx: Any = None,
+    ) -> TerminateOutcome:
+        """End a running or dead-lettered workflow at once: no more of its code runs (no
+        compensation), its pending steps, timers and signals are dropped, waiters get
+        ``WorkflowTerminated``. Says ALREADY_FINISHED (and does nothing) if it ended."""
+        tenant = self.tenant_for(tenant_id)
+        event = self.planner.terminate(reason)
+        return await self.store.terminate_workflow(
             tenant, check_id(workflow_id, "workflow id"), event, tx=tx
         )
 
@@ -487,6 +512,9 @@ class Engine:
             return decode_payload(record.output, type_, what=f"output of {record.workflow_id!r}")
         if record.status == WorkflowStatus.CANCELLED:
             raise WorkflowCancelled(record.workflow_id)
+        if record.status == WorkflowStatus.TERMINATED:
+            reason = record.error.message if record.error is not None else ""
+            raise WorkflowTerminated(record.workflow_id, reason)
         error = record.error or ErrorInfo(type="Unknown", message="")
         if error.type == WorkflowTimeout.__name__:
             raise WorkflowTimeout(record.workflow_id, error)
@@ -623,6 +651,15 @@ def remove_local_worker(store: object, worker: _LocalWorker) -> None:
         workers.remove(worker)
         if not workers:
             del _LOCAL_WORKERS[id(store)]
+
+
+def _reason(reason: str, what: str) -> str:
+    text = str(reason)[:1000]
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(f"{what} reason is not valid Unicode text: {exc}") from None
+    return text
 
 
 def _check_execution_timeout(value: object) -> None:

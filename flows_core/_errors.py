@@ -14,6 +14,7 @@
     ├── WorkflowFailed             wait_for_result on a failed workflow (has .cause)
     │   └── WorkflowTimeout        ... that ran past its execution_timeout
     ├── WorkflowCancelled          wait_for_result on a cancelled workflow
+    ├── WorkflowTerminated         wait_for_result on a terminated workflow (has .reason)
     ├── NonDeterminismError        replay diverged from the recorded history
     │   └── IllegalAwaitError      workflow awaited something that is not a Flows step
     ├── ActivityFailed             raised inside a workflow when an activity fails for good
@@ -23,6 +24,8 @@
     ├── Cancelled                  raised inside a workflow at the await a cancel interrupts
     ├── TerminalError              raise from an activity to stop retrying at once
     ├── LeaseLost                  a fenced write from a claimant whose lease is gone
+    ├── StoreError                 the store failed (the driver's exception is __cause__)
+    │   └── StoreUnavailable       ... because it cannot be reached (connection refused, lost)
     └── TenantRequired             a call without tenant on an engine that requires one
 """
 
@@ -44,6 +47,8 @@ __all__ = [
     "PayloadError",
     "PayloadTooLarge",
     "ScheduleToCloseTimeout",
+    "StoreError",
+    "StoreUnavailable",
     "TenantRequired",
     "TerminalError",
     "WorkflowAlreadyExists",
@@ -53,6 +58,7 @@ __all__ = [
     "WorkflowNotRegistered",
     "WorkflowNotDeadLettered",
     "WorkflowNotRunning",
+    "WorkflowTerminated",
     "WorkflowTimeout",
 ]
 
@@ -155,6 +161,17 @@ class WorkflowCancelled(FlowsError):
         self.workflow_id = workflow_id
 
 
+class WorkflowTerminated(FlowsError):
+    """The workflow was ended by ``Engine.terminate`` (no code of it ran after that)."""
+
+    def __init__(self, workflow_id: str, reason: str = "") -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} was terminated" + (f": {reason}" if reason else "")
+        )
+        self.workflow_id = workflow_id
+        self.reason = reason
+
+
 class NonDeterminismError(FlowsError):
     """Replaying the workflow code produced a step that differs from the history."""
 
@@ -207,6 +224,15 @@ class TerminalError(FlowsError):
 
 class LeaseLost(FlowsError):
     """The task's lease expired or was taken by another worker; the write was refused."""
+
+
+class StoreError(FlowsError):
+    """The store failed to carry out an operation; the driver's exception is chained as
+    ``__cause__``. Whether the operation took effect is unknown unless the store says so."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (connection refused, lost or timed out): retry later."""
 
 
 class TenantRequired(FlowsError):

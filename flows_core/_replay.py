@@ -44,7 +44,7 @@ from ._errors import (
     PayloadError,
     WorkflowTimeout,
 )
-from ._events import (
+from .events import (
     DEADLINE_SEQ,
     ActivityCompleted,
     ActivityFailedEvent,

@@ -60,7 +60,8 @@ from ._errors import (
     PayloadError,
     ScheduleToCloseTimeout,
 )
-from ._events import (
+from ._replay import WorkflowInstance
+from .events import (
     ActivityCompleted,
     ActivityFailedEvent,
     ActivityScheduled,
@@ -72,8 +73,7 @@ from ._events import (
     WorkflowCompleted,
     WorkflowFailedEvent,
 )
-from ._replay import WorkflowInstance
-from ._store import (
+from .store import (
     ActivityResult,
     ActivityRetry,
     ActivityTaskClaim,

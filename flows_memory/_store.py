@@ -28,13 +28,13 @@ from flows_core import (
     WorkflowNotFound,
     WorkflowNotRunning,
 )
-from flows_core._events import (
+from flows_core.events import (
     CancelRequested,
     Event,
     SignalReceived,
     TimerFired,
 )
-from flows_core._store import (
+from flows_core.store import (
     TERMINAL_STATUSES,
     ActivityResult,
     ActivityRetry,
@@ -382,7 +382,7 @@ class MemoryStore:
     async def start_workflow_leased(
         self, new: NewWorkflow, *, owner: str, lease: timedelta
     ) -> WorkflowTaskClaim:
-        """Eager start (``flows_core._store.EagerStart``): ``start_workflow`` with the
+        """Eager start (``flows_core.store.EagerStart``): ``start_workflow`` with the
         workflow task leased to ``owner`` as if claimed at once."""
         self._fault("start_workflow", "before")
         key = (new.tenant_id, new.workflow_id)

@@ -16,8 +16,8 @@ import uuid6
 from psycopg import errors as pg_errors
 
 from flows_core._errors import WorkflowAlreadyExists, WorkflowNotFound, WorkflowNotRunning
-from flows_core._events import CancelRequested, Event, SignalReceived, encode_event
-from flows_core._store import (
+from flows_core.events import CancelRequested, Event, SignalReceived, encode_event
+from flows_core.store import (
     TERMINAL_STATUSES,
     CancelOutcome,
     NewWorkflow,

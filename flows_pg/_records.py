@@ -10,7 +10,7 @@ from typing import Any, Final
 import msgspec
 
 from flows_core._errors import ErrorInfo, LeaseLost
-from flows_core._store import WorkflowRecord, WorkflowStatus, WorkflowTaskCommit
+from flows_core.store import WorkflowRecord, WorkflowStatus, WorkflowTaskCommit
 
 __all__ = ["commit_refused", "error_text", "raw", "record_from_row", "text", "utc", "uuid_of"]
 

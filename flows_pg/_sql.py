@@ -129,7 +129,7 @@ START_QUIET = START.replace(
 )
 START = START.replace("{who}", "")
 
-# Eager start (flows_core._store.EagerStart): START with the workflow task inserted
+# Eager start (flows_core.store.EagerStart): START with the workflow task inserted
 # leased to %(owner)s until now() + %(lease)s, as a claim would leave it (attempt 2 is
 # the number the next claim gets). Nothing is claimable, so nothing is notified; and
 # nobody waits for a workflow that did not exist.

@@ -1,6 +1,6 @@
 """``PostgresStore``: the Store protocol on PostgreSQL (psycopg 3 async + psycopg_pool).
 
-See ``flows_core._store`` for the semantics (the inbox model) and ``flows_pg._sql`` for
+See ``flows_core.store`` for the semantics (the inbox model) and ``flows_pg._sql`` for
 the statements. Every method runs exactly one SQL statement, hence one transaction and
 one round trip. Lease expiry and visibility use the database clock; ``clock`` is the
 system clock.
@@ -31,14 +31,14 @@ from flows_core._errors import (
     WorkflowAlreadyExists,
     WorkflowNotFound,
 )
-from flows_core._events import (
+from flows_core.events import (
     CancelRequested,
     Event,
     SignalReceived,
     decode_events,
     encode_event,
 )
-from flows_core._store import (
+from flows_core.store import (
     TERMINAL_STATUSES,
     ActivityResult,
     ActivityRetry,
@@ -339,7 +339,7 @@ class PostgresStore:
     async def start_workflow_leased(
         self, new: NewWorkflow, *, owner: str, lease: timedelta
     ) -> WorkflowTaskClaim:
-        """Eager start (``flows_core._store.EagerStart``): ``start_workflow`` with the
+        """Eager start (``flows_core.store.EagerStart``): ``start_workflow`` with the
         workflow task leased to ``owner``, in one statement and without notifications."""
         params = start_params(new)
         task_id, token = params["wf_task_id"], uuid6.uuid7()

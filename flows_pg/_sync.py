@@ -19,7 +19,7 @@ from flows_core._codec import DEFAULT_MAX_PAYLOAD_BYTES, check_id
 from flows_core._definitions import Workflow
 from flows_core._engine import Engine, Planner, WorkflowInfo
 from flows_core._sharding import Sharder
-from flows_core._store import CancelOutcome
+from flows_core.store import CancelOutcome
 
 from ._client_ops import ClientStatements, Op, cancel_op, get_op, signal_op, start_op
 from ._migrate import check_schema

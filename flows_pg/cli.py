@@ -17,8 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 import flows_core as flows
-from flows_core._events import ActivityCompleted, ActivityScheduled, SignalWaitStarted, TimerStarted
-from flows_core._store import ListQuery, Store
+from flows_core.events import ActivityCompleted, ActivityScheduled, SignalWaitStarted, TimerStarted
+from flows_core.store import ListQuery, Store
 
 __all__ = ["main"]
 

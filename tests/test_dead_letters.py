@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import flows_core as flows
-from flows_core._events import WorkflowStarted
 from flows_core._replay import WorkflowInstance
-from flows_core._store import ClaimRequest
+from flows_core.events import WorkflowStarted
+from flows_core.store import ClaimRequest
 from flows_memory import TestEnvironment
 
 

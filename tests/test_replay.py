@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 import flows_core as flows
-from flows_core._events import (
+from flows_core.events import (
     ActivityCompleted,
     ActivityFailedEvent,
     ActivityScheduled,
@@ -267,7 +267,7 @@ def test_instance_can_be_fed_incrementally_like_full_replay() -> None:
 
 def test_every_event_survives_encode_decode() -> None:
     """Found by the chaos suite: a cancelled workflow's string output did not decode."""
-    from flows_core._events import decode_events, encode_event
+    from flows_core.events import decode_events, encode_event
 
     out = msgspec.Raw(b'"refunded"')
     error = flows.ErrorInfo(type="E", message="m", attempts=2)

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 import flows_core as flows
-from flows_core._events import (
+from flows_core.events import (
     DEADLINE_SEQ,
     ActivityScheduled,
     TimerFired,
@@ -22,7 +22,7 @@ from flows_core._events import (
     decode_event,
     encode_event,
 )
-from flows_core._store import ClaimRequest
+from flows_core.store import ClaimRequest
 from flows_memory import TestEnvironment
 from tests.contract.checks import assert_history_invariants, assert_record_matches
 

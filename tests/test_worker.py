@@ -149,7 +149,7 @@ async def test_finished_steps_are_committed_before_the_next_inline_step() -> Non
         run = await env.engine.start(wf, None)
         await asyncio.sleep(0.2)
         history = await env.engine.history(run.workflow_id)
-        recorded = [e.seq for e in history if isinstance(e, flows._events.ActivityCompleted)]
+        recorded = [e.seq for e in history if isinstance(e, flows.events.ActivityCompleted)]
         assert recorded == [1, 2]  # steps 0 and 1 were committed before step 2 started
         rescuer = flows.Worker(env.store, workflows=[wf], activities=[counted], poll_interval=0.02)
         task = asyncio.ensure_future(rescuer.run())

@@ -81,7 +81,7 @@ async def test_retry_policy_retries_then_succeeds() -> None:
         assert await env.result(run) == 42
         history = await env.engine.history(run.workflow_id)
     assert attempts == [1, 2, 3]
-    done = [e for e in history if isinstance(e, flows._events.ActivityCompleted)]
+    done = [e for e in history if isinstance(e, flows.events.ActivityCompleted)]
     assert len(done) == 1
     assert done[0].attempt == 3
 
@@ -197,7 +197,7 @@ async def test_signal_before_timeout_wins_and_drops_timer() -> None:
         assert await env.result(run) == "now"
         assert env.store.task_count() == 0
         history = await env.engine.history(run.workflow_id)
-    assert any(isinstance(e, flows._events.StepCancelled) for e in history)
+    assert any(isinstance(e, flows.events.StepCancelled) for e in history)
 
 
 async def test_bad_signal_payload_raises_payload_error_inside_workflow() -> None:
@@ -323,7 +323,7 @@ async def test_now_random_uuid7_are_recorded_and_replayed_identically() -> None:
         run = await env.engine.start(wf, None)
         out = await env.result(run)
         history = await env.engine.history(run.workflow_id)
-    recorded = [e.value for e in history if isinstance(e, flows._events.SideEffectRecorded)]
+    recorded = [e.value for e in history if isinstance(e, flows.events.SideEffectRecorded)]
     assert recorded[1] == out[1]
     assert recorded[2] == out[2]
     again = flows.replay(wf, history, env.clock.now() + timedelta(days=9))

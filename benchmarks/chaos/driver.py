@@ -45,7 +45,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import flows_core as flows
-from flows_core._events import (
+from flows_core.events import (
     ActivityCompleted,
     ActivityFailedEvent,
     ActivityScheduled,

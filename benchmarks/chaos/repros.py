@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from flows_core._events import WorkflowCancelledEvent, decode_events, encode_event
+from flows_core.events import WorkflowCancelledEvent, decode_events, encode_event
 
 
 def cancelled_output_does_not_decode() -> str | None:

@@ -14,7 +14,7 @@ from psycopg import sql
 
 import flows_core as flows
 from flows_citus import CitusLayout, CitusStore
-from flows_core._store import ClaimRequest
+from flows_core.store import ClaimRequest
 from tests.contract.adapters import Adapter
 from tests.contract.kit import Kit
 

@@ -101,7 +101,7 @@ from psycopg_pool import AsyncConnectionPool
 import flows_core as flows
 from flows_citus import CitusStore
 from flows_citus._cluster import LocalCitusCluster
-from flows_core._events import (
+from flows_core.events import (
     ActivityCompleted,
     ActivityScheduled,
     SignalReceived,

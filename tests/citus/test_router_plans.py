@@ -22,14 +22,14 @@ import pytest
 from conftest_citus import drop_citus_store, make_citus_store
 
 from flows_core import ErrorInfo
-from flows_core._events import (
+from flows_core.events import (
     ActivityCompleted,
     ActivityScheduled,
     CancelRequested,
     TimerStarted,
     WorkflowCompleted,
 )
-from flows_core._store import (
+from flows_core.store import (
     ActivityResult,
     ActivityRetry,
     ActivityTaskSpec,

@@ -8,7 +8,7 @@ Reused by the contract suite, the property tests and the crash tests::
     assert_history_invariants(history)
     assert_record_matches(await store.get_workflow(tenant, workflow_id), history)
 
-Vocabulary (see ``flows_core._events``):
+Vocabulary (see ``flows_core.events``):
 
 * a *command event* records that the workflow took step ``seq``: ActivityScheduled,
   TimerStarted, SignalWaitStarted, SideEffectRecorded. Replay allocates seqs 1, 2, 3...
@@ -46,7 +46,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from flows_core._events import (
+from flows_core.events import (
     DEADLINE_SEQ,
     ActivityCompleted,
     ActivityFailedEvent,
@@ -65,7 +65,7 @@ from flows_core._events import (
     WorkflowStarted,
     event_summary,
 )
-from flows_core._store import TERMINAL_STATUSES, WorkflowRecord, WorkflowStatus
+from flows_core.store import TERMINAL_STATUSES, WorkflowRecord, WorkflowStatus
 
 __all__ = [
     "COMMAND_TYPES",

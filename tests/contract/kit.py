@@ -13,8 +13,8 @@ from typing import Any
 
 import msgspec
 
-from flows_core._events import Event, SignalReceived, WorkflowStarted
-from flows_core._store import (
+from flows_core.events import Event, SignalReceived, WorkflowStarted
+from flows_core.store import (
     ActivityTaskClaim,
     ActivityTaskSpec,
     ClaimedTask,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from flows_core._events import (
+from flows_core.events import (
     ActivityCompleted,
     ActivityScheduled,
     CancelRequested,

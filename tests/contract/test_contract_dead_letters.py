@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 
 from flows_core import ErrorInfo, LeaseLost, WorkflowNotFound
-from flows_core._events import SignalReceived
-from flows_core._store import WorkflowStatus
+from flows_core.events import SignalReceived
+from flows_core.store import WorkflowStatus
 from tests.contract.adapters import Adapter
 from tests.contract.checks import assert_history_invariants
 from tests.contract.kit import Kit, canon

@@ -1,4 +1,4 @@
-"""Eager workflow start: an OPTIONAL store capability (``flows_core._store.EagerStart``).
+"""Eager workflow start: an OPTIONAL store capability (``flows_core.store.EagerStart``).
 
 ``start_workflow_leased`` starts a workflow with its first workflow task already leased,
 as if ``claim`` had just leased it; the Engine uses it to hand a new workflow to a Worker
@@ -17,8 +17,8 @@ import pytest
 
 import flows_core as flows
 from flows_core._errors import LeaseLost, WorkflowAlreadyExists
-from flows_core._events import SignalReceived, WorkflowCompleted
-from flows_core._store import (
+from flows_core.events import SignalReceived, WorkflowCompleted
+from flows_core.store import (
     NewWorkflow,
     Store,
     WorkflowStatus,

@@ -26,7 +26,7 @@ from examples.order import (
     new_activities,
     new_workflow,
 )
-from flows_core._events import (
+from flows_core.events import (
     ActivityCompleted,
     ActivityScheduled,
     Event,
@@ -34,7 +34,7 @@ from flows_core._events import (
     TimerFired,
     TimerStarted,
 )
-from flows_core._store import Store, WorkflowTaskCommit
+from flows_core.store import Store, WorkflowTaskCommit
 from tests.contract.adapters import Adapter
 from tests.contract.checks import (
     assert_history_invariants,

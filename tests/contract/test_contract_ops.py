@@ -13,8 +13,8 @@ import pytest
 
 import flows_core as flows
 from flows_core._errors import ErrorInfo
-from flows_core._events import Event, WorkflowCompleted, WorkflowFailedEvent, encode_event
-from flows_core._store import WorkflowStatus, WorkflowTaskClaim
+from flows_core.events import Event, WorkflowCompleted, WorkflowFailedEvent, encode_event
+from flows_core.store import WorkflowStatus, WorkflowTaskClaim
 from tests.contract.adapters import Adapter
 from tests.contract.kit import Kit, raw
 from tests.contract.test_contract_engine import result, running, worker

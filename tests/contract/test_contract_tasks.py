@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from flows_core import ErrorInfo, LeaseLost
-from flows_core._events import (
+from flows_core.events import (
     ActivityCompleted,
     ActivityFailedEvent,
     ActivityScheduled,
@@ -19,7 +19,7 @@ from flows_core._events import (
     TimerStarted,
     WorkflowCompleted,
 )
-from flows_core._store import (
+from flows_core.store import (
     ActivityResult,
     ActivityRetry,
     ActivityTaskClaim,

@@ -12,13 +12,13 @@ from flows_core import (
     WorkflowNotFound,
     WorkflowNotRunning,
 )
-from flows_core._events import (
+from flows_core.events import (
     CancelRequested,
     SignalReceived,
     WorkflowCompleted,
     WorkflowStarted,
 )
-from flows_core._store import (
+from flows_core.store import (
     CancelOutcome,
     ListQuery,
     WorkerInfo,

@@ -21,7 +21,7 @@ from conftest_citus import drop_citus_store, make_citus_store
 from conftest_pg import drop_pg_store, make_pg_store
 
 import flows_core as flows
-from flows_core._events import ActivityCompleted, ActivityScheduled
+from flows_core.events import ActivityCompleted, ActivityScheduled
 
 from .crash_app import crash_wf, effect, effects_table, poison_wf
 

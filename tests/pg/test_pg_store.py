@@ -24,7 +24,7 @@ from flows_core._errors import (
     WorkflowNotFound,
     WorkflowNotRunning,
 )
-from flows_core._events import (
+from flows_core.events import (
     ActivityCompleted,
     ActivityScheduled,
     CancelRequested,
@@ -33,7 +33,7 @@ from flows_core._events import (
     TimerStarted,
     WorkflowStarted,
 )
-from flows_core._store import (
+from flows_core.store import (
     ActivityResult,
     ActivityRetry,
     ActivityTaskClaim,
@@ -716,7 +716,7 @@ async def test_terminal_commit_drops_every_task(store: PostgresStore) -> None:
     [wt2] = [c for c in claims if isinstance(c, WorkflowTaskClaim)]
     [a] = [c for c in claims if isinstance(c, ActivityTaskClaim)]
     assert a.cancel_requested
-    from flows_core._events import WorkflowCancelledEvent
+    from flows_core.events import WorkflowCancelledEvent
 
     await store.commit_workflow_task(
         WorkflowTaskCommit(
@@ -1130,7 +1130,7 @@ async def test_terminal_commit_leaves_late_inbox_events_in_the_inbox(
         new.workflow_id,
         SignalReceived(at=at, name="s", payload=Raw(b"1"), signal_id="1"),
     )
-    from flows_core._events import WorkflowCompleted
+    from flows_core.events import WorkflowCompleted
 
     await store.commit_workflow_task(
         WorkflowTaskCommit(

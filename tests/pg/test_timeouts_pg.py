@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 import flows_core as flows
-from flows_core._events import DEADLINE_SEQ, TimerFired
+from flows_core.events import DEADLINE_SEQ, TimerFired
 from flows_pg import PostgresStore, SyncClient
 from flows_pg.cli import build_parser
 from tests.contract.test_contract_engine import checked_history, result, running, worker

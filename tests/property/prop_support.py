@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 import flows_core as flows
 from flows_core import ActivityFailed, Cancelled, WorkflowNotRunning, replay
-from flows_core._events import (
+from flows_core.events import (
     ActivityCompleted,
     ActivityFailedEvent,
     ActivityScheduled,
@@ -46,7 +46,7 @@ from flows_core._events import (
     WorkflowFailedEvent,
     WorkflowStarted,
 )
-from flows_core._store import WorkflowStatus
+from flows_core.store import WorkflowStatus
 from flows_memory import TestEnvironment
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "dev")

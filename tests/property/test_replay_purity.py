@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from prop_support import MAX_ATTEMPTS, check_history, interp, programs, scaled
 
 from flows_core import ErrorInfo, WorkflowInstance, replay
-from flows_core._events import (
+from flows_core.events import (
     ActivityCompleted,
     ActivityFailedEvent,
     ActivityScheduled,

@@ -33,7 +33,7 @@ from hypothesis.stateful import (
 from prop_support import check_history, scaled
 
 from flows_core import ErrorInfo, LeaseLost, WorkflowNotRunning
-from flows_core._events import (
+from flows_core.events import (
     ActivityCompleted,
     ActivityFailedEvent,
     ActivityScheduled,
@@ -45,7 +45,7 @@ from flows_core._events import (
     WorkflowFailedEvent,
     WorkflowStarted,
 )
-from flows_core._store import (
+from flows_core.store import (
     TERMINAL_STATUSES,
     ActivityResult,
     ActivityRetry,

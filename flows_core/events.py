@@ -35,6 +35,7 @@ __all__ = [
     "WorkflowCompleted",
     "WorkflowFailedEvent",
     "WorkflowStarted",
+    "WorkflowTerminatedEvent",
     "decode_event",
     "decode_events",
     "encode_event",
@@ -138,6 +139,13 @@ class WorkflowCancelledEvent(_Base, tag="workflow_cancelled", frozen=True):
     """What the workflow returned after the cancel request, if it returned (else null)."""
 
 
+class WorkflowTerminatedEvent(_Base, tag="workflow_terminated", frozen=True):
+    """``Engine.terminate``: the workflow was ended at once, from outside; no code of it
+    ran for this, its pending tasks, timers and inbox were dropped."""
+
+    reason: str = ""
+
+
 Event = (
     WorkflowStarted
     | ActivityScheduled
@@ -153,6 +161,7 @@ Event = (
     | WorkflowCompleted
     | WorkflowFailedEvent
     | WorkflowCancelledEvent
+    | WorkflowTerminatedEvent
 )
 
 _encoder: Final = msgspec.json.Encoder()
@@ -223,3 +232,5 @@ def event_summary(event: Event) -> str:
             return f"failed: {event.error}"
         case WorkflowCancelledEvent():
             return "cancelled" + (f": {event.error}" if event.error else "")
+        case WorkflowTerminatedEvent():
+            return "terminated" + (f": {event.reason}" if event.reason else "")

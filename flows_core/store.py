@@ -33,8 +33,16 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from ._clock import Clock
-from ._errors import ErrorInfo
-from ._events import ActivityCompleted, ActivityFailedEvent, CancelRequested, Event, SignalReceived
+from ._errors import ErrorInfo, WorkflowNotFound, WorkflowNotRunning
+from .events import (
+    ActivityCompleted,
+    ActivityFailedEvent,
+    CancelRequested,
+    Event,
+    SignalReceived,
+    WorkflowCancelledEvent,
+    WorkflowTerminatedEvent,
+)
 
 __all__ = [
     "ActivityResult",
@@ -52,13 +60,19 @@ __all__ = [
     "Store",
     "StoreStats",
     "TERMINAL_STATUSES",
+    "TerminateOutcome",
     "TimerTaskSpec",
     "WorkerInfo",
     "WorkflowRecord",
     "WorkflowStatus",
     "WorkflowTaskClaim",
     "WorkflowTaskCommit",
+    "cancel_outcome",
     "eager_start_claim",
+    "parked_cancellation",
+    "signal_outcome",
+    "terminate_outcome",
+    "terminated_error",
 ]
 
 
@@ -67,6 +81,9 @@ class WorkflowStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    TERMINATED = "terminated"
+    """Ended from outside by ``terminate_workflow``; its last event is
+    WorkflowTerminatedEvent (the reason is in ``error``, type ``WorkflowTerminated``)."""
     PARKED = "parked"
     """Dead-lettered: the workflow task failed for good (a NonDeterminismError or
     IllegalAwaitError, or an unexpected worker error or crash repeated
@@ -77,13 +94,27 @@ class WorkflowStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset(
-    {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
+    {
+        WorkflowStatus.COMPLETED,
+        WorkflowStatus.FAILED,
+        WorkflowStatus.CANCELLED,
+        WorkflowStatus.TERMINATED,
+    }
 )
 
 
 class CancelOutcome(StrEnum):
     REQUESTED = "requested"
     ALREADY_REQUESTED = "already_requested"
+    ALREADY_FINISHED = "already_finished"
+    CANCELLED = "cancelled"
+    """The workflow was parked (dead-lettered): it was ended CANCELLED at once, in the
+    same transaction. Its code did not run, so no compensation ran (the code is what
+    failed); retry it first if the compensation must run."""
+
+
+class TerminateOutcome(StrEnum):
+    TERMINATED = "terminated"
     ALREADY_FINISHED = "already_finished"
 
 
@@ -320,7 +351,28 @@ class Store(Protocol):
         self, tenant_id: str, workflow_id: str, event: CancelRequested, *, tx: Any = None
     ) -> CancelOutcome:
         """Set cancel_requested, put CancelRequested in the inbox once, ensure a workflow
-        task; no-op when finished."""
+        task; no-op when finished (ALREADY_FINISHED).
+
+        A PARKED workflow cannot run its code, so it ends at once instead: append
+        CancelRequested then WorkflowCancelledEvent (error type ``Cancelled``, message
+        the reason), status CANCELLED, drop its tasks and inbox, wake its waiters; CANCELLED.
+        """
+        ...
+
+    async def terminate_workflow(
+        self,
+        tenant_id: str,
+        workflow_id: str,
+        event: WorkflowTerminatedEvent,
+        *,
+        tx: Any = None,
+    ) -> TerminateOutcome:
+        """End a RUNNING or PARKED workflow at once, in one transaction: append ``event``
+        to its history (position history_length + 1, so any leased commit is fenced out),
+        status TERMINATED with error ``ErrorInfo(type="WorkflowTerminated",
+        message=event.reason)``, delete all its tasks (workflow, activity, timer) and
+        inbox rows, wake its waiters. ALREADY_FINISHED when it is terminal already (nothing
+        written); WorkflowNotFound if unknown."""
         ...
 
     async def get_workflow(
@@ -498,3 +550,56 @@ def eager_start_claim(
         history=[new.started],
         attempt=1,
     )
+
+
+# -- outcomes of client operations: interpreted here, once, for every adapter --
+# An adapter reads the workflow's status as it was before its write (None: no such
+# workflow) and hands it to these functions; they raise or say what happened.
+
+
+def signal_outcome(tenant_id: str, workflow_id: str, status: WorkflowStatus | None) -> None:
+    """``signal_workflow``: WorkflowNotFound, WorkflowNotRunning if terminal, else None."""
+    if status is None:
+        raise WorkflowNotFound(workflow_id, tenant_id)
+    if status in TERMINAL_STATUSES:
+        raise WorkflowNotRunning(workflow_id, status.value)
+
+
+def cancel_outcome(
+    tenant_id: str, workflow_id: str, status: WorkflowStatus | None, already_requested: bool
+) -> CancelOutcome:
+    """``cancel_workflow``'s outcome from the status before it and whether a cancel was
+    already requested. A PARKED workflow is ended at once (CANCELLED)."""
+    if status is None:
+        raise WorkflowNotFound(workflow_id, tenant_id)
+    if status in TERMINAL_STATUSES:
+        return CancelOutcome.ALREADY_FINISHED
+    if status == WorkflowStatus.PARKED:
+        return CancelOutcome.CANCELLED
+    if already_requested:
+        return CancelOutcome.ALREADY_REQUESTED
+    return CancelOutcome.REQUESTED
+
+
+def terminate_outcome(
+    tenant_id: str, workflow_id: str, status: WorkflowStatus | None
+) -> TerminateOutcome:
+    """``terminate_workflow``'s outcome from the status before it."""
+    if status is None:
+        raise WorkflowNotFound(workflow_id, tenant_id)
+    if status in TERMINAL_STATUSES:
+        return TerminateOutcome.ALREADY_FINISHED
+    return TerminateOutcome.TERMINATED
+
+
+def parked_cancellation(request: CancelRequested) -> WorkflowCancelledEvent:
+    """The event that ends a PARKED workflow cancelled, appended right after ``request``."""
+    message = request.reason or "cancelled while dead-lettered (parked)"
+    return WorkflowCancelledEvent(
+        error=ErrorInfo(type="Cancelled", message=message), at=request.at
+    )
+
+
+def terminated_error(event: WorkflowTerminatedEvent) -> ErrorInfo:
+    """The ``error`` a terminated workflow's row shows."""
+    return ErrorInfo(type="WorkflowTerminated", message=event.reason)
