@@ -6,7 +6,7 @@ import builtins
 import secrets
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 import uuid6
@@ -14,6 +14,7 @@ import uuid6
 from ._clock import Clock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, check_id, check_name, decode_payload, encode_payload
 from ._definitions import Workflow
+from ._eager import EagerStarts
 from ._errors import (
     ErrorInfo,
     InvalidArgument,
@@ -21,10 +22,11 @@ from ._errors import (
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotDeadLettered,
-    WorkflowNotRegistered,
     WorkflowTerminated,
     WorkflowTimeout,
 )
+from ._registry import WorkflowRegistry
+from ._retention import prune_store
 from ._sharding import HashSharder, Sharder, key_for
 from ._tenancy import DEFAULT_TENANT, current_tenant
 from .events import (
@@ -43,7 +45,6 @@ from .store import (
     TerminateOutcome,
     WorkflowRecord,
     WorkflowStatus,
-    WorkflowTaskClaim,
 )
 
 __all__ = ["Engine", "Planner", "Run", "WorkflowInfo", "WorkflowRegistry", "prune_store"]
@@ -75,45 +76,6 @@ class WorkflowInfo(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
-
-
-class WorkflowRegistry:
-    """Workflow definitions by (name, version); new starts use the highest version."""
-
-    def __init__(self, workflows: Iterable[Workflow[Any, Any]] = ()) -> None:
-        self._by_key: dict[tuple[str, int], Workflow[Any, Any]] = {}
-        for wf in workflows:
-            self.add(wf)
-
-    def add(self, wf: Workflow[Any, Any]) -> None:
-        if not isinstance(wf, Workflow):
-            raise InvalidArgument(f"expected a Workflow made with @flows.workflow, got {wf!r}")
-        key = (wf.name, wf.version)
-        existing = self._by_key.get(key)
-        if existing is not None and existing is not wf:
-            raise InvalidArgument(f"workflow {wf.name!r} version {wf.version} is registered twice")
-        self._by_key[key] = wf
-
-    def get(self, name: str, version: int) -> Workflow[Any, Any] | None:
-        return self._by_key.get((name, version))
-
-    def latest(self, name: str) -> Workflow[Any, Any]:
-        versions = [wf for (n, _), wf in self._by_key.items() if n == name]
-        if not versions:
-            known = sorted({n for n, _ in self._by_key}) or ["none"]
-            raise WorkflowNotRegistered(
-                f"workflow {name!r} is not registered (registered: {', '.join(known)})"
-            )
-        return max(versions, key=lambda wf: wf.version)
-
-    def keys(self) -> list[tuple[str, int]]:
-        return sorted(self._by_key)
-
-    def names(self) -> set[str]:
-        return {name for name, _ in self._by_key}
-
-    def __iter__(self) -> Any:
-        return iter(self._by_key.values())
 
 
 class Run(Generic[O]):
@@ -309,12 +271,12 @@ class Engine:
         sharder: Sharder | None = None,
         require_tenant: bool = False,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-        eager_start: bool = True,
+        eager: EagerStarts | None = None,
     ) -> None:
         self.store = store
-        self.eager_start = eager_start
-        """Start workflows leased to a Worker of this process that serves them and has
-        free capacity, when the store can (see ``_start_eagerly``)."""
+        self.eager = eager
+        """Shared with the Workers of this process: start workflows leased to one that
+        serves them and has room, when the store can (eager start; None: never)."""
         self.planner = Planner(
             store.clock,
             workflows=workflows,
@@ -375,29 +337,12 @@ class Engine:
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
 
     async def _start_eagerly(self, new: NewWorkflow) -> bool:
-        """Eager workflow start: when a Worker running in this process on the same store
-        serves the workflow and has a free slot, and the store offers
-        ``start_workflow_leased`` (an optional capability, ``flows_core.store.EagerStart``),
-        start the workflow with its first workflow task leased to that worker and hand
-        the claim over in-process (no claim transaction, no notification). False when
-        that is not possible (the caller then starts it the ordinary way)."""
-        if not self.eager_start:
+        """Eager workflow start through the ``EagerStarts`` shared with the Workers of
+        this process (``eager=``); False when it is not possible (the caller then
+        starts it the ordinary way). See flows_core._eager."""
+        if self.eager is None:
             return False
-        start_leased = getattr(self.store, "start_workflow_leased", None)
-        if start_leased is None:
-            return False
-        for worker in local_workers(self.store):
-            if worker.reserve_slot(new):
-                break
-        else:
-            return False
-        try:
-            claim = await start_leased(new, owner=worker.worker_id, lease=worker.lease)
-        except BaseException:
-            worker.unreserve_slot()
-            raise
-        await worker.accept_eager(claim)
-        return True
+        return await self.eager.start(self.store, new)
 
     async def signal(
         self,
@@ -620,39 +565,6 @@ class Engine:
         return f"waiting for a worker that runs {record.name!r} version {record.version}{seen}"
 
 
-class _LocalWorker(Protocol):
-    """What the Engine needs of a Worker to start workflows eagerly on it."""
-
-    worker_id: str
-    lease: timedelta
-
-    def reserve_slot(self, new: NewWorkflow) -> bool: ...
-
-    def unreserve_slot(self) -> None: ...
-
-    async def accept_eager(self, claim: WorkflowTaskClaim) -> None: ...
-
-
-_LOCAL_WORKERS: dict[int, list[_LocalWorker]] = {}
-"""Running Workers of this process, by ``id()`` of their store (eager start)."""
-
-
-def local_workers(store: object) -> list[_LocalWorker]:
-    return list(_LOCAL_WORKERS.get(id(store), ()))
-
-
-def add_local_worker(store: object, worker: _LocalWorker) -> None:
-    _LOCAL_WORKERS.setdefault(id(store), []).append(worker)
-
-
-def remove_local_worker(store: object, worker: _LocalWorker) -> None:
-    workers = _LOCAL_WORKERS.get(id(store))
-    if workers is not None and worker in workers:
-        workers.remove(worker)
-        if not workers:
-            del _LOCAL_WORKERS[id(store)]
-
-
 def _reason(reason: str, what: str) -> str:
     text = str(reason)[:1000]
     try:
@@ -665,21 +577,3 @@ def _reason(reason: str, what: str) -> str:
 def _check_execution_timeout(value: object) -> None:
     if value is not None and (not isinstance(value, timedelta) or value <= timedelta(0)):
         raise InvalidArgument(f"execution_timeout must be a positive timedelta, got {value!r}")
-
-
-async def prune_store(
-    store: Store, older_than: timedelta, *, batch: int = 1000, max_batches: int | None = None
-) -> int:
-    """``store.prune`` in batches until a batch comes back short (see ``Engine.prune``)."""
-    if not isinstance(older_than, timedelta) or older_than < timedelta(0):
-        raise InvalidArgument(f"older_than must be a non-negative timedelta, got {older_than!r}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InvalidArgument(f"batch must be a positive integer, got {batch!r}")
-    total = done = 0
-    while max_batches is None or done < max_batches:
-        deleted = await store.prune(older_than, batch)
-        total += deleted
-        done += 1
-        if deleted < batch:
-            break
-    return total

@@ -595,9 +595,7 @@ def terminate_outcome(
 def parked_cancellation(request: CancelRequested) -> WorkflowCancelledEvent:
     """The event that ends a PARKED workflow cancelled, appended right after ``request``."""
     message = request.reason or "cancelled while dead-lettered (parked)"
-    return WorkflowCancelledEvent(
-        error=ErrorInfo(type="Cancelled", message=message), at=request.at
-    )
+    return WorkflowCancelledEvent(error=ErrorInfo(type="Cancelled", message=message), at=request.at)
 
 
 def terminated_error(event: WorkflowTerminatedEvent) -> ErrorInfo:

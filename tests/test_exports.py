@@ -10,6 +10,7 @@ CORE = {
     "ActivityTimeout",
     "CancelOutcome",
     "Cancelled",
+    "EagerStarts",
     "Engine",
     "ErrorInfo",
     "FlowsError",
