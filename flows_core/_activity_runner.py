@@ -307,8 +307,11 @@ class ActivityRunner:
         """Run a fenced write, retrying store outages (``is_store_outage``: a dropped
         connection, a restart) with backoff for as long as the lease lasts. Safe because
         the write is fenced: if a lost reply hid a success, the retry gets LeaseLost and
-        changes nothing, and the work of the step is not thrown away over a blip."""
+        changes nothing, and the work of the step is not thrown away over a blip. Gives
+        up (raises) once the lease would run out, or after one lease duration of wall
+        time."""
         delay = 0.05
+        give_up = time.monotonic() + self.lease.total_seconds()  # also on a virtual clock
         while True:
             try:
                 return await write(request)
@@ -316,7 +319,10 @@ class ActivityRunner:
                 lease: Lease = request.lease
                 if not is_store_outage(exc):
                     raise
-                if self.store.clock.now() + timedelta(seconds=delay) >= lease.expires_at:
+                if (
+                    self.store.clock.now() + timedelta(seconds=delay) >= lease.expires_at
+                    or time.monotonic() + delay >= give_up
+                ):
                     raise
                 self.counters["store_errors"] += 1
                 log.warning(

@@ -30,9 +30,13 @@ from ._retention import prune_store
 from ._sharding import HashSharder, Sharder, key_for
 from ._tenancy import DEFAULT_TENANT, current_tenant
 from .events import (
+    ActivityCompleted,
+    ActivityFailedEvent,
+    ActivityScheduled,
     CancelRequested,
     Event,
     SignalReceived,
+    StepCancelled,
     WorkflowStarted,
     WorkflowTerminatedEvent,
 )
@@ -43,6 +47,7 @@ from .store import (
     NewWorkflow,
     Store,
     TerminateOutcome,
+    WorkerInfo,
     WorkflowRecord,
     WorkflowStatus,
 )
@@ -553,16 +558,49 @@ class Engine:
                 "fix the code, then retry it in place (engine.retry / `flows retry`) "
                 "or rerun it as a new workflow (engine.rerun / `flows rerun`)"
             )
-        if record.status != WorkflowStatus.RUNNING or not record.workflow_task_pending:
+        if record.status != WorkflowStatus.RUNNING:
             return None
         horizon = self.store.clock.now() - WORKER_LIVENESS
         workers = [w for w in await self.store.list_workers() if w.heartbeat_at >= horizon]
+        if not record.workflow_task_pending:
+            return await self._unserved_activity(record, workers)
         wanted = (record.name, record.version)
         if any(tuple(t) == wanted for w in workers for t in w.workflow_types):
             return None
         others = sorted({v for w in workers for (n, v) in w.workflow_types if n == record.name})
         seen = f"; live workers run versions {others}" if others else ""
         return f"waiting for a worker that runs {record.name!r} version {record.version}{seen}"
+
+    async def _unserved_activity(
+        self, record: WorkflowRecord, workers: builtins.list[WorkerInfo]
+    ) -> str | None:
+        """Why a workflow waiting for its steps does not progress: an activity it waits
+        for that no live worker serves (read from the history: scheduled, unresolved)."""
+        history = await self.store.get_history(record.tenant_id, record.workflow_id)
+        served = {name for w in workers for name in w.activity_names}
+        missing = {
+            seq: name for seq, name in pending_activities(history).items() if name not in served
+        }
+        if not missing:
+            return None
+        seq = min(missing)
+        more = len(missing) - 1
+        others = f" (and {more} more step(s) no live worker serves)" if more else ""
+        return (
+            f"waiting for a worker that runs activity {missing[seq]!r} (step #{seq}); "
+            f"no live worker serves it{others}"
+        )
+
+
+def pending_activities(history: builtins.list[Event]) -> dict[int, str]:
+    """Activity steps scheduled in ``history`` and not resolved nor cancelled: seq -> name."""
+    pending: dict[int, str] = {}
+    for event in history:
+        if isinstance(event, ActivityScheduled):
+            pending[event.seq] = event.name
+        elif isinstance(event, ActivityCompleted | ActivityFailedEvent | StepCancelled):
+            pending.pop(event.seq, None)
+    return pending
 
 
 def _reason(reason: str, what: str) -> str:

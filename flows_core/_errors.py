@@ -31,6 +31,8 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 __all__ = [
@@ -115,12 +117,16 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.type}: {self.message}"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""Code points UTF-8 cannot encode (lone surrogates, as ``os.fsdecode`` makes)."""
+
+
 def storable_text(text: str, limit: int, *, keep_end: bool = False) -> str:
     """``text`` as every store keeps it: valid UTF-8 (lone surrogates become U+FFFD),
     no NUL character (U+FFFD too), at most ``limit`` characters (cut with a note; the
     end is kept instead of the start with ``keep_end``)."""
     if not text.isascii():
-        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        text = _SURROGATE.sub("\ufffd", text)
     text = text.replace("\x00", "\ufffd")
     if len(text) <= limit:
         return text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from datetime import timedelta
 
 import pytest
@@ -172,3 +174,107 @@ async def test_other_tenant_cannot_wait_for_result() -> None:
         with pytest.raises(flows.WorkflowNotFound):
             await env.engine.wait_for_result(run.workflow_id, tenant_id="b", timeout=1)
         assert await env.engine.list(tenant_id="b") == []
+
+
+async def test_workflow_code_blocking_the_loop_is_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """time.sleep in workflow code: the watchdog logs the workflow id and the stack of
+    the blocked code while it blocks (default threshold 2 s), and the workflow task fails
+    as a counted attempt; the next attempt (which does not block) completes it."""
+    runs: list[int] = []
+
+    @flows.workflow("sleeps-in-code")
+    async def wf(ctx: flows.WorkflowContext, _: None) -> int:
+        runs.append(len(runs) + 1)
+        if len(runs) == 1:
+            time.sleep(3)  # noqa: ASYNC251 - the mistake under test
+        return len(runs)
+
+    store = MemoryStore()
+    engine = flows.Engine(store)
+    worker = flows.Worker(
+        store, workflows=[wf], poll_interval=0.02, workflow_task_backoff=timedelta(0)
+    )
+    task = asyncio.ensure_future(worker.run())
+    try:
+        with caplog.at_level(logging.WARNING, logger="flows.worker"):
+            run = await engine.start(wf, None)
+            assert await engine.wait_for_result(run.workflow_id, timeout=20) == 2
+    finally:
+        await worker.stop()
+        await task
+    blocked = [r for r in caplog.records if "held the event loop" in r.getMessage()]
+    watchdog = [r for r in blocked if "Stack of the blocked code" in r.getMessage()]
+    assert len(watchdog) == 1
+    assert run.workflow_id in watchdog[0].getMessage()
+    assert "in wf" in watchdog[0].getMessage(), "the stack names the user's function"
+    assert "time.sleep(3)" in watchdog[0].getMessage()
+    assert worker.counters["workflow_task_failures"] == 1
+    assert runs == [1, 2], "the code ran once per counted attempt"
+
+
+async def test_a_cancelled_error_from_workflow_code_is_a_counted_attempt() -> None:
+    """CancelledError raised by workflow code is not the worker stopping: the workflow
+    task fails, counted, and parks after max_workflow_task_attempts."""
+    runs: list[int] = []
+
+    @flows.workflow("raises-cancelled")
+    async def wf(ctx: flows.WorkflowContext, _: None) -> int:
+        runs.append(1)
+        raise asyncio.CancelledError()
+
+    store = MemoryStore()
+    engine = flows.Engine(store)
+    worker = flows.Worker(
+        store,
+        workflows=[wf],
+        poll_interval=0.02,
+        max_workflow_task_attempts=2,
+        workflow_task_backoff=timedelta(0),
+    )
+    task = asyncio.ensure_future(worker.run())
+    try:
+        run = await engine.start(wf, None)
+        for _ in range(500):
+            record = await store.get_workflow("default", run.workflow_id)
+            if record.status != flows.WorkflowStatus.RUNNING:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await worker.stop()
+        await task
+    assert record.status in (flows.WorkflowStatus.PARKED, flows.WorkflowStatus.FAILED)
+    assert record.error is not None
+    assert record.error.type == "CancelledError"
+    if record.status == flows.WorkflowStatus.PARKED:
+        assert record.error.attempts == len(runs) == 2
+    assert worker.running is False
+
+
+async def test_eager_starts_go_only_to_workers_sharing_the_object_and_the_store() -> None:
+    @flows.workflow("eager-one")
+    async def wf(ctx: flows.WorkflowContext, x: int) -> int:
+        return x
+
+    store, other = MemoryStore(), MemoryStore()
+    eager = flows.EagerStarts()
+    here = flows.Worker(store, workflows=[wf], poll_interval=0.02, eager=eager)
+    elsewhere = flows.Worker(other, workflows=[wf], poll_interval=0.02, eager=eager)
+    tasks = [asyncio.ensure_future(w.run()) for w in (here, elsewhere)]
+    try:
+        for _ in range(200):
+            if len(eager.workers) == 2:
+                break
+            await asyncio.sleep(0.005)
+        runs = [await flows.Engine(store, eager=eager).start(wf, i) for i in range(3)]
+        queued = await flows.Engine(store).start(wf, 9)
+        assert [await r.result(timeout=5) for r in runs] == [0, 1, 2]
+        assert await queued.result(timeout=5) == 9
+    finally:
+        for w in (here, elsewhere):
+            await w.stop()
+        await asyncio.gather(*tasks)
+    assert here.counters["eager_starts"] == 3
+    assert elsewhere.counters["eager_starts"] == 0
+    assert eager.workers == [], "a stopped worker is no longer listed"
