@@ -278,3 +278,49 @@ async def test_eager_starts_go_only_to_workers_sharing_the_object_and_the_store(
     assert here.counters["eager_starts"] == 3
     assert elsewhere.counters["eager_starts"] == 0
     assert eager.workers == [], "a stopped worker is no longer listed"
+
+
+class _FlakyClaims:
+    """A MemoryStore whose first claims fail as PostgreSQL's adapter reports an outage."""
+
+    def __init__(self, store: MemoryStore, failures: int, error: Exception) -> None:
+        self._store = store
+        self.failures = failures
+        self.error = error
+
+    @property
+    def clock(self) -> flows.Clock:
+        return self._store.clock
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def claim(self, request: object) -> object:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        return await self._store.claim(request)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [flows.StoreUnavailable("connection refused"), flows.StoreError("deadlock"), OSError("reset")],
+)
+async def test_a_store_outage_during_polls_is_waited_out(error: Exception) -> None:
+    @flows.workflow("outlasts-outage")
+    async def wf(ctx: flows.WorkflowContext, x: int) -> int:
+        return x
+
+    memory = MemoryStore()
+    store = _FlakyClaims(memory, 3, error)
+    engine = flows.Engine(memory)
+    worker = flows.Worker(store, workflows=[wf], poll_interval=0.02)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(worker.run())
+    try:
+        run = await engine.start(wf, 7)
+        assert await run.result(timeout=10) == 7
+    finally:
+        await worker.stop()
+        await task
+    assert store.failures == 0
+    assert worker.counters["store_errors"] == 3
