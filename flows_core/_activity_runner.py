@@ -129,7 +129,7 @@ class ActivityRunner:
             if self.stopping():
                 raise
             uncancel()
-            return self._failed(activity, info.attempt, exc, None)
+            return self._failed(activity, info, exc, None)
 
     async def _attempt(
         self,
@@ -165,9 +165,9 @@ class ActivityRunner:
             if self.stopping():
                 raise
             uncancel()
-            return self._failed(activity, attempt, exc, deadline)
+            return self._failed(activity, info, exc, deadline)
         except Exception as exc:
-            return self._failed(activity, attempt, exc, deadline)
+            return self._failed(activity, info, exc, deadline)
         finally:
             _state.reset(token)
             keeper.unwatch(state)
@@ -185,21 +185,39 @@ class ActivityRunner:
     def _failed(
         self,
         activity: Activity[Any, Any],
-        attempt: int,
+        info: ActivityInfo,
         exc: BaseException,
         deadline: datetime | None,
     ) -> AttemptOutcome:
-        """The outcome of attempt ``attempt`` that raised ``exc``: retried after the
-        policy's delay, or final."""
+        """The outcome of attempt ``info.attempt`` that raised ``exc``: retried after the
+        policy's delay, or final. Logged either way."""
+        attempt = info.attempt
         error = ErrorInfo.from_exception(exc, attempts=attempt)
         if isinstance(exc, ScheduleToCloseTimeout):
-            return AttemptOutcome(error=error)
-        if activity.retry.should_retry(exc, attempt):
+            outcome = AttemptOutcome(error=error)
+        elif activity.retry.should_retry(exc, attempt):
             delay = activity.retry.delay(attempt)
             if deadline is not None and self.store.clock.now() + delay >= deadline:
-                return AttemptOutcome(error=_schedule_to_close(activity, attempt, error))
-            return AttemptOutcome(error=error, retry_in=delay)
-        return AttemptOutcome(error=error)
+                outcome = AttemptOutcome(error=_schedule_to_close(activity, attempt, error))
+            else:
+                outcome = AttemptOutcome(error=error, retry_in=delay)
+        else:
+            outcome = AttemptOutcome(error=error)
+        log.warning(
+            "activity %r of workflow %s: attempt %d failed, %s: %s",
+            activity.name,
+            info.workflow_id,
+            attempt,
+            "no retry" if outcome.retry_in is None else f"retrying in {outcome.retry_in}",
+            error,
+            extra={
+                "worker_id": self.worker_id,
+                "workflow_id": info.workflow_id,
+                "tenant_id": info.tenant_id,
+                "attempt": attempt,
+            },
+        )
+        return outcome
 
     @staticmethod
     def info(lease: Lease, workflow_name: str, name: str, seq: int, attempt: int) -> ActivityInfo:
@@ -276,7 +294,10 @@ class ActivityRunner:
         retry policy. If even that write fails, the lease runs out and the task is
         claimed again."""
         self.counters["activity_task_failures"] += 1
-        outcome = self._failed(activity, claim.attempt, exc, None)
+        info = self.info(
+            claim.lease, claim.workflow_name, claim.activity_name, claim.seq, claim.attempt
+        )
+        outcome = self._failed(activity, info, exc, None)
         log.error(
             "worker %s: activity %r of workflow %s failed outside its code (attempt %d, %s): %s",
             self.worker_id,
