@@ -240,6 +240,18 @@ class ActivityRunner:
         if activity is None:
             await self.store.release(claim.lease)  # not ours to run: nothing ran
             return
+        if claim.attempt > activity.retry.max_attempts:
+            # a store that counts the claims of crashed attempts says none is left
+            ran = claim.attempt - 1
+            error = ErrorInfo(
+                type="ActivityTaskCrashed",
+                message=f"activity {activity.name!r} was claimed {ran} times without its "
+                "outcome being recorded (each claimant crashed or lost its lease); its "
+                f"retry policy allows {activity.retry.max_attempts} attempts",
+                attempts=ran,
+            )
+            await self.record(claim, AttemptOutcome(error=error))
+            return
         try:
             await self._run_task(claim, activity)
         except LeaseLost:

@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 
 import flows_core as flows
-from flows_core.store import Store, WorkflowStatus, WorkflowTaskCommit
+from flows_core.store import (
+    ActivityRetry,
+    ClaimRequest,
+    Store,
+    WorkflowStatus,
+    WorkflowTaskCommit,
+)
 from tests.contract.adapters import Adapter
 from tests.contract.test_contract_engine import (
     checked_history,
@@ -291,3 +297,47 @@ async def test_waiting_reason_names_an_activity_no_live_worker_serves(adapter: A
             assert await result(run) == 1
             info = await engine.query(run.workflow_id, tenant_id=run.tenant_id)
             assert info.waiting_reason is None
+
+
+async def test_an_activity_claimed_past_its_attempts_fails_without_running(
+    adapter: Adapter,
+) -> None:
+    """A queued activity claimed with an attempt number beyond its retry policy (its
+    earlier claimants crashed, as a store that counts such claims reports) is failed
+    with ActivityTaskCrashed, not run again."""
+    ran: list[int] = []
+
+    @flows.activity(f"crashed-{adapter.ns}", retry=AT_ONCE)
+    async def crashed(x: int) -> int:
+        ran.append(x)
+        return x
+
+    wf = _recording_workflow(f"crashed-wf-{adapter.ns}", crashed)
+    store = adapter.store
+    engine = flows.Engine(store, workflows=[wf])
+    async with running(worker(store, workflows=[wf])):  # the activity is queued
+        run = await engine.start(wf, 1, tenant_id=f"t-{adapter.ns}")
+        record = await store.get_workflow(run.tenant_id, run.workflow_id)
+        request = ClaimRequest(
+            owner="doomed",
+            workflow_types=[],
+            activity_names=[crashed.name],
+            limit=1,
+            lease=timedelta(seconds=30),
+            shard_keys=[record.shard_key],
+        )
+        claims = await eventually(lambda: store.claim(request), bool)
+        await store.retry_activity(
+            ActivityRetry(
+                lease=claims[0].lease,
+                next_attempt=3,
+                visible_at=store.clock.now(),
+                error=flows.ErrorInfo(type="Crashed", message="lease expired", attempts=2),
+            )
+        )
+        async with running(worker(store, activities=[crashed])):
+            error_type, message, attempts = await result(run)
+    assert error_type == "ActivityTaskCrashed"
+    assert "claimed 2 times" in message
+    assert attempts == 2
+    assert ran == [], "not run past its retry policy"
