@@ -266,7 +266,12 @@ class Planner:
 
 
 class Engine:
-    """Client of a Store: the API applications use to drive workflows."""
+    """Client of a Store: the API applications use to drive workflows.
+
+    ``eager``: an ``EagerStarts`` shared with the Workers of this process; a workflow
+    started here then goes, already leased, straight to one of them that serves it and
+    has room (eager start, on stores that can). None (the default): through the queue.
+    """
 
     def __init__(
         self,
