@@ -290,7 +290,9 @@ class Worker:
 
     async def stop(self, grace_period: float | None = None) -> None:
         """Stop claiming; let in-flight work finish within the grace period, then
-        cancel it and release its leases so another worker takes it at once."""
+        cancel it: each cut task is recorded as a failed attempt and is claimable again
+        at once (an activity after its retry delay); leased tasks still waiting for a
+        slot are released uncounted."""
         if grace_period is not None:
             self.grace_period = grace_period
         if self._stopping is None or self._done is None:
