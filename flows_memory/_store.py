@@ -533,6 +533,10 @@ class MemoryStore:
         return list(self._get(tenant_id, workflow_id).history[after:])
 
     async def list_workflows(self, query: ListQuery) -> list[WorkflowRecord]:
+        if query.tenant_id is not None:
+            stored_text(query.tenant_id, "tenant id")
+        if query.name is not None:
+            stored_text(query.name, "workflow name")
         found = [
             wf
             for wf in self._workflows.values()

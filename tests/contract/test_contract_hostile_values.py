@@ -33,6 +33,7 @@ from flows_core.store import (
     ActivityResult,
     ActivityRetry,
     ActivityTaskSpec,
+    ListQuery,
     WorkflowTaskClaim,
 )
 from tests.contract.adapters import Adapter
@@ -128,6 +129,12 @@ async def test_ids_a_store_cannot_keep_are_invalid(kit: Kit, bad: str) -> None:
         await kit.store.get_workflow(kit.tenant, bad)
     with pytest.raises(flows.InvalidArgument):
         await kit.store.get_workflow(bad, "w")
+    with pytest.raises(flows.InvalidArgument):
+        await kit.store.get_history(kit.tenant, bad)
+    with pytest.raises(flows.InvalidArgument):
+        await kit.store.list_workflows(ListQuery(tenant_id=bad))
+    with pytest.raises(flows.InvalidArgument):
+        await kit.store.list_workflows(ListQuery(tenant_id=kit.tenant, name=bad))
 
 
 @pytest.mark.parametrize(
@@ -288,6 +295,12 @@ async def test_engine_output_with_a_lone_surrogate_is_a_payload_error(adapter: A
     assert info.error.type == "PayloadError"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="until ErrorInfo.from_exception makes every exception storable (issue 10 item 1, "
+    "the worker's part): today the store refuses the error and the activity is retried "
+    "uncounted. Remove this mark when that lands.",
+)
 async def test_engine_activity_error_with_a_lone_surrogate_is_recorded(adapter: Adapter) -> None:
     runs: list[int] = []
 
