@@ -9,7 +9,7 @@ from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._context import WorkflowContext, gather
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
 from ._eager import EagerStarts
-from ._engine import Engine, Run, WorkflowInfo, WorkflowRegistry
+from ._engine import Engine, Run, WorkflowInfo
 from ._errors import (
     ActivityFailed,
     ActivityTimeout,
@@ -38,7 +38,8 @@ from ._errors import (
     WorkflowTerminated,
     WorkflowTimeout,
 )
-from ._replay import Activation, Step, WorkflowInstance, replay
+from ._public import publish
+from ._replay import Step, replay
 from ._sharding import DEFAULT_SHARDS, HashSharder, Sharder, TenantSharder
 from ._tenancy import DEFAULT_TENANT, current_tenant, tenant
 from ._worker import Worker, WorkerStats
@@ -49,7 +50,6 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",
-    "Activation",
     "Activity",
     "ActivityFailed",
     "ActivityInfo",
@@ -92,12 +92,10 @@ __all__ = [
     "WorkflowContext",
     "WorkflowFailed",
     "WorkflowInfo",
-    "WorkflowInstance",
     "WorkflowNotDeadLettered",
     "WorkflowNotFound",
     "WorkflowNotRegistered",
     "WorkflowNotRunning",
-    "WorkflowRegistry",
     "WorkflowStatus",
     "WorkflowTerminated",
     "WorkflowTimeout",
@@ -111,3 +109,5 @@ __all__ = [
     "tenant",
     "workflow",
 ]
+
+publish(__name__, globals(), __all__)
