@@ -11,6 +11,7 @@ import pytest
 
 import flows_core as flows
 from flows_core._sharding import fnv1a_32, shard_key
+from flows_core.store import ClaimRequest, WorkflowTaskClaim
 from flows_memory import MemoryStore, TestEnvironment
 
 
@@ -324,3 +325,39 @@ async def test_a_store_outage_during_polls_is_waited_out(error: Exception) -> No
         await task
     assert store.failures == 0
     assert worker.counters["store_errors"] == 3
+
+
+async def test_work_cut_at_shutdown_is_a_counted_attempt() -> None:
+    """A workflow task still running its inline activity when the grace period ends is
+    recorded as a failed attempt (claimable at once), not given back uncounted."""
+    started = asyncio.Event()
+
+    @flows.activity("cut-job")
+    async def cut_job(n: int) -> int:
+        started.set()
+        await asyncio.sleep(30)
+        return n
+
+    @flows.workflow("cut-wf")
+    async def wf(ctx: flows.WorkflowContext, n: int) -> int:
+        return await ctx.execute(cut_job, n)
+
+    store = MemoryStore()
+    worker = flows.Worker(store, workflows=[wf], activities=[cut_job], poll_interval=0.02)
+    task = asyncio.ensure_future(worker.run())
+    run = await flows.Engine(store).start(wf, 1)
+    await asyncio.wait_for(started.wait(), 5)
+    await worker.stop(grace_period=0.05)
+    await task
+    assert worker.counters["workflow_task_failures"] == 1
+    request = ClaimRequest(
+        owner="next",
+        workflow_types=[("cut-wf", 1)],
+        activity_names=[],
+        limit=1,
+        lease=timedelta(seconds=30),
+    )
+    [claim] = await store.claim(request)
+    assert isinstance(claim, WorkflowTaskClaim)
+    assert claim.lease.workflow_id == run.workflow_id
+    assert claim.attempt == 2, "the cut claim counted"
