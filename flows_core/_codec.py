@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final, TypeVar
+from uuid import UUID
 
 import msgspec
 
@@ -35,13 +37,21 @@ def encode_payload(
 ) -> msgspec.Raw:
     """Encode ``value`` to JSON and check it decodes back as ``expected_type``.
 
-    Raises PayloadError naming ``what`` when the value cannot be encoded or does not
-    match the annotation, and PayloadTooLarge past ``max_bytes``.
+    Raises PayloadError naming ``what`` when the value cannot be encoded (NaN and
+    infinity included: JSON has no such numbers and they would come back as null) or
+    does not match the annotation, and PayloadTooLarge past ``max_bytes``.
     """
     try:
         data = _encoder.encode(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise PayloadError(f"{what} is not serialisable: {exc}") from exc
+    if b"null" in data:  # msgspec writes NaN and infinity as null
+        where = _non_finite(value)
+        if where is not None:
+            raise PayloadError(
+                f"{what} holds {where}; JSON has no NaN or infinity (they would arrive as "
+                "null): send None, a string or a Decimal instead"
+            )
     if max_bytes is not None and len(data) > max_bytes:
         raise PayloadTooLarge(f"{what} is {len(data)} bytes encoded; the limit is {max_bytes}")
     if expected_type is not Any and expected_type is not object:
@@ -66,6 +76,24 @@ def decode_payload(data: bytes | msgspec.Raw, type_: type[T] | Any, *, what: str
         raise PayloadError(f"{what} is not valid JSON: {exc}") from exc
 
 
+def _non_finite(value: object) -> str | None:
+    """Where ``value`` holds a NaN or infinite float (``nan at $.items[2]``), if it does."""
+    try:
+        plain = msgspec.to_builtins(value)
+    except (TypeError, ValueError):
+        return None
+    stack: list[tuple[str, Any]] = [("$", plain)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{item!r} at {path}"
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{key}", v) for key, v in reversed(item.items()))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+    return None
+
+
 def _type_name(type_: Any) -> str:
     return getattr(type_, "__qualname__", None) or repr(type_)
 
@@ -84,7 +112,10 @@ def check_name(value: object, what: str) -> str:
 
 
 def check_id(value: object, what: str) -> str:
-    """Validate a workflow or tenant id: like a name, and without surrounding spaces."""
+    """Validate a workflow or tenant id: like a name, and without surrounding spaces.
+    A ``uuid.UUID`` is taken as its canonical string."""
+    if isinstance(value, UUID):
+        return str(value)
     check_name(value, what)
     assert isinstance(value, str)
     if value != value.strip():
