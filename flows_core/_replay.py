@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import math
 import os
 import random
@@ -346,6 +347,7 @@ class _NoLoop:
         if instance is None:  # not from workflow code: behave like a missing attribute
             raise AttributeError(name)
         api, advice = _asyncio_advice(sys._getframe(1))
+        _close_unstarted(sys._getframe(1))
         instance._violation(
             IllegalAwaitError(
                 f"workflow {instance.definition.name!r} called {api}, which needs an asyncio "
@@ -386,24 +388,38 @@ _ADVICE: dict[str, str] = {
 }
 
 
+def _close_unstarted(frame: Any) -> None:
+    """Close the coroutines handed to the refused asyncio call (``create_task(coro)``),
+    so they do not warn "never awaited" later."""
+    while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
+        for value in list(frame.f_locals.values()):
+            for item in value if isinstance(value, list | tuple | set) else (value,):
+                if inspect.iscoroutine(item) and item.cr_frame is not None:
+                    if inspect.getcoroutinestate(item) == inspect.CORO_CREATED:
+                        item.close()
+        frame = frame.f_back
+
+
 def _asyncio_advice(frame: Any) -> tuple[str, str]:
     """The asyncio API that workflow code called (the outermost asyncio frame below
     the workflow's frame), and the Flows equivalent to name."""
-    api, module = None, ""
+    api, module, owner = None, "", None
     while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
         api = frame.f_code.co_name
         module = os.path.basename(frame.f_code.co_filename).removesuffix(".py")
+        owner = frame.f_locals.get("self")
         frame = frame.f_back
     if api is None:
         return "asyncio.get_running_loop()", _ADVICE["to_thread"]
-    if api in ("__aenter__", "__init__", "reschedule"):
-        api = "timeout" if module == "timeouts" else api
-    name = f"asyncio.{api}()" if module in ("tasks", "timeouts") else f"asyncio.{module}.{api}()"
-    return name, _ADVICE.get(
-        api,
-        "Use Flows steps: ctx.sleep(), ctx.execute(), ctx.wait_for_signal(), flows.gather() "
-        "and flows.race().",
-    )
+    if module == "timeouts":
+        api = "timeout"
+    elif module not in ("tasks", "threads"):
+        where = type(owner).__name__ if owner is not None else module
+        return f"asyncio.{where}.{api}()", (
+            "Use Flows steps instead: ctx.sleep(), ctx.execute(), ctx.wait_for_signal(), "
+            "flows.gather() and flows.race()."
+        )
+    return f"asyncio.{api}()", _ADVICE.get(api, _ADVICE["create_task"])
 
 
 @dataclass

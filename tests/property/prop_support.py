@@ -265,7 +265,7 @@ async def drive(env: TestEnvironment, prog: list[Any], schedule: list[Any]) -> O
         if what.startswith("advance:"):
             advanced = True
             # Move the clock under running workers: leases expire, timers fire mid-task.
-            env.advance(timedelta(seconds=int(what.split(":")[1])))
+            await env.advance(timedelta(seconds=int(what.split(":")[1])), wait_idle=False)
             return
         if what == "cancel":
             await engine.cancel(wf_id, reason="property test")
