@@ -394,9 +394,11 @@ def _close_unstarted(frame: Any) -> None:
     while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
         for value in list(frame.f_locals.values()):
             for item in value if isinstance(value, list | tuple | set) else (value,):
-                if inspect.iscoroutine(item) and item.cr_frame is not None:
-                    if inspect.getcoroutinestate(item) == inspect.CORO_CREATED:
-                        item.close()
+                if (
+                    inspect.iscoroutine(item)
+                    and inspect.getcoroutinestate(item) == inspect.CORO_CREATED
+                ):
+                    item.close()
         frame = frame.f_back
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -77,10 +78,8 @@ async def test_asyncio_in_workflow_code_parks_naming_the_flows_equivalent(misuse
     @flows.workflow(f"misuse-{misuse}")
     async def wf(ctx: flows.WorkflowContext, key: str) -> str:
         first = await ctx.execute(step, key)
-        try:
+        with contextlib.suppress(Exception):  # the park cannot be swallowed by user code
             await make(ctx)
-        except Exception:  # the park cannot be swallowed by user code
-            pass
         return first
 
     info = await _parked(wf, "first")
@@ -88,7 +87,8 @@ async def test_asyncio_in_workflow_code_parks_naming_the_flows_equivalent(misuse
     assert info.error.type == "IllegalAwaitError", info.error
     assert equivalent in info.error.message, info.error.message
     assert RUNS["first"] == 1
-    assert RUNS["branch"] == 0 and RUNS["second"] == 0
+    assert RUNS["branch"] == 0
+    assert RUNS["second"] == 0
 
 
 async def test_asyncio_timeout_around_a_step_parks_before_the_step_runs() -> None:
@@ -225,6 +225,7 @@ def test_failure_exceptions_must_be_exception_classes() -> None:
 
 def test_a_failure_already_recorded_replays_as_recorded() -> None:
     """A history recorded before this rule (TypeError ended the run failed) replays."""
+
     @flows.workflow("old-failure")
     async def wf(ctx: flows.WorkflowContext, key: str) -> str:
         raise TypeError("boom")
@@ -245,4 +246,3 @@ def test_a_failure_already_recorded_replays_as_recorded() -> None:
     act = flows.replay(wf, history, at + timedelta(seconds=1))
     assert act.park_error is None
     assert act.finished
-

@@ -75,7 +75,8 @@ def test_zombie_stops_before_its_next_inline_step() -> None:
             run = await env.engine.start(chain, 0)
             await asyncio.wait_for(started.wait(), 5.0)
             await env.engine.cancel(run.workflow_id)
-            await env.advance(timedelta(minutes=5), wait_idle=False)  # the lease of the running task expires
+            # the lease of the running task expires
+            await env.advance(timedelta(minutes=5), wait_idle=False)
             await env.wait_until(run, lambda i: i.finished, timeout=5.0)
             gate.set()  # the zombie's activity returns after its task was taken over
             await env.wait_idle(timeout=5.0)
