@@ -38,7 +38,7 @@ import random
 import sys
 import traceback
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -551,22 +551,27 @@ class WorkflowInstance:
             case _:
                 pass
 
-    def _run(self) -> None:
-        if not self._ready:
-            return
+    @contextlib.contextmanager
+    def _running_code(self) -> Iterator[None]:
+        """While workflow code runs: this is the current instance, and asyncio sees
+        _NO_LOOP as the running loop and its current task. The worker's own loop is back
+        before anything awaits."""
         token = _current.set(self)
-        # asyncio sees _NO_LOOP as the running loop, and as its current task, while
-        # workflow code runs; the worker's own loop is back before anything awaits.
         loop = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(_NO_LOOP)
         asyncio.tasks._enter_task(_NO_LOOP, _NO_LOOP)
         try:
-            while self._ready and self._violation_error is None:
-                self._ready.popleft().step()
+            yield
         finally:
             asyncio.tasks._leave_task(_NO_LOOP, _NO_LOOP)
             asyncio.events._set_running_loop(loop)
             _current.reset(token)
+
+    def _run(self) -> None:
+        if self._ready:
+            with self._running_code():
+                while self._ready and self._violation_error is None:
+                    self._ready.popleft().step()
         main = self._main
         if main is not None and main.done and not self.finished and self._violation_error is None:
             self._finish(main)
@@ -676,13 +681,12 @@ class WorkflowInstance:
         self._ready.clear()
         self._pending.clear()
         self._waits.clear()
-        token = _current.set(self)
-        try:
+        with self._running_code():
             for task in list(self._live):
                 with contextlib.suppress(Exception, _Abort):
                     task.coro.close()
-        finally:
-            _current.reset(token)
+        # what ``finally`` blocks tried (asyncio, steps) does not keep the deadline from ending it
+        self._violation_error = None
         self._live.clear()
         assert self.now is not None
         error = ErrorInfo(

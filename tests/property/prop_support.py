@@ -419,7 +419,7 @@ def check_outcome(out: Outcome, prog: list[Any]) -> None:
     runs_before = len(RUNS[wf_id])
     recorded_runs = [list(r) for r in RUNS[wf_id] if r and r[-1][0] == "end"]
     activation = replay(interp, history, history[-1].at)
-    assert activation.nondeterminism is None, f"{activation.nondeterminism}\n{text}"
+    assert activation.park_error is None, f"{activation.park_error}\n{text}"
     assert activation.new_events == [], f"replay adds {activation.new_events}\n{text}"
     assert activation.finished, text
     replayed = RUNS[wf_id][runs_before]

@@ -118,6 +118,6 @@ def test_cancel_during_inline_activity_keeps_history_replayable() -> None:
             return (await run.query()).status, flows.replay(chain, history, env.clock.now())
 
     status, activation = asyncio.run(main())
-    assert activation.nondeterminism is None, activation.nondeterminism
+    assert activation.park_error is None, activation.park_error
     assert activation.new_events == []
     assert status in (flows.WorkflowStatus.COMPLETED, flows.WorkflowStatus.CANCELLED)
