@@ -16,7 +16,7 @@ in ``Activation.new_events``; the worker turns them into store writes and the hi
 grows by exactly those events. The same instance can be fed further events later (the
 sticky cache): its own commands come back as echoes and are matched like any others.
 
-While workflow code runs, the thread's running asyncio loop is ``_NO_LOOP``: asyncio
+While workflow code runs, the thread's running asyncio loop is a ``_NoLoop``: asyncio
 timers, tasks and futures (``asyncio.sleep``, ``asyncio.timeout``, ``create_task``,
 ``gather``, ``wait_for``...) would not be replayed, so touching the loop parks the
 workflow with an ``IllegalAwaitError`` that names the Flows equivalent. A bug in the
@@ -36,6 +36,7 @@ import math
 import os
 import random
 import sys
+import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator
@@ -358,7 +359,17 @@ class _NoLoop:
         raise _Abort
 
 
-_NO_LOOP: Any = _NoLoop()
+_thread_state = threading.local()
+
+
+def _no_loop() -> Any:
+    """This thread's _NoLoop (asyncio keys the current task by loop: one per thread)."""
+    loop = getattr(_thread_state, "no_loop", None)
+    if loop is None:
+        loop = _thread_state.no_loop = _NoLoop()
+    return loop
+
+
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
 _TIMEOUT = (
     "Put a timeout on a step with `await flows.race(step, timeout=seconds)` "
@@ -554,16 +565,16 @@ class WorkflowInstance:
     @contextlib.contextmanager
     def _running_code(self) -> Iterator[None]:
         """While workflow code runs: this is the current instance, and asyncio sees
-        _NO_LOOP as the running loop and its current task. The worker's own loop is back
+        _NoLoop as the running loop and its current task. The worker's own loop is back
         before anything awaits."""
         token = _current.set(self)
-        loop = asyncio.events._get_running_loop()
-        asyncio.events._set_running_loop(_NO_LOOP)
-        asyncio.tasks._enter_task(_NO_LOOP, _NO_LOOP)
+        loop, no_loop = asyncio.events._get_running_loop(), _no_loop()
+        asyncio.events._set_running_loop(no_loop)
+        asyncio.tasks._enter_task(no_loop, no_loop)
         try:
             yield
         finally:
-            asyncio.tasks._leave_task(_NO_LOOP, _NO_LOOP)
+            asyncio.tasks._leave_task(no_loop, no_loop)
             asyncio.events._set_running_loop(loop)
             _current.reset(token)
 

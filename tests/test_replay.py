@@ -326,3 +326,17 @@ def test_asyncio_in_workflow_code_is_refused_without_touching_the_callers_loop()
     assert isinstance(act.park_error, flows.IllegalAwaitError)
     assert "asyncio.sleep()" in str(act.park_error)
     assert act.new_events == []
+
+
+def test_replays_in_several_threads_at_once() -> None:
+    """Each thread has its own stand-in loop: concurrent replays do not collide."""
+    import concurrent.futures
+
+    history = [started(7), scheduled(1, "charge", 7), completed(1, "ch-7")]
+
+    def one(_: int) -> bool:
+        act = flows.replay(order, history, T0)
+        return act.park_error is None and isinstance(act.new_events[0], TimerStarted)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(one, range(400)))
