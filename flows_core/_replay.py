@@ -37,7 +37,6 @@ import os
 import random
 import sys
 import threading
-import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
@@ -125,7 +124,8 @@ WORKFLOW_CODE_ERRORS: tuple[type[BaseException], ...] = (
 """Exceptions that Python raises for code that is wrong rather than for data that is
 wrong. Escaping workflow code, they park the workflow (``WorkflowCodeError``, history
 untouched) instead of failing it, unless the workflow lists them in
-``failure_exceptions``. Any other exception fails the workflow."""
+``failure_exceptions``. Any other Exception fails the workflow; a BaseException that is
+not an Exception (``asyncio.CancelledError``...) parks it too."""
 
 
 class _Abort(BaseException):
@@ -233,6 +233,12 @@ class _Task:
             instance._live.pop(self, None)
             instance._wake(self.future._resolve(exc=exc))
             return
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # asyncio.CancelledError, say: never the worker's own
+            instance._live.pop(self, None)
+            instance._violation(instance._code_error(exc))
+            return
         finally:
             instance._running = None
         if isinstance(yielded, Step):
@@ -251,7 +257,8 @@ class _Task:
                 "instead of asyncio.gather()"
             )
         )
-        self.coro.close()
+        with contextlib.suppress(Exception, _Abort):
+            self.coro.close()
 
 
 class _Combinator:
@@ -817,11 +824,12 @@ class WorkflowInstance:
 
     def _code_error(self, exc: BaseException) -> WorkflowCodeError:
         definition = self.definition
-        where = ""
-        frames = traceback.extract_tb(exc.__traceback__)
-        if frames:
-            last = frames[-1]
-            where = f" at {last.filename}:{last.lineno} in {last.name}"
+        where, tb = "", exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None:
+            code = tb.tb_frame.f_code
+            where = f" at {code.co_filename}:{tb.tb_lineno} in {code.co_name}"
         error = WorkflowCodeError(
             f"workflow {definition.name!r} v{definition.version} raised "
             f"{type(exc).__name__}: {_safe_str(exc)}{where}. This is taken for a bug in the "

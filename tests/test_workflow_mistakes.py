@@ -194,6 +194,21 @@ async def test_each_code_error_parks(exc: BaseException) -> None:
     assert type(exc).__name__ in info.error.message
 
 
+async def test_cancelled_error_escaping_workflow_code_parks_it() -> None:
+    """Not taken for the worker's own cancellation (which would release and re-run)."""
+
+    @flows.workflow("escaping-cancelled-error")
+    async def wf(ctx: flows.WorkflowContext, key: str) -> str:
+        await ctx.execute(step, key)
+        raise asyncio.CancelledError
+
+    info = await _parked(wf, "c")
+    assert info.error is not None
+    assert info.error.type == "WorkflowCodeError"
+    assert "CancelledError" in info.error.message
+    assert RUNS["c"] == 1
+
+
 async def test_other_exceptions_fail_the_workflow() -> None:
     @flows.workflow("value-error")
     async def wf(ctx: flows.WorkflowContext, key: str) -> str:
