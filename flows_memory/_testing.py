@@ -195,20 +195,15 @@ class _WallTimeEngine(Engine):
     """An Engine whose ``wait_for_result`` timeout counts real seconds, not virtual ones."""
 
     async def wait_for_result(
-        self,
-        workflow_id: str,
-        *,
-        tenant_id: str | None = None,
-        timeout: float | None = None,
-        type_: Any = Any,
+        self, workflow_id: str, *, timeout: float | None = None, **options: Any
     ) -> Any:
-        waiting = super().wait_for_result(workflow_id, tenant_id=tenant_id, type_=type_)
+        waiting = super().wait_for_result(workflow_id, **options)
         if timeout is None:
             return await waiting
         try:
             return await asyncio.wait_for(waiting, timeout)
         except TimeoutError:
-            info = await self.query(workflow_id, tenant_id=tenant_id)
+            info = await self.query(workflow_id, tenant_id=options.get("tenant_id"))
             raise TimeoutError(
                 f"workflow {workflow_id!r} still {info.status} after {timeout} s (real time)"
             ) from None

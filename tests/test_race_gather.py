@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,15 @@ async def _final(env: TestEnvironment, run: flows.Run[object]) -> list[flows.Eve
     return await env.engine.history(run.workflow_id)
 
 
+async def _history_of(wf: flows.Workflow[None, Any], expected: object) -> list[flows.Event]:
+    """Run ``wf`` to its end, check its result, and return its history."""
+    RUNS.clear()
+    async with TestEnvironment(workflows=[wf], activities=[work]) as env:
+        run = await env.engine.start(wf, None)
+        assert await run.result(timeout=10) == expected
+        return await _final(env, run)
+
+
 def _replays_cleanly(wf: flows.Workflow[object, object], history: list[flows.Event]) -> None:
     act = flows.replay(wf, history, history[-1].at)
     assert act.park_error is None, act.park_error
@@ -35,25 +45,23 @@ def _replays_cleanly(wf: flows.Workflow[object, object], history: list[flows.Eve
     assert act.finished
 
 
-async def test_gather_raises_the_first_failure_at_once_and_cancels_the_rest() -> None:
-    """A failed activity plus a signal nobody sends used to leave the run waiting forever."""
+@pytest.mark.parametrize("combine", [flows.gather, flows.race])
+async def test_first_failure_is_raised_at_once_and_the_rest_cancelled(combine: Any) -> None:
+    """A failed activity plus a signal nobody sends used to leave a gather waiting forever;
+    a race whose first step to finish fails raises that failure the same way."""
 
-    @flows.workflow("rg-gather-fails")
+    @flows.workflow(f"rg-{combine.__name__}-fails")
     async def wf(ctx: flows.WorkflowContext, _: None) -> str:
         try:
-            await flows.gather(ctx.execute(work, "fail-1"), ctx.wait_for_signal("never", str))
+            await combine(ctx.execute(work, "fail-1"), ctx.wait_for_signal("never", str))
         except flows.ActivityFailed as exc:
             return f"caught {exc.error_type}"
         return "not reached"
 
-    RUNS.clear()
-    async with TestEnvironment(workflows=[wf], activities=[work]) as env:
-        run = await env.engine.start(wf, None)
-        assert await run.result(timeout=10) == "caught TerminalError"
-        history = await _final(env, run)
+    history = await _history_of(wf, "caught TerminalError")
     cancelled = [e for e in history if isinstance(e, StepCancelled)]
     assert [e.seq for e in cancelled] == [2]
-    assert "gather failed" in cancelled[0].reason
+    assert combine.__name__ in cancelled[0].reason
     assert RUNS == {"fail-1": 1}
     _replays_cleanly(wf, history)
 
@@ -69,11 +77,7 @@ async def test_gather_return_exceptions_collects_every_outcome() -> None:
         )
         return [type(r).__name__ if isinstance(r, Exception) else str(r) for r in results]
 
-    RUNS.clear()
-    async with TestEnvironment(workflows=[wf], activities=[work]) as env:
-        run = await env.engine.start(wf, None)
-        assert await run.result(timeout=10) == ["ActivityFailed", "did:ok-b", "None"]
-        history = await _final(env, run)
+    history = await _history_of(wf, ["ActivityFailed", "did:ok-b", "None"])
     assert not any(isinstance(e, StepCancelled) for e in history)
     assert any(isinstance(e, TimerFired) for e in history)  # it waited for every step
     _replays_cleanly(wf, history)
@@ -95,11 +99,7 @@ async def test_gather_cancels_branch_coroutines_which_can_clean_up() -> None:
             return "failed fast"
         return "not reached"
 
-    RUNS.clear()
-    async with TestEnvironment(workflows=[wf], activities=[work]) as env:
-        run = await env.engine.start(wf, None)
-        assert await run.result(timeout=10) == "failed fast"
-        history = await _final(env, run)
+    history = await _history_of(wf, "failed fast")
     # the branch's cleanup ran (once) before gather raised
     assert RUNS == {"fail-x": 1, "cleanup": 1}
     # the activity is seq 1 (taken as gather's arguments are built), the branch's wait 2
@@ -164,22 +164,6 @@ async def test_race_timeout_raises_timeout_error_and_frees_the_signal() -> None:
     assert out == ["flows.race: no step finished within 0:05:00", "late"]
     assert [e.seq for e in history if isinstance(e, StepCancelled)] == [1]
     _replays_cleanly(wf, history)
-
-
-async def test_race_winner_failure_is_raised_and_the_rest_cancelled() -> None:
-    @flows.workflow("rg-race-fails")
-    async def wf(ctx: flows.WorkflowContext, _: None) -> str:
-        try:
-            await flows.race(ctx.execute(work, "fail-r"), ctx.wait_for_signal("s", str))
-        except flows.ActivityFailed as exc:
-            return exc.message
-        return "not reached"
-
-    async with TestEnvironment(workflows=[wf], activities=[work]) as env:
-        run = await env.engine.start(wf, None)
-        assert await run.result(timeout=10) == "fail-r failed"
-        history = await _final(env, run)
-    assert [e.seq for e in history if isinstance(e, StepCancelled)] == [2]
 
 
 async def test_race_needs_a_step() -> None:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+from history_support import started_event
 
 import flows_core as flows
 from flows_core.events import (
@@ -47,15 +48,7 @@ async def order(ctx: flows.WorkflowContext, amount: int) -> str:
 
 
 def started(amount: object = 10, name: str = "order") -> WorkflowStarted:
-    return WorkflowStarted(
-        name=name,
-        version=1,
-        workflow_id="wf-1",
-        tenant_id="t",
-        input=msgspec.Raw(raw(amount)),
-        seed=42,
-        at=T0,
-    )
+    return started_event(name, amount)
 
 
 def scheduled(seq: int, name: str, value: object) -> ActivityScheduled:

@@ -7,16 +7,17 @@ from __future__ import annotations
 import collections
 import math
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 import pytest
+from history_support import T0, started_event
 
 import flows_core as flows
 from flows_core._codec import encode_payload
-from flows_core.events import ActivityScheduled, SignalReceived, SignalWaitStarted, WorkflowStarted
+from flows_core.events import ActivityScheduled, SignalReceived, SignalWaitStarted
 from flows_memory import TestEnvironment
 
 RUNS: collections.Counter[str] = collections.Counter()
@@ -228,19 +229,9 @@ async def test_real_input_change_parks_showing_json(
 
 
 def test_activity_name_change_parks() -> None:
-    at = datetime(2030, 1, 1, tzinfo=UTC)
-    started = WorkflowStarted(
-        name="vals-evolve",
-        version=1,
-        workflow_id="w",
-        tenant_id="t",
-        input=msgspec.Raw(b"null"),
-        seed=1,
-        at=at,
-    )
-    scheduled = ActivityScheduled(seq=1, name="vals-old-name", input=msgspec.Raw(b'"x"'), at=at)
+    scheduled = ActivityScheduled(seq=1, name="vals-old-name", input=msgspec.Raw(b'"x"'), at=T0)
     new = _workflow(_activity("vals-new-name", str), lambda: "x")
-    act = flows.replay(new, [started, scheduled], at)
+    act = flows.replay(new, [started_event("vals-evolve"), scheduled], T0)
     assert isinstance(act.park_error, flows.NonDeterminismError)
     assert "vals-old-name" in str(act.park_error)
     assert "vals-new-name" in str(act.park_error)

@@ -8,14 +8,14 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-import msgspec
 import pytest
+from history_support import T0, started_event
 
 import flows_core as flows
-from flows_core.events import WorkflowFailedEvent, WorkflowStarted
+from flows_core.events import WorkflowFailedEvent
 from flows_memory import TestEnvironment
 
 RUNS: collections.Counter[str] = collections.Counter()
@@ -209,28 +209,28 @@ async def test_cancelled_error_escaping_workflow_code_parks_it() -> None:
     assert RUNS["c"] == 1
 
 
-async def test_other_exceptions_fail_the_workflow() -> None:
-    @flows.workflow("value-error")
+@pytest.mark.parametrize(
+    ("exc", "declared"),
+    [
+        (ValueError("bad order"), ()),  # not a code error: fails as before
+        (KeyError("missing sku"), ()),
+        (NotImplementedError("plan not supported"), (NotImplementedError,)),  # declared
+        (TypeError("declared too"), (TypeError, ValueError)),
+    ],
+)
+async def test_other_and_declared_exceptions_fail_the_workflow(
+    exc: Exception, declared: tuple[type[BaseException], ...]
+) -> None:
+    @flows.workflow(f"fails-{type(exc).__name__}", failure_exceptions=declared)
     async def wf(ctx: flows.WorkflowContext, key: str) -> str:
         await ctx.execute(step, key)
-        raise ValueError("bad order")
+        raise exc
 
     async with TestEnvironment(workflows=[wf], activities=[step]) as env:
         run = await env.engine.start(wf, "v")
-        with pytest.raises(flows.WorkflowFailed, match="bad order"):
+        with pytest.raises(flows.WorkflowFailed) as failed:
             await env.result(run)
-
-
-async def test_failure_exceptions_fail_the_workflow_instead_of_parking() -> None:
-    @flows.workflow("declared", failure_exceptions=(NotImplementedError,))
-    async def wf(ctx: flows.WorkflowContext, key: str) -> str:
-        await ctx.execute(step, key)
-        raise NotImplementedError("plan not supported")
-
-    async with TestEnvironment(workflows=[wf], activities=[step]) as env:
-        run = await env.engine.start(wf, "n")
-        with pytest.raises(flows.WorkflowFailed, match="plan not supported"):
-            await env.result(run)
+    assert type(exc).__name__ in str(failed.value)
 
 
 def test_failure_exceptions_must_be_exception_classes() -> None:
@@ -245,19 +245,10 @@ def test_a_failure_already_recorded_replays_as_recorded() -> None:
     async def wf(ctx: flows.WorkflowContext, key: str) -> str:
         raise TypeError("boom")
 
-    at = datetime(2030, 1, 1, tzinfo=UTC)
     history: list[flows.Event] = [
-        WorkflowStarted(
-            workflow_id="w",
-            tenant_id="t",
-            name="old-failure",
-            version=1,
-            input=msgspec.Raw(b'"k"'),
-            seed=1,
-            at=at,
-        ),
-        WorkflowFailedEvent(error=flows.ErrorInfo(type="TypeError", message="boom"), at=at),
+        started_event("old-failure", "k"),
+        WorkflowFailedEvent(error=flows.ErrorInfo(type="TypeError", message="boom"), at=T0),
     ]
-    act = flows.replay(wf, history, at + timedelta(seconds=1))
+    act = flows.replay(wf, history, T0 + timedelta(seconds=1))
     assert act.park_error is None
     assert act.finished
