@@ -17,6 +17,7 @@ __all__ = [
     "check_name",
     "decode_payload",
     "encode_payload",
+    "same_payload",
 ]
 
 T = TypeVar("T")
@@ -121,3 +122,42 @@ def check_id(value: object, what: str) -> str:
     if value != value.strip():
         raise InvalidArgument(f"{what} {value!r} has leading or trailing spaces")
     return value
+
+
+def same_payload(taken: bytes | msgspec.Raw, recorded: bytes | msgspec.Raw, type_: Any) -> bool:
+    """Whether the payload the code passes now is the one the history recorded.
+
+    Equal JSON values match (key order, spacing and ``1`` vs ``1.0`` do not count).
+    Otherwise the recorded payload is decoded into its current type ``type_`` and encoded
+    again, so fields added with a default, dropped fields, and ints read as floats match
+    too; a recorded payload the current type cannot read does not.
+    """
+    if bytes(taken) == bytes(recorded):
+        return True
+    try:
+        now_value = msgspec.json.decode(taken)
+        then_value = msgspec.json.decode(recorded)
+    except msgspec.DecodeError:
+        return False
+    if _json_equal(now_value, then_value):
+        return True
+    if type_ is Any or type_ is object:
+        return False
+    try:
+        upgraded = encode_payload(decode_payload(recorded, type_), max_bytes=None)
+    except PayloadError:
+        return False
+    return _json_equal(now_value, msgspec.json.decode(upgraded))
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """Equality of decoded JSON values where 1 == 1.0 but true != 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and bool(a == b)

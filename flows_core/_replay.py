@@ -31,9 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import inspect
-import math
-import os
 import random
 import sys
 import threading
@@ -46,7 +43,8 @@ from uuid import UUID
 
 import msgspec
 
-from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
+from ._asyncio_guard import asyncio_advice, close_unstarted
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload, same_payload
 from ._definitions import Workflow
 from ._errors import (
     ActivityFailed,
@@ -354,8 +352,8 @@ class _NoLoop:
         instance = _current.get()
         if instance is None:  # not from workflow code: behave like a missing attribute
             raise AttributeError(name)
-        api, advice = _asyncio_advice(sys._getframe(1))
-        _close_unstarted(sys._getframe(1))
+        api, advice = asyncio_advice(sys._getframe(1))
+        close_unstarted(sys._getframe(1))
         instance._violation(
             IllegalAwaitError(
                 f"workflow {instance.definition.name!r} called {api}, which needs an asyncio "
@@ -375,71 +373,6 @@ def _no_loop() -> Any:
     if loop is None:
         loop = _thread_state.no_loop = _NoLoop()
     return loop
-
-
-_ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
-_TIMEOUT = (
-    "Put a timeout on a step with `await flows.race(step, timeout=seconds)` "
-    "(it raises TimeoutError), on each activity attempt with "
-    "@flows.activity(timeout=...), or on a signal with ctx.wait_for_signal(..., timeout=...)."
-)
-_CONCURRENT = (
-    "Run steps or coroutines of workflow code concurrently with `await flows.gather(...)`, "
-    "or `await flows.race(...)` for the first one to finish."
-)
-_ADVICE: dict[str, str] = {
-    "sleep": "Use ctx.sleep(), a durable timer: `await ctx.sleep(seconds)`.",
-    "timeout": _TIMEOUT,
-    "timeout_at": _TIMEOUT,
-    "wait_for": _TIMEOUT,
-    "create_task": _CONCURRENT,
-    "ensure_future": _CONCURRENT,
-    "gather": _CONCURRENT,
-    "wait": "Use `await flows.race(...)` to wait for the first step to finish, "
-    "or `await flows.gather(...)` for all of them.",
-    "as_completed": "Use `await flows.race(...)` to wait for the first step to finish.",
-    "shield": "Await the step itself: a step is only cancelled by flows.race, by "
-    "flows.gather after a failure, or by a cancel of the workflow.",
-    "to_thread": "Do blocking or I/O work in an activity: `await ctx.execute(activity, input)`.",
-    "run_in_executor": "Do blocking or I/O work in an activity: "
-    "`await ctx.execute(activity, input)`.",
-}
-
-
-def _close_unstarted(frame: Any) -> None:
-    """Close the coroutines handed to the refused asyncio call (``create_task(coro)``),
-    so they do not warn "never awaited" later."""
-    while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
-        for value in list(frame.f_locals.values()):
-            for item in value if isinstance(value, list | tuple | set) else (value,):
-                if (
-                    inspect.iscoroutine(item)
-                    and inspect.getcoroutinestate(item) == inspect.CORO_CREATED
-                ):
-                    item.close()
-        frame = frame.f_back
-
-
-def _asyncio_advice(frame: Any) -> tuple[str, str]:
-    """The asyncio API that workflow code called (the outermost asyncio frame below
-    the workflow's frame), and the Flows equivalent to name."""
-    api, module, owner = None, "", None
-    while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
-        api = frame.f_code.co_name
-        module = os.path.basename(frame.f_code.co_filename).removesuffix(".py")
-        owner = frame.f_locals.get("self")
-        frame = frame.f_back
-    if api is None:
-        return "asyncio.get_running_loop()", _ADVICE["to_thread"]
-    if module == "timeouts":
-        api = "timeout"
-    elif module not in ("tasks", "threads"):
-        where = type(owner).__name__ if owner is not None else module
-        return f"asyncio.{where}.{api}()", (
-            "Use Flows steps instead: ctx.sleep(), ctx.execute(), ctx.wait_for_signal(), "
-            "flows.gather() and flows.race()."
-        )
-    return f"asyncio.{api}()", _ADVICE.get(api, _ADVICE["create_task"])
 
 
 @dataclass
@@ -875,7 +808,7 @@ class WorkflowInstance:
         same = type(taken) is type(recorded)
         if same and isinstance(taken, ActivityScheduled):
             assert isinstance(recorded, ActivityScheduled)
-            same = taken.name == recorded.name and _same_input(
+            same = taken.name == recorded.name and same_payload(
                 taken.input, recorded.input, self._input_types.get(seq, Any)
             )
         elif same and isinstance(taken, SignalWaitStarted):
@@ -985,45 +918,6 @@ class WorkflowInstance:
 
     def pending_steps(self) -> list[int]:
         return sorted(self._pending)
-
-
-def _same_input(taken: msgspec.Raw, recorded: msgspec.Raw, input_type: Any) -> bool:
-    """Whether the input the code passes now is the input the history recorded.
-
-    Equal JSON values match (key order, spacing and ``1`` vs ``1.0`` do not count).
-    Otherwise the recorded input is decoded into the activity's current input type and
-    encoded again, so fields added with a default, dropped fields, and ints read as
-    floats match too; a recorded input the current type cannot read does not.
-    """
-    if bytes(taken) == bytes(recorded):
-        return True
-    try:
-        now_value = msgspec.json.decode(taken)
-        then_value = msgspec.json.decode(recorded)
-    except msgspec.DecodeError:
-        return False
-    if _json_equal(now_value, then_value):
-        return True
-    if input_type is Any or input_type is object:
-        return False
-    try:
-        upgraded = encode_payload(decode_payload(recorded, input_type), max_bytes=None)
-    except PayloadError:
-        return False
-    return _json_equal(now_value, msgspec.json.decode(upgraded))
-
-
-def _json_equal(a: Any, b: Any) -> bool:
-    """Equality of decoded JSON values where 1 == 1.0 but true != 1."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and bool(a == b)
 
 
 def _safe_str(exc: BaseException) -> str:
