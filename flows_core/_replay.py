@@ -348,6 +348,10 @@ class _NoLoop:
     It is also its own "current task", so ``asyncio.current_task()`` and
     ``asyncio.timeout()`` reach it too."""
 
+    def get_name(self) -> str:
+        """Harmless: ``logging`` (Python 3.12+) names the current task in every record."""
+        return "flows-workflow-code"
+
     def __getattr__(self, name: str) -> Any:
         instance = _current.get()
         if instance is None:  # not from workflow code: behave like a missing attribute

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -115,6 +116,18 @@ async def test_current_task_and_running_loop_are_not_the_workers() -> None:
     assert info.error is not None
     assert info.error.type == "IllegalAwaitError"
     assert "event loop" in info.error.message
+
+
+async def test_logging_and_current_task_names_in_workflow_code_are_fine() -> None:
+    @flows.workflow("logs")
+    async def wf(ctx: flows.WorkflowContext, key: str) -> str:
+        logging.getLogger("flows.test").warning("workflow %s step %s", ctx.workflow_id, key)
+        task = asyncio.current_task()
+        return f"{await ctx.execute(step, key)} in {task.get_name() if task else None}"
+
+    async with TestEnvironment(workflows=[wf], activities=[step]) as env:
+        run = await env.engine.start(wf, "log")
+        assert await run.result(timeout=10) == "done:log in flows-workflow-code"
 
 
 async def test_activity_called_directly_parks_saying_to_use_ctx_execute() -> None:
