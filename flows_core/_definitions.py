@@ -131,12 +131,14 @@ class Activity(Generic[I, O]):
             return await self.fn(value)  # type: ignore[no-any-return,misc]
         return await asyncio.to_thread(self.fn, value)  # type: ignore[arg-type]
 
-    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError(
-            f"activity {self.name!r} was called directly; in workflow code run it as a "
-            f"durable step with `await ctx.execute({self.fn.__name__}, input)`, and to call "
-            f"the plain function use `{self.fn.__name__}.fn(input)`"
-        )
+    if not TYPE_CHECKING:  # type checkers keep reporting a direct call as an error
+
+        def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+            raise TypeError(
+                f"activity {self.name!r} was called directly; in workflow code run it as a "
+                f"durable step with `await ctx.execute({self.fn.__name__}, input)`, and to "
+                f"call the plain function use `{self.fn.__name__}.fn(input)`"
+            )
 
     def __repr__(self) -> str:
         return f"<Activity {self.name}>"
