@@ -9,6 +9,7 @@ import math
 import uuid
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -190,6 +191,24 @@ async def test_routine_input_change_does_not_park_a_recorded_run(change: str) ->
     done = flows.replay(new, [*history, go], history[-1].at + timedelta(seconds=2))
     assert done.park_error is None
     assert done.finished
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_golden_history_of_the_old_code_replays_with_the_new_struct() -> None:
+    """evolve_address_v1.json was recorded (and pretty-printed) when the input of
+    vals-ship was AddressV1; the code now sends AddressV2 with its default zip."""
+    data = (GOLDEN / "evolve_address_v1.json").read_bytes()
+    history = msgspec.json.decode(data, type=list[flows.Event])
+    new = _workflow(_activity("vals-ship", AddressV2), lambda: AddressV2("main st"))
+    act = flows.replay(new, history, history[-1].at)
+    assert act.park_error is None, act.park_error
+    assert act.new_events == []
+    go = SignalReceived(name="go", payload=msgspec.Raw(b'"now"'), signal_id="s1", at=T0)
+    done = flows.replay(new, [*history, go], T0)
+    assert done.finished
+    assert done.park_error is None
 
 
 @pytest.mark.parametrize(
