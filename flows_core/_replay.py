@@ -211,6 +211,10 @@ class _Task:
             task = task.parent
         return False
 
+    def _ended(self) -> None:
+        self.instance._live.pop(self, None)
+        self.instance._branches.pop(self.future, None)
+
     def step(self) -> None:
         instance = self.instance
         instance._running = self
@@ -221,20 +225,20 @@ class _Task:
             else:
                 yielded = self.coro.send(None)
         except StopIteration as stop:
-            instance._live.pop(self, None)
+            self._ended()
             instance._wake(self.future._resolve(stop.value))
             return
         except _Abort:
-            instance._live.pop(self, None)
+            self._ended()
             return
         except Exception as exc:
-            instance._live.pop(self, None)
+            self._ended()
             instance._wake(self.future._resolve(exc=exc))
             return
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # asyncio.CancelledError, say: never the worker's own
-            instance._live.pop(self, None)
+            self._ended()
             instance._violation(instance._code_error(exc))
             return
         finally:
@@ -310,6 +314,7 @@ class _Combinator:
             self.cancel(reason)
         if all(child.done for child in self.children):
             result, exc = self.outcome
+            del self.instance._combinators[self.future]
             self.instance._wake(self.future._resolve(result, exc))
 
     def _race(self) -> tuple[str, Any, BaseException | None] | None:
@@ -585,7 +590,7 @@ class WorkflowInstance:
         self._ready.append(_Task(self, coro, main))
 
     def _resolve_activity(self, seq: int, event: ActivityCompleted | ActivityFailedEvent) -> None:
-        entry = self._pending.pop(seq, None)
+        entry = self._unpend(seq)
         if entry is None:
             if seq not in self._issued:
                 self._violation(
@@ -612,10 +617,10 @@ class WorkflowInstance:
     def _fire_timer(self, seq: int) -> None:
         wait = self._waits.pop(seq, None)
         if wait is not None:
-            self._pending.pop(seq, None)
+            self._unpend(seq)
             self._wake(wait.step._resolve(None))
             return
-        entry = self._pending.pop(seq, None)
+        entry = self._unpend(seq)
         if entry is not None:
             self._wake(entry[0]._resolve(None))
 
@@ -655,7 +660,7 @@ class WorkflowInstance:
         for seq, wait in self._waits.items():
             if wait.name == event.name:
                 del self._waits[seq]
-                self._pending.pop(seq, None)
+                self._unpend(seq)
                 if wait.has_timeout:
                     self._drop(seq, "signal arrived before the timeout")
                 self._wake(self._decoded(wait, event))
@@ -679,10 +684,16 @@ class WorkflowInstance:
     def _cancel_step(self, seq: int, reason: str) -> None:
         """Cancel pending step ``seq``: StepCancelled is recorded (the store drops its
         timer or task), and whoever awaits it gets Cancelled."""
-        step, _ = self._pending.pop(seq)
+        step, _ = self._pending[seq]
+        self._unpend(seq)
         self._waits.pop(seq, None)
         self._drop(seq, reason)
         self._wake(step._resolve(exc=Cancelled(reason)))
+
+    def _unpend(self, seq: int) -> tuple[Step[Any], str] | None:
+        """Step ``seq`` is no longer pending (resolved or cancelled)."""
+        self._owner.pop(seq, None)
+        return self._pending.pop(seq, None)
 
     def _cancel_task(self, task: _Task, reason: str) -> None:
         """Cancel a gather/race branch and the branches it started: each gets Cancelled
