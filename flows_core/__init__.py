@@ -8,7 +8,7 @@ from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._context import WorkflowContext, gather, race
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
-from ._engine import Engine, Run, WorkflowInfo, WorkflowRegistry
+from ._engine import Engine, Run, WorkflowInfo
 from ._errors import (
     ActivityFailed,
     ActivityTimeout,
@@ -38,7 +38,8 @@ from ._errors import (
     WorkflowTerminated,
     WorkflowTimeout,
 )
-from ._replay import WORKFLOW_CODE_ERRORS, Activation, RaceResult, Step, WorkflowInstance, replay
+from ._public import publish
+from ._replay import WORKFLOW_CODE_ERRORS, RaceResult, Step, replay
 from ._sharding import DEFAULT_SHARDS, HashSharder, Sharder, TenantSharder
 from ._tenancy import DEFAULT_TENANT, current_tenant, tenant
 from ._worker import Worker, WorkerStats
@@ -50,7 +51,6 @@ __all__ = [
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",
     "WORKFLOW_CODE_ERRORS",
-    "Activation",
     "Activity",
     "ActivityFailed",
     "ActivityInfo",
@@ -94,12 +94,10 @@ __all__ = [
     "WorkflowContext",
     "WorkflowFailed",
     "WorkflowInfo",
-    "WorkflowInstance",
     "WorkflowNotDeadLettered",
     "WorkflowNotFound",
     "WorkflowNotRegistered",
     "WorkflowNotRunning",
-    "WorkflowRegistry",
     "WorkflowStatus",
     "WorkflowTerminated",
     "WorkflowTimeout",
@@ -114,3 +112,5 @@ __all__ = [
     "tenant",
     "workflow",
 ]
+
+publish(__name__, globals(), __all__)

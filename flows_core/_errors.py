@@ -32,6 +32,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "WorkflowNotRunning",
     "WorkflowTerminated",
     "WorkflowTimeout",
+    "error_class",
 ]
 
 
@@ -84,7 +87,22 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class FlowsError(Exception):
-    """Base class of every error Flows raises."""
+    """Base class of every error Flows raises.
+
+    Every Flows error pickles (multiprocessing, Celery, RQ): it comes back as the same
+    type with the same ``args``, attributes and message, whatever its constructor takes.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (type(self), self.args), self.__dict__ or None)
+
+
+def _restore(cls: type[FlowsError], args: tuple[Any, ...]) -> FlowsError:
+    """Unpickle a Flows error without calling its ``__init__`` (whose parameters are not
+    its ``args``); the attributes follow as the pickled state."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class InvalidArgument(FlowsError, ValueError):
@@ -245,3 +263,19 @@ class WorkflowCodeError(FlowsError):
     """A bug in workflow code (one of flows.WORKFLOW_CODE_ERRORS) parked the workflow;
     the message names it and where. Fix the code, then ``engine.retry()`` resumes the run.
     The original exception is ``__cause__``."""
+
+
+def error_class(info: ErrorInfo) -> type[FlowsError] | None:
+    """The Flows error class a recorded error is of (its ``type`` names one of Flows' own
+    errors), or None for any other exception type. Recognise recorded errors with this,
+    by class (``error_class(info) is WorkflowTimeout``), not by comparing names."""
+    return _FLOWS_ERRORS.get(info.type)
+
+
+# Keep this last in the module: it collects every error class defined above.
+_FLOWS_ERRORS: dict[str, type[FlowsError]] = {
+    cls.__name__: cls
+    for cls in list(globals().values())
+    if isinstance(cls, type) and issubclass(cls, FlowsError)
+}
+"""Flows' own errors (every one defined in this module) by class name."""

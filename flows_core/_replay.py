@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -130,7 +130,8 @@ class _Abort(BaseException):
     """Unwinds workflow code after a determinism violation; not catchable as Exception."""
 
 
-class RaceResult(NamedTuple, Generic[T]):
+@dataclass(frozen=True, slots=True)
+class RaceResult(Generic[T]):
     """What ``flows.race`` returns: the argument position of the first step to finish
     (``winner``), and its result (``value``)."""
 
