@@ -6,7 +6,7 @@ Import as ``import flows_core as flows``. See README.md for a tour.
 from ._activity_context import ActivityInfo, activity_info, heartbeat
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
-from ._context import WorkflowContext, gather
+from ._context import WorkflowContext, gather, race
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
 from ._eager import EagerStarts
 from ._engine import Engine, Run, WorkflowInfo
@@ -30,6 +30,7 @@ from ._errors import (
     TerminalError,
     WorkflowAlreadyExists,
     WorkflowCancelled,
+    WorkflowCodeError,
     WorkflowFailed,
     WorkflowNotDeadLettered,
     WorkflowNotFound,
@@ -39,7 +40,7 @@ from ._errors import (
     WorkflowTimeout,
 )
 from ._public import publish
-from ._replay import Step, replay
+from ._replay import WORKFLOW_CODE_ERRORS, RaceResult, Step, replay
 from ._sharding import DEFAULT_SHARDS, HashSharder, Sharder, TenantSharder
 from ._tenancy import DEFAULT_TENANT, current_tenant, tenant
 from ._worker import Worker, WorkerStats
@@ -50,6 +51,7 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",
+    "WORKFLOW_CODE_ERRORS",
     "Activity",
     "ActivityFailed",
     "ActivityInfo",
@@ -70,6 +72,7 @@ __all__ = [
     "NonDeterminismError",
     "PayloadError",
     "PayloadTooLarge",
+    "RaceResult",
     "RetryPolicy",
     "Run",
     "ScheduleToCloseTimeout",
@@ -89,6 +92,7 @@ __all__ = [
     "Workflow",
     "WorkflowAlreadyExists",
     "WorkflowCancelled",
+    "WorkflowCodeError",
     "WorkflowContext",
     "WorkflowFailed",
     "WorkflowInfo",
@@ -105,6 +109,7 @@ __all__ = [
     "event_summary",
     "gather",
     "heartbeat",
+    "race",
     "replay",
     "tenant",
     "workflow",

@@ -1,9 +1,9 @@
-"""What workflow code sees: ``WorkflowContext`` and ``flows.gather``."""
+"""What workflow code sees: ``WorkflowContext``, ``flows.gather`` and ``flows.race``."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
 from uuid import UUID
@@ -11,9 +11,9 @@ from uuid import UUID
 from ._codec import check_name, encode_payload
 from ._definitions import Activity
 from ._errors import InvalidArgument
-from ._replay import Step, WorkflowInstance, current_instance
+from ._replay import RaceResult, Step, WorkflowInstance, current_instance
 
-__all__ = ["WorkflowContext", "gather"]
+__all__ = ["WorkflowContext", "gather", "race"]
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -58,16 +58,13 @@ class WorkflowContext:
             expected_type=activity.input_type,
             max_bytes=self._instance.max_payload_bytes,
         )
-        return self._instance.schedule_activity(activity.name, payload, activity.output_type)
+        return self._instance.schedule_activity(
+            activity.name, payload, activity.output_type, activity.input_type
+        )
 
     def sleep(self, duration: timedelta | float) -> Step[None]:
         """A durable timer: resumes after ``duration`` (a timedelta or seconds)."""
-        if not isinstance(duration, timedelta):
-            if isinstance(duration, bool) or not isinstance(duration, int | float):
-                raise InvalidArgument("ctx.sleep() takes a timedelta or a number of seconds")
-            duration = timedelta(seconds=duration)
-        if duration < timedelta(0):
-            raise InvalidArgument(f"ctx.sleep() duration must not be negative, got {duration}")
+        duration = _duration(duration, "ctx.sleep() duration")
         now = self._instance.now
         assert now is not None
         return self._instance.start_timer(now + duration)
@@ -123,29 +120,22 @@ class WorkflowContext:
         return UUID(value)
 
 
-def _as_step(aw: Awaitable[Any], instance: WorkflowInstance) -> Step[Any]:
+def _as_step(aw: Awaitable[Any], instance: WorkflowInstance, what: str) -> Step[Any]:
     if isinstance(aw, Step):
         return aw
     if inspect.iscoroutine(aw):
         return instance.spawn(aw)
-    raise InvalidArgument(
-        f"flows.gather() takes Flows steps or coroutines of workflow code, got {aw!r}"
-    )
+    raise InvalidArgument(f"{what} takes Flows steps or coroutines of workflow code, got {aw!r}")
 
 
-async def _gather_all(steps: list[Step[Any]], return_exceptions: bool) -> list[Any]:
-    results: list[Any] = []
-    first_error: BaseException | None = None
-    for step in steps:
-        try:
-            results.append(await step)
-        except Exception as exc:
-            if not return_exceptions:
-                first_error = first_error or exc
-            results.append(exc)
-    if first_error is not None:
-        raise first_error
-    return results
+def _duration(value: timedelta | float, what: str) -> timedelta:
+    if not isinstance(value, timedelta):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidArgument(f"{what} takes a timedelta or a number of seconds")
+        value = timedelta(seconds=value)
+    if value < timedelta(0):
+        raise InvalidArgument(f"{what} must not be negative, got {value}")
+    return value
 
 
 @overload
@@ -182,16 +172,34 @@ def gather(
 @overload
 def gather(*aws: Awaitable[T], return_exceptions: bool = False) -> Step[tuple[T, ...]]: ...
 def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> Step[tuple[Any, ...]]:
-    """Run steps (or coroutines of workflow code) in parallel; await all their results.
+    """Run steps (or coroutines of workflow code) concurrently; await all their results.
 
-    Results come back in argument order. Without ``return_exceptions`` the first
-    failure (in argument order, after all have finished) is raised.
+    Results come back in argument order. The first failure is raised as soon as it
+    happens, and the steps still pending are cancelled (StepCancelled is recorded;
+    branch coroutines get ``Cancelled`` at their await). With ``return_exceptions``
+    every step runs to its end and failures come back in place of results.
     """
     instance = current_instance()
-    steps = [_as_step(aw, instance) for aw in aws]
-    coro: Coroutine[Any, Any, Any] = _tuple(_gather_all(steps, return_exceptions))
-    return instance.spawn(coro)
+    steps = [_as_step(aw, instance, "flows.gather()") for aw in aws]
+    return instance.gather(steps, return_exceptions)
 
 
-async def _tuple(coro: Coroutine[Any, Any, list[Any]]) -> tuple[Any, ...]:
-    return tuple(await coro)
+def race(*aws: Awaitable[T], timeout: timedelta | float | None = None) -> Step[RaceResult[T]]:
+    """Wait for the first of several steps (or coroutines of workflow code) to finish.
+
+    Returns ``RaceResult(winner, value)``: the argument position of the winner and its
+    result; if the winner failed, its exception is raised. The other steps are
+    cancelled (StepCancelled recorded, their timers and tasks dropped; coroutines get
+    ``Cancelled`` at their await). With ``timeout`` (a timedelta or seconds, a durable
+    timer), TimeoutError is raised if nothing finished in time::
+
+        won = await flows.race(ctx.execute(charge, order), ctx.wait_for_signal("abort", str))
+        if won.winner == 1: ...
+        receipt = (await flows.race(ctx.execute(charge, order), timeout=30)).value
+    """
+    instance = current_instance()
+    if not aws:
+        raise InvalidArgument("flows.race() needs at least one step")
+    limit = None if timeout is None else _duration(timeout, "flows.race() timeout")
+    steps = [_as_step(aw, instance, "flows.race()") for aw in aws]
+    return instance.race(steps, limit)

@@ -9,7 +9,7 @@ import typing
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from ._codec import check_name
 from ._errors import InvalidArgument, TerminalError
@@ -131,6 +131,15 @@ class Activity(Generic[I, O]):
             return await self.fn(value)  # type: ignore[no-any-return,misc]
         return await asyncio.to_thread(self.fn, value)  # type: ignore[arg-type]
 
+    if not TYPE_CHECKING:  # type checkers keep reporting a direct call as an error
+
+        def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+            raise TypeError(
+                f"activity {self.name!r} was called directly; in workflow code run it as a "
+                f"durable step with `await ctx.execute({self.fn.__name__}, input)`, and to "
+                f"call the plain function use `{self.fn.__name__}.fn(input)`"
+            )
+
     def __repr__(self) -> str:
         return f"<Activity {self.name}>"
 
@@ -138,7 +147,7 @@ class Activity(Generic[I, O]):
 class Workflow(Generic[I, O]):
     """A named, versioned durable function ``async def f(ctx, input) -> output``."""
 
-    __slots__ = ("fn", "input_type", "name", "output_type", "version")
+    __slots__ = ("failure_exceptions", "fn", "input_type", "name", "output_type", "version")
 
     def __init__(
         self,
@@ -146,6 +155,7 @@ class Workflow(Generic[I, O]):
         fn: Callable[[WorkflowContext, I], Awaitable[O]],
         *,
         version: int = 1,
+        failure_exceptions: Sequence[type[BaseException]] = (),
     ) -> None:
         self.name = check_name(name, "workflow name")
         if "-shard-" in name:
@@ -155,6 +165,9 @@ class Workflow(Generic[I, O]):
             raise InvalidArgument(f"workflow {name!r} must be an async def function")
         self.fn = fn
         self.version = version
+        self.failure_exceptions = _check_exception_types(failure_exceptions, name)
+        """Exceptions that fail the workflow although they would park it as bugs in
+        the code (flows.WORKFLOW_CODE_ERRORS)."""
         self.input_type, self.output_type = _hints(fn, f"workflow {name!r}")
 
     def __repr__(self) -> str:
@@ -234,14 +247,34 @@ def _check_version(version: object) -> None:
         raise InvalidArgument(f"workflow version must be an integer >= 1, got {version!r}")
 
 
+def _check_exception_types(types: object, workflow_name: str) -> tuple[type[BaseException], ...]:
+    if isinstance(types, type):
+        types = (types,)
+    if not isinstance(types, Sequence) or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in types
+    ):
+        raise InvalidArgument(
+            f"workflow {workflow_name!r}: failure_exceptions must be a sequence of exception "
+            f"classes, got {types!r}"
+        )
+    return tuple(types)
+
+
 def workflow(
-    name: str, *, version: int = 1
+    name: str, *, version: int = 1, failure_exceptions: Sequence[type[BaseException]] = ()
 ) -> Callable[[Callable[[WorkflowContext, I], Awaitable[O]]], Workflow[I, O]]:
-    """Declare a workflow: ``@flows.workflow("order-workflow", version=1)``."""
+    """Declare a workflow: ``@flows.workflow("order-workflow", version=1)``.
+
+    An exception escaping the workflow code fails the workflow, except the bugs in
+    ``flows.WORKFLOW_CODE_ERRORS`` (TypeError, AttributeError, NameError...), which park
+    it so that a code fix and ``engine.retry()`` resume it. Exception types listed in
+    ``failure_exceptions`` fail the workflow even when they are in that set.
+    """
     check_name(name, "workflow name")
     _check_version(version)
+    _check_exception_types(failure_exceptions, name)
 
     def decorate(fn: Callable[[WorkflowContext, I], Awaitable[O]]) -> Workflow[I, O]:
-        return Workflow(name, fn, version=version)
+        return Workflow(name, fn, version=version, failure_exceptions=failure_exceptions)
 
     return decorate

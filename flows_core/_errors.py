@@ -17,6 +17,7 @@
     ├── WorkflowTerminated         wait_for_result on a terminated workflow (has .reason)
     ├── NonDeterminismError        replay diverged from the recorded history
     │   └── IllegalAwaitError      workflow awaited something that is not a Flows step
+    ├── WorkflowCodeError          a bug (TypeError...) escaped workflow code: it parks
     ├── ActivityFailed             raised inside a workflow when an activity fails for good
     ├── ActivityTimeout            an activity attempt ran past its timeout (retryable)
     │   ├── HeartbeatTimeout       ... or sent no heartbeat within its heartbeat_timeout
@@ -56,6 +57,7 @@ __all__ = [
     "TerminalError",
     "WorkflowAlreadyExists",
     "WorkflowCancelled",
+    "WorkflowCodeError",
     "WorkflowFailed",
     "WorkflowNotFound",
     "WorkflowNotRegistered",
@@ -333,6 +335,12 @@ class StoreUnavailable(StoreError):
 
 class TenantRequired(FlowsError):
     """This engine requires an explicit tenant and none was given."""
+
+
+class WorkflowCodeError(FlowsError):
+    """A bug in workflow code (one of flows.WORKFLOW_CODE_ERRORS) parked the workflow;
+    the message names it and where. Fix the code, then ``engine.retry()`` resumes the run.
+    The original exception is ``__cause__``."""
 
 
 def error_class(info: ErrorInfo) -> type[FlowsError] | None:

@@ -16,16 +16,26 @@ in ``Activation.new_events``; the worker turns them into store writes and the hi
 grows by exactly those events. The same instance can be fed further events later (the
 sticky cache): its own commands come back as echoes and are matched like any others.
 
+While workflow code runs, the thread's running asyncio loop is a ``_NoLoop``: asyncio
+timers, tasks and futures (``asyncio.sleep``, ``asyncio.timeout``, ``create_task``,
+``gather``, ``wait_for``...) would not be replayed, so touching the loop parks the
+workflow with an ``IllegalAwaitError`` that names the Flows equivalent. A bug in the
+code (``WORKFLOW_CODE_ERRORS``) parks it too (``WorkflowCodeError``), history untouched,
+so a code fix and ``engine.retry()`` resume it.
+
 Pure: no I/O, no clock (``now`` is an argument), no global randomness.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import random
+import sys
+import threading
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -33,15 +43,18 @@ from uuid import UUID
 
 import msgspec
 
-from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
+from ._asyncio_guard import asyncio_advice, close_unstarted
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload, same_payload
 from ._definitions import Workflow
 from ._errors import (
     ActivityFailed,
     Cancelled,
     ErrorInfo,
+    FlowsError,
     IllegalAwaitError,
     NonDeterminismError,
     PayloadError,
+    WorkflowCodeError,
     WorkflowTimeout,
 )
 from .events import (
@@ -64,7 +77,15 @@ from .events import (
     WorkflowStarted,
 )
 
-__all__ = ["Activation", "Step", "WorkflowInstance", "current_instance", "replay"]
+__all__ = [
+    "WORKFLOW_CODE_ERRORS",
+    "Activation",
+    "RaceResult",
+    "Step",
+    "WorkflowInstance",
+    "current_instance",
+    "replay",
+]
 
 T = TypeVar("T")
 
@@ -88,8 +109,34 @@ def current_instance() -> WorkflowInstance:
     return instance
 
 
+WORKFLOW_CODE_ERRORS: tuple[type[BaseException], ...] = (
+    TypeError,
+    AttributeError,
+    NameError,
+    ImportError,
+    SyntaxError,
+    AssertionError,
+    NotImplementedError,
+    RecursionError,
+)
+"""Exceptions that Python raises for code that is wrong rather than for data that is
+wrong. Escaping workflow code, they park the workflow (``WorkflowCodeError``, history
+untouched) instead of failing it, unless the workflow lists them in
+``failure_exceptions``. Any other Exception fails the workflow; a BaseException that is
+not an Exception (``asyncio.CancelledError``...) parks it too."""
+
+
 class _Abort(BaseException):
     """Unwinds workflow code after a determinism violation; not catchable as Exception."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaceResult(Generic[T]):
+    """What ``flows.race`` returns: the argument position of the first step to finish
+    (``winner``), and its result (``value``)."""
+
+    winner: int
+    value: T
 
 
 class Step(Generic[T]):
@@ -103,13 +150,15 @@ class Step(Generic[T]):
         self._done = False
         self._result: Any = None
         self._exc: BaseException | None = None
-        self._waiters: list[_Task] = []
+        self._waiters: list[_Task | _Combinator] = []
 
     @property
     def done(self) -> bool:
         return self._done
 
-    def _resolve(self, result: Any = None, exc: BaseException | None = None) -> list[_Task]:
+    def _resolve(
+        self, result: Any = None, exc: BaseException | None = None
+    ) -> list[_Task | _Combinator]:
         self._done, self._result, self._exc = True, result, exc
         waiters, self._waiters = self._waiters, []
         return waiters
@@ -132,33 +181,74 @@ class Step(Generic[T]):
 class _Task:
     """A coroutine driven by the instance: the workflow body or a gather branch."""
 
-    __slots__ = ("coro", "future", "instance")
+    __slots__ = (
+        "cancel_reason",
+        "cancel_thrown",
+        "coro",
+        "future",
+        "instance",
+        "parent",
+        "waiting_on",
+    )
 
     def __init__(
-        self, instance: WorkflowInstance, coro: Coroutine[Any, Any, Any], future: Step[Any]
+        self,
+        instance: WorkflowInstance,
+        coro: Coroutine[Any, Any, Any],
+        future: Step[Any],
+        parent: _Task | None = None,
     ):
-        self.instance, self.coro, self.future = instance, coro, future
-        instance._live.add(self)
+        self.instance, self.coro, self.future, self.parent = instance, coro, future, parent
+        self.waiting_on: Step[Any] | None = None
+        self.cancel_reason: str | None = None
+        self.cancel_thrown = False
+        instance._live[self] = None
+
+    def descends_from(self, ancestor: _Task) -> bool:
+        task: _Task | None = self
+        while task is not None:
+            if task is ancestor:
+                return True
+            task = task.parent
+        return False
+
+    def _ended(self) -> None:
+        self.instance._live.pop(self, None)
+        self.instance._branches.pop(self.future, None)
 
     def step(self) -> None:
         instance = self.instance
+        instance._running = self
         try:
-            yielded = self.coro.send(None)
+            if self.cancel_reason is not None and not self.cancel_thrown:
+                self.cancel_thrown = True
+                yielded = self.coro.throw(Cancelled(self.cancel_reason))
+            else:
+                yielded = self.coro.send(None)
         except StopIteration as stop:
-            instance._live.discard(self)
+            self._ended()
             instance._wake(self.future._resolve(stop.value))
             return
         except _Abort:
-            instance._live.discard(self)
+            self._ended()
             return
         except Exception as exc:
-            instance._live.discard(self)
+            self._ended()
             instance._wake(self.future._resolve(exc=exc))
             return
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # asyncio.CancelledError, say: never the worker's own
+            self._ended()
+            instance._violation(instance._code_error(exc))
+            return
+        finally:
+            instance._running = None
         if isinstance(yielded, Step):
             if yielded.done:
                 instance._ready.append(self)
             else:
+                self.waiting_on = yielded
                 yielded._waiters.append(self)
             return
         what = type(yielded).__name__ if yielded is not None else "a bare yield (asyncio.sleep(0)?)"
@@ -170,16 +260,149 @@ class _Task:
                 "instead of asyncio.gather()"
             )
         )
-        self.coro.close()
+        with contextlib.suppress(Exception, _Abort):
+            self.coro.close()
+
+
+class _Combinator:
+    """``flows.gather`` (``first=False``) or ``flows.race`` (``first=True``) over steps.
+
+    Woken whenever one of its steps resolves. Once it has its answer it cancels the
+    steps still pending (as steps: StepCancelled recorded; branch coroutines get
+    Cancelled at their await) and resolves ``future`` when every branch has ended, so
+    cleanup in a cancelled branch runs before the awaiting code goes on. The race's
+    ``timeout`` is its last step, a timer, and is reported as TimeoutError.
+    """
+
+    __slots__ = (
+        "children",
+        "first",
+        "future",
+        "instance",
+        "outcome",
+        "return_exceptions",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        instance: WorkflowInstance,
+        children: list[Step[Any]],
+        *,
+        first: bool,
+        return_exceptions: bool = False,
+        timeout: timedelta | None = None,
+    ) -> None:
+        self.instance, self.children, self.first = instance, children, first
+        self.return_exceptions, self.timeout = return_exceptions, timeout
+        self.outcome: tuple[Any, BaseException | None] | None = None
+        self.future: Step[Any] = Step(0, "flows.race" if first else "flows.gather")
+        instance._combinators[self.future] = self
+        for child in children:
+            if not child.done:
+                child._waiters.append(self)
+        instance._ready.append(self)
+
+    def step(self) -> None:
+        if self.future.done:
+            return
+        if self.outcome is None:
+            decided = self._race() if self.first else self._gather()
+            if decided is None:
+                return
+            reason, result, exc = decided
+            self.outcome = (result, exc)
+            self.cancel(reason)
+        if all(child.done for child in self.children):
+            result, exc = self.outcome
+            del self.instance._combinators[self.future]
+            self.instance._wake(self.future._resolve(result, exc))
+
+    def _race(self) -> tuple[str, Any, BaseException | None] | None:
+        lost = "another step of the race finished first"
+        for index, child in enumerate(self.children):
+            if not child.done:
+                continue
+            if self.timeout is not None and index == len(self.children) - 1:
+                timeout = TimeoutError(f"flows.race: no step finished within {self.timeout}")
+                return "the race timed out", None, timeout
+            if child._exc is not None:
+                return lost, None, child._exc
+            return lost, RaceResult(index, child._result), None
+        return None
+
+    def _gather(self) -> tuple[str, Any, BaseException | None] | None:
+        if not self.return_exceptions:
+            for child in self.children:
+                if child.done and isinstance(child._exc, Exception):
+                    return "another step of the gather failed", None, child._exc
+        if all(child.done for child in self.children):
+            results = tuple(
+                child._exc if child._exc is not None else child._result for child in self.children
+            )
+            return "", results, None
+        return None
+
+    def cancel(self, reason: str) -> None:
+        for child in self.children:
+            self.instance._cancel_awaitable(child, reason)
+
+
+class _NoLoop:
+    """The running loop seen by workflow code: any use parks the workflow.
+
+    It is also its own "current task", so ``asyncio.current_task()`` and
+    ``asyncio.timeout()`` reach it too."""
+
+    def get_name(self) -> str:
+        """Harmless: ``logging`` (Python 3.12+) names the current task in every record."""
+        return "flows-workflow-code"
+
+    def __getattr__(self, name: str) -> Any:
+        instance = _current.get()
+        if instance is None:  # not from workflow code: behave like a missing attribute
+            raise AttributeError(name)
+        api, advice = asyncio_advice(sys._getframe(1))
+        close_unstarted(sys._getframe(1))
+        instance._violation(
+            IllegalAwaitError(
+                f"workflow {instance.definition.name!r} called {api}, which needs an asyncio "
+                "event loop; workflow code has none, because asyncio timers, tasks and "
+                f"futures are not recorded in the history and would not replay. {advice}"
+            )
+        )
+        raise _Abort
+
+
+_thread_state = threading.local()
+
+
+def _no_loop() -> Any:
+    """This thread's _NoLoop (asyncio keys the current task by loop: one per thread)."""
+    loop = getattr(_thread_state, "no_loop", None)
+    if loop is None:
+        loop = _thread_state.no_loop = _NoLoop()
+    return loop
 
 
 @dataclass
 class Activation:
-    """Result of applying events: new command events, and whether replay diverged."""
+    """Result of applying events: new command events, and whether the workflow parks.
+
+    ``park_error`` is set when the code cannot go on until it is fixed: replay diverged
+    from the history (NonDeterminismError), the code used asyncio or awaited something
+    that is not a step (IllegalAwaitError), or it raised a bug (WorkflowCodeError). The
+    worker parks the workflow with it at once and commits nothing of this activation.
+    """
 
     new_events: list[Event] = field(default_factory=list)
-    nondeterminism: NonDeterminismError | None = None
+    park_error: FlowsError | None = None
     finished: bool = False
+
+    @property
+    def nondeterminism(self) -> FlowsError | None:
+        """Old name of ``park_error``, kept until every reader uses the new name."""
+        return self.park_error
 
 
 @dataclass
@@ -213,8 +436,10 @@ class WorkflowInstance:
         self.finished = False
         self.execution_timeout: timedelta | None = None
         self._terminated = False
-        self._live: set[_Task] = set()
-        self._ready: deque[_Task] = deque()
+        self._live: dict[_Task, None] = {}
+        """Tasks not finished, in the order they were created (replay must not depend
+        on hashes)."""
+        self._ready: deque[_Task | _Combinator] = deque()
         self._main: Step[Any] | None = None
         self._expected: dict[int, _CommandEvent] = {}
         self._expected_cancels: set[int] = set()
@@ -224,8 +449,14 @@ class WorkflowInstance:
         self._waits: dict[int, _SignalWait] = {}
         self._buffered: dict[str, deque[SignalReceived]] = {}
         self._activity_types: dict[int, Any] = {}
+        self._input_types: dict[int, Any] = {}
         self._new: list[Event] = []
-        self._violation_error: NonDeterminismError | None = None
+        self._violation_error: FlowsError | None = None
+        self._running: _Task | None = None
+        """The task whose code runs now: it owns the steps taken (see _cancel_task)."""
+        self._owner: dict[int, _Task | None] = {}
+        self._branches: dict[Step[Any], _Task] = {}
+        self._combinators: dict[Step[Any], _Combinator] = {}
 
     # -- driving --
 
@@ -246,7 +477,7 @@ class WorkflowInstance:
                 self._check_unmatched()
         return Activation(
             new_events=self._new,
-            nondeterminism=self._violation_error,
+            park_error=self._violation_error,
             finished=self.finished,
         )
 
@@ -281,21 +512,38 @@ class WorkflowInstance:
             case _:
                 pass
 
-    def _run(self) -> None:
+    @contextlib.contextmanager
+    def _running_code(self) -> Iterator[None]:
+        """While workflow code runs: this is the current instance, and asyncio sees
+        _NoLoop as the running loop and its current task. The worker's own loop is back
+        before anything awaits."""
         token = _current.set(self)
+        loop, no_loop = asyncio.events._get_running_loop(), _no_loop()
+        asyncio.events._set_running_loop(no_loop)
+        asyncio.tasks._enter_task(no_loop, no_loop)
         try:
-            while self._ready and self._violation_error is None:
-                self._ready.popleft().step()
+            yield
         finally:
+            asyncio.tasks._leave_task(no_loop, no_loop)
+            asyncio.events._set_running_loop(loop)
             _current.reset(token)
+
+    def _run(self) -> None:
+        if self._ready:
+            with self._running_code():
+                while self._ready and self._violation_error is None:
+                    self._ready.popleft().step()
         main = self._main
         if main is not None and main.done and not self.finished and self._violation_error is None:
             self._finish(main)
 
-    def _wake(self, tasks: list[_Task]) -> None:
-        self._ready.extend(tasks)
+    def _wake(self, tasks: list[_Task | _Combinator]) -> None:
+        for task in tasks:
+            if isinstance(task, _Task):
+                task.waiting_on = None
+            self._ready.append(task)
 
-    def _violation(self, error: NonDeterminismError) -> None:
+    def _violation(self, error: FlowsError) -> None:
         if self._violation_error is None:
             self._violation_error = error
 
@@ -343,7 +591,7 @@ class WorkflowInstance:
         self._ready.append(_Task(self, coro, main))
 
     def _resolve_activity(self, seq: int, event: ActivityCompleted | ActivityFailedEvent) -> None:
-        entry = self._pending.pop(seq, None)
+        entry = self._unpend(seq)
         if entry is None:
             if seq not in self._issued:
                 self._violation(
@@ -370,10 +618,10 @@ class WorkflowInstance:
     def _fire_timer(self, seq: int) -> None:
         wait = self._waits.pop(seq, None)
         if wait is not None:
-            self._pending.pop(seq, None)
+            self._unpend(seq)
             self._wake(wait.step._resolve(None))
             return
-        entry = self._pending.pop(seq, None)
+        entry = self._unpend(seq)
         if entry is not None:
             self._wake(entry[0]._resolve(None))
 
@@ -394,13 +642,12 @@ class WorkflowInstance:
         self._ready.clear()
         self._pending.clear()
         self._waits.clear()
-        token = _current.set(self)
-        try:
+        with self._running_code():
             for task in list(self._live):
                 with contextlib.suppress(Exception, _Abort):
                     task.coro.close()
-        finally:
-            _current.reset(token)
+        # what ``finally`` blocks tried (asyncio, steps) does not keep the deadline from ending it
+        self._violation_error = None
         self._live.clear()
         assert self.now is not None
         error = ErrorInfo(
@@ -414,14 +661,14 @@ class WorkflowInstance:
         for seq, wait in self._waits.items():
             if wait.name == event.name:
                 del self._waits[seq]
-                self._pending.pop(seq, None)
+                self._unpend(seq)
                 if wait.has_timeout:
                     self._drop(seq, "signal arrived before the timeout")
                 self._wake(self._decoded(wait, event))
                 return
         self._buffered.setdefault(event.name, deque()).append(event)
 
-    def _decoded(self, wait: _SignalWait, event: SignalReceived) -> list[_Task]:
+    def _decoded(self, wait: _SignalWait, event: SignalReceived) -> list[_Task | _Combinator]:
         try:
             value = decode_payload(event.payload, wait.type_, what=f"signal {event.name!r}")
         except PayloadError as exc:
@@ -433,10 +680,49 @@ class WorkflowInstance:
             return
         self.cancel_requested = True
         for seq in sorted(self._pending):
-            step, _ = self._pending.pop(seq)
-            self._waits.pop(seq, None)
-            self._drop(seq, "workflow cancel requested")
-            self._wake(step._resolve(exc=Cancelled("workflow cancel requested")))
+            self._cancel_step(seq, "workflow cancel requested")
+
+    def _cancel_step(self, seq: int, reason: str) -> None:
+        """Cancel pending step ``seq``: StepCancelled is recorded (the store drops its
+        timer or task), and whoever awaits it gets Cancelled."""
+        step, _ = self._pending[seq]
+        self._unpend(seq)
+        self._waits.pop(seq, None)
+        self._drop(seq, reason)
+        self._wake(step._resolve(exc=Cancelled(reason)))
+
+    def _unpend(self, seq: int) -> tuple[Step[Any], str] | None:
+        """Step ``seq`` is no longer pending (resolved or cancelled)."""
+        self._owner.pop(seq, None)
+        return self._pending.pop(seq, None)
+
+    def _cancel_task(self, task: _Task, reason: str) -> None:
+        """Cancel a gather/race branch and the branches it started: each gets Cancelled
+        at its next await, and the steps they took that are still pending are cancelled."""
+        victims = [t for t in self._live if t.descends_from(task)]
+        for victim in victims:
+            if victim.cancel_reason is None:
+                victim.cancel_reason = reason
+                if victim.waiting_on is not None:
+                    with contextlib.suppress(ValueError):
+                        victim.waiting_on._waiters.remove(victim)
+                    victim.waiting_on = None
+                    self._ready.append(victim)
+        for seq in sorted(self._pending):
+            if self._owner.get(seq) in victims:
+                self._cancel_step(seq, reason)
+
+    def _cancel_awaitable(self, step: Step[Any], reason: str) -> None:
+        """Cancel what ``step`` stands for, if it is still pending."""
+        if step.done:
+            return
+        entry = self._pending.get(step.seq)
+        if entry is not None and entry[0] is step:
+            self._cancel_step(step.seq, reason)
+        elif step in self._branches:
+            self._cancel_task(self._branches[step], reason)
+        elif step in self._combinators:
+            self._combinators[step].cancel(reason)
 
     def _drop(self, seq: int, reason: str) -> None:
         if seq in self._expected_cancels:
@@ -467,9 +753,42 @@ class WorkflowInstance:
                     event = WorkflowCompleted(output=output, at=self.now)
         elif isinstance(exc, Cancelled) and self.cancel_requested:
             event = WorkflowCancelledEvent(error=ErrorInfo.from_exception(exc), at=self.now)
+        elif self._is_code_error(exc):
+            self.finished = False
+            self._violation(self._code_error(exc))
+            return
         else:
             event = WorkflowFailedEvent(error=ErrorInfo.from_exception(exc), at=self.now)
         self._record_terminal(event)
+
+    def _is_code_error(self, exc: BaseException) -> bool:
+        """A bug in the code parks the workflow, unless the history already recorded
+        the failure (it is replayed as it happened) or the workflow lists the
+        exception in ``failure_exceptions``."""
+        return (
+            isinstance(exc, WORKFLOW_CODE_ERRORS)
+            and not isinstance(exc, tuple(self.definition.failure_exceptions))
+            and not isinstance(self._expected_terminal, WorkflowFailedEvent)
+        )
+
+    def _code_error(self, exc: BaseException) -> WorkflowCodeError:
+        definition = self.definition
+        where, tb = "", exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None:
+            code = tb.tb_frame.f_code
+            where = f" at {code.co_filename}:{tb.tb_lineno} in {code.co_name}"
+        error = WorkflowCodeError(
+            f"workflow {definition.name!r} v{definition.version} raised "
+            f"{type(exc).__name__}: {_safe_str(exc)}{where}. This is taken for a bug in the "
+            "workflow code: the workflow is parked with its history intact; fix the code, "
+            f"deploy it and call engine.retry({self.workflow_id!r}) to resume it. To fail the "
+            "workflow on this exception instead, list it in "
+            "@flows.workflow(..., failure_exceptions=(...))."
+        )
+        error.__cause__ = exc
+        return error
 
     def _record_terminal(self, event: _TerminalEvent) -> None:
         recorded = self._expected_terminal
@@ -505,7 +824,9 @@ class WorkflowInstance:
         same = type(taken) is type(recorded)
         if same and isinstance(taken, ActivityScheduled):
             assert isinstance(recorded, ActivityScheduled)
-            same = taken.name == recorded.name and _same_json(taken.input, recorded.input)
+            same = taken.name == recorded.name and same_payload(
+                taken.input, recorded.input, self._input_types.get(seq, Any)
+            )
         elif same and isinstance(taken, SignalWaitStarted):
             assert isinstance(recorded, SignalWaitStarted)
             same = taken.name == recorded.name and (
@@ -527,10 +848,14 @@ class WorkflowInstance:
         self.next_seq += 1
         return seq
 
-    def schedule_activity(self, name: str, payload: msgspec.Raw, output_type: Any) -> Step[Any]:
+    def schedule_activity(
+        self, name: str, payload: msgspec.Raw, output_type: Any, input_type: Any = Any
+    ) -> Step[Any]:
         assert self.now is not None
         seq = self._next_seq()
+        self._input_types[seq] = input_type
         self._take(ActivityScheduled(seq=seq, name=name, input=payload, at=self.now))
+        self._owner[seq] = self._running
         step: Step[Any] = Step(seq, f"activity {name!r}")
         self._activity_types[seq] = output_type
         self._pending[seq] = (step, name)
@@ -540,6 +865,7 @@ class WorkflowInstance:
         assert self.now is not None
         seq = self._next_seq()
         self._take(TimerStarted(seq=seq, fire_at=fire_at, at=self.now))
+        self._owner[seq] = self._running
         step: Step[None] = Step(seq, f"timer until {fire_at.isoformat()}")
         self._pending[seq] = (step, "timer")
         return step
@@ -548,6 +874,7 @@ class WorkflowInstance:
         assert self.now is not None
         seq = self._next_seq()
         self._take(SignalWaitStarted(seq=seq, name=name, timeout_at=timeout_at, at=self.now))
+        self._owner[seq] = self._running
         step: Step[Any] = Step(seq, f"signal {name!r}")
         wait = _SignalWait(step, name, type_, timeout_at is not None)
         buffered = self._buffered.get(name)
@@ -572,8 +899,22 @@ class WorkflowInstance:
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> Step[T]:
         step: Step[T] = Step(0, "gather branch")
-        self._ready.append(_Task(self, coro, step))
+        task = _Task(self, coro, step, parent=self._running)
+        self._branches[step] = task
+        self._ready.append(task)
         return step
+
+    def gather(self, steps: list[Step[Any]], return_exceptions: bool) -> Step[tuple[Any, ...]]:
+        """All of ``steps``; the first failure at once (the others are cancelled),
+        or every result and exception with ``return_exceptions``."""
+        return _Combinator(self, steps, first=False, return_exceptions=return_exceptions).future
+
+    def race(self, steps: list[Step[Any]], timeout: timedelta | None) -> Step[RaceResult[Any]]:
+        """The first of ``steps`` to finish; the others are cancelled."""
+        if timeout is not None:
+            assert self.now is not None
+            steps = [*steps, self.start_timer(self.now + timeout)]
+        return _Combinator(self, steps, first=True, timeout=timeout).future
 
     def rng(self, seq: int) -> random.Random:
         return random.Random(f"{self.seed}:{self.workflow_id}:{seq}")
@@ -595,22 +936,22 @@ class WorkflowInstance:
         return sorted(self._pending)
 
 
-def _same_json(a: msgspec.Raw, b: msgspec.Raw) -> bool:
-    """Equal JSON values: a store may normalise the stored text (jsonb spacing, key order)."""
-    if bytes(a) == bytes(b):
-        return True
+def _safe_str(exc: BaseException) -> str:
     try:
-        canon_a = msgspec.json.encode(msgspec.json.decode(a), order="sorted")
-        canon_b = msgspec.json.encode(msgspec.json.decode(b), order="sorted")
-    except msgspec.DecodeError:
-        return False
-    return canon_a == canon_b
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose str() failed>"
+
+
+def _json_text(raw: msgspec.Raw, limit: int = 200) -> str:
+    text = bytes(raw).decode("utf-8", "replace")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _describe(event: _CommandEvent) -> str:
     match event:
         case ActivityScheduled():
-            return f"activity {event.name!r} with input {bytes(event.input)[:80]!r}"
+            return f"activity {event.name!r} with input {_json_text(event.input)}"
         case TimerStarted():
             return "a timer"
         case SignalWaitStarted():

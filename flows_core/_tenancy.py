@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 from typing import Final
+from uuid import UUID
 
 from ._codec import check_id
 
@@ -17,11 +18,13 @@ _tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("flows_tena
 
 
 @contextlib.contextmanager
-def tenant(tenant_id: str) -> Iterator[str]:
-    """Run the block with ``tenant_id`` as the tenant of every Engine call."""
-    token = _tenant.set(check_id(tenant_id, "tenant id"))
+def tenant(tenant_id: str | UUID) -> Iterator[str]:
+    """Run the block with ``tenant_id`` as the tenant of every Engine call (a UUID is
+    taken as its canonical string, which the block receives)."""
+    checked = check_id(tenant_id, "tenant id")
+    token = _tenant.set(checked)
     try:
-        yield tenant_id
+        yield checked
     finally:
         _tenant.reset(token)
 

@@ -31,7 +31,13 @@ class TestEnvironment:
             await env.engine.signal(run.workflow_id, "warehouse-ready", {...})
             out = await env.result(run)
 
-    ``time_skipping=False`` keeps the clock still; move it with ``env.advance(...)``.
+    ``time_skipping=False`` keeps the clock still; move it with ``await env.advance(...)``,
+    which first lets the workers finish what they can (a workflow just signalled reaches
+    its next sleep), then moves the clock and lets them handle what fell due.
+
+    Every timeout here (``run.result(timeout=)``, ``env.result``, ``env.wait_until``,
+    ``env.wait_idle``) counts real seconds: the virtual clock may never move while a
+    workflow waits for a signal nobody sends.
     """
 
     __test__ = False  # not a pytest test class
@@ -53,7 +59,7 @@ class TestEnvironment:
         self.activities = list(activities)
         self.clock = VirtualClock(start)
         self.store = MemoryStore(clock=self.clock, fault_hook=fault_hook)
-        self.engine = Engine(self.store, workflows=self.workflows)
+        self.engine: Engine = _WallTimeEngine(self.store, workflows=self.workflows)
         self.time_skipping = time_skipping
         self.workers = [
             Worker(
@@ -100,10 +106,23 @@ class TestEnvironment:
                 await task
         self._tasks.clear()
 
-    def advance(self, delta: timedelta | float) -> None:
-        """Move the virtual clock forward and wake the workers."""
+    async def advance(
+        self, delta: timedelta | float, *, wait_idle: bool = True, timeout: float = 30.0
+    ) -> None:
+        """Move the virtual clock forward by ``delta`` (a timedelta or seconds).
+
+        First waits until the workers are idle (so a workflow that was just started or
+        signalled reaches its sleep before time moves), then moves the clock, wakes the
+        workers and waits until they are idle again. ``wait_idle=False`` moves the clock
+        at once, under running workers (to let a lease expire mid-activity, say).
+        ``timeout`` bounds each wait, in real seconds.
+        """
+        if wait_idle:
+            await self.wait_idle(timeout=timeout)
         self.clock.advance(delta)
         self.store.notify_work()
+        if wait_idle:
+            await self.wait_idle(timeout=timeout)
 
     def idle(self) -> bool:
         """Every worker idle and nothing claimable now."""
@@ -127,21 +146,31 @@ class TestEnvironment:
 
     async def result(self, run: Run[O], *, timeout: float = 30.0) -> O:
         """Wait (at most ``timeout`` real seconds) for ``run`` and return its output."""
-        return await asyncio.wait_for(run.result(), timeout)
+        return await run.result(timeout=timeout)
 
     async def wait_until(
         self, run: Run[Any], predicate: Any, *, timeout: float = 30.0
     ) -> WorkflowInfo:
         """Poll ``run``'s info until ``predicate(info)`` is true (real-time ``timeout``)."""
 
+        seen: list[WorkflowInfo] = []
+
         async def poll() -> WorkflowInfo:
             while True:
                 info = await run.query()
                 if predicate(info):
                     return info
+                seen[:] = [info]
                 await asyncio.sleep(0.005)
 
-        return await asyncio.wait_for(poll(), timeout)
+        try:
+            return await asyncio.wait_for(poll(), timeout)
+        except TimeoutError:
+            last = f"; it is {seen[0].status}" if seen else ""
+            raise TimeoutError(
+                f"workflow {run.workflow_id!r} did not reach the awaited state within "
+                f"{timeout} s (real time){last}"
+            ) from None
 
     async def wait_idle(self, *, timeout: float = 30.0) -> None:
         """Wait until nothing is left to do without moving the clock."""
@@ -152,4 +181,29 @@ class TestEnvironment:
                 await asyncio.sleep(0.002)
                 quiet = quiet + 1 if self.idle() else 0
 
-        await asyncio.wait_for(poll(), timeout)
+        try:
+            await asyncio.wait_for(poll(), timeout)
+        except TimeoutError:
+            busy = [w.worker_id for w in self.workers if not w.idle]
+            raise TimeoutError(
+                f"the workers were not idle within {timeout} s (real time); busy: {busy}, "
+                f"claimable work: {self.store.has_claimable_work()}"
+            ) from None
+
+
+class _WallTimeEngine(Engine):
+    """An Engine whose ``wait_for_result`` timeout counts real seconds, not virtual ones."""
+
+    async def wait_for_result(
+        self, workflow_id: str, *, timeout: float | None = None, **options: Any
+    ) -> Any:
+        waiting = super().wait_for_result(workflow_id, **options)
+        if timeout is None:
+            return await waiting
+        try:
+            return await asyncio.wait_for(waiting, timeout)
+        except TimeoutError:
+            info = await self.query(workflow_id, tenant_id=options.get("tenant_id"))
+            raise TimeoutError(
+                f"workflow {workflow_id!r} still {info.status} after {timeout} s (real time)"
+            ) from None

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+from history_support import started_event
 
 import flows_core as flows
 from flows_core._replay import WorkflowInstance
@@ -48,15 +49,7 @@ async def order(ctx: flows.WorkflowContext, amount: int) -> str:
 
 
 def started(amount: object = 10, name: str = "order") -> WorkflowStarted:
-    return WorkflowStarted(
-        name=name,
-        version=1,
-        workflow_id="wf-1",
-        tenant_id="t",
-        input=msgspec.Raw(raw(amount)),
-        seed=42,
-        at=T0,
-    )
+    return started_event(name, amount)
 
 
 def scheduled(seq: int, name: str, value: object) -> ActivityScheduled:
@@ -69,7 +62,7 @@ def completed(seq: int, value: object) -> ActivityCompleted:
 
 def test_first_run_schedules_first_activity() -> None:
     act = flows.replay(order, [started()], T0)
-    assert act.nondeterminism is None
+    assert act.park_error is None
     assert act.new_events == [scheduled(1, "charge", 10)]
 
 
@@ -87,7 +80,7 @@ def test_replay_resumes_after_recorded_steps() -> None:
     history += act.new_events
     final = flows.replay(order, history, T0)
     assert final.new_events == []
-    assert final.nondeterminism is None
+    assert final.park_error is None
 
 
 def test_waiting_workflow_produces_nothing_new() -> None:
@@ -107,9 +100,9 @@ def test_waiting_workflow_produces_nothing_new() -> None:
 )
 def test_mismatch_is_nondeterminism(recorded: flows.Event, needle: str) -> None:
     act = flows.replay(order, [started(), recorded], T0)
-    assert isinstance(act.nondeterminism, flows.NonDeterminismError)
-    assert "step #1" in str(act.nondeterminism)
-    assert needle in str(act.nondeterminism)
+    assert isinstance(act.park_error, flows.NonDeterminismError)
+    assert "step #1" in str(act.park_error)
+    assert needle in str(act.park_error)
     assert act.new_events == []
 
 
@@ -119,8 +112,8 @@ def test_recorded_step_the_code_no_longer_takes_is_nondeterminism() -> None:
         return "done"
 
     act = flows.replay(shorter, [started(), scheduled(1, "charge", 10)], T0)
-    assert act.nondeterminism is not None
-    assert "no longer takes it" in str(act.nondeterminism)
+    assert act.park_error is not None
+    assert "no longer takes it" in str(act.park_error)
 
 
 def test_user_code_cannot_swallow_nondeterminism() -> None:
@@ -133,7 +126,7 @@ def test_user_code_cannot_swallow_nondeterminism() -> None:
         return "no"
 
     act = flows.replay(sneaky, [started(), scheduled(1, "charge", 10)], T0)
-    assert act.nondeterminism is not None
+    assert act.park_error is not None
     assert act.new_events == []
 
 
@@ -262,7 +255,7 @@ def test_instance_can_be_fed_incrementally_like_full_replay() -> None:
     history += tail + act.new_events
     full = flows.replay(order, history, T0)
     assert full.new_events == []
-    assert full.nondeterminism is None
+    assert full.park_error is None
     assert instance.pending_steps() == [2]
 
 
@@ -293,3 +286,51 @@ def test_every_event_survives_encode_decode() -> None:
     again = decode_events(text)
     assert [encode_event(e) for e in again] == [encode_event(e) for e in events]
     assert bytes(again[13].output) == b'"refunded"'  # type: ignore[union-attr]
+
+
+def test_input_that_does_not_decode_fails_the_workflow() -> None:
+    act = flows.replay(order, [started("not a number")], T0)
+    assert act.park_error is None
+    assert act.finished
+    [failed] = act.new_events
+    assert isinstance(failed, WorkflowFailedEvent)
+    assert failed.error.type == "PayloadError"
+
+
+def test_nondeterminism_message_shows_inputs_as_json_text() -> None:
+    act = flows.replay(order, [started(10), scheduled(1, "charge", {"amount": 11})], T0)
+    assert act.park_error is not None
+    message = str(act.park_error)
+    assert 'input {"amount":11}' in message
+    assert "input 10" in message
+    assert "b'" not in message
+
+
+def test_asyncio_in_workflow_code_is_refused_without_touching_the_callers_loop() -> None:
+    """replay() run from plain sync code (no loop at all) refuses asyncio the same way."""
+
+    @flows.workflow("uses-asyncio")
+    async def uses_asyncio(ctx: flows.WorkflowContext, amount: int) -> str:
+        import asyncio
+
+        await asyncio.sleep(1)
+        return "never"
+
+    act = flows.replay(uses_asyncio, [started(1, name="uses-asyncio")], T0)
+    assert isinstance(act.park_error, flows.IllegalAwaitError)
+    assert "asyncio.sleep()" in str(act.park_error)
+    assert act.new_events == []
+
+
+def test_replays_in_several_threads_at_once() -> None:
+    """Each thread has its own stand-in loop: concurrent replays do not collide."""
+    import concurrent.futures
+
+    history = [started(7), scheduled(1, "charge", 7), completed(1, "ch-7")]
+
+    def one(_: int) -> bool:
+        act = flows.replay(order, history, T0)
+        return act.park_error is None and isinstance(act.new_events[0], TimerStarted)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(one, range(400)))

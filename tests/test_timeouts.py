@@ -124,7 +124,8 @@ async def test_schedule_to_close_survives_a_crashed_claimant() -> None:
             await asyncio.sleep(0.005)
             ghost = list(await env.store.claim(request))
         # ... and the claimant dies.
-        env.advance(timedelta(hours=2))  # its lease expired, and the step's deadline
+        # its lease expired, and the step's deadline
+        await env.advance(timedelta(hours=2), wait_idle=False)
         late = flows.Worker(env.store, activities=[act], poll_interval=0.05, worker_id="late")
         task = asyncio.ensure_future(late.run())
         try:

@@ -328,7 +328,7 @@ async def test_now_random_uuid7_are_recorded_and_replayed_identically() -> None:
     assert recorded[2] == out[2]
     again = flows.replay(wf, history, env.clock.now() + timedelta(days=9))
     assert again.new_events == []
-    assert again.nondeterminism is None
+    assert again.park_error is None
 
 
 async def test_illegal_await_parks_workflow_with_helpful_message() -> None:

@@ -9,6 +9,8 @@ A *program* is a JSON-able list of ops, so the single registered workflow
 * ``["wait", name, timeout_or_null]``   wait_for_signal(name, str, timeout)
 * ``["se", kind]``          side effect: now | random | uuid7
 * ``["gather", [prog, prog, ...]]``   flows.gather of sub-programs
+* ``["race", [prog, ...], timeout_or_null]``   flows.race of sub-programs (TimeoutError
+  is caught and traced)
 * ``["try", prog]``         run prog, catching ActivityFailed and Cancelled
 
 The workflow returns its *trace*: what the code saw, in execution order.
@@ -133,6 +135,17 @@ async def _run_prog(
                     *(_run_prog(ctx, sub, f"{here}g{j}", trace) for j, sub in enumerate(op[1]))
                 )
                 trace.append([here, "gathered"])
+            elif kind == "race":
+                timeout = None if op[2] is None else timedelta(seconds=op[2])
+                branches = (
+                    _run_prog(ctx, sub, f"{here}r{j}", trace) for j, sub in enumerate(op[1])
+                )
+                try:
+                    won = await flows.race(*branches, timeout=timeout)
+                except TimeoutError:
+                    trace.append([here, "race-timeout"])
+                else:
+                    trace.append([here, "raced", won.winner])
             elif kind == "try":
                 try:
                     await _run_prog(ctx, op[1], f"{here}t", trace)
@@ -145,7 +158,7 @@ async def _run_prog(
                 trace.append([here, "act", op[1], f"failed:{exc.error_type}:{exc.attempts}"])
             raise
         except Cancelled:
-            if kind != "gather" and kind != "try":
+            if kind not in ("gather", "race", "try"):
                 trace.append([here, "cancelled", kind])
             raise
 
@@ -182,6 +195,11 @@ def _ops(depth: int) -> st.SearchStrategy[Any]:
     return st.one_of(
         _leaf,
         st.tuples(st.just("gather"), st.lists(sub, min_size=2, max_size=3)),
+        st.tuples(
+            st.just("race"),
+            st.lists(sub, min_size=1, max_size=3),
+            st.one_of(st.none(), st.integers(1, 900)),
+        ),
         st.tuples(st.just("try"), sub),
     )
 
@@ -195,6 +213,8 @@ def _number(prog: list[Any], counter: list[int]) -> list[Any]:
             out.append(["act", f"k{counter[0]}-{op[1]}", op[1]])
         elif op[0] == "gather":
             out.append(["gather", [_number(p, counter) for p in op[1]]])
+        elif op[0] == "race":
+            out.append(["race", [_number(p, counter) for p in op[1]], op[2]])
         elif op[0] == "try":
             out.append(["try", _number(op[1], counter)])
         else:
@@ -265,7 +285,7 @@ async def drive(env: TestEnvironment, prog: list[Any], schedule: list[Any]) -> O
         if what.startswith("advance:"):
             advanced = True
             # Move the clock under running workers: leases expire, timers fire mid-task.
-            env.advance(timedelta(seconds=int(what.split(":")[1])))
+            await env.advance(timedelta(seconds=int(what.split(":")[1])), wait_idle=False)
             return
         if what == "cancel":
             await engine.cancel(wf_id, reason="property test")
@@ -419,7 +439,7 @@ def check_outcome(out: Outcome, prog: list[Any]) -> None:
     runs_before = len(RUNS[wf_id])
     recorded_runs = [list(r) for r in RUNS[wf_id] if r and r[-1][0] == "end"]
     activation = replay(interp, history, history[-1].at)
-    assert activation.nondeterminism is None, f"{activation.nondeterminism}\n{text}"
+    assert activation.park_error is None, f"{activation.park_error}\n{text}"
     assert activation.new_events == [], f"replay adds {activation.new_events}\n{text}"
     assert activation.finished, text
     replayed = RUNS[wf_id][runs_before]

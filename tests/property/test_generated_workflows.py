@@ -1,7 +1,7 @@
 """Generated programs run end to end on the in-memory TestEnvironment.
 
 Each case: a random program (activities that succeed, flake, always fail or fail
-terminally; sleeps; signal waits with and without timeout; side effects; gathers;
+terminally; sleeps; signal waits with and without timeout; side effects; gathers; races;
 try/except), a random schedule of signals and an optional cancel. The case must reach
 a terminal state and satisfy ``prop_support.check_outcome``: replay of the final
 history adds nothing and sees the same values, activity results are recorded once,

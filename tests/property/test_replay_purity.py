@@ -77,12 +77,12 @@ def test_replay_is_pure_and_incremental_replay_agrees(
     for _ in range(120):
         first = replay(interp, history, now)
         second = replay(interp, history, now)
-        assert first.nondeterminism is None, first.nondeterminism
+        assert first.park_error is None, first.park_error
         assert _same(first.new_events, second.new_events), "replay is not pure"
         assert first.finished == second.finished
         incremental = sticky.apply(history[fed:], now)
         fed = len(history)
-        assert incremental.nondeterminism is None, incremental.nondeterminism
+        assert incremental.park_error is None, incremental.park_error
         assert _same(incremental.new_events, first.new_events), (
             f"sticky instance: {incremental.new_events}\nfrom scratch: {first.new_events}"
         )
@@ -123,5 +123,5 @@ def test_replay_is_pure_and_incremental_replay_agrees(
             )
     # The whole history replays to nothing new.
     final = replay(interp, history, now)
-    assert final.nondeterminism is None
+    assert final.park_error is None
     assert final.new_events == []
