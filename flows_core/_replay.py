@@ -399,11 +399,6 @@ class Activation:
     park_error: FlowsError | None = None
     finished: bool = False
 
-    @property
-    def nondeterminism(self) -> FlowsError | None:
-        """Old name of ``park_error``, kept until every reader uses the new name."""
-        return self.park_error
-
 
 @dataclass
 class _SignalWait:

@@ -66,11 +66,6 @@ class _Progress:
     next_seq: int
 
 
-def park_error(activation: Activation) -> BaseException | None:
-    """The error that parks the workflow at once (history untouched)."""
-    return getattr(activation, "park_error", None) or getattr(activation, "nondeterminism", None)
-
-
 class WorkflowTaskRunner:
     """Runs claimed workflow tasks for a Worker under the one failure policy."""
 
@@ -224,7 +219,7 @@ class WorkflowTaskRunner:
         budget = self.max_inline_steps
         keeper = LeaseKeeper(self.store, claim.lease, self.lease)
         try:
-            while park_error(activation) is None and budget > 0:
+            while activation.park_error is None and budget > 0:
                 inline = self._inline_candidates(instance, fresh)[:budget]
                 if not inline:
                     break
@@ -260,7 +255,7 @@ class WorkflowTaskRunner:
                 fresh = activation.new_events
         finally:
             await keeper.close()
-        error = park_error(activation)
+        error = activation.park_error
         if error is not None:
             await self.park(claim, ErrorInfo.from_exception(error, attempts=claim.attempt))
             return

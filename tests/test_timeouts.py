@@ -229,7 +229,7 @@ async def test_execution_timeout_fails_a_workflow_blocked_on_a_signal() -> None:
         # Replay of the recorded history is deterministic: nothing new, no divergence.
         again = flows.replay(blocked, history, env.clock.now())
         assert again.new_events == []
-        assert again.nondeterminism is None
+        assert again.park_error is None
         assert again.finished
         # A signal after the end is refused.
         with pytest.raises(flows.WorkflowNotRunning):
@@ -272,9 +272,9 @@ async def test_deadline_replay_is_deterministic_at_every_prefix() -> None:
     for cut in range(1, len(history) + 1):
         instance = WorkflowInstance(stuck)
         first = instance.apply(history[:cut], now)
-        assert first.nondeterminism is None
+        assert first.park_error is None
         rest = instance.apply(history[cut:], now)
-        assert rest.nondeterminism is None
+        assert rest.park_error is None
         full = flows.replay(stuck, history[:cut], now)
         assert [type(e) for e in full.new_events] == [type(e) for e in first.new_events]
     fired = next(i for i, e in enumerate(history) if isinstance(e, TimerFired) and e.seq == 0)
@@ -337,5 +337,5 @@ def test_a_history_without_its_deadline_step_is_nondeterministic() -> None:
         TimerStarted(seq=DEADLINE_SEQ, fire_at=at + timedelta(hours=1), at=at),
         TimerStarted(seq=1, fire_at=at + timedelta(hours=1), at=at),
     ]
-    assert flows.replay(quick, history, at).nondeterminism is not None
+    assert flows.replay(quick, history, at).park_error is not None
     assert not any(isinstance(e, ActivityScheduled) for e in history)
