@@ -1,18 +1,38 @@
-"""Rows to records, and the small conversions the statements need."""
+"""Rows (dicts keyed by column name) to records, and the small conversions the statements
+need."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
 
 from flows_core._errors import ErrorInfo, LeaseLost
-from flows_core.store import WorkflowRecord, WorkflowStatus, WorkflowTaskCommit
+from flows_core.events import decode_events
+from flows_core.store import (
+    ActivityTaskClaim,
+    ClaimedTask,
+    Lease,
+    WorkflowRecord,
+    WorkflowStatus,
+    WorkflowTaskClaim,
+    WorkflowTaskCommit,
+)
 
-__all__ = ["commit_refused", "error_text", "raw", "record_from_row", "text", "utc", "uuid_of"]
+__all__ = [
+    "claimed_task",
+    "commit_refused",
+    "error_text",
+    "lease_lost",
+    "raw",
+    "record_from_row",
+    "text",
+    "utc",
+    "uuid_of",
+]
 
 _json: Final = msgspec.json.Encoder()
 _error_decoder: Final = msgspec.json.Decoder(ErrorInfo)
@@ -41,26 +61,65 @@ def uuid_of(value: str, what: str) -> uuid.UUID:
         raise LeaseLost(f"{what} {value!r} is not a lease of this store") from None
 
 
-def record_from_row(row: Sequence[Any], pending: bool) -> WorkflowRecord:
-    error = row[8]
+def record_from_row(row: Mapping[str, Any]) -> WorkflowRecord:
+    """A ``WorkflowRecord`` from a row with the ``RECORD`` columns (and ``pending``:
+    a workflow task is claimable now; False when absent)."""
+    error = row["error"]
     return WorkflowRecord(
-        tenant_id=row[0],
-        workflow_id=row[1],
-        name=row[2],
-        version=row[3],
-        shard_key=row[4],
-        status=WorkflowStatus(row[5]),
-        input=msgspec.Raw(row[6].encode()),
-        output=raw(row[7]),
+        tenant_id=row["tenant_id"],
+        workflow_id=row["workflow_id"],
+        name=row["name"],
+        version=row["version"],
+        shard_key=row["shard_key"],
+        status=WorkflowStatus(row["status"]),
+        input=msgspec.Raw(row["input"].encode()),
+        output=raw(row["output"]),
         error=None if error is None else _error_decoder.decode(error),
-        created_at=utc(row[9]),
-        updated_at=utc(row[10]),
-        history_length=row[11],
-        next_seq=row[12],
-        cancel_requested=row[13],
-        workflow_task_pending=pending,
-        inbox_length=row[14],
+        created_at=utc(row["created_at"]),
+        updated_at=utc(row["updated_at"]),
+        history_length=row["history_length"],
+        next_seq=row["next_seq"],
+        cancel_requested=row["cancel_requested"],
+        workflow_task_pending=bool(row.get("pending", False)),
+        inbox_length=row["inbox_length"],
     )
+
+
+def claimed_task(row: Mapping[str, Any]) -> ClaimedTask:
+    """A claimed task from a claim's row: the ``RECORD`` columns of its workflow plus
+    task_kind, task_id, lease_token, lease_expires, task_seq, task_name, task_input,
+    task_attempt, scheduled_at and (workflow tasks) history."""
+    lease = Lease(
+        task_id=str(row["task_id"]),
+        token=str(row["lease_token"]),
+        tenant_id=row["tenant_id"],
+        shard_key=row["shard_key"],
+        workflow_id=row["workflow_id"],
+        expires_at=utc(row["lease_expires"]),
+    )
+    if row["task_kind"] == "workflow":
+        history = row["history"]
+        return WorkflowTaskClaim(
+            lease=lease,
+            workflow=record_from_row(row),
+            history=[] if history is None else decode_events(history),
+            attempt=row["task_attempt"],
+        )
+    scheduled = row["scheduled_at"]
+    return ActivityTaskClaim(
+        lease=lease,
+        workflow_name=row["name"],
+        seq=row["task_seq"],
+        activity_name=row["task_name"],
+        input=msgspec.Raw((row["task_input"] or "null").encode()),
+        attempt=row["task_attempt"],
+        cancel_requested=row["cancel_requested"],
+        scheduled_at=None if scheduled is None else utc(scheduled),
+    )
+
+
+def lease_lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
 
 
 def commit_refused(
@@ -73,7 +132,7 @@ def commit_refused(
     """Why a fenced workflow-task commit wrote nothing, from what its fence read."""
     lease = commit.lease
     if not task_found:
-        return LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+        return lease_lost(lease)
     if next_seq != commit.expected_next_seq:
         return LeaseLost(
             f"workflow {lease.workflow_id}: next step is #{next_seq}, "
