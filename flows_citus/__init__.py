@@ -1,4 +1,5 @@
-"""Flows on Citus: ``CitusStore``, every statement a single-shard router query.
+"""Flows on Citus: ``CitusStore`` and ``SyncClient``, every statement a single-shard
+router query; ``detect`` tells a Citus schema (or database) from a PostgreSQL one.
 
 ::
 
@@ -12,8 +13,9 @@ See README.md ("Citus") for setting up a cluster, choosing the shard count and
 rebalancing.
 """
 
-from . import _cluster
+from ._detect import detect, detect_sync
 from ._layout import SHARDINGS, CitusLayout
 from ._store import CitusStore
+from ._sync import SyncClient
 
-__all__ = ["SHARDINGS", "CitusLayout", "CitusStore", "_cluster"]
+__all__ = ["SHARDINGS", "CitusLayout", "CitusStore", "SyncClient", "detect", "detect_sync"]

@@ -21,10 +21,10 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar
 
 import msgspec
 import psycopg
@@ -49,7 +49,7 @@ from flows_core.store import (
 )
 
 from ._listener import Listener, channel_names
-from ._migrate import check_schema
+from ._migrate import check_schema, load_migrations
 from ._records import lease_lost, utc, uuid_of
 
 if TYPE_CHECKING:
@@ -67,7 +67,9 @@ __all__ = [
     "Step",
     "check_sync_tx",
     "compact",
+    "drive_async",
     "drive_sync",
+    "execute_on",
     "store_error",
 ]
 
@@ -229,32 +231,6 @@ def check_sync_tx(tx: Any) -> psycopg.Connection[Any]:
     return tx
 
 
-def drive_sync(op: Op[T], conn: psycopg.Connection[Any]) -> T:
-    """The sync driver: run ``op`` on ``conn``, each batch in one transaction (a
-    savepoint inside the caller's transaction). Errors as in ``SqlStore._drive``."""
-    try:
-        batch = next(op)
-        while True:
-            try:
-                with conn.transaction() if len(batch) > 1 else contextlib.nullcontext():
-                    results = [_fetch_sync(conn, step) for step in batch]
-            except psycopg.Error as exc:
-                batch = op.throw(exc)
-            else:
-                batch = op.send(results)
-    except StopIteration as stop:
-        result: T = stop.value
-        return result
-    except psycopg.Error as exc:
-        raise store_error(exc) from exc
-
-
-def _fetch_sync(conn: psycopg.Connection[Any], step: Step) -> Rows:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(step.statement, step.params)
-        return cur.fetchall() if cur.description is not None else []
-
-
 def _check_open(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
     if conn.closed:
         raise ValueError("tx= is a closed connection")
@@ -358,6 +334,20 @@ class SqlStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    CITUS: bool = False
+    """Whether the schema takes the Citus migrations too."""
+
+    async def is_migrated(self) -> bool:
+        """True if this store's schema exists and has every migration of this version."""
+        required = {m.version for m in load_migrations(citus=self.CITUS)}
+        table = f"{self._ident}.schema_migrations"
+        rows = await self._run_one("SELECT to_regclass(%(t)s) AS found", {"t": table}, read=True)
+        if rows[0]["found"] is None:
+            return False
+        # Every base version, not max(version): optional ones (rls, 100+) sort above them.
+        rows = await self._run_one(self.statements("SELECT version FROM {S}.schema_migrations"), {})
+        return required <= {int(row["version"]) for row in rows}
+
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
         return self._pool
@@ -384,18 +374,15 @@ class SqlStore:
         its own, for independent reads) on ``tx`` or a pooled connection, sent in one
         pipeline; returns each step's rows. Driver errors become Flows errors.
 
-        A pooled connection found dead (the server restarted) makes the pool check all
-        its idle connections; a ``read`` is then retried once on a fresh one. Writes are
-        not retried: whether a lost reply's statement committed is unknown, and the
-        callers (the worker's loop, fenced by leases) retry at their own level."""
+        A ``read`` that found its pooled connection dead (the server restarted) is
+        retried once on a fresh one. Writes are not retried: whether a lost reply's
+        statement committed is unknown, and the callers (the worker's loop, fenced by
+        leases) retry at their own level."""
         try:
             try:
                 return await self._execute(batch, tx, transaction)
             except psycopg.OperationalError:
-                if tx is not None:
-                    raise
-                await self._pool.check()
-                if not read:
+                if not read or tx is not None:
                     raise
                 return await self._execute(batch, tx, transaction)
         except psycopg.Error as exc:
@@ -409,52 +396,20 @@ class SqlStore:
     async def _execute(self, batch: Sequence[Step], tx: Any, transaction: bool) -> list[Rows]:
         conn = check_async_tx(tx)
         if conn is not None:
-            # the caller's transaction: a savepoint keeps a batch all or nothing in it
-            block = conn.transaction() if len(batch) > 1 else contextlib.nullcontext()
-            async with block:
-                return [await _fetch(conn, step) for step in batch]
+            return await execute_on(conn, batch)
         if not self._opened:
             await self.open()
-        return await self._pooled(batch, transaction)
-
-    async def _pooled(self, batch: Sequence[Step], transaction: bool) -> list[Rows]:
-        async with self._pool.connection() as conn:
-            if len(batch) == 1:
-                return [await _fetch(conn, batch[0])]
-            cursors = []
-            async with conn.pipeline():
-                block = conn.transaction() if transaction else contextlib.nullcontext()
-                async with block:
-                    for step in batch:
-                        cur = conn.cursor(row_factory=dict_row)
-                        await cur.execute(step.statement, step.params)
-                        cursors.append(cur)
-            results: list[Rows] = []
-            for cur in cursors:
-                results.append(await cur.fetchall() if cur.description is not None else [])
-                await cur.close()
-            return results
+        try:
+            async with self._pool.connection() as pooled:
+                return await execute_on(pooled, batch, transaction=transaction, pipeline=True)
+        except psycopg.OperationalError:
+            # A pooled connection found dead: the pool checks all its idle connections.
+            await self._pool.check()
+            raise
 
     async def _drive(self, op: Op[T], tx: Any = None) -> T:
-        """Run an operation: each batch it yields in one transaction. A driver error is
-        thrown into the operation (which may turn it into a Flows error of its own);
-        one it lets out becomes a Flows error here."""
-        try:
-            batch = next(op)
-            while True:
-                try:
-                    results = await self._execute(batch, tx, True)
-                except psycopg.Error as exc:
-                    if tx is None and isinstance(exc, psycopg.OperationalError):
-                        await self._pool.check()
-                    batch = op.throw(exc)
-                else:
-                    batch = op.send(results)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-        except psycopg.Error as exc:
-            raise store_error(exc) from exc
+        """Run an operation, each batch it yields in one transaction."""
+        return await drive_async(op, lambda batch: self._execute(batch, tx, True))
 
     # -- client operations (the variant's ``ClientOps``) --
 
@@ -569,7 +524,94 @@ class SqlStore:
             raise lease_lost(lease)
 
 
-async def _fetch(conn: psycopg.AsyncConnection[Any], step: Step) -> Rows:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(step.statement, step.params)
-        return await cur.fetchall() if cur.description is not None else []
+# -- the drivers: one loop for async and one for sync connections --
+
+
+@dataclass(frozen=True, slots=True)
+class _Done(Generic[T]):
+    value: T
+
+
+Outcome = list[Rows] | psycopg.Error
+
+
+def _resume(op: Op[T], outcome: Outcome | None) -> Batch | _Done[T]:
+    """Advance ``op`` with a batch's outcome (None: start it). A driver error is
+    thrown into the operation (which may turn it into a Flows error of its own); one
+    it lets out becomes a Flows error here."""
+    try:
+        if outcome is None:
+            return next(op)
+        if isinstance(outcome, psycopg.Error):
+            return op.throw(outcome)
+        return op.send(outcome)
+    except StopIteration as stop:
+        return _Done(stop.value)
+    except psycopg.Error as exc:
+        raise store_error(exc) from exc
+
+
+async def drive_async(op: Op[T], execute: Callable[[Batch], Awaitable[list[Rows]]]) -> T:
+    """The async driver: ``execute`` runs one batch as one transaction."""
+    step = _resume(op, None)
+    while not isinstance(step, _Done):
+        step = _resume(op, await _attempt(execute(step)))
+    return step.value
+
+
+def drive_sync(op: Op[T], conn: psycopg.Connection[Any]) -> T:
+    """The sync driver: each batch in one transaction on ``conn`` (a savepoint inside
+    the caller's transaction)."""
+    step = _resume(op, None)
+    while not isinstance(step, _Done):
+        step = _resume(op, _attempt_sync(conn, step))
+    return step.value
+
+
+async def _attempt(batch_run: Awaitable[list[Rows]]) -> Outcome:
+    try:
+        return await batch_run
+    except psycopg.Error as exc:
+        return exc
+
+
+def _attempt_sync(conn: psycopg.Connection[Any], batch: Batch) -> Outcome:
+    try:
+        with conn.transaction() if len(batch) > 1 else contextlib.nullcontext():
+            results = []
+            for step in batch:
+                with conn.cursor(row_factory=dict_row) as cur:
+                    cur.execute(step.statement, step.params)
+                    results.append(cur.fetchall() if cur.description is not None else [])
+            return results
+    except psycopg.Error as exc:
+        return exc
+
+
+async def execute_on(
+    conn: psycopg.AsyncConnection[Any],
+    batch: Sequence[Step],
+    *,
+    transaction: bool = True,
+    pipeline: bool = False,
+) -> list[Rows]:
+    """Run ``batch`` on ``conn``: several statements in one transaction (a savepoint
+    inside the caller's), sent in one pipeline when ``pipeline``."""
+    if len(batch) == 1:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(batch[0].statement, batch[0].params)
+            return [await cur.fetchall() if cur.description is not None else []]
+    cursors = []
+    async with (
+        conn.pipeline() if pipeline else contextlib.nullcontext(),
+        conn.transaction() if transaction else contextlib.nullcontext(),
+    ):
+        for step in batch:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(step.statement, step.params)
+            cursors.append(cur)
+    results: list[Rows] = []
+    for cur in cursors:
+        results.append(await cur.fetchall() if cur.description is not None else [])
+        await cur.close()
+    return results

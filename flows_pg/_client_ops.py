@@ -23,6 +23,7 @@ from flows_core.events import (
     encode_event,
 )
 from flows_core.store import (
+    TERMINAL_STATUSES,
     CancelOutcome,
     NewWorkflow,
     TerminateOutcome,
@@ -76,15 +77,19 @@ class ClientOps(ABC):
         return params
 
     def end_params(self, event: CancelRequested | WorkflowTerminatedEvent) -> dict[str, Any]:
-        """The parameters that end a workflow now: terminate, or cancel while parked."""
+        """The parameters that end a workflow now: terminate, or cancel while parked
+        (``end_from``: the statuses it ends from)."""
         if isinstance(event, CancelRequested):
             ended = parked_cancellation(event)
             events: list[Event] = [event, ended]
             status, error, cancel = WorkflowStatus.CANCELLED, ended.error, True
+            end_from = [WorkflowStatus.PARKED]
         else:
             events = [event]
             status, error, cancel = WorkflowStatus.TERMINATED, terminated_error(event), False
+            end_from = [s for s in WorkflowStatus if s not in TERMINAL_STATUSES]
         return {
+            "end_from": [str(s) for s in end_from],
             "end_events": [encode_event(e).decode() for e in events],
             "end_status": str(status),
             "end_error": error_text(error),

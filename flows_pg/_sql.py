@@ -140,7 +140,8 @@ _TO_INBOX: Final = (
 )"""
 )
 
-# End the workflows in ``ok`` now (terminate; cancel of a parked workflow): the events
+# End the workflows in ``{src}`` now (terminate; cancel of a parked workflow; the
+# statuses that end are %(end_from)s, see ClientOps.end_params): the events
 # %(end_events)s appended after the history, status %(end_status)s with error
 # %(end_error)s, every task and inbox row deleted, waiters woken.
 _END_NOW: Final = """, eh AS (
@@ -170,7 +171,6 @@ _END_NOW: Final = """, eh AS (
 )"""
 
 
-
 def _before(*notified: str) -> str:
     """What a client write returns: the locked row as it was (no row: not found). It
     names the NOTIFY CTEs ``notified``, which would not run if nothing referred to them."""
@@ -191,7 +191,8 @@ SIGNAL: Final = (
     + _before("n")
 )
 
-# A running workflow gets the request in its inbox (once); a parked one ends cancelled.
+# A running workflow gets the request in its inbox (once); a parked one (%(end_from)s)
+# ends cancelled.
 CANCEL: Final = (
     _LOCK
     + """, ok AS (
@@ -199,7 +200,7 @@ CANCEL: Final = (
 )"""
     + _TO_INBOX.replace("{set_extra}", ", cancel_requested = true")
     + """, pk AS (
-  SELECT * FROM wl WHERE wl.status = 'parked'
+  SELECT * FROM wl WHERE wl.status = ANY(%(end_from)s::text[])
 )"""
     + _END_NOW.replace("{src}", "pk")
     + _before("n", "en")
@@ -208,9 +209,7 @@ CANCEL: Final = (
 TERMINATE: Final = (
     _LOCK
     + """, ok AS (
-  SELECT * FROM wl WHERE wl.status NOT IN """
-    + TERMINAL_SQL
-    + """
+  SELECT * FROM wl WHERE wl.status = ANY(%(end_from)s::text[])
 )"""
     + _END_NOW.replace("{src}", "ok")
     + _before("en")

@@ -36,7 +36,7 @@ from flows_core.store import (
 from . import _sql
 from ._base import SqlStore, Step
 from ._client_ops import ClientOps, PostgresOps
-from ._migrate import load_migrations, migrate
+from ._migrate import migrate
 from ._records import (
     claimed_task,
     commit_refused,
@@ -79,17 +79,6 @@ class PostgresStore(SqlStore):
         ``rls=True`` also turns on row-level security (see ``flows_pg.set_tenant``)."""
         await self.open()
         return await migrate(self._pool, self.schema, rls=rls)
-
-    async def is_migrated(self) -> bool:
-        """True if this store's schema exists and has every migration of this version."""
-        required = {m.version for m in load_migrations()}
-        table = f"{self._ident}.schema_migrations"
-        rows = await self._run_one("SELECT to_regclass(%(t)s) AS found", {"t": table}, read=True)
-        if rows[0]["found"] is None:
-            return False
-        # Every base version, not max(version): optional ones (rls, 100+) sort above them.
-        rows = await self._run_one(self.statements("SELECT version FROM {S}.schema_migrations"), {})
-        return required <= {int(row["version"]) for row in rows}
 
     # -- reads --
 
