@@ -5,24 +5,12 @@ router statements (``flows_citus._sql``), sent in one pipeline by the async driv
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
-from flows_core._errors import InvalidArgument, WorkflowAlreadyExists, WorkflowNotFound
-from flows_core.events import CancelRequested, SignalReceived, WorkflowTerminatedEvent
-from flows_core.store import (
-    CancelOutcome,
-    NewWorkflow,
-    TerminateOutcome,
-    WorkflowRecord,
-    WorkflowTaskClaim,
-    cancel_outcome,
-    signal_outcome,
-    terminate_outcome,
-)
+from flows_core._errors import InvalidArgument
+from flows_core.store import NewWorkflow
 from flows_pg._base import Batch, Op, Statements, Step
 from flows_pg._client_ops import ClientOps
-from flows_pg._records import record_from_row
 
 from . import _sql
 from ._layout import CitusLayout
@@ -77,68 +65,57 @@ class CitusOps(ClientOps):
         names = (_sql.END_HISTORY, _sql.END_TASKS, _sql.END_INBOX, _sql.END_WORKFLOW)
         return [Step(self.st(statement), params) for statement in names]
 
-    def start(self, new: NewWorkflow, own_workers: Sequence[str] | None = None) -> Op[None]:
+    def start_batch(self, params: dict[str, Any], own_workers: Sequence[str] | None) -> Batch:
         # Always notified: the payload names the shard key the claims look at first.
-        params = self.start_params(new)
-        started, _, _, _ = yield [
+        return [
             Step(self.st(_sql.START_WORKFLOW), params),
             Step(self.st(_sql.START_TASK), params),
             Step(self.st(_sql.START_HISTORY), params),
             Step(_sql.NOTIFY_WORK, params),
         ]
-        if not started:
-            raise WorkflowAlreadyExists(new.workflow_id)
 
-    def start_leased(
-        self, new: NewWorkflow, *, owner: str, lease: timedelta
-    ) -> Op[WorkflowTaskClaim]:
-        params = self.leased_params(new, owner, lease)
-        started, task, _ = yield [
+    def start_leased_batch(self, params: dict[str, Any]) -> Batch:
+        return [
             Step(self.st(_sql.START_WORKFLOW), params),
             Step(self.st(_sql.START_TASK_LEASED), params),
             Step(self.st(_sql.START_HISTORY), params),
         ]
-        if not started:
-            raise WorkflowAlreadyExists(new.workflow_id)
-        return self.leased_claim(new, params, {**started[0], **task[0]})
 
-    def signal(self, tenant_id: str, workflow_id: str, event: SignalReceived) -> Op[None]:
-        params = self.event_params(tenant_id, workflow_id, event)
-        locked, *_ = yield [
+    def signal_batch(self, params: dict[str, Any]) -> Batch:
+        return [
             Step(self.st(_sql.INBOX_LOCK), params),
             Step(self.st(_sql.SIGNAL_INSERT), params),
             Step(self.st(_sql.SIGNAL_TASK), params),
             Step(self.st(_sql.SIGNAL_UPDATE), params),
             Step(_sql.NOTIFY_BOTH, params),
         ]
-        signal_outcome(tenant_id, workflow_id, self.status_before(locked))
 
-    def cancel(self, tenant_id: str, workflow_id: str, event: CancelRequested) -> Op[CancelOutcome]:
-        params = self.event_params(tenant_id, workflow_id, event)
-        params.update(self.end_params(event))
-        batch = [
+    def cancel_batch(self, params: dict[str, Any]) -> Batch:
+        # a running workflow gets the request in its inbox; a parked one ends (END_*)
+        return [
             Step(self.st(_sql.INBOX_LOCK), params),
             Step(self.st(_sql.CANCEL_INSERT), params),
             Step(self.st(_sql.CANCEL_TASK), params),
             Step(self.st(_sql.CANCEL_UPDATE), params),
+            *self._end_now(params),
+            Step(_sql.NOTIFY_BOTH, params),
         ]
-        batch += self._end_now(params)
-        locked, *_ = yield [*batch, Step(_sql.NOTIFY_BOTH, params)]
-        requested = bool(locked and locked[0]["cancel_requested"])
-        return cancel_outcome(tenant_id, workflow_id, self.status_before(locked), requested)
 
-    def terminate(
-        self, tenant_id: str, workflow_id: str, event: WorkflowTerminatedEvent
-    ) -> Op[TerminateOutcome]:
-        params = self.where(tenant_id, workflow_id)
-        params.update(self.end_params(event))
-        batch = [Step(self.st(_sql.INBOX_LOCK), params), *self._end_now(params)]
-        locked, *_ = yield [*batch, Step(_sql.NOTIFY_BOTH, params)]
-        return terminate_outcome(tenant_id, workflow_id, self.status_before(locked))
+    def terminate_batch(self, params: dict[str, Any]) -> Batch:
+        return [
+            Step(self.st(_sql.INBOX_LOCK), params),
+            *self._end_now(params),
+            Step(_sql.NOTIFY_BOTH, params),
+        ]
 
-    def get(self, tenant_id: str, workflow_id: str) -> Op[WorkflowRecord]:
-        params = self.where(tenant_id, workflow_id)
-        (rows,) = yield [Step(self.st(_sql.GET_WORKFLOW), params)]
-        if not rows:
-            raise WorkflowNotFound(workflow_id, tenant_id)
-        return record_from_row(rows[0])
+    def retry_batch(self, params: dict[str, Any]) -> Batch:
+        return [
+            Step(self.st(_sql.INBOX_LOCK), params),
+            Step(self.st(_sql.RETRY_WORKFLOW_TASK), params),
+            Step(self.st(_sql.RETRY_WORKFLOW_RESET), params),
+            Step(self.st(_sql.RETRY_WORKFLOW_STATUS), params),
+            Step(_sql.NOTIFY_BOTH, params),
+        ]
+
+    def get_batch(self, params: dict[str, Any]) -> Batch:
+        return [Step(self.st(_sql.GET_WORKFLOW), params)]

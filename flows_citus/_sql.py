@@ -313,7 +313,7 @@ WITH wl AS (
     AND (SELECT count(*) FROM wl) > 0
   FOR UPDATE
 )
-SELECT (SELECT count(*) FROM wl) AS wf_found, (SELECT kind FROM tl) AS task_kind,
+SELECT (SELECT count(*) FROM wl) AS wf_found, (SELECT count(*) FROM tl) AS task_found,
        (SELECT next_seq FROM wl) AS next_seq, (SELECT history_length FROM wl) AS history_length
 """
 

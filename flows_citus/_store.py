@@ -1,8 +1,9 @@
 """``CitusStore``: the Store protocol on a Citus cluster, every statement a router query.
 
-It is the PostgreSQL adapter (pool, LISTEN connection, schema, record decoding) with
-its own statements (``flows_citus._sql``): each names one shard key, and an operation
-is one transaction of such statements sent in one pipeline. Claims, timer firing,
+A sibling of ``PostgresStore`` over ``flows_pg._base.SqlStore`` (pool, LISTEN
+connection, drivers, record decoding) with its own statements (``flows_citus._sql``,
+client operations in ``flows_citus._client_ops``): each names one shard key, and an
+operation is one transaction of such statements sent in one pipeline. Claims, timer firing,
 listing, pruning and stats go shard key by shard key: Citus refuses ``FOR UPDATE SKIP
 LOCKED`` without an equality filter on the distribution column. A cheap probe of every
 key (one pipelined round trip) tells which keys have work; claims start from a rotating
@@ -11,45 +12,22 @@ key, so a shard full of one tenant's tasks cannot starve the others.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from types import ModuleType
+from typing import Any, ClassVar, Final
 
 import msgspec
 import uuid6
-from psycopg_pool import AsyncConnectionPool
 
-from flows_core._clock import Clock
-from flows_core._errors import ErrorInfo, InvalidArgument, LeaseLost, WorkflowNotFound
+from flows_core import store as api
+from flows_core._errors import ErrorInfo, InvalidArgument
 from flows_core.events import Event, decode_events, encode_event
-from flows_core.store import (
-    TERMINAL_STATUSES,
-    ActivityResult,
-    ActivityRetry,
-    ClaimedTask,
-    ClaimRequest,
-    HeartbeatReply,
-    Lease,
-    ListQuery,
-    StoreStats,
-    WorkflowRecord,
-    WorkflowStatus,
-    WorkflowTaskCommit,
-)
-from flows_pg._base import Rows, SqlStore, Step
+from flows_pg import _records
+from flows_pg._base import Batch, Rows, SqlStore, Step
 from flows_pg._migrate import migrate
-from flows_pg._records import (
-    claimed_task,
-    commit_refused,
-    error_text,
-    lease_lost,
-    record_from_row,
-    text,
-    utc,
-)
 
 from . import _sql
 from ._client_ops import CitusOps, detect_op, layout_op
@@ -73,22 +51,13 @@ class CitusStore(SqlStore):
     """
 
     CITUS = True
+    SQL: ClassVar[ModuleType] = _sql
 
     PROBE_EVERY: Final = 0.2
     """Seconds between probes of every shard key while notifications name the keys."""
 
-    def __init__(
-        self,
-        pool_or_dsn: str | AsyncConnectionPool[Any],
-        *,
-        schema: str = "flows",
-        min_size: int = 1,
-        max_size: int = 10,
-        clock: Clock | None = None,
-    ) -> None:
-        super().__init__(
-            pool_or_dsn, schema=schema, min_size=min_size, max_size=max_size, clock=clock
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._ops: CitusOps | None = None
         self._rotation = itertools.count()
         self._probed_at = float("-inf")
@@ -173,6 +142,10 @@ class CitusStore(SqlStore):
 
     # -- plumbing --
 
+    def _notified(self, template: str, params: dict[str, Any], *, workflow: bool) -> Batch:
+        notify = _sql.NOTIFY_BOTH if workflow else _sql.NOTIFY_WORK
+        return [Step(self.statements(template), params), Step(notify, params)]
+
     async def _each_key(
         self, statement: str, keys: Sequence[str], params: dict[str, Any]
     ) -> list[Rows]:
@@ -193,16 +166,7 @@ class CitusStore(SqlStore):
 
     # -- reads --
 
-    async def get_history(self, tenant_id: str, workflow_id: str, *, after: int = 0) -> list[Event]:
-        params = (await self._client_ops()).where(tenant_id, workflow_id)
-        params["after"] = after
-        rows = await self._run_one(self.statements(_sql.GET_HISTORY), params, read=True)
-        if not rows:
-            raise WorkflowNotFound(workflow_id, tenant_id)
-        history = rows[0]["history"]
-        return [] if history is None else decode_events(history)
-
-    async def list_workflows(self, query: ListQuery) -> list[WorkflowRecord]:
+    async def list_workflows(self, query: api.ListQuery) -> list[api.WorkflowRecord]:
         layout = await self._ready()
         statement = self.statements(
             _sql.list_workflows_sql(
@@ -223,11 +187,11 @@ class CitusStore(SqlStore):
         per_key = await self._each_key(statement, layout.tenant_keys(query.tenant_id), params)
         rows = [row for rows in per_key for row in rows]
         rows.sort(key=lambda row: (row["created_at"], row["workflow_id"]), reverse=True)
-        return [record_from_row(row) for row in rows[offset : offset + limit]]
+        return [_records.record_from_row(row) for row in rows[offset : offset + limit]]
 
     # -- worker operations --
 
-    async def claim(self, request: ClaimRequest) -> list[ClaimedTask]:
+    async def claim(self, request: api.ClaimRequest) -> list[api.ClaimedTask]:
         queues = [f"w:{name}:{version}" for name, version in request.workflow_types]
         queues += [f"a:{name}" for name in request.activity_names]
         if not queues or request.limit <= 0:
@@ -255,7 +219,7 @@ class CitusStore(SqlStore):
             self._probed_at = now
             found = [key for key, rows in zip(keys, probes, strict=True) if rows[0]["found"]]
             busy = hinted + [key for key in self._rotated(found) if key not in set(hinted)]
-        claimed: list[ClaimedTask] = []
+        claimed: list[api.ClaimedTask] = []
         # Fair share first (every key with work gets a turn in every claim, so a key
         # full of one tenant's tasks cannot starve the others), then fill up.
         share = -(-request.limit // len(busy)) if busy else 0
@@ -279,8 +243,8 @@ class CitusStore(SqlStore):
         return claimed
 
     async def _claim_key(
-        self, key: str, queues: list[str], limit: int, request: ClaimRequest
-    ) -> list[ClaimedTask]:
+        self, key: str, queues: list[str], limit: int, request: api.ClaimRequest
+    ) -> list[api.ClaimedTask]:
         if limit <= 0:
             return []
         params = {
@@ -298,30 +262,13 @@ class CitusStore(SqlStore):
             Step(self.statements(_sql.CLAIM_MOVE), params),
             Step(self.statements(_sql.CLAIM_READ), params),
         ]
-        return [claimed_task(row) for row in (await self._run(steps))[3]]
+        return [_records.claimed_task(row) for row in (await self._run(steps))[3]]
 
-    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Event]:
-        if commit.keep_lease is not None and commit.status != WorkflowStatus.RUNNING:
-            raise ValueError("keep_lease is only valid with a RUNNING status")
-        lease = commit.lease
-        params = self.statements.lease_params(lease)
+    async def commit_workflow_task(self, commit: api.WorkflowTaskCommit) -> list[Event]:
         acts = commit.activity_tasks
-        terminal = commit.status in TERMINAL_STATUSES
+        terminal = commit.status in api.TERMINAL_STATUSES
         keep = commit.keep_lease is not None
-        params.update(
-            claimed=commit.claimed_history_length,
-            expected=commit.expected_next_seq,
-            next_seq=commit.next_seq,
-            events=[encode_event(e).decode() for e in commit.events],
-            n_events=len(commit.events),
-            status=str(commit.status),
-            output=text(commit.output),
-            error=error_text(commit.error),
-            terminal=terminal,
-            keep=keep,
-            keep_lease=commit.keep_lease or timedelta(0),
-            drop_seqs=list(commit.drop_seqs),
-        )
+        params = _records.commit_params(commit, self.statements.lease_params(commit.lease))
         steps = [Step(self.statements(_sql.FENCE_LOCK), params)]
         if commit.events:
             steps.append(Step(self.statements(_sql.COMMIT_EVENTS), params))
@@ -330,23 +277,8 @@ class CitusStore(SqlStore):
         if commit.drop_seqs and not terminal:
             steps.append(Step(self.statements(_sql.COMMIT_DROP), params))
         if acts and not terminal:
-            params.update(
-                a_ids=[uuid6.uuid7() for _ in acts],
-                a_seqs=[a.seq for a in acts],
-                a_names=[a.name for a in acts],
-                a_inputs=[bytes(a.input).decode() for a in acts],
-                a_attempts=[a.attempt for a in acts],
-                a_errors=[error_text(a.last_error) for a in acts],
-                a_visible=[a.visible_at for a in acts],
-                a_scheduled=[a.scheduled_at for a in acts],
-            )
             steps.append(Step(self.statements(_sql.COMMIT_ACTIVITIES), params))
         if commit.timers and not terminal:
-            params.update(
-                t_ids=[uuid6.uuid7() for _ in commit.timers],
-                t_seqs=[t.seq for t in commit.timers],
-                t_fire=[t.fire_at for t in commit.timers],
-            )
             steps.append(Step(self.statements(_sql.COMMIT_TIMERS), params))
         finish = (
             _sql.COMMIT_FINISH_TERMINAL
@@ -368,17 +300,11 @@ class CitusStore(SqlStore):
         if done:
             moved = done[0]["moved"]
             return [] if moved is None else decode_events(moved)
-        fence = results[0][0]
-        raise commit_refused(
-            commit,
-            task_found=bool(fence["wf_found"] and fence["task_kind"] is not None),
-            next_seq=fence["next_seq"],
-            history_length=fence["history_length"],
-        )
+        raise _records.commit_refused(commit, results[0][0])
 
-    async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
+    async def park_workflow(self, lease: api.Lease, error: ErrorInfo) -> None:
         params = self.statements.lease_params(lease)
-        params["error"] = error_text(error)
+        params["error"] = _records.error_text(error)
         steps = [
             Step(self.statements(_sql.FENCE_LOCK), params),
             Step(self.statements(_sql.PARK_FINISH), params),
@@ -386,33 +312,7 @@ class CitusStore(SqlStore):
         ]
         await self._fenced(lease, steps, step=1)
 
-    async def fail_workflow_task(
-        self, lease: Lease, error: ErrorInfo, visible_at: datetime
-    ) -> None:
-        params = self.statements.lease_params(lease)
-        params.update(error=error_text(error), visible_at=visible_at)
-        steps = [
-            Step(self.statements(_sql.FAIL_WORKFLOW_TASK), params),
-            Step(_sql.NOTIFY_BOTH, params),
-        ]
-        await self._fenced(lease, steps)
-
-    async def retry_workflow(self, tenant_id: str, workflow_id: str) -> bool:
-        params = (await self._client_ops()).where(tenant_id, workflow_id)
-        params["wf_task_id"] = uuid6.uuid7()
-        steps = [
-            Step(self.statements(_sql.INBOX_LOCK), params),
-            Step(self.statements(_sql.RETRY_WORKFLOW_TASK), params),
-            Step(self.statements(_sql.RETRY_WORKFLOW_RESET), params),
-            Step(self.statements(_sql.RETRY_WORKFLOW_STATUS), params),
-            Step(_sql.NOTIFY_BOTH, params),
-        ]
-        locked = (await self._run(steps))[0]
-        if not locked:
-            raise WorkflowNotFound(workflow_id, tenant_id)
-        return bool(locked[0]["status"] == WorkflowStatus.PARKED)
-
-    async def complete_activity(self, result: ActivityResult) -> None:
+    async def complete_activity(self, result: api.ActivityResult) -> None:
         lease = result.lease
         params = self.statements.lease_params(lease)
         params.update(event=encode_event(result.event).decode(), wf_task_id=uuid6.uuid7())
@@ -424,37 +324,6 @@ class CitusStore(SqlStore):
             Step(_sql.NOTIFY_BOTH, params),
         ]
         await self._fenced(lease, steps, step=3)
-
-    async def retry_activity(self, retry: ActivityRetry) -> None:
-        lease = retry.lease
-        params = self.statements.lease_params(lease)
-        params.update(
-            attempt=retry.next_attempt,
-            visible_at=retry.visible_at,
-            error=error_text(retry.error),
-        )
-        steps = [
-            Step(self.statements(_sql.RETRY_ACTIVITY), params),
-            Step(_sql.NOTIFY_WORK, params),
-        ]
-        await self._fenced(lease, steps)
-
-    async def heartbeat(self, lease: Lease, extend: timedelta) -> HeartbeatReply:
-        params = self.statements.lease_params(lease)
-        params["extend"] = extend
-        rows = await self._run_one(self.statements(_sql.HEARTBEAT), params)
-        if not rows:
-            raise lease_lost(lease)
-        row = rows[0]
-        return HeartbeatReply(
-            expires_at=utc(row["expires_at"]), cancel_requested=row["cancel_requested"]
-        )
-
-    async def release(self, lease: Lease) -> None:
-        with contextlib.suppress(LeaseLost):
-            params = self.statements.lease_params(lease)
-            steps = [Step(self.statements(_sql.RELEASE), params), Step(_sql.NOTIFY_WORK, params)]
-            await self._run(steps)
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
         if limit <= 0:
@@ -501,7 +370,7 @@ class CitusStore(SqlStore):
         await self._ready()
         per_key = await self._each_key(self.statements(_sql.NEXT_DUE), self._keys(shard_keys), {})
         found = [rows[0]["due"] for rows in per_key if rows[0]["due"] is not None]
-        return utc(min(found)) if found else None
+        return _records.utc(min(found)) if found else None
 
     # -- operations --
 
@@ -518,7 +387,7 @@ class CitusStore(SqlStore):
             pruned += int(rows[0]["pruned"])
         return pruned
 
-    async def stats(self, shard_keys: Sequence[str] | None = None) -> StoreStats:
+    async def stats(self, shard_keys: Sequence[str] | None = None) -> api.StoreStats:
         await self._ready()
         keys = self._keys(shard_keys)
         per_key = await self._each_key(self.statements(_sql.STATS), keys, {})
@@ -537,11 +406,5 @@ class CitusStore(SqlStore):
             in_flight += int(row["in_flight"])
             for status, count in _counts_decoder.decode(row["statuses"]).items():
                 by_status[status] = by_status.get(status, 0) + int(count)
-        age = None if oldest is None or now is None else max(now - oldest, timedelta(0))
-        return StoreStats(
-            queue_depth=depth,
-            oldest_pending_age=age,
-            in_flight=in_flight,
-            dead_letters=by_status.get(WorkflowStatus.PARKED.value, 0),
-            workflows=by_status,
-        )
+        age = None if oldest is None or now is None else now - oldest
+        return _records.store_stats(depth, age, in_flight, by_status)

@@ -23,8 +23,9 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar
+from datetime import datetime, timedelta
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Self, TypeVar
 
 import msgspec
 import psycopg
@@ -35,11 +36,27 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from flows_core._clock import Clock, SystemClock
-from flows_core._errors import FlowsError, PayloadError, StoreError, StoreUnavailable
-from flows_core.events import CancelRequested, SignalReceived, WorkflowTerminatedEvent
+from flows_core._errors import (
+    ErrorInfo,
+    FlowsError,
+    LeaseLost,
+    PayloadError,
+    StoreError,
+    StoreUnavailable,
+    WorkflowNotFound,
+)
+from flows_core.events import (
+    CancelRequested,
+    Event,
+    SignalReceived,
+    WorkflowTerminatedEvent,
+    decode_events,
+)
 from flows_core.store import (
     TERMINAL_STATUSES,
+    ActivityRetry,
     CancelOutcome,
+    HeartbeatReply,
     Lease,
     NewWorkflow,
     TerminateOutcome,
@@ -50,7 +67,7 @@ from flows_core.store import (
 
 from ._listener import Listener, channel_names
 from ._migrate import check_schema, load_migrations
-from ._records import lease_lost, utc, uuid_of
+from ._records import error_text, lease_lost, utc, uuid_of
 
 if TYPE_CHECKING:
     from ._client_ops import ClientOps
@@ -458,6 +475,10 @@ class SqlStore:
         ops = await self._client_ops()
         return await self._drive(ops.terminate(tenant_id, workflow_id, event), tx)
 
+    async def retry_workflow(self, tenant_id: str, workflow_id: str) -> bool:
+        ops = await self._client_ops()
+        return await self._drive(ops.retry(tenant_id, workflow_id))
+
     async def get_workflow(
         self, tenant_id: str, workflow_id: str, *, tx: Any = None
     ) -> WorkflowRecord:
@@ -513,6 +534,59 @@ class SqlStore:
             )
             for row in rows
         ]
+
+    # -- what every variant does with its own statements of the same name (``SQL``) --
+
+    SQL: ClassVar[ModuleType]
+    """The variant's statements module (``flows_pg._sql``, ``flows_citus._sql``)."""
+
+    def _notified(self, template: str, params: dict[str, Any], *, workflow: bool) -> Batch:
+        """The statement ``template`` and the NOTIFY of its change: the work channel,
+        and (``workflow``) the workflow's waiters."""
+        raise NotImplementedError
+
+    async def get_history(self, tenant_id: str, workflow_id: str, *, after: int = 0) -> list[Event]:
+        params = (await self._client_ops()).where(tenant_id, workflow_id)
+        params["after"] = after
+        rows = await self._run_one(self.statements(self.SQL.GET_HISTORY), params, read=True)
+        if not rows:
+            raise WorkflowNotFound(workflow_id, tenant_id)
+        history = rows[0]["history"]
+        return [] if history is None else decode_events(history)
+
+    async def fail_workflow_task(
+        self, lease: Lease, error: ErrorInfo, visible_at: datetime
+    ) -> None:
+        params = self.statements.lease_params(lease)
+        params.update(error=error_text(error), visible_at=visible_at)
+        await self._fenced(
+            lease, self._notified(self.SQL.FAIL_WORKFLOW_TASK, params, workflow=True)
+        )
+
+    async def retry_activity(self, retry: ActivityRetry) -> None:
+        params = self.statements.lease_params(retry.lease)
+        params.update(
+            attempt=retry.next_attempt, visible_at=retry.visible_at, error=error_text(retry.error)
+        )
+        await self._fenced(
+            retry.lease, self._notified(self.SQL.RETRY_ACTIVITY, params, workflow=False)
+        )
+
+    async def heartbeat(self, lease: Lease, extend: timedelta) -> HeartbeatReply:
+        params = self.statements.lease_params(lease)
+        params["extend"] = extend
+        rows = await self._run_one(self.statements(self.SQL.HEARTBEAT), params)
+        if not rows:
+            raise lease_lost(lease)
+        row = rows[0]
+        return HeartbeatReply(
+            expires_at=utc(row["expires_at"]), cancel_requested=row["cancel_requested"]
+        )
+
+    async def release(self, lease: Lease) -> None:
+        with contextlib.suppress(LeaseLost):
+            params = self.statements.lease_params(lease)
+            await self._run(self._notified(self.SQL.RELEASE, params, workflow=False))
 
     # -- shared pieces of lease holders' writes --
 

@@ -1,4 +1,4 @@
-"""Client operations (start, signal, cancel, terminate, get) as sans-I/O generators
+"""Client operations (start, signal, cancel, terminate, retry, get) as sans-I/O generators
 (``flows_pg._base.Op``), written once per variant for the async store and the sync
 client. ``ClientOps`` holds what every variant shares: the parameters and the reading
 of outcomes (interpreted by ``flows_core.store``'s pure functions); ``PostgresOps``
@@ -39,7 +39,7 @@ from flows_core.store import (
 )
 
 from . import _sql
-from ._base import WORKER_HORIZON, Op, Rows, Statements, Step
+from ._base import WORKER_HORIZON, Batch, Op, Rows, Statements, Step
 from ._records import error_text, record_from_row, utc
 
 __all__ = ["ClientOps", "PostgresOps"]
@@ -96,21 +96,21 @@ class ClientOps(ABC):
             "cancel": cancel,
         }
 
-    @staticmethod
-    def status_before(rows: Rows) -> WorkflowStatus | None:
-        """The locked row's status as it was before the write (None: no such row)."""
-        return WorkflowStatus(rows[0]["status"]) if rows else None
+    # -- the operations (the variant supplies each one's batch) --
 
-    @abstractmethod
     def start(self, new: NewWorkflow, own_workers: Sequence[str] | None = None) -> Op[None]:
         """Start ``new``; ``own_workers``: ids of workers the caller wakes itself (a
         variant may then spare them a notification)."""
+        yield from self._start(new, self.start_batch(self.start_params(new), own_workers))
 
-    def leased_claim(
-        self, new: NewWorkflow, params: dict[str, Any], row: dict[str, Any]
-    ) -> WorkflowTaskClaim:
-        """The claim an eager start returns, from its parameters and its row
-        (created_at, updated_at, lease_expires)."""
+    def start_leased(
+        self, new: NewWorkflow, *, owner: str, lease: timedelta
+    ) -> Op[WorkflowTaskClaim]:
+        """Eager start: ``start`` with the workflow task leased to ``owner``."""
+        params = self.start_params(new)
+        params.update(token=uuid6.uuid7(), owner=owner, lease=lease)
+        results = yield from self._start(new, self.start_leased_batch(params))
+        row = {k: v for rows in results if rows for k, v in rows[0].items()}
         return eager_start_claim(
             new,
             task_id=str(params["wf_task_id"]),
@@ -120,84 +120,111 @@ class ClientOps(ABC):
             updated_at=utc(row["updated_at"]),
         )
 
-    def leased_params(self, new: NewWorkflow, owner: str, lease: timedelta) -> dict[str, Any]:
-        params = self.start_params(new)
-        params.update(token=uuid6.uuid7(), owner=owner, lease=lease)
-        return params
-
-    @abstractmethod
-    def start_leased(
-        self, new: NewWorkflow, *, owner: str, lease: timedelta
-    ) -> Op[WorkflowTaskClaim]:
-        """Eager start: ``start`` with the workflow task leased to ``owner``."""
-
-    @abstractmethod
-    def signal(self, tenant_id: str, workflow_id: str, event: SignalReceived) -> Op[None]: ...
-
-    @abstractmethod
-    def cancel(
-        self, tenant_id: str, workflow_id: str, event: CancelRequested
-    ) -> Op[CancelOutcome]: ...
-
-    @abstractmethod
-    def terminate(
-        self, tenant_id: str, workflow_id: str, event: WorkflowTerminatedEvent
-    ) -> Op[TerminateOutcome]: ...
-
-    @abstractmethod
-    def get(self, tenant_id: str, workflow_id: str) -> Op[WorkflowRecord]: ...
-
-
-class PostgresOps(ClientOps):
-    """Each operation is one statement (``flows_pg._sql``)."""
-
-    def start(self, new: NewWorkflow, own_workers: Sequence[str] | None = None) -> Op[None]:
-        params = self.start_params(new)
-        params.update(
-            local=None if own_workers is None else list(own_workers), horizon=WORKER_HORIZON
-        )
-        statement = self.st(_sql.START if own_workers is None else _sql.START_QUIET)
-        try:
-            (rows,) = yield [Step(statement, params)]
-        except pg_errors.UniqueViolation as exc:
-            raise WorkflowAlreadyExists(new.workflow_id) from exc
-        if not rows or not rows[0]["started"]:
-            raise WorkflowAlreadyExists(new.workflow_id)
-
-    def start_leased(
-        self, new: NewWorkflow, *, owner: str, lease: timedelta
-    ) -> Op[WorkflowTaskClaim]:
-        params = self.leased_params(new, owner, lease)
-        try:
-            (rows,) = yield [Step(self.st(_sql.START_LEASED), params)]
-        except pg_errors.UniqueViolation as exc:
-            raise WorkflowAlreadyExists(new.workflow_id) from exc
-        if not rows:
-            raise WorkflowAlreadyExists(new.workflow_id)
-        return self.leased_claim(new, params, rows[0])
-
     def signal(self, tenant_id: str, workflow_id: str, event: SignalReceived) -> Op[None]:
         params = self.event_params(tenant_id, workflow_id, event)
-        (rows,) = yield [Step(self.st(_sql.SIGNAL), params)]
-        signal_outcome(tenant_id, workflow_id, self.status_before(rows))
+        (before, *_) = yield self.signal_batch(params)
+        signal_outcome(tenant_id, workflow_id, _status(before))
 
     def cancel(self, tenant_id: str, workflow_id: str, event: CancelRequested) -> Op[CancelOutcome]:
         params = self.event_params(tenant_id, workflow_id, event)
         params.update(self.end_params(event))
-        (rows,) = yield [Step(self.st(_sql.CANCEL), params)]
-        requested = bool(rows and rows[0]["cancel_requested"])
-        return cancel_outcome(tenant_id, workflow_id, self.status_before(rows), requested)
+        (before, *_) = yield self.cancel_batch(params)
+        requested = bool(before and before[0]["cancel_requested"])
+        return cancel_outcome(tenant_id, workflow_id, _status(before), requested)
 
     def terminate(
         self, tenant_id: str, workflow_id: str, event: WorkflowTerminatedEvent
     ) -> Op[TerminateOutcome]:
         params = self.where(tenant_id, workflow_id)
         params.update(self.end_params(event))
-        (rows,) = yield [Step(self.st(_sql.TERMINATE), params)]
-        return terminate_outcome(tenant_id, workflow_id, self.status_before(rows))
+        (before, *_) = yield self.terminate_batch(params)
+        return terminate_outcome(tenant_id, workflow_id, _status(before))
+
+    def retry(self, tenant_id: str, workflow_id: str) -> Op[bool]:
+        """A parked workflow back to running (``Store.retry_workflow``): True if it was
+        parked."""
+        params = self.where(tenant_id, workflow_id)
+        params["wf_task_id"] = uuid6.uuid7()
+        (before, *_) = yield self.retry_batch(params)
+        if not before:
+            raise WorkflowNotFound(workflow_id, tenant_id)
+        return _status(before) == WorkflowStatus.PARKED
 
     def get(self, tenant_id: str, workflow_id: str) -> Op[WorkflowRecord]:
-        (rows,) = yield [Step(self.st(_sql.GET_WORKFLOW), self.where(tenant_id, workflow_id))]
+        (rows, *_) = yield self.get_batch(self.where(tenant_id, workflow_id))
         if not rows:
             raise WorkflowNotFound(workflow_id, tenant_id)
         return record_from_row(rows[0])
+
+    @staticmethod
+    def _start(new: NewWorkflow, batch: Batch) -> Op[list[Rows]]:
+        try:
+            results = yield batch
+        except pg_errors.UniqueViolation as exc:
+            raise WorkflowAlreadyExists(new.workflow_id) from exc
+        if not results[0]:
+            raise WorkflowAlreadyExists(new.workflow_id)
+        return results
+
+    # -- each variant's batches: the first statement's rows say what happened --
+
+    @abstractmethod
+    def start_batch(self, params: dict[str, Any], own_workers: Sequence[str] | None) -> Batch:
+        """Start: a row if the workflow was inserted (none: the id is taken)."""
+
+    @abstractmethod
+    def start_leased_batch(self, params: dict[str, Any]) -> Batch:
+        """Eager start: as ``start_batch``; the rows hold created_at, updated_at and
+        lease_expires."""
+
+    @abstractmethod
+    def signal_batch(self, params: dict[str, Any]) -> Batch:
+        """Signal: the locked row's status as it was (no row: not found)."""
+
+    @abstractmethod
+    def cancel_batch(self, params: dict[str, Any]) -> Batch:
+        """Cancel: the locked row's status and cancel_requested as they were."""
+
+    @abstractmethod
+    def terminate_batch(self, params: dict[str, Any]) -> Batch:
+        """Terminate: the locked row's status as it was."""
+
+    @abstractmethod
+    def retry_batch(self, params: dict[str, Any]) -> Batch:
+        """Retry of a parked workflow: the locked row's status as it was."""
+
+    @abstractmethod
+    def get_batch(self, params: dict[str, Any]) -> Batch:
+        """Get: the ``RECORD`` columns and ``pending`` (no row: not found)."""
+
+
+def _status(rows: Rows) -> WorkflowStatus | None:
+    """The locked row's status as it was before the write (None: no such row)."""
+    return WorkflowStatus(rows[0]["status"]) if rows else None
+
+
+class PostgresOps(ClientOps):
+    """Each operation is one statement (``flows_pg._sql``)."""
+
+    def start_batch(self, params: dict[str, Any], own_workers: Sequence[str] | None) -> Batch:
+        local = None if own_workers is None else list(own_workers)
+        params.update(local=local, horizon=WORKER_HORIZON)
+        return [Step(self.st(_sql.START if local is None else _sql.START_QUIET), params)]
+
+    def start_leased_batch(self, params: dict[str, Any]) -> Batch:
+        return [Step(self.st(_sql.START_LEASED), params)]
+
+    def signal_batch(self, params: dict[str, Any]) -> Batch:
+        return [Step(self.st(_sql.SIGNAL), params)]
+
+    def cancel_batch(self, params: dict[str, Any]) -> Batch:
+        return [Step(self.st(_sql.CANCEL), params)]
+
+    def terminate_batch(self, params: dict[str, Any]) -> Batch:
+        return [Step(self.st(_sql.TERMINATE), params)]
+
+    def retry_batch(self, params: dict[str, Any]) -> Batch:
+        return [Step(self.st(_sql.RETRY_WORKFLOW), params)]
+
+    def get_batch(self, params: dict[str, Any]) -> Batch:
+        return [Step(self.st(_sql.GET_WORKFLOW), params)]

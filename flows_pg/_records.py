@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
+import uuid6
 
 from flows_core._errors import ErrorInfo, LeaseLost
-from flows_core.events import decode_events
+from flows_core.events import decode_events, encode_event
 from flows_core.store import (
+    TERMINAL_STATUSES,
     ActivityTaskClaim,
     ClaimedTask,
     Lease,
+    StoreStats,
     WorkflowRecord,
     WorkflowStatus,
     WorkflowTaskClaim,
@@ -24,11 +27,13 @@ from flows_core.store import (
 
 __all__ = [
     "claimed_task",
+    "commit_params",
     "commit_refused",
     "error_text",
     "lease_lost",
     "raw",
     "record_from_row",
+    "store_stats",
     "text",
     "utc",
     "uuid_of",
@@ -122,16 +127,62 @@ def lease_lost(lease: Lease) -> LeaseLost:
     return LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
 
 
-def commit_refused(
-    commit: WorkflowTaskCommit,
-    *,
-    task_found: bool,
-    next_seq: int | None,
-    history_length: int | None,
-) -> LeaseLost:
-    """Why a fenced workflow-task commit wrote nothing, from what its fence read."""
+def store_stats(
+    depth: Mapping[str, int],
+    oldest: timedelta | None,
+    in_flight: int,
+    by_status: Mapping[str, int],
+) -> StoreStats:
+    """``StoreStats`` from claimable tasks per shard key, the age of the oldest one, the
+    leased tasks and the workflows per status."""
+    return StoreStats(
+        queue_depth={str(k): int(v) for k, v in depth.items()},
+        oldest_pending_age=None if oldest is None else max(oldest, timedelta(0)),
+        in_flight=in_flight,
+        dead_letters=int(by_status.get(WorkflowStatus.PARKED.value, 0)),
+        workflows={str(k): int(v) for k, v in by_status.items()},
+    )
+
+
+def commit_params(commit: WorkflowTaskCommit, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` (the lease's) with every parameter a commit statement may take; each
+    statement uses those of the parts it has."""
+    if commit.keep_lease is not None and commit.status != WorkflowStatus.RUNNING:
+        raise ValueError("keep_lease is only valid with a RUNNING status")
+    acts, timers = commit.activity_tasks, commit.timers
+    params.update(
+        claimed=commit.claimed_history_length,
+        expected=commit.expected_next_seq,
+        next_seq=commit.next_seq,
+        events=[encode_event(e).decode() for e in commit.events],
+        n_events=len(commit.events),
+        terminal=commit.status in TERMINAL_STATUSES,
+        keep_lease=commit.keep_lease or timedelta(0),
+        status=str(commit.status),
+        output=text(commit.output),
+        error=error_text(commit.error),
+        drop_seqs=list(commit.drop_seqs),
+        a_ids=[uuid6.uuid7() for _ in acts],
+        a_seqs=[a.seq for a in acts],
+        a_names=[a.name for a in acts],
+        a_inputs=[bytes(a.input).decode() for a in acts],
+        a_attempts=[a.attempt for a in acts],
+        a_errors=[error_text(a.last_error) for a in acts],
+        a_visible=[a.visible_at for a in acts],
+        a_scheduled=[a.scheduled_at for a in acts],
+        t_ids=[uuid6.uuid7() for _ in timers],
+        t_seqs=[t.seq for t in timers],
+        t_fire=[t.fire_at for t in timers],
+    )
+    return params
+
+
+def commit_refused(commit: WorkflowTaskCommit, fence: Mapping[str, Any]) -> LeaseLost:
+    """Why a fenced workflow-task commit wrote nothing, from what its fence read (a row
+    with wf_found, task_found, next_seq and history_length)."""
     lease = commit.lease
-    if not task_found:
+    next_seq, history_length = fence["next_seq"], fence["history_length"]
+    if not (fence["wf_found"] and fence["task_found"]):
         return lease_lost(lease)
     if next_seq != commit.expected_next_seq:
         return LeaseLost(

@@ -65,7 +65,7 @@ WITH wf AS (
 ), n AS (
   SELECT pg_notify(%(ch_work)s, '') FROM wf {who}
 )
-SELECT (SELECT count(*) FROM wf) AS started, (SELECT count(*) FROM n) AS notified
+SELECT (SELECT count(*) FROM n) AS notified FROM wf
 """
 )
 
