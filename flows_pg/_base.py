@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -175,10 +176,6 @@ class Statements:
             found = self._compiled[template] = compact(template.replace("{S}", self.ident))
         return found
 
-    def compiled(self) -> dict[str, str]:
-        """Every statement compiled so far, by template (for tests)."""
-        return dict(self._compiled)
-
     def wf_key(self, tenant_id: str, workflow_id: str) -> str:
         """The payload of a workflow notification (what ``wait_for_workflow`` waits on)."""
         return _json.encode((tenant_id, workflow_id)).decode()
@@ -255,7 +252,7 @@ def _check_open(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) ->
         raise ValueError("tx= is a connection whose transaction has failed")
 
 
-class SqlStore:
+class SqlStore(ABC):
     """What ``PostgresStore`` and ``CitusStore`` share: the pool, the listener, the
     async driver of operations, worker registrations.
 
@@ -430,9 +427,9 @@ class SqlStore:
 
     # -- client operations (the variant's ``ClientOps``) --
 
+    @abstractmethod
     async def _client_ops(self) -> ClientOps:
         """This variant's client operations (opening the store first if it needs to)."""
-        raise NotImplementedError
 
     async def start_workflow(self, new: NewWorkflow, *, tx: Any = None) -> None:
         ops = await self._client_ops()
@@ -540,10 +537,10 @@ class SqlStore:
     SQL: ClassVar[ModuleType]
     """The variant's statements module (``flows_pg._sql``, ``flows_citus._sql``)."""
 
+    @abstractmethod
     def _notified(self, template: str, params: dict[str, Any], *, workflow: bool) -> Batch:
         """The statement ``template`` and the NOTIFY of its change: the work channel,
         and (``workflow``) the workflow's waiters."""
-        raise NotImplementedError
 
     async def get_history(self, tenant_id: str, workflow_id: str, *, after: int = 0) -> list[Event]:
         params = (await self._client_ops()).where(tenant_id, workflow_id)

@@ -9,6 +9,7 @@ PostgreSQL schema; ``flows_citus.SyncClient`` to a Citus one.
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ __all__ = ["BaseSyncClient", "SyncClient"]
 T = TypeVar("T")
 
 
-class BaseSyncClient:
+class BaseSyncClient(ABC):
     """The client operations of ``Engine`` for sync code, on one variant's statements.
 
     Pass ``tx=`` a ``psycopg.Connection``: the statements run in its current
@@ -59,9 +60,9 @@ class BaseSyncClient:
             max_payload_bytes=max_payload_bytes,
         )
 
+    @abstractmethod
     def _client_ops(self, conn: psycopg.Connection[Any]) -> ClientOps:
         """This variant's client operations (``conn``: to read what they need)."""
-        raise NotImplementedError
 
     @contextlib.contextmanager
     def _connection(self, tx: Any) -> Iterator[psycopg.Connection[Any]]:
