@@ -14,6 +14,9 @@ step, so here one operation is a short transaction of statements, sent in one pi
 3. a final statement (UPDATE/DELETE CTEs, which Citus routes whole) that changes the
    fenced columns and says whether the operation took place.
 
+Statements that do what a PostgreSQL one does have its name (see ``flows_pg._sql``);
+every result column has a name (rows are read as dicts).
+
 NOTIFY is its own statement, ``SELECT pg_notify(...)``, which touches no table and so
 runs in the coordinator's session, inside the same transaction: listeners hear of a
 change only once it is committed. Nothing runs NOTIFY on a worker node.

@@ -2,7 +2,10 @@
 
 Every store method is one statement (data-modifying CTEs), so it is one transaction and,
 on an autocommit pool connection, one round trip. All times come from the database
-(``now()``).
+(``now()``). Every result column has a name (rows are read as dicts). A statement that
+does what a Citus one does has the same name as in ``flows_citus._sql``; ``SqlStore``
+runs GET_HISTORY, HEARTBEAT, RELEASE, RETRY_ACTIVITY and FAIL_WORKFLOW_TASK by name on
+either variant.
 
 Locking. Writes that touch a workflow lock its ``workflows`` row first and its task rows
 second, so concurrent writers of one workflow queue up instead of deadlocking. Claims
