@@ -52,7 +52,7 @@ async def open_store(args: argparse.Namespace, *, migrate: bool = False) -> Asyn
             raise CliError(f"cannot start the embedded PostgreSQL: {exc}") from exc
         if args.verbose or args.command == "demo":
             print(f"· embedded PostgreSQL at {dsn}", file=sys.stderr)
-    store: PostgresStore = PostgresStore(dsn, schema=args.schema)
+    store: Any = PostgresStore(dsn, schema=args.schema)
     try:
         await store.open()
         if await _use_citus(store, args, migrate):
@@ -61,7 +61,7 @@ async def open_store(args: argparse.Namespace, *, migrate: bool = False) -> Asyn
 
             store = CitusStore(dsn, schema=args.schema)
             await store.open()
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, flows.StoreUnavailable) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CliError(f"cannot connect to PostgreSQL ({_redact(dsn)}): {first}") from exc
     try:
@@ -79,17 +79,11 @@ async def open_store(args: argparse.Namespace, *, migrate: bool = False) -> Asyn
 async def _use_citus(store: Any, args: argparse.Namespace, migrate: bool) -> bool:
     """Citus if asked (--citus), or found: the Citus extension (migrate, unless
     --no-citus) or a schema migrated for Citus (every other command)."""
-    if migrate:
-        if getattr(args, "citus", None) is not None:
-            return bool(args.citus)
-        rows = await store._rows(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')", {}
-        )
-        return bool(rows[0][0])
-    rows = await store._rows(
-        "SELECT to_regclass(%(t)s) IS NOT NULL", {"t": f"{store._ident}.layout"}
-    )
-    return bool(rows[0][0])
+    if migrate and getattr(args, "citus", None) is not None:
+        return bool(args.citus)
+    from flows_citus import detect
+
+    return await detect(store.pool, store.schema, migrate=migrate)
 
 
 async def _migrate(store: Any, args: argparse.Namespace) -> None:
