@@ -8,7 +8,7 @@
 The POST that creates an application writes the application's own row and starts its
 workflow in one transaction: both happen, or neither. The service runs its own worker.
 
-Run it:  uvicorn --factory flows_examples.loan_app.app:from_env   (FLOWS_DSN, else embedded)
+Run it:  uvicorn --factory examples.loan_app.app:from_env   (FLOWS_DSN, else embedded)
 """
 
 from __future__ import annotations

