@@ -47,9 +47,8 @@ def require_pg() -> None:
         import psycopg  # noqa: F401
         import psycopg_pool  # noqa: F401
     except ModuleNotFoundError as exc:
-        raise CliError(f"this command needs {exc.name}, which is not installed: {PG_EXTRA}") from (
-            exc
-        )
+        missing = exc.name
+        raise CliError(f"this command needs {missing}, which is not installed: {PG_EXTRA}") from exc
     except ImportError as exc:  # psycopg without a libpq it can load
         raise CliError(
             f"psycopg cannot load libpq ({exc}): install libpq, or pip install 'flows[binary]'"
