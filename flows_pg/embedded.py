@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["default_data_dir", "dsn", "ensure_started", "resolve_data_dir", "start", "stop"]
+__all__ = ["default_data_dir", "dsn", "ensure_started", "resolve_data_dir", "stop"]
 
 
 def default_data_dir() -> Path:
@@ -95,9 +95,6 @@ def ensure_started(data_dir: str | os.PathLike[str] | None = None) -> str:
         warnings.simplefilter("ignore")
         server = ep.get_server(path, cleanup_mode=None)
     return str(server.get_uri())
-
-
-start = ensure_started
 
 
 def stop(data_dir: str | os.PathLike[str] | None = None, *, delete: bool = False) -> bool:
