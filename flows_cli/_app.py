@@ -58,7 +58,7 @@ def load_app(spec: str) -> App:
         value = getattr(module, attr)
     except AttributeError as exc:
         raise CliError(f"module {module_name!r} has no attribute {attr!r}") from exc
-    if callable(value) and not isinstance(value, flows.Workflow | flows.Activity):
+    if callable(value) and not isinstance(value, type | flows.Workflow | flows.Activity):
         value = value()
     items = list(value) if isinstance(value, list | tuple | set) else [value]
     for item in items:
