@@ -51,6 +51,7 @@ def test_cli_on_citus(citus_dsn: str) -> None:
                 "c1",
                 "--tenant",
                 "acme",
+                "--force",
             )
         )
         assert started.strip() == "c1"
@@ -62,6 +63,9 @@ def test_cli_on_citus(citus_dsn: str) -> None:
         stats = json.loads(ok(flows(citus_dsn, schema, "stats", "--json")))
         assert stats["workflows"] == {"running": 1}
         ok(flows(citus_dsn, schema, "cancel", "c1", "--tenant", "acme"))
+        ok(flows(citus_dsn, schema, "start", "cli-wf", "--input", "1", "--id", "c2"))
+        terminated = ok(flows(citus_dsn, schema, "terminate", "c2", "--reason", "done"))
+        assert terminated.strip() == "c2: terminated; its pending steps were dropped"
         with psycopg.connect(citus_dsn) as conn:
             shards = conn.execute(
                 "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE %s",
