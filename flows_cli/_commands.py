@@ -23,7 +23,7 @@ from ._format import (
     json_text,
     stats_json,
 )
-from ._open import CliError, embedded_module, open_store
+from ._open import CliError, embedded_server, open_store, start_embedded
 
 __all__ = [
     "cmd_cancel",
@@ -238,8 +238,7 @@ async def cmd_stats(args: argparse.Namespace) -> None:
 
 
 async def cmd_embedded_status(args: argparse.Namespace) -> None:
-    embedded = embedded_module()
-    data_dir = embedded.resolve_data_dir(args.data_dir)
+    embedded, data_dir = embedded_server(args)
     print(f"data directory  {data_dir}")
     dsn = embedded.dsn(data_dir)
     if dsn is not None:
@@ -251,17 +250,11 @@ async def cmd_embedded_status(args: argparse.Namespace) -> None:
 
 
 async def cmd_embedded_start(args: argparse.Namespace) -> None:
-    embedded = embedded_module()
-    data_dir = embedded.resolve_data_dir(args.data_dir)
-    try:
-        print(embedded.ensure_started(data_dir))
-    except Exception as exc:
-        raise CliError(f"cannot start the embedded PostgreSQL in {data_dir}: {exc}") from exc
+    print(start_embedded(args))
 
 
 async def cmd_embedded_dsn(args: argparse.Namespace) -> None:
-    embedded = embedded_module()
-    data_dir = embedded.resolve_data_dir(args.data_dir)
+    embedded, data_dir = embedded_server(args)
     dsn = embedded.dsn(data_dir)
     if dsn is None:
         raise CliError(f"no embedded PostgreSQL runs in {data_dir}; `flows embedded start`")
@@ -269,8 +262,7 @@ async def cmd_embedded_dsn(args: argparse.Namespace) -> None:
 
 
 async def cmd_embedded_stop(args: argparse.Namespace) -> None:
-    embedded = embedded_module()
-    data_dir = embedded.resolve_data_dir(args.data_dir)
+    embedded, data_dir = embedded_server(args)
     was_running = embedded.stop(data_dir, delete=args.delete)
     state = "stopped" if was_running else "was not running"
     deleted = "; its data directory was deleted" if args.delete else ""

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flows_core.store import Store
@@ -25,11 +26,13 @@ if TYPE_CHECKING:
 __all__ = [
     "CliError",
     "embedded_module",
+    "embedded_server",
     "given_dsn",
     "memory_store",
     "open_store",
     "redact",
     "require_pg",
+    "start_embedded",
 ]
 
 
@@ -74,14 +77,24 @@ def given_dsn(args: argparse.Namespace) -> str | None:
     return args.dsn or os.environ.get("FLOWS_DSN") or None
 
 
-def _embedded_dsn(args: argparse.Namespace) -> str:
+def embedded_server(args: argparse.Namespace) -> tuple[Any, Path]:
+    """``flows_pg.embedded`` and the data directory that ``args`` selects."""
     embedded = embedded_module()
-    data_dir = embedded.resolve_data_dir(args.data_dir)
+    return embedded, embedded.resolve_data_dir(args.data_dir)
+
+
+def start_embedded(args: argparse.Namespace) -> str:
+    """Start the embedded server of ``args`` (or find it running); its DSN."""
+    embedded, data_dir = embedded_server(args)
     try:
-        dsn: str = embedded.ensure_started(data_dir)
+        return str(embedded.ensure_started(data_dir))
     except Exception as exc:
         raise CliError(f"cannot start the embedded PostgreSQL in {data_dir}: {exc}") from exc
-    print(f"· embedded PostgreSQL, data in {data_dir}", file=sys.stderr)
+
+
+def _embedded_dsn(args: argparse.Namespace) -> str:
+    dsn = start_embedded(args)
+    print(f"· embedded PostgreSQL, data in {embedded_server(args)[1]}", file=sys.stderr)
     return dsn
 
 
