@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from flows_core.store import Store
 
 if TYPE_CHECKING:
+    from flows_citus import CitusStore
     from flows_pg import PostgresStore
 
 __all__ = [
@@ -108,7 +109,7 @@ async def open_store(args: argparse.Namespace, *, migrate: bool = False) -> Asyn
     from flows_pg import PostgresStore
 
     dsn = given_dsn(args) or _embedded_dsn(args)
-    store: PostgresStore = PostgresStore(dsn, schema=args.schema)
+    store: PostgresStore | CitusStore = PostgresStore(dsn, schema=args.schema)
     try:
         if await _use_citus(dsn, store.schema, args, migrate):
             from flows_citus import CitusStore
@@ -149,7 +150,7 @@ async def _use_citus(dsn: str, schema: str, args: argparse.Namespace, migrate: b
     return bool(row and row[0])
 
 
-async def _migrate(store: PostgresStore, args: argparse.Namespace) -> None:
+async def _migrate(store: PostgresStore | CitusStore, args: argparse.Namespace) -> None:
     from flows_citus import CitusStore
 
     rls = getattr(args, "rls", False)
