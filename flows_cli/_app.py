@@ -110,6 +110,8 @@ async def check_signal(
     found by replaying its history with ``app``'s definition. Raises CliError when it does
     not match; returns a note when it cannot be checked (no wait for it is pending)."""
     record = await store.get_workflow(tenant, workflow_id)
+    if record.status != flows.WorkflowStatus.RUNNING:
+        return None  # sending it fails, and says why
     definition = app.workflow(record.name, record.version)
     history = await store.get_history(tenant, workflow_id)
     instance = WorkflowInstance(definition)
