@@ -240,6 +240,11 @@ def test_signal_payload_checked_while_the_workflow_waits(pg_dsn: str) -> None:
                 break
             time.sleep(0.1)
         assert 'output    "hello bo x1, approved by cy"' in shown, shown
+        late = flows(
+            pg_dsn, "signal", "g-2", "approval", "--app", APP, "--payload", "{}", schema=schema
+        )
+        one_line_error(late, "g-2")
+        assert "completed" in late.stderr
         # The worker registered cli-greeting v1: without --app the name is known now.
         assert ok(
             flows(pg_dsn, "start", "cli-greeting", "--input", '{"name": "di"}', schema=schema)
