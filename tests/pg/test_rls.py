@@ -152,7 +152,7 @@ async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -
 async def test_cli_migrate_rls(pg_dsn: str) -> None:
     schema = fresh_schema("rls")
     env = {k: v for k, v in os.environ.items() if k != "FLOWS_DSN"}
-    cmd = [sys.executable, "-m", "flows_pg.cli", "--dsn", pg_dsn, "--schema", schema, "migrate"]
+    cmd = [sys.executable, "-m", "flows_cli", "--dsn", pg_dsn, "--schema", schema, "migrate"]
     try:
         done = await asyncio.to_thread(
             subprocess.run, [*cmd, "--rls"], capture_output=True, text=True, env=env, timeout=120
