@@ -40,16 +40,19 @@ async def test_list_counts_and_workflow_page(env: TestEnvironment) -> None:
         text = page.text
         assert "hello ADA!" in text  # output
         assert "&#34;ada&#34;" in text  # input, JSON, escaped
-        assert "Activity scheduled" in text and "Activity completed" in text
+        assert "Activity scheduled" in text
+        assert "Activity completed" in text
         steps_table = text[text.index('id="steps"') :]
-        assert "shout" in steps_table and ">completed<" in steps_table
+        assert "shout" in steps_table
+        assert ">completed<" in steps_table
 
         page = await client.get("/workflow", params={"id": "approval-1"})  # default tenant
         assert page.status_code == 200
         assert "Waiting for signal" in page.text
         pending = page.text[page.text.index('id="pending"') :]
-        assert "signal wait" in pending and "approve" in pending
-        assert 'refresh' not in page.text.split("</head>")[0]  # no auto-refresh unless asked
+        assert "signal wait" in pending
+        assert "approve" in pending
+        assert "refresh" not in page.text.split("</head>")[0]  # no auto-refresh unless asked
 
         missing = await client.get("/workflow", params={"id": "nope"})
         assert missing.status_code == 404
@@ -61,7 +64,9 @@ async def test_activity_attempts_and_durations_in_steps(env: TestEnvironment) ->
     assert await env.result(run) == "done x"
     async with client_for(create_app(env.engine)) as client:
         page = await client.get("/workflow", params={"id": "steps-1"})
-    table = page.text[page.text.index('id="steps"') : page.text.index("</table>", page.text.index('id="steps"'))]
+    table = page.text[
+        page.text.index('id="steps"') : page.text.index("</table>", page.text.index('id="steps"'))
+    ]
     rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
     activity = next(r for r in rows if "flaky-step" in r)
     assert re.search(r'<td class="num">3</td>', activity), activity  # 2 failures + success
@@ -85,12 +90,14 @@ async def test_dead_letters_workers_and_queues(env: TestEnvironment) -> None:
         assert "/actions/retry?" in dead.text
 
         page = await client.get("/workflow", params={"id": "fragile-1"})
-        assert 'id="waiting-reason"' in page.text and "dead-lettered" in page.text
+        assert 'id="waiting-reason"' in page.text
+        assert "dead-lettered" in page.text
 
         workers = await client.get("/workers")
         assert workers.status_code == 200
         assert "test-worker-0" in workers.text
-        assert "fragile v1" in workers.text and "shout" in workers.text
+        assert "fragile v1" in workers.text
+        assert "shout" in workers.text
         assert ">live<" in workers.text
 
         queues = await client.get("/queues")
@@ -155,9 +162,11 @@ async def test_filters_and_keyset_paging(env: TestEnvironment) -> None:
         assert _ids(window.text) == ["order-4", "order-3", "order-2"]
 
         bad = await client.get("/workflows", params={"status": "sleeping"})
-        assert bad.status_code == 400 and "is not one of" in bad.text
+        assert bad.status_code == 400
+        assert "is not one of" in bad.text
         bad_time = await client.get("/workflows", params={"from": "yesterday"})
-        assert bad_time.status_code == 400 and "is not a date and time" in bad_time.text
+        assert bad_time.status_code == 400
+        assert "is not a date and time" in bad_time.text
 
 
 async def test_paging_does_not_repeat_rows_when_new_workflows_arrive(env: TestEnvironment) -> None:
@@ -185,15 +194,19 @@ async def test_mounted_under_a_prefix(env: TestEnvironment) -> None:
         assert 'href="/ops/flows/static/flows.css"' in page.text
         assert "Path=/ops/flows/;" in page.headers["set-cookie"]
         css = await client.get("/ops/flows/static/flows.css")
-        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        assert css.status_code == 200
+        assert css.headers["content-type"].startswith("text/css")
         detail = await client.get("/ops/flows/workflow?tenant=default&id=greet-m")
-        assert detail.status_code == 200 and "hello BO!" in detail.text
+        assert detail.status_code == 200
+        assert "hello BO!" in detail.text
 
 
 async def test_signal_types_shown_on_the_confirm_page(env: TestEnvironment) -> None:
     run = await env.engine.start(approval, 5, workflow_id="ap-types")
     await env.wait_until(run, lambda i: i.history_length >= 3)
-    app = create_app(env.engine, definitions=[approval], signal_types={"approval": {"approve": Approval}})
+    app = create_app(
+        env.engine, definitions=[approval], signal_types={"approval": {"approve": Approval}}
+    )
     async with client_for(app) as client:
         page = await client.get("/actions/signal", params={"id": "ap-types"})
     assert page.status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import msgspec
 
@@ -87,6 +88,6 @@ async def hostile(ctx: flows.WorkflowContext, payload: dict[str, str]) -> dict[s
     return payload
 
 
-WORKFLOWS = [greet, approval, steps, failing, fragile, hostile]
-ACTIVITIES = [shout, flaky_step, explode]
-SIGNAL_TYPES = {"approval": {"approve": Approval}, "fragile": {"go": str}}
+WORKFLOWS: list[flows.Workflow[Any, Any]] = [greet, approval, steps, failing, fragile, hostile]
+ACTIVITIES: list[flows.Activity[Any, Any]] = [shout, flaky_step, explode]
+SIGNAL_TYPES: dict[str, dict[str, Any]] = {"approval": {"approve": Approval}, "fragile": {"go": str}}
