@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -152,9 +152,9 @@ class _Builder:
             case TimerStarted() if event.seq == DEADLINE_SEQ:
                 label = "Execution deadline set"
                 self._open(event.seq, "deadline", "execution timeout", event.at)
-                self.steps[event.seq].detail = f"until {event.fire_at.isoformat()}"
+                self.steps[event.seq].detail = f"until {_clock_time(event.fire_at)}"
             case TimerStarted():
-                self._open(event.seq, "timer", f"until {event.fire_at.isoformat()}", event.at)
+                self._open(event.seq, "timer", f"until {_clock_time(event.fire_at)}", event.at)
             case TimerFired():
                 step = self.steps.get(event.seq)
                 if step is not None and step.kind == "signal wait":
@@ -237,6 +237,10 @@ class _Builder:
         waits = self.open_waits.get(step.name)
         if waits and step in waits:
             waits.remove(step)
+
+
+def _clock_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
 def build_timeline(events: list[Event]) -> Timeline:

@@ -49,6 +49,7 @@ async def greet(ctx: flows.WorkflowContext, name: str) -> str:
 async def approval(ctx: flows.WorkflowContext, amount: int) -> str:
     ctx.uuid7()
     decision = await ctx.wait_for_signal("approve", Approval)
+    await ctx.execute(shout, f"approved by {decision.by}")
     await ctx.sleep(timedelta(milliseconds=1))
     return f"{amount} approved by {decision.by}"
 
@@ -90,4 +91,7 @@ async def hostile(ctx: flows.WorkflowContext, payload: dict[str, str]) -> dict[s
 
 WORKFLOWS: list[flows.Workflow[Any, Any]] = [greet, approval, steps, failing, fragile, hostile]
 ACTIVITIES: list[flows.Activity[Any, Any]] = [shout, flaky_step, explode]
-SIGNAL_TYPES: dict[str, dict[str, Any]] = {"approval": {"approve": Approval}, "fragile": {"go": str}}
+SIGNAL_TYPES: dict[str, dict[str, Any]] = {
+    "approval": {"approve": Approval},
+    "fragile": {"go": str},
+}
