@@ -1,4 +1,5 @@
-"""The dashboard on PostgreSQL: the same pages and actions through PostgresStore."""
+"""The dashboard on PostgreSQL and Citus: the same pages and actions through
+PostgresStore and CitusStore (tenant sharding)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from conftest_citus import drop_citus_store, make_citus_store
 from conftest_pg import drop_pg_store, make_pg_store
 
 import flows_core as flows
@@ -18,12 +20,20 @@ from .conftest import client_for
 from .test_actions import act
 from .workflows import ACTIVITIES, BROKEN, HOSTILE, WORKFLOWS, approval, fragile, greet, hostile
 
-pytestmark = pytest.mark.pg
 
-
-@pytest.fixture
-async def pg_engine(pg_dsn: str) -> AsyncIterator[flows.Engine]:
-    store = await make_pg_store(pg_dsn)
+@pytest.fixture(
+    params=[
+        pytest.param("pg", marks=pytest.mark.pg),
+        pytest.param("citus", marks=pytest.mark.citus),
+    ]
+)
+async def pg_engine(request: pytest.FixtureRequest) -> AsyncIterator[flows.Engine]:
+    if request.param == "pg":
+        store = await make_pg_store(request.getfixturevalue("pg_dsn"))
+        drop = drop_pg_store
+    else:
+        store = await make_citus_store(request.getfixturevalue("citus_dsn"))
+        drop = drop_citus_store
     worker = flows.Worker(
         store, workflows=WORKFLOWS, activities=ACTIVITIES, poll_interval=0.05, worker_id="pg-worker"
     )
@@ -35,7 +45,7 @@ async def pg_engine(pg_dsn: str) -> AsyncIterator[flows.Engine]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await drop_pg_store(store)
+        await drop(store)
 
 
 async def until(
