@@ -254,6 +254,8 @@ class _UI:
     @_page
     async def login(self, visit: Visit) -> Response:
         next_url = _safe_next(visit, visit.request.query_params.get("next"))
+        if not self.config.credentials.tokens:
+            return RedirectResponse(next_url, status_code=303)  # nothing to log in with
         if visit.request.method == "GET":
             return self.render(visit, "login.html", next=next_url, error=None)
         values = await self.form(visit)
@@ -698,7 +700,7 @@ def create_app(
     definitions: Iterable[Workflow[Any, Any]] | WorkflowRegistry | None = None,
     signal_types: Mapping[str, Mapping[str, Any]] | None = None,
     token: str | Mapping[str, str] | None = None,
-    basic_auth: tuple[str, str] | Mapping[str, str] | None = None,
+    basic_auth: str | tuple[str, str] | Mapping[str, str] | None = None,
     read_only: bool = False,
     tenant_id: str | None = None,
     secret_key: bytes | str | None = None,
@@ -712,12 +714,12 @@ def create_app(
     workflows; when given, signals can only be sent to workflows among them and their
     payloads are checked against the signal types ``signal_types`` declares
     (``{workflow name: {signal name: type}}``; without a type, any JSON is accepted).
-    ``token`` (or ``{user: token}``) and ``basic_auth`` (``(user, password)`` or
-    ``{user: password}``) require authentication on every request. ``read_only`` hides
-    and refuses every action. ``tenant_id`` scopes the UI to one tenant. ``secret_key``
-    signs the session cookies (random per process when not given: pass one when several
-    processes serve the UI behind one address). ``secure_cookies``: None follows the
-    request's scheme.
+    ``token`` (or ``{user: token}``) and ``basic_auth`` (``"user:password"``,
+    ``(user, password)`` or ``{user: password}``) require authentication on every
+    request. ``read_only`` hides and refuses every action. ``tenant_id`` scopes the UI
+    to one tenant. ``secret_key`` signs the session cookies (random per process when not
+    given: pass one when several processes serve the UI behind one address).
+    ``secure_cookies``: None follows the request's scheme.
     """
     if not isinstance(engine, Engine):
         raise InvalidArgument(f"create_app() takes a flows_core.Engine, got {engine!r}")

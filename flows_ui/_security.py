@@ -45,16 +45,22 @@ class Credentials:
     def build(
         cls,
         token: str | Mapping[str, str] | None,
-        basic_auth: tuple[str, str] | Mapping[str, str] | None,
+        basic_auth: str | tuple[str, str] | Mapping[str, str] | None,
     ) -> Credentials:
-        """Validate the ``create_app`` options ``token`` and ``basic_auth``."""
+        """Validate the ``create_app`` options ``token`` and ``basic_auth`` (a
+        ``"user:password"`` string, a pair, or a mapping of users to passwords)."""
         tokens: dict[str, str] = {}
         if isinstance(token, str):
             tokens["token"] = token
         elif token is not None:
             tokens.update(token)
         users: dict[str, str] = {}
-        if isinstance(basic_auth, tuple):
+        if isinstance(basic_auth, str):
+            user, sep, password = basic_auth.partition(":")
+            if not sep:
+                raise InvalidArgument("basic_auth as a string must be 'user:password'")
+            users[user] = password
+        elif isinstance(basic_auth, tuple):
             if len(basic_auth) != 2:
                 raise InvalidArgument("basic_auth must be a (user, password) pair or a mapping")
             users[basic_auth[0]] = basic_auth[1]

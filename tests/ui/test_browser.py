@@ -15,19 +15,20 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 import flows_core as flows
 from flows_memory import MemoryStore
-from flows_ui import create_app
+from flows_ui import build_server, create_app
 
 from .workflows import (
     ACTIVITIES,
     BROKEN,
+    FLAKY_FAILURES,
     SIGNAL_TYPES,
     WORKFLOWS,
     approval,
@@ -96,14 +97,16 @@ async def live() -> AsyncIterator[Live]:
         activities=ACTIVITIES,
         poll_interval=0.05,
         worker_id="worker-1",
-        workflow_task_backoff=flows_timedelta(0.01),
+        workflow_task_backoff=timedelta(milliseconds=10),
     )
     worker_task = asyncio.ensure_future(worker.run())
     app = create_app(engine, definitions=WORKFLOWS, signal_types=SIGNAL_TYPES)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = build_server(
+        app, host="127.0.0.1", port=port, log_level="warning", uvicorn_options={"lifespan": "off"}
+    )
     server_task = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
@@ -132,12 +135,6 @@ async def live() -> AsyncIterator[Live]:
         with contextlib.suppress(asyncio.CancelledError):
             await worker_task
         shutil.rmtree(user_data, ignore_errors=True)
-
-
-def flows_timedelta(seconds: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=seconds)
 
 
 async def until(engine: flows.Engine, workflow_id: str, predicate: Any) -> flows.WorkflowInfo:
@@ -217,6 +214,7 @@ async def test_send_a_signal_and_watch_it_resume(live: Live) -> None:
     await live.page.click("#confirm-button")
     await expect(live.page.locator("#action-error")).to_contain_text("does not match Approval")
     await live.page.fill("textarea[name=payload]", '{"by": "dana", "note": "limit checked"}')
+    FLAKY_FAILURES["left"] = 2  # the booking step after the approval fails twice, then works
     await live.page.check("input[name=confirm]")
     await live.page.click("#confirm-button")
     await expect(live.page.locator("#notice")).to_have_text("Signal sent.")
@@ -224,6 +222,9 @@ async def test_send_a_signal_and_watch_it_resume(live: Live) -> None:
     await expect(live.page.locator(".page-head .status")).to_have_text("completed", timeout=WAIT_MS)
     await expect(live.page.locator("#output")).to_contain_text("250 approved by dana")
     await expect(live.page.locator("#timeline")).to_contain_text("Signal received")
+    await expect(live.page.locator("#steps")).to_contain_text("flaky-step")
+    attempts = live.page.locator("#steps tr", has_text="flaky-step").locator("td").nth(5)
+    await expect(attempts).to_have_text("3")
     await live.shot("workflow-completed")
     assert (await live.engine.query("approval-7")).output == "250 approved by dana"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,8 @@ def test_bad_options_are_named() -> None:
     engine = flows.Engine(MemoryStore())
     with pytest.raises(flows.InvalidArgument, match="at least 8"):
         create_app(engine, token="short")
+    with pytest.raises(flows.InvalidArgument, match="must be 'user:password'"):
+        create_app(engine, basic_auth="just-a-password")
     with pytest.raises(flows.InvalidArgument, match=r"takes a flows_core\.Engine"):
         create_app("postgresql://x")  # type: ignore[arg-type]
     with pytest.raises(flows.InvalidArgument, match="are for create_app"):
@@ -95,8 +98,11 @@ async def test_token_auth(env: TestEnvironment) -> None:
         assert refused.status_code == 401
 
 
-async def test_basic_auth(env: TestEnvironment) -> None:
-    app = create_app(env.engine, basic_auth={"ops": "correct horse"})
+@pytest.mark.parametrize(
+    "option", ["ops:correct horse", ("ops", "correct horse"), {"ops": "correct horse"}]
+)
+async def test_basic_auth(env: TestEnvironment, option: Any) -> None:
+    app = create_app(env.engine, basic_auth=option)
     async with client_for(app) as client:
         page = await client.get("/workflows")
         assert page.status_code == 401
@@ -107,6 +113,7 @@ async def test_basic_auth(env: TestEnvironment) -> None:
         assert (
             await client.get("/workflows", headers=basic("eve", "correct horse"))
         ).status_code == 401
+        assert (await client.get("/login")).headers["location"] == "/workflows"  # no token login
         ok = await client.get("/workflows", headers=basic("ops", "correct horse"))
         assert ok.status_code == 200
         assert "ops@127.0.0.1" in ok.text

@@ -49,7 +49,7 @@ async def greet(ctx: flows.WorkflowContext, name: str) -> str:
 async def approval(ctx: flows.WorkflowContext, amount: int) -> str:
     ctx.uuid7()
     decision = await ctx.wait_for_signal("approve", Approval)
-    await ctx.execute(shout, f"approved by {decision.by}")
+    await ctx.execute(flaky_step, f"booking for {decision.by}")
     await ctx.sleep(timedelta(milliseconds=1))
     return f"{amount} approved by {decision.by}"
 
