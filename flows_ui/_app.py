@@ -46,6 +46,7 @@ LIVE_WITHIN: Final = timedelta(seconds=60)
 MAX_TIMELINE: Final = 1000
 """Events shown on a workflow page unless ``?all=1``."""
 MAX_FORM_BYTES: Final = 4 * 1024 * 1024
+"""Larger request bodies get 413 (a signal payload is at most 2 MiB by default)."""
 ACTIONS: Final = ("signal", "cancel", "terminate", "retry", "rerun")
 NOTICES: Final = {
     "signal": "Signal sent.",
@@ -173,7 +174,9 @@ def _page(handler: Handler) -> Callable[[_UI, Request], Awaitable[Response]]:
                 )
         if visit.new_session:
             self.set_session(response, visit, visit.session)
-        response.headers.update(_SECURITY_HEADERS)
+        for name, value in _SECURITY_HEADERS.items():
+            if name not in response.headers:  # the stylesheet keeps its cache header
+                response.headers[name] = value
         return response
 
     return endpoint
@@ -230,9 +233,6 @@ class _UI:
     async def form(self, visit: Visit) -> dict[str, str]:
         """The POSTed form, after the CSRF check (403 and a log line on failure)."""
         request = visit.request
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_FORM_BYTES:
-            raise HTTPProblem(413, f"form too large (limit {MAX_FORM_BYTES} bytes)")
         origin = request.headers.get("origin")
         if origin and origin != "null" and _origin_host(origin) != request.headers.get("host"):
             log.warning("refused cross-origin POST %s from %s", request.url.path, visit.who)
@@ -772,7 +772,7 @@ def create_app(
         Route("/static/flows.css", bind(_UI.css), name="css"),
         *(action_route(a) for a in ACTIONS),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, max_body_size=MAX_FORM_BYTES)
     app.state.flows_ui = config
     return app
 

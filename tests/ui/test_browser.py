@@ -1,8 +1,9 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Playwright,
 against uvicorn on 127.0.0.1, with a real Worker on an in-memory store.
 
-Skips (with the reason) when /usr/bin/chromium or Playwright is missing. Screenshots go
-to tests/ui/artifacts/ (or $FLOWS_UI_ARTIFACTS).
+Skips (with the reason) when /usr/bin/chromium or Playwright is missing, unless
+FLOWS_UI_REQUIRE_BROWSER=1 (CI), which makes that an error. Screenshots go to
+tests/ui/artifacts/ (or $FLOWS_UI_ARTIFACTS).
 """
 
 from __future__ import annotations
@@ -52,15 +53,21 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(os.environ.get("FLOWS_UI_ARTIFACTS", Path(__file__).parent / "artifacts"))
 WAIT_MS = 20_000
 
+REQUIRED = os.environ.get("FLOWS_UI_REQUIRE_BROWSER") == "1"
+
+
+def _missing(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"FLOWS_UI_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
 if not CHROMIUM.exists():
-    pytest.skip(
-        f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)",
-        allow_module_level=True,
-    )
-playwright_api = pytest.importorskip(
-    "playwright.async_api",
-    reason="browser tests need Playwright for Python (pip install playwright)",
-)
+    _missing(f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
+try:
+    import playwright.async_api as playwright_api
+except ImportError:
+    _missing("browser tests need Playwright for Python (pip install playwright)")
 expect = playwright_api.expect
 
 
@@ -120,7 +127,7 @@ async def live() -> AsyncIterator[Live]:
                 executable_path=str(CHROMIUM),
                 headless=True,
                 args=CHROMIUM_ARGS,
-                viewport={"width": 1360, "height": 860},
+                viewport={"width": 1360, "height": 700},
             )
             try:
                 page = context.pages[0] if context.pages else await context.new_page()
@@ -213,6 +220,7 @@ async def test_send_a_signal_and_watch_it_resume(live: Live) -> None:
     await live.page.check("input[name=confirm]")
     await live.page.click("#confirm-button")
     await expect(live.page.locator("#action-error")).to_contain_text("does not match Approval")
+    await live.shot("signal-refused")
     await live.page.fill("textarea[name=payload]", '{"by": "dana", "note": "limit checked"}')
     FLAKY_FAILURES["left"] = 2  # the booking step after the approval fails twice, then works
     await live.page.check("input[name=confirm]")

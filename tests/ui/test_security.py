@@ -156,6 +156,10 @@ async def test_csrf_is_required_on_every_action(
         assert info.history_length == 3  # no signal got in
         assert len(await env.engine.list(name="approval")) == 1  # no rerun either
 
+        huge = {**form, "payload": '"' + "x" * (5 * 1024 * 1024) + '"', "csrf_token": csrf}
+        too_big = await client.post("/actions/signal", data=huge)
+        assert too_big.status_code == 413
+
         sent = await client.post("/actions/signal", data={**form, "csrf_token": csrf})
         assert sent.status_code == 303
     assert await env.result(run) == "7 approved by mallory"
