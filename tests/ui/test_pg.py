@@ -117,3 +117,17 @@ async def test_pages_and_actions_on_postgresql(pg_engine: flows.Engine) -> None:
         await until(engine, "fragile-pg", lambda i: i.status == flows.WorkflowStatus.COMPLETED)
         page = await client.get("/workflow?id=fragile-pg")
         assert "crate went soon" in page.text
+
+        stuck = await engine.start(approval, 1, workflow_id="approval-stuck")
+        await until(engine, "approval-stuck", lambda i: i.history_length >= 3)
+        ended = await act(client, "terminate", {"id": "approval-stuck", "reason": "stuck"})
+        if callable(getattr(engine.store, "terminate_workflow", None)):
+            assert ended.status_code == 303
+            with pytest.raises(flows.WorkflowTerminated):
+                await stuck.result(timeout=30)
+            page = await client.get("/workflow?id=approval-stuck")
+            assert "Workflow terminated" in page.text
+        else:  # this store version has no terminate yet: said so, nothing changed
+            assert ended.status_code == 400
+            assert "does not implement terminate_workflow yet" in ended.text
+            assert (await stuck.query()).status == flows.WorkflowStatus.RUNNING
