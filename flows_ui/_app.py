@@ -366,7 +366,9 @@ class _UI:
             output_text=pretty(record.output) if record.output is not None else None,
             notice=notice,
             refresh=(
-                refresh if refresh.isdigit() and record.status not in TERMINAL_STATUSES else ""
+                str(min(max(int(refresh), 1), 3600))
+                if refresh.isdigit() and len(refresh) < 7 and record.status not in TERMINAL_STATUSES
+                else ""
             ),
             actions=_available_actions(record),
             now=engine.store.clock.now(),

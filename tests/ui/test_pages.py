@@ -53,6 +53,10 @@ async def test_list_counts_and_workflow_page(env: TestEnvironment) -> None:
         assert "signal wait" in pending
         assert "approve" in pending
         assert "refresh" not in page.text.split("</head>")[0]  # no auto-refresh unless asked
+        page = await client.get("/workflow", params={"id": "approval-1", "refresh": "0"})
+        assert '<meta http-equiv="refresh" content="1">' in page.text  # never a reload loop
+        page = await client.get("/workflow", params={"id": "greet-1", "refresh": "2"})
+        assert "http-equiv" not in page.text  # a finished workflow does not refresh
 
         missing = await client.get("/workflow", params={"id": "nope"})
         assert missing.status_code == 404
