@@ -305,6 +305,11 @@ class _UI:
         form = {k: q.get(k, "").strip() for k in ("status", "name", "tenant", "id", "from", "to")}
         if parked_only:
             form["status"] = WorkflowStatus.PARKED.value
+        engine = self.config.engine
+        # The Engine's own checks of a listing's status, name and tenant (clear errors).
+        engine.planner.list_query(None, form["status"] or None, form["name"] or None, 1, 0)
+        if form["tenant"]:
+            engine.tenant_for(form["tenant"])
         filters = parse_filters(
             tenant_scope=self.config.tenant_id,
             tenant=form["tenant"],
@@ -347,8 +352,8 @@ class _UI:
         if not workflow_id:
             raise HTTPProblem(400, "which workflow? (id= is missing)")
         engine = self.config.engine
+        info = await engine.query(workflow_id, tenant_id=tenant)  # checks the id first
         record = await engine.store.get_workflow(tenant, workflow_id)
-        info = await engine.query(workflow_id, tenant_id=tenant)
         events = await engine.store.get_history(tenant, workflow_id)
         timeline = build_timeline(events)
         show_all = q.get("all") == "1"

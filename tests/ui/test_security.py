@@ -263,3 +263,25 @@ async def test_hostile_values_are_escaped(env: TestEnvironment) -> None:
     assert raw.headers["x-content-type-options"] == "nosniff"
     assert "script-src" not in detail.headers["content-security-policy"]  # default-src 'none'
     assert "default-src 'none'" in detail.headers["content-security-policy"]
+
+
+async def test_garbage_input_is_a_clear_error_not_a_crash(env: TestEnvironment) -> None:
+    await env.result(await env.engine.start(greet, "x", workflow_id="g-garbage"))
+    bad = [
+        ("/workflows?after=garbage", 400, "invalid page cursor"),
+        ("/workflows?after=WzEsMiwzXQ", 400, "invalid page cursor"),  # [1,2,3]
+        ("/workflows?from=2030-13-45T99:99", 400, "is not a date and time"),
+        ("/workflows?name=%01", 400, "control or non-printable"),
+        ("/workflow?id=", 400, "id= is missing"),
+        ("/workflow?id=%20padded%20", 400, "leading or trailing spaces"),
+        ("/workflow?id=" + "x" * 300, 400, "the limit is 200"),
+        ("/workflow?id=g-garbage&refresh=" + "9" * 5000, 200, "g-garbage"),
+        ("/workflow/raw?id=g-garbage&part=secrets", 404, "has no secrets"),
+        ("/actions/signal", 400, "id is missing"),
+        ("/actions/nope?id=g-garbage", 404, ""),
+    ]
+    async with client_for(create_app(env.engine)) as client:
+        for url, status, text in bad:
+            response = await client.get(url)
+            assert response.status_code == status, (url, response.text[-500:])
+            assert text in response.text, url
