@@ -131,7 +131,7 @@ async def fetch_page(
     if limit < 1:
         raise InvalidArgument(f"page size must be at least 1, got {limit}")
     pushed_down = {"id_prefix", "created_from", "created_to"} <= store_filters()
-    batch = limit + 1 if pushed_down else max(limit + 1, 200)
+    batch = limit + 1 if pushed_down else max(limit + 1, min(200, max_scan))
     rows: list[tuple[WorkflowRecord, int]] = []
     offset = 0 if cursor is None else cursor.offset
     position = cursor
