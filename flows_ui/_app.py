@@ -25,6 +25,7 @@ from flows_core import (
     PayloadError,
     StoreUnavailable,
     Workflow,
+    WorkflowInstance,
     WorkflowNotDeadLettered,
     WorkflowNotFound,
     WorkflowNotRunning,
@@ -441,9 +442,9 @@ class _UI:
         record = await self.config.engine.store.get_workflow(tenant, workflow_id)
         form = {k: values.get(k, "") for k in ("name", "payload", "reason")}
         if request.method == "GET":
-            return self._confirm(visit, action, record, form, None, 200)
+            return await self._confirm(visit, action, record, form, None, 200)
         if values.get("confirm") != "yes":
-            return self._confirm(
+            return await self._confirm(
                 visit, action, record, form, "tick the confirmation box to go ahead", 400
             )
         try:
@@ -458,7 +459,7 @@ class _UI:
                 exc,
             )
             status = 400 if isinstance(exc, InvalidArgument | PayloadError) else 409
-            return self._confirm(visit, action, record, form, str(exc), status)
+            return await self._confirm(visit, action, record, form, str(exc), status)
         return RedirectResponse(
             visit.url(
                 "workflow",
@@ -470,7 +471,7 @@ class _UI:
             status_code=303,
         )
 
-    def _confirm(
+    async def _confirm(
         self,
         visit: Visit,
         action: str,
@@ -479,6 +480,9 @@ class _UI:
         error: str | None,
         status: int,
     ) -> Response:
+        types: dict[str, Any] = {}
+        if action == "signal":
+            types = {**self._signal_types(record.name), **await self._awaited_types(record)}
         return self.render(
             visit,
             "confirm.html",
@@ -487,8 +491,34 @@ class _UI:
             record=record,
             form=form,
             error=error,
-            signal_types={n: _type_name(t) for n, t in self._signal_types(record.name).items()},
+            signal_types={n: _type_name(t) for n, t in types.items()},
         )
+
+    async def _awaited_types(self, record: WorkflowRecord) -> dict[str, Any]:
+        """The types the workflow's pending signal waits decode their signals as, found
+        by replaying its history with the app's definition (``definitions``). Empty when
+        it waits for no signal, its definition is not loaded, or this flows_core cannot
+        say (``WorkflowInstance.signal_wait_type`` is newer)."""
+        registry = self.config.definitions
+        definition = registry.get(record.name, record.version) if registry else None
+        if definition is None or record.status in TERMINAL_STATUSES:
+            return {}
+        store = self.config.engine.store
+        history = await store.get_history(record.tenant_id, record.workflow_id)
+        waits = {s.name for s in build_timeline(history).open_steps if s.kind == "signal wait"}
+        instance = WorkflowInstance(definition)
+        probe = getattr(instance, "signal_wait_type", None)
+        if not waits or probe is None:
+            return {}
+        try:
+            activation = instance.apply(history, store.clock.now())
+        except Exception as exc:  # the code may be broken (a dead letter): say nothing
+            log.info("replay of %r to check a signal failed: %r", record.workflow_id, exc)
+            return {}
+        if activation.nondeterminism is not None:
+            return {}
+        found = {name: probe(name) for name in sorted(waits)}
+        return {name: type_ for name, type_ in found.items() if type_ is not None}
 
     def _signal_types(self, workflow_name: str) -> Mapping[str, Any]:
         known: dict[str, Any] = dict(self.config.signal_types.get(workflow_name, {}))
@@ -509,7 +539,7 @@ class _UI:
         target = record
         if action == "signal":
             name = form["name"].strip()
-            payload = self._signal_payload(record, name, form["payload"])
+            payload = await self._signal_payload(record, name, form["payload"])
             await engine.signal(wf_id, name, payload, tenant_id=tenant)
             detail = f" signal {name!r} payload {_clip(form['payload'].strip() or 'null')}"
         elif action == "cancel":
@@ -550,9 +580,10 @@ class _UI:
         )
         return target
 
-    def _signal_payload(self, record: WorkflowRecord, name: str, text: str) -> Any:
-        """The decoded signal payload: JSON syntax always; the registered type when the
-        app's definitions (or ``signal_types``) name one for this workflow and signal."""
+    async def _signal_payload(self, record: WorkflowRecord, name: str, text: str) -> Any:
+        """The decoded signal payload: JSON syntax always; with the app's definitions, the
+        type the workflow's pending wait for the signal decodes it as (found by replay),
+        else the type ``signal_types`` registers for it."""
         if not name:
             raise InvalidArgument("the signal needs a name")
         registry = self.config.definitions
@@ -568,7 +599,7 @@ class _UI:
                 f"workflow {record.name!r} takes no signal {name!r} "
                 f"(it takes: {', '.join(sorted(types))})"
             )
-        expected = types.get(name, Any)
+        expected = (await self._awaited_types(record)).get(name, types.get(name, Any))
         try:
             value = msgspec.json.decode(data, type=expected)
         except msgspec.ValidationError as exc:

@@ -188,3 +188,28 @@ async def test_retry_and_rerun_a_dead_letter(env: TestEnvironment) -> None:
     new = await env.engine.query(new_id)
     assert new.name == "fragile"
     assert new.status == flows.WorkflowStatus.RUNNING
+
+
+@pytest.mark.skipif(
+    not hasattr(flows.WorkflowInstance, "signal_wait_type"),
+    reason="WorkflowInstance.signal_wait_type is not on this base yet (cli branch)",
+)
+async def test_signal_checked_against_the_awaited_type_by_replay(env: TestEnvironment) -> None:
+    run = await waiting_approval(env, "ap-replay")
+    app = create_app(env.engine, definitions=WORKFLOWS)  # no signal_types: found by replay
+    async with client_for(app) as client:
+        page = await client.get("/actions/signal?id=ap-replay")
+        assert "<code>approve</code> → <code>Approval</code>" in page.text
+        wrong = await act(
+            client, "signal", {"id": "ap-replay", "name": "approve", "payload": '{"by": 1}'}
+        )
+        assert wrong.status_code == 400
+        assert "does not match Approval" in wrong.text
+        assert (await run.query()).history_length == 3  # nothing sent
+        other = await act(client, "signal", {"id": "ap-replay", "name": "later", "payload": "[1]"})
+        assert other.status_code == 303  # not awaited now: buffered unchecked
+        sent = await act(
+            client, "signal", {"id": "ap-replay", "name": "approve", "payload": '{"by": "r"}'}
+        )
+        assert sent.status_code == 303
+    assert await env.result(run) == "10 approved by r"
