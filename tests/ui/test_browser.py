@@ -30,12 +30,14 @@ from .workflows import (
     ACTIVITIES,
     BROKEN,
     FLAKY_FAILURES,
+    HOSTILE,
     SIGNAL_TYPES,
     WORKFLOWS,
     approval,
     failing,
     fragile,
     greet,
+    hostile,
     steps,
 )
 
@@ -94,7 +96,7 @@ class Live:
 
 
 @pytest.fixture
-async def live() -> AsyncIterator[Live]:
+async def live(request: pytest.FixtureRequest) -> AsyncIterator[Live]:
     """uvicorn serving the dashboard on a free loopback port, a Worker, and a browser."""
     store = MemoryStore()
     engine = flows.Engine(store, workflows=[*WORKFLOWS, nightly_report])
@@ -107,7 +109,8 @@ async def live() -> AsyncIterator[Live]:
         workflow_task_backoff=timedelta(milliseconds=10),
     )
     worker_task = asyncio.ensure_future(worker.run())
-    app = create_app(engine, definitions=WORKFLOWS, signal_types=SIGNAL_TYPES)
+    options = getattr(request, "param", {})  # create_app options, by indirect parametrize
+    app = create_app(engine, definitions=WORKFLOWS, signal_types=SIGNAL_TYPES, **options)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -288,3 +291,48 @@ async def test_queues_chart_and_waiting_reason(live: Live) -> None:
     await expect(live.page.locator("#waiting-reason")).to_contain_text(
         "waiting for a worker that runs 'nightly-report' version 1"
     )
+
+
+TOKEN = "browser-test-token-0123"
+
+
+@pytest.mark.parametrize("live", [{"token": {"erin": TOKEN}}], indirect=True)
+async def test_token_login_in_the_browser(live: Live) -> None:
+    await (await live.engine.start(greet, "lin", workflow_id="greet-login")).result(timeout=20)
+    await live.open("/workflow?id=greet-login")
+    await expect(live.page.locator("h1")).to_have_text("Log in")
+    await live.page.fill("input[name=token]", "not-the-token")
+    await live.page.click("button:has-text('Log in')")
+    await expect(live.page.locator(".callout.danger")).to_have_text("wrong token")
+    await live.page.fill("input[name=token]", TOKEN)
+    await live.page.click("button:has-text('Log in')")
+    # Back where it was going, logged in: the cookie is HttpOnly, SameSite=Strict.
+    await expect(live.page.locator("#workflow-id")).to_have_text("greet-login")
+    await expect(live.page.locator(".identity")).to_have_text("erin@127.0.0.1")
+    [cookie] = await live.page.context.cookies()
+    assert cookie["httpOnly"]
+    assert cookie["sameSite"] == "Strict"
+    await live.page.click("button:has-text('Log out')")
+    await expect(live.page.locator("h1")).to_have_text("Log in")
+    await live.open("/workflows")
+    await expect(live.page.locator("h1")).to_have_text("Log in")
+
+
+async def test_hostile_values_do_not_run_in_the_browser(live: Live) -> None:
+    dialogs: list[str] = []
+    live.page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    payload = {"short": "<img src=x onerror=alert(2)>", HOSTILE: "<svg onload=alert(3)>"}
+    wf_id = "<script>alert(4)</script>"
+    await (await live.engine.start(hostile, payload, workflow_id=wf_id)).result(timeout=20)
+    await live.open("/workflows")
+    await expect(live.page.locator("#workflows")).to_contain_text(HOSTILE)
+    link = live.page.locator("#workflows a", has_text=wf_id)
+    await link.click()
+    await expect(live.page.locator("#workflow-id")).to_have_text(wf_id)
+    await expect(live.page.locator("h1")).to_contain_text(HOSTILE)
+    await live.page.click("#timeline details >> nth=0")
+    await expect(live.page.locator("#input")).to_contain_text("<img src=x onerror=alert(2)>")
+    assert await live.page.locator("img").count() == 0
+    assert await live.page.locator("script").count() == 0
+    await live.shot("hostile")
+    assert dialogs == []
