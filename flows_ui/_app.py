@@ -521,14 +521,8 @@ class _UI:
         return {name: type_ for name, type_ in found.items() if type_ is not None}
 
     def _signal_types(self, workflow_name: str) -> Mapping[str, Any]:
-        known: dict[str, Any] = dict(self.config.signal_types.get(workflow_name, {}))
-        registry = self.config.definitions
-        if registry is not None:
-            for definition in registry:
-                declared = getattr(definition, "signals", None)
-                if definition.name == workflow_name and isinstance(declared, Mapping):
-                    known.update(declared)
-        return known
+        """The signal types ``signal_types`` registers for ``workflow_name``."""
+        return self.config.signal_types.get(workflow_name, {})
 
     async def _perform(
         self, visit: Visit, action: str, record: WorkflowRecord, form: Mapping[str, str]
