@@ -535,17 +535,19 @@ class _UI:
             name = form["name"].strip()
             payload = await self._signal_payload(record, name, form["payload"])
             await engine.signal(wf_id, name, payload, tenant_id=tenant)
-            detail = f" signal {name!r} payload {_clip(form['payload'].strip() or 'null')}"
+            # Re-encoded: one line whatever was typed (no forged log lines).
+            sent = msgspec.json.encode(payload).decode()
+            detail = f" signal {name!r} payload {_clip(sent)}"
         elif action == "cancel":
             outcome = await engine.cancel(wf_id, reason=_reason(visit, form), tenant_id=tenant)
-            detail = f" outcome {outcome.value}"
+            detail = f" reason {form.get('reason', '').strip()!r}, outcome {outcome.value}"
         elif action == "terminate":
             if not callable(getattr(engine.store, "terminate_workflow", None)):
                 raise InvalidArgument(
                     f"{type(engine.store).__name__} does not implement terminate_workflow yet"
                 )
             outcome2 = await engine.terminate(wf_id, reason=_reason(visit, form), tenant_id=tenant)
-            detail = f" outcome {outcome2.value}"
+            detail = f" reason {form.get('reason', '').strip()!r}, outcome {outcome2.value}"
         elif action == "retry":
             await engine.retry(wf_id, tenant_id=tenant)
         elif action == "rerun":

@@ -58,7 +58,7 @@ async def test_signal_resumes_and_is_logged(
         sent = await act(
             client,
             "signal",
-            {"id": "ap-1", "name": "approve", "payload": '{"by": "carol", "note": "ok"}'},
+            {"id": "ap-1", "name": "approve", "payload": '{"by": "carol",\n"note": "ok"}'},
         )
         assert sent.status_code == 303
         assert sent.headers["location"] == "/workflow?tenant=default&id=ap-1&done=signal&refresh=1"
@@ -72,6 +72,7 @@ async def test_signal_resumes_and_is_logged(
     assert "'ap-1'" in message
     assert "carol@127.0.0.1" in message
     assert "'approve'" in message
+    assert 'payload {"by":"carol","note":"ok"}' in message  # one line, as sent
     assert re.search(r" at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", message)
     assert record.flows_ui == {  # type: ignore[attr-defined]
         "action": "signal",
@@ -141,7 +142,7 @@ async def test_cancel(env: TestEnvironment, caplog: pytest.LogCaptureFixture) ->
         assert "customer left" in page.text
     assert "UI cancel of workflow 'ap-3'" in caplog.text
     assert "anonymous@127.0.0.1" in caplog.text
-    assert "outcome requested" in caplog.text
+    assert "reason 'customer left', outcome requested" in caplog.text
 
 
 @pytest.mark.xfail(
