@@ -25,13 +25,12 @@ from flows_core import (
     PayloadError,
     StoreUnavailable,
     Workflow,
-    WorkflowInstance,
     WorkflowNotDeadLettered,
     WorkflowNotFound,
     WorkflowNotRunning,
-    WorkflowRegistry,
     WorkflowStatus,
 )
+from flows_core._replay import WorkflowInstance  # internal: see _awaited_types
 from flows_core.store import TERMINAL_STATUSES, WorkerInfo, WorkflowRecord
 
 from ._listing import Cursor, fetch_page, parse_filters, store_filters
@@ -78,7 +77,8 @@ class UIConfig:
     signer: SessionSigner
     read_only: bool
     tenant_id: str | None
-    definitions: WorkflowRegistry | None
+    definitions: Mapping[tuple[str, int], Workflow[Any, Any]] | None
+    """The app's workflows by (name, version), when given."""
     signal_types: Mapping[str, Mapping[str, Any]]
     page_size: int
     title: str
@@ -498,9 +498,12 @@ class _UI:
         """The types the workflow's pending signal waits decode their signals as, found
         by replaying its history with the app's definition (``definitions``). Empty when
         it waits for no signal, its definition is not loaded, or this flows_core cannot
-        say (``WorkflowInstance.signal_wait_type`` is newer)."""
-        registry = self.config.definitions
-        definition = registry.get(record.name, record.version) if registry else None
+        say (``WorkflowInstance.signal_wait_type`` is newer).
+
+        The replay machinery is internal to flows_core (no public way to ask a definition
+        which type a pending wait decodes): this is its one use here."""
+        definitions = self.config.definitions
+        definition = None if definitions is None else definitions.get((record.name, record.version))
         if definition is None or record.status in TERMINAL_STATUSES:
             return {}
         store = self.config.engine.store
@@ -582,12 +585,14 @@ class _UI:
         else the type ``signal_types`` registers for it."""
         if not name:
             raise InvalidArgument("the signal needs a name")
-        registry = self.config.definitions
-        if registry is not None and record.name not in registry.names():
-            raise InvalidArgument(
-                f"workflow {record.name!r} is not among the app's definitions "
-                f"({', '.join(sorted(registry.names())) or 'none'}): refusing an unchecked signal"
-            )
+        definitions = self.config.definitions
+        if definitions is not None:
+            names = {name for name, _ in definitions}
+            if record.name not in names:
+                raise InvalidArgument(
+                    f"workflow {record.name!r} is not among the app's definitions "
+                    f"({', '.join(sorted(names)) or 'none'}): refusing an unchecked signal"
+                )
         types = self._signal_types(record.name)
         data = (text.strip() or "null").encode("utf-8")
         if types and name not in types:
@@ -731,7 +736,7 @@ def _environment() -> jinja2.Environment:
 def create_app(
     engine: Engine,
     *,
-    definitions: Iterable[Workflow[Any, Any]] | WorkflowRegistry | None = None,
+    definitions: Iterable[Workflow[Any, Any]] | None = None,
     signal_types: Mapping[str, Mapping[str, Any]] | None = None,
     token: str | Mapping[str, str] | None = None,
     basic_auth: str | tuple[str, str] | Mapping[str, str] | None = None,
@@ -761,18 +766,22 @@ def create_app(
         raise InvalidArgument(f"page_size must be an integer from 1 to 1000, got {page_size!r}")
     if tenant_id is not None:
         tenant_id = engine.tenant_for(tenant_id)
-    registry = None
-    if isinstance(definitions, WorkflowRegistry):
-        registry = definitions
-    elif definitions is not None:
-        registry = WorkflowRegistry(definitions)
+    by_key: dict[tuple[str, int], Workflow[Any, Any]] | None = None
+    if definitions is not None:
+        by_key = {}
+        for definition in definitions:
+            if not isinstance(definition, Workflow):
+                raise InvalidArgument(
+                    f"definitions must be workflows made with @flows.workflow, got {definition!r}"
+                )
+            by_key[(definition.name, definition.version)] = definition
     config = UIConfig(
         engine=engine,
         credentials=Credentials.build(token, basic_auth),
         signer=SessionSigner(secret_key),
         read_only=read_only,
         tenant_id=tenant_id,
-        definitions=registry,
+        definitions=by_key,
         signal_types={k: dict(v) for k, v in (signal_types or {}).items()},
         page_size=page_size,
         title=title,

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 import flows_core as flows
-from flows_memory import MemoryStore, TestEnvironment
+from flows_core._replay import WorkflowInstance
+from flows_memory import TestEnvironment
 from flows_ui import create_app
 
 from .conftest import client_for, csrf_token
@@ -145,11 +146,6 @@ async def test_cancel(env: TestEnvironment, caplog: pytest.LogCaptureFixture) ->
     assert "reason 'customer left', outcome requested" in caplog.text
 
 
-@pytest.mark.xfail(
-    not callable(getattr(MemoryStore, "terminate_workflow", None)),
-    reason="MemoryStore.terminate_workflow is not on this base yet (memory branch)",
-    raises=AssertionError,
-)
 async def test_terminate(env: TestEnvironment) -> None:
     run = await waiting_approval(env, "ap-4")
     async with client_for(create_app(env.engine)) as client:
@@ -192,7 +188,7 @@ async def test_retry_and_rerun_a_dead_letter(env: TestEnvironment) -> None:
 
 
 @pytest.mark.skipif(
-    not hasattr(flows.WorkflowInstance, "signal_wait_type"),
+    not hasattr(WorkflowInstance, "signal_wait_type"),
     reason="WorkflowInstance.signal_wait_type is not on this base yet (cli branch)",
 )
 async def test_signal_checked_against_the_awaited_type_by_replay(env: TestEnvironment) -> None:

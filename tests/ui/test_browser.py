@@ -240,11 +240,6 @@ async def test_send_a_signal_and_watch_it_resume(live: Live) -> None:
     assert (await live.engine.query("approval-7")).output == "250 approved by dana"
 
 
-@pytest.mark.xfail(
-    not callable(getattr(MemoryStore, "terminate_workflow", None)),
-    reason="MemoryStore.terminate_workflow is not on this base yet (memory branch)",
-    raises=AssertionError,
-)
 async def test_terminate_a_workflow(live: Live) -> None:
     await live.engine.start(approval, 9, workflow_id="approval-stuck")
     await until(live.engine, "approval-stuck", lambda i: i.history_length >= 3)

@@ -60,7 +60,9 @@ async def test_a_long_scan_stops_and_resumes(env: TestEnvironment) -> None:
     assert first.rows == []
     assert first.scanned == 3
     assert first.next_cursor is not None
-    found, cursor, reads = [], first.next_cursor, 1
+    found: list[str] = []
+    cursor: Cursor | None = first.next_cursor
+    reads = 1
     while cursor is not None:
         page = await fetch_page(env.store, oldest, cursor, 2, max_scan=3)
         assert page.scanned <= 3

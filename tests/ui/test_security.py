@@ -47,6 +47,8 @@ def test_bad_options_are_named() -> None:
     engine = flows.Engine(MemoryStore())
     with pytest.raises(flows.InvalidArgument, match="at least 8"):
         create_app(engine, token="short")
+    with pytest.raises(flows.InvalidArgument, match="definitions must be workflows"):
+        create_app(engine, definitions=["order-workflow"])  # type: ignore[list-item]
     with pytest.raises(flows.InvalidArgument, match="must be 'user:password'"):
         create_app(engine, basic_auth="just-a-password")
     with pytest.raises(flows.InvalidArgument, match=r"takes a flows_core\.Engine"):
