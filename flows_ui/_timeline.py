@@ -122,6 +122,9 @@ _LABELS: dict[type, tuple[str, str]] = {
 }
 
 
+_ENDINGS = (WorkflowCompleted, WorkflowFailedEvent, WorkflowCancelledEvent, WorkflowTerminatedEvent)
+
+
 class _Builder:
     def __init__(self) -> None:
         self.timeline = Timeline()
@@ -195,6 +198,10 @@ class _Builder:
                 payload = pretty(event.output)
             case _:
                 pass
+        if isinstance(event, _ENDINGS):
+            for step in self.timeline.open_steps:  # an ended workflow drops what it waited on
+                self._forget_wait(step)
+                self._close(step.seq, event.at, "dropped", detail="the workflow ended")
         self.timeline.entries.append(
             TimelineEntry(
                 position=position,

@@ -248,10 +248,14 @@ async def test_terminate_a_workflow(live: Live) -> None:
     await live.page.fill("input[name=reason]", "stuck for good")
     await live.page.check("input[name=confirm]")
     await live.page.click("#confirm-button")
+    await expect(live.page.locator(".page-head .status")).to_have_text("terminated")
+    await expect(live.page.locator("#notice")).to_have_text("Workflow terminated.")
+    await expect(live.page.locator("#error")).to_contain_text("stuck for good")
+    await expect(live.page.locator("#pending")).to_have_count(0)
+    await expect(live.page.locator("#steps")).to_contain_text("dropped")
     await live.shot("terminate")
     info = await live.engine.query("approval-stuck")
     assert info.status == flows.WorkflowStatus.TERMINATED
-    await expect(live.page.locator(".page-head .status")).to_have_text("terminated")
 
 
 async def test_retry_from_the_dead_letter_page(live: Live) -> None:

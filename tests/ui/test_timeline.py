@@ -84,3 +84,15 @@ def test_pretty_cuts_long_payloads() -> None:
     cut = pretty(b'"' + b"x" * 300 + b'"', limit=100)
     assert cut.startswith('"' + "x" * 99)
     assert cut.endswith("(202 more characters)")
+
+
+async def test_an_ended_workflow_leaves_no_pending_step(env: TestEnvironment) -> None:
+    run = await env.engine.start(approval, 3, workflow_id="tl-4")
+    await env.wait_until(run, lambda i: i.history_length >= 3)
+    await env.engine.terminate("tl-4", reason="stuck")
+    with pytest.raises(flows.WorkflowTerminated):
+        await env.result(run)
+    timeline = build_timeline(await env.engine.history("tl-4"))
+    assert not timeline.open_steps
+    wait = next(s for s in timeline.steps if s.kind == "signal wait")
+    assert (wait.outcome, wait.detail) == ("dropped", "the workflow ended")
