@@ -44,7 +44,7 @@ log = logging.getLogger("flows.ui")
 LIVE_WITHIN: Final = timedelta(seconds=60)
 """A worker whose last heartbeat is older than this is shown as gone."""
 MAX_TIMELINE: Final = 1000
-"""Events shown on a workflow page unless ``?all=1``."""
+"""Events (and steps) shown on a workflow page unless ``?all=1``."""
 MAX_FORM_BYTES: Final = 4 * 1024 * 1024
 """Larger request bodies get 413 (a signal payload is at most 2 MiB by default)."""
 ACTIONS: Final = ("signal", "cancel", "terminate", "retry", "rerun")
@@ -367,6 +367,7 @@ class _UI:
             info=info,
             timeline=timeline,
             entries=timeline.entries if show_all else timeline.entries[:MAX_TIMELINE],
+            steps=timeline.steps if show_all else timeline.steps[:MAX_TIMELINE],
             cut=0 if show_all else max(0, len(timeline.entries) - MAX_TIMELINE),
             input_text=pretty(record.input),
             output_text=pretty(record.output) if record.output is not None else None,

@@ -14,7 +14,7 @@ from flows_memory import TestEnvironment
 from flows_ui import create_app
 
 from .conftest import client_for
-from .workflows import BROKEN, FLAKY_FAILURES, Approval, approval, fragile, greet, steps
+from .workflows import BROKEN, FLAKY_FAILURES, Approval, approval, chatty, fragile, greet, steps
 
 
 def _ids(page: str) -> list[str]:
@@ -215,3 +215,16 @@ async def test_signal_types_shown_on_the_confirm_page(env: TestEnvironment) -> N
         page = await client.get("/actions/signal", params={"id": "ap-types"})
     assert page.status_code == 200
     assert "<code>approve</code> → <code>Approval</code>" in page.text
+
+
+async def test_a_long_history_is_cut_until_asked(env: TestEnvironment) -> None:
+    run = await env.engine.start(chatty, 1200, workflow_id="chatty-1")
+    assert await env.result(run) == 1200
+    async with client_for(create_app(env.engine)) as client:
+        page = await client.get("/workflow", params={"id": "chatty-1"})
+        assert page.text.count('class="ev ev-') == 1000
+        assert "202 more events." in page.text  # 1 start + 1200 side effects + 1 end
+        assert 'href="/workflow?tenant=default&amp;id=chatty-1&amp;all=1"' in page.text
+        whole = await client.get("/workflow", params={"id": "chatty-1", "all": "1"})
+        assert whole.text.count('class="ev ev-') == 1202
+        assert "more events" not in whole.text

@@ -67,6 +67,13 @@ async def failing(ctx: flows.WorkflowContext, message: str) -> str:
     return await ctx.execute(explode, message)
 
 
+@flows.workflow("chatty")
+async def chatty(ctx: flows.WorkflowContext, count: int) -> int:
+    for _ in range(count):
+        ctx.now()
+    return count
+
+
 BROKEN = {"on": False}
 """While on, ``fragile`` takes a timer where its history has a signal wait: its next
 workflow task is non-deterministic and the worker parks it (a dead letter)."""
@@ -89,7 +96,15 @@ async def hostile(ctx: flows.WorkflowContext, payload: dict[str, str]) -> dict[s
     return payload
 
 
-WORKFLOWS: list[flows.Workflow[Any, Any]] = [greet, approval, steps, failing, fragile, hostile]
+WORKFLOWS: list[flows.Workflow[Any, Any]] = [
+    greet,
+    approval,
+    steps,
+    failing,
+    fragile,
+    hostile,
+    chatty,
+]
 ACTIVITIES: list[flows.Activity[Any, Any]] = [shout, flaky_step, explode]
 SIGNAL_TYPES: dict[str, dict[str, Any]] = {
     "approval": {"approve": Approval},
