@@ -28,13 +28,15 @@ async def flows_round(spec: dict[str, Any]) -> dict[str, Any]:
     store = apps.pg_store(spec["dsn"], spec["schema"], max_size=spec.get("pool", 10))
     n, c = spec["n"], spec["concurrency"]
     async with store:
-        engine = flows.Engine(store)
+        eager = flows.EagerStarts()  # the engine starts workflows on this worker
+        engine = flows.Engine(store, eager=eager)
         worker = flows.Worker(
             store,
             workflows=[apps.three],
             activities=[apps.inc],
             concurrency=c,
             poll_interval=1.0,
+            eager=eager,
         )
         running = asyncio.create_task(worker.run())
         tracker = store.tracker

@@ -70,13 +70,15 @@ async def flows_env(
     target: Target, prefix: str, *, concurrency: int = 32, poll_interval: float = 1.0
 ) -> AsyncIterator[tuple[Any, flows.Engine, flows.Worker]]:
     async with open_store(target, prefix) as store:
-        engine = flows.Engine(store)
+        eager = flows.EagerStarts()  # the engine starts workflows on this worker
+        engine = flows.Engine(store, eager=eager)
         worker = flows.Worker(
             store,
             workflows=apps.WORKFLOWS,
             activities=apps.ACTIVITIES,
             concurrency=concurrency,
             poll_interval=poll_interval,
+            eager=eager,
         )
         running = asyncio.create_task(worker.run())
         try:

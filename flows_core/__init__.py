@@ -8,6 +8,7 @@ from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._context import WorkflowContext, gather
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
+from ._eager import EagerStarts
 from ._engine import Engine, Run, WorkflowInfo
 from ._errors import (
     ActivityFailed,
@@ -56,6 +57,7 @@ __all__ = [
     "CancelOutcome",
     "Cancelled",
     "Clock",
+    "EagerStarts",
     "Engine",
     "ErrorInfo",
     "Event",

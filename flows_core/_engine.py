@@ -6,7 +6,7 @@ import builtins
 import secrets
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 import uuid6
@@ -14,6 +14,7 @@ import uuid6
 from ._clock import Clock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, check_id, check_name, decode_payload, encode_payload
 from ._definitions import Workflow
+from ._eager import EagerStarts
 from ._errors import (
     ErrorInfo,
     InvalidArgument,
@@ -21,17 +22,22 @@ from ._errors import (
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotDeadLettered,
-    WorkflowNotRegistered,
     WorkflowTerminated,
     WorkflowTimeout,
     error_class,
 )
+from ._registry import WorkflowRegistry
+from ._retention import prune_store
 from ._sharding import HashSharder, Sharder, key_for
 from ._tenancy import DEFAULT_TENANT, current_tenant
 from .events import (
+    ActivityCompleted,
+    ActivityFailedEvent,
+    ActivityScheduled,
     CancelRequested,
     Event,
     SignalReceived,
+    StepCancelled,
     WorkflowStarted,
     WorkflowTerminatedEvent,
 )
@@ -42,9 +48,9 @@ from .store import (
     NewWorkflow,
     Store,
     TerminateOutcome,
+    WorkerInfo,
     WorkflowRecord,
     WorkflowStatus,
-    WorkflowTaskClaim,
 )
 
 __all__ = ["Engine", "Planner", "Run", "WorkflowInfo", "WorkflowRegistry", "prune_store"]
@@ -76,45 +82,6 @@ class WorkflowInfo(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
-
-
-class WorkflowRegistry:
-    """Workflow definitions by (name, version); new starts use the highest version."""
-
-    def __init__(self, workflows: Iterable[Workflow[Any, Any]] = ()) -> None:
-        self._by_key: dict[tuple[str, int], Workflow[Any, Any]] = {}
-        for wf in workflows:
-            self.add(wf)
-
-    def add(self, wf: Workflow[Any, Any]) -> None:
-        if not isinstance(wf, Workflow):
-            raise InvalidArgument(f"expected a Workflow made with @flows.workflow, got {wf!r}")
-        key = (wf.name, wf.version)
-        existing = self._by_key.get(key)
-        if existing is not None and existing is not wf:
-            raise InvalidArgument(f"workflow {wf.name!r} version {wf.version} is registered twice")
-        self._by_key[key] = wf
-
-    def get(self, name: str, version: int) -> Workflow[Any, Any] | None:
-        return self._by_key.get((name, version))
-
-    def latest(self, name: str) -> Workflow[Any, Any]:
-        versions = [wf for (n, _), wf in self._by_key.items() if n == name]
-        if not versions:
-            known = sorted({n for n, _ in self._by_key}) or ["none"]
-            raise WorkflowNotRegistered(
-                f"workflow {name!r} is not registered (registered: {', '.join(known)})"
-            )
-        return max(versions, key=lambda wf: wf.version)
-
-    def keys(self) -> list[tuple[str, int]]:
-        return sorted(self._by_key)
-
-    def names(self) -> set[str]:
-        return {name for name, _ in self._by_key}
-
-    def __iter__(self) -> Any:
-        return iter(self._by_key.values())
 
 
 class Run(Generic[O]):
@@ -300,7 +267,12 @@ class Planner:
 
 
 class Engine:
-    """Client of a Store: the API applications use to drive workflows."""
+    """Client of a Store: the API applications use to drive workflows.
+
+    ``eager``: an ``EagerStarts`` shared with the Workers of this process; a workflow
+    started here then goes, already leased, straight to one of them that serves it and
+    has room (eager start, on stores that can). None (the default): through the queue.
+    """
 
     def __init__(
         self,
@@ -310,12 +282,12 @@ class Engine:
         sharder: Sharder | None = None,
         require_tenant: bool = False,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-        eager_start: bool = True,
+        eager: EagerStarts | None = None,
     ) -> None:
         self.store = store
-        self.eager_start = eager_start
-        """Start workflows leased to a Worker of this process that serves them and has
-        free capacity, when the store can (see ``_start_eagerly``)."""
+        self.eager = eager
+        """Shared with the Workers of this process: start workflows leased to one that
+        serves them and has room, when the store can (eager start; None: never)."""
         self.planner = Planner(
             store.clock,
             workflows=workflows,
@@ -376,29 +348,12 @@ class Engine:
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
 
     async def _start_eagerly(self, new: NewWorkflow) -> bool:
-        """Eager workflow start: when a Worker running in this process on the same store
-        serves the workflow and has a free slot, and the store offers
-        ``start_workflow_leased`` (an optional capability, ``flows_core.store.EagerStart``),
-        start the workflow with its first workflow task leased to that worker and hand
-        the claim over in-process (no claim transaction, no notification). False when
-        that is not possible (the caller then starts it the ordinary way)."""
-        if not self.eager_start:
+        """Eager workflow start through the ``EagerStarts`` shared with the Workers of
+        this process (``eager=``); False when it is not possible (the caller then
+        starts it the ordinary way). See flows_core._eager."""
+        if self.eager is None:
             return False
-        start_leased = getattr(self.store, "start_workflow_leased", None)
-        if start_leased is None:
-            return False
-        for worker in local_workers(self.store):
-            if worker.reserve_slot(new):
-                break
-        else:
-            return False
-        try:
-            claim = await start_leased(new, owner=worker.worker_id, lease=worker.lease)
-        except BaseException:
-            worker.unreserve_slot()
-            raise
-        await worker.accept_eager(claim)
-        return True
+        return await self.eager.start(self.store, new)
 
     async def signal(
         self,
@@ -609,10 +564,12 @@ class Engine:
                 "fix the code, then retry it in place (engine.retry / `flows retry`) "
                 "or rerun it as a new workflow (engine.rerun / `flows rerun`)"
             )
-        if record.status != WorkflowStatus.RUNNING or not record.workflow_task_pending:
+        if record.status != WorkflowStatus.RUNNING:
             return None
         horizon = self.store.clock.now() - WORKER_LIVENESS
         workers = [w for w in await self.store.list_workers() if w.heartbeat_at >= horizon]
+        if not record.workflow_task_pending:
+            return await self._unserved_activity(record, workers)
         wanted = (record.name, record.version)
         if any(tuple(t) == wanted for w in workers for t in w.workflow_types):
             return None
@@ -620,38 +577,36 @@ class Engine:
         seen = f"; live workers run versions {others}" if others else ""
         return f"waiting for a worker that runs {record.name!r} version {record.version}{seen}"
 
-
-class _LocalWorker(Protocol):
-    """What the Engine needs of a Worker to start workflows eagerly on it."""
-
-    worker_id: str
-    lease: timedelta
-
-    def reserve_slot(self, new: NewWorkflow) -> bool: ...
-
-    def unreserve_slot(self) -> None: ...
-
-    async def accept_eager(self, claim: WorkflowTaskClaim) -> None: ...
-
-
-_LOCAL_WORKERS: dict[int, list[_LocalWorker]] = {}
-"""Running Workers of this process, by ``id()`` of their store (eager start)."""
-
-
-def local_workers(store: object) -> list[_LocalWorker]:
-    return list(_LOCAL_WORKERS.get(id(store), ()))
-
-
-def add_local_worker(store: object, worker: _LocalWorker) -> None:
-    _LOCAL_WORKERS.setdefault(id(store), []).append(worker)
+    async def _unserved_activity(
+        self, record: WorkflowRecord, workers: builtins.list[WorkerInfo]
+    ) -> str | None:
+        """Why a workflow waiting for its steps does not progress: an activity it waits
+        for that no live worker serves (read from the history: scheduled, unresolved)."""
+        history = await self.store.get_history(record.tenant_id, record.workflow_id)
+        served = {name for w in workers for name in w.activity_names}
+        missing = {
+            seq: name for seq, name in pending_activities(history).items() if name not in served
+        }
+        if not missing:
+            return None
+        seq = min(missing)
+        more = len(missing) - 1
+        others = f" (and {more} more step(s) no live worker serves)" if more else ""
+        return (
+            f"waiting for a worker that runs activity {missing[seq]!r} (step #{seq}); "
+            f"no live worker serves it{others}"
+        )
 
 
-def remove_local_worker(store: object, worker: _LocalWorker) -> None:
-    workers = _LOCAL_WORKERS.get(id(store))
-    if workers is not None and worker in workers:
-        workers.remove(worker)
-        if not workers:
-            del _LOCAL_WORKERS[id(store)]
+def pending_activities(history: builtins.list[Event]) -> dict[int, str]:
+    """Activity steps scheduled in ``history`` and not resolved nor cancelled: seq -> name."""
+    pending: dict[int, str] = {}
+    for event in history:
+        if isinstance(event, ActivityScheduled):
+            pending[event.seq] = event.name
+        elif isinstance(event, ActivityCompleted | ActivityFailedEvent | StepCancelled):
+            pending.pop(event.seq, None)
+    return pending
 
 
 def _reason(reason: str, what: str) -> str:
@@ -666,21 +621,3 @@ def _reason(reason: str, what: str) -> str:
 def _check_execution_timeout(value: object) -> None:
     if value is not None and (not isinstance(value, timedelta) or value <= timedelta(0)):
         raise InvalidArgument(f"execution_timeout must be a positive timedelta, got {value!r}")
-
-
-async def prune_store(
-    store: Store, older_than: timedelta, *, batch: int = 1000, max_batches: int | None = None
-) -> int:
-    """``store.prune`` in batches until a batch comes back short (see ``Engine.prune``)."""
-    if not isinstance(older_than, timedelta) or older_than < timedelta(0):
-        raise InvalidArgument(f"older_than must be a non-negative timedelta, got {older_than!r}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InvalidArgument(f"batch must be a positive integer, got {batch!r}")
-    total = done = 0
-    while max_batches is None or done < max_batches:
-        deleted = await store.prune(older_than, batch)
-        total += deleted
-        done += 1
-        if deleted < batch:
-            break
-    return total

@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -66,22 +67,99 @@ __all__ = [
 ]
 
 
+MAX_ERROR_MESSAGE = 8 * 1024
+"""Characters of ``ErrorInfo.message`` kept; longer messages are cut with a note."""
+MAX_ERROR_DETAILS = 32 * 1024
+"""Characters of ``ErrorInfo.details`` (a traceback) kept; the end is kept when cut."""
+MAX_ERROR_TYPE = 200
+"""Characters of ``ErrorInfo.type`` kept."""
+
+
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """A recorded error: exception type name, message, and optional details."""
+    """A recorded error: exception type name, message, and optional details.
+
+    ``from_exception`` always makes one every store can keep, whatever was raised: text
+    that is not valid Unicode (lone surrogates) has the offending characters replaced
+    with U+FFFD, NUL characters (which PostgreSQL text refuses) with U+FFFD too, and the
+    type, message and details are cut to MAX_ERROR_TYPE, MAX_ERROR_MESSAGE (8 KiB) and
+    MAX_ERROR_DETAILS (32 KiB) characters. An exception whose ``str()`` raises is
+    described by ``repr()``, and one whose ``repr()`` raises too by its type name, with
+    a note saying so.
+    """
 
     type: str
     message: str
     attempts: int = 0
     details: str | None = None
+    """A traceback, when the recorder kept one (workflow-task failures do)."""
 
     @classmethod
-    def from_exception(cls, exc: BaseException, *, attempts: int = 0) -> ErrorInfo:
+    def from_exception(
+        cls, exc: BaseException, *, attempts: int = 0, traceback: bool = False
+    ) -> ErrorInfo:
+        """The storable record of ``exc`` (any BaseException); with ``traceback`` its
+        formatted traceback goes to ``details``."""
         if isinstance(exc, ActivityFailed):
-            return cls(type=exc.error_type, message=exc.message, attempts=exc.attempts)
-        return cls(type=type(exc).__name__, message=str(exc), attempts=attempts)
+            return cls(
+                type=storable_text(exc.error_type, MAX_ERROR_TYPE),
+                message=storable_text(exc.message, MAX_ERROR_MESSAGE),
+                attempts=exc.attempts,
+            )
+        details = None
+        if traceback:
+            details = storable_text(_format_traceback(exc), MAX_ERROR_DETAILS, keep_end=True)
+        return cls(
+            type=storable_text(type(exc).__name__, MAX_ERROR_TYPE),
+            message=storable_text(_describe_exception(exc), MAX_ERROR_MESSAGE),
+            attempts=attempts,
+            details=details,
+        )
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""Code points UTF-8 cannot encode (lone surrogates, as ``os.fsdecode`` makes)."""
+
+
+def storable_text(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """``text`` as every store keeps it: valid UTF-8 (lone surrogates become U+FFFD),
+    no NUL character (U+FFFD too), at most ``limit`` characters (cut with a note; the
+    end is kept instead of the start with ``keep_end``)."""
+    if not text.isascii():
+        text = _SURROGATE.sub("\ufffd", text)
+    text = text.replace("\x00", "\ufffd")
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 80, 0)  # room for the note
+    note = f" [... cut: {len(text) - keep} of {len(text)} characters left out]"
+    if keep_end:
+        return note.strip() + " " + text[len(text) - keep :]
+    return text[:keep] + note
+
+
+def _describe_exception(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception as first:  # any failure of the exception's own __str__
+        try:
+            return f"{exc!r} (str() of the exception raised {type(first).__name__})"
+        except Exception as second:
+            return (
+                f"<{type(exc).__name__}: str() and repr() of the exception raised "
+                f"{type(first).__name__} and {type(second).__name__}>"
+            )
+
+
+def _format_traceback(exc: BaseException) -> str:
+    import traceback
+
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception as failure:  # a hostile __str__ in the chain
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        return f"{frames}(formatting the exception raised {type(failure).__name__})"
 
 
 class FlowsError(Exception):

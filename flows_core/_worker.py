@@ -1,33 +1,28 @@
-"""The worker: claims tasks, replays workflows, runs activities, commits outcomes.
+"""The worker: claims tasks and runs them in a bounded number of slots.
 
-Fast path: when a workflow task schedules activities this worker can run, it runs them
-at once under the workflow task's lease and feeds their results back into the replayed
-instance, so one commit records the schedule, the results and the next decision. The
-queue path (activity tasks) takes over for activities served elsewhere, for retries
-with backoff, and after a crash (the lease expires and the task is claimed again).
+This module is the poll loop and the slots. The workflow-task runner (replay, inline
+activities, commits, the one failure policy) is flows_core._workflow_task, the activity
+runner (attempts, timeouts, the lease keeper) flows_core._activity_runner, and the pure
+commit plan flows_core._commit.
 
-Eager start and backlog. An Engine of the same process, on the same store, hands a
-workflow it starts straight to a running Worker that serves it and has room, when the
-store offers ``start_workflow_leased`` (an optional capability): the workflow task is
-inserted already leased to the worker, so there is no claim and no notification. Room is
-the free slots plus a small backlog of leased tasks waiting for a slot (``backlog``),
-which claims also fill (one claim statement then serves several tasks); a task waiting
-there longer than ``backlog_wait`` is released to the queue for any worker to take.
+Eager start and backlog. An Engine of the same process that shares an ``EagerStarts``
+with this worker (``eager=``) hands a workflow it starts straight to it when it serves
+the workflow and has room, and the store offers ``start_workflow_leased`` (an optional
+capability): the workflow task is inserted already leased to the worker, so there is no
+claim and no notification. Room is the free slots plus a small backlog of leased tasks
+waiting for a slot (``backlog``), which claims also fill (one claim statement then
+serves several tasks); a task waiting there longer than ``backlog_wait`` is released to
+the queue for any worker to take (uncounted: none of its code ran).
 
 Dead letters. A workflow task that cannot make progress is dead-lettered (status
-PARKED, ``error.attempts`` = claims of the task) instead of being retried forever:
-
-* at once on a NonDeterminismError / IllegalAwaitError (a code fix is needed);
-* when replay or the decision raises an unexpected exception inside the worker (not the
-  workflow's own exceptions, which fail the workflow): the task is retried with backoff
-  and dead-lettered on attempt ``max_workflow_task_attempts``;
-* when the task keeps killing its claimant (a poison task: the lease expires and it is
-  claimed again and again): the store counts the claims since the last successful
-  commit, and the claim that exceeds ``max_workflow_task_attempts`` dead-letters it
-  without running it (error type ``WorkflowTaskCrashed``).
-
-``Engine.retry`` puts a dead letter back to running after a code fix, ``Engine.rerun``
-starts a new workflow with its input.
+PARKED, ``error.attempts`` = attempts of the task) instead of being retried forever:
+at once on an error that needs a code fix (NonDeterminismError, IllegalAwaitError);
+after ``max_workflow_task_attempts`` counted attempts (see flows_core._workflow_task for
+what counts); and when the task keeps killing its claimant (a poison task: the lease
+expires and it is claimed again and again), the claim that exceeds
+``max_workflow_task_attempts`` dead-letters it without running it (error type
+``WorkflowTaskCrashed``). ``Engine.retry`` puts a dead letter back to running after a
+code fix, ``Engine.rerun`` starts a new workflow with its input.
 """
 
 from __future__ import annotations
@@ -39,63 +34,34 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from datetime import timedelta
+from typing import Any
 
-import msgspec
 import uuid6
 
-from ._activity_context import ActivityInfo, _ActivityState, _state
-from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
+from ._activity_runner import ActivityRunner, retrieve
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
+from ._commit import build_commit
 from ._definitions import Activity, Workflow
-from ._engine import WorkflowRegistry, add_local_worker, prune_store, remove_local_worker
-from ._errors import (
-    ActivityTimeout,
-    ErrorInfo,
-    HeartbeatTimeout,
-    InvalidArgument,
-    LeaseLost,
-    PayloadError,
-    ScheduleToCloseTimeout,
-)
-from ._replay import WorkflowInstance
-from .events import (
-    ActivityCompleted,
-    ActivityFailedEvent,
-    ActivityScheduled,
-    Event,
-    SignalWaitStarted,
-    StepCancelled,
-    TimerStarted,
-    WorkflowCancelledEvent,
-    WorkflowCompleted,
-    WorkflowFailedEvent,
-)
+from ._eager import EagerStarts
+from ._errors import InvalidArgument, LeaseLost
+from ._registry import WorkflowRegistry
+from ._retention import prune_store
+from ._workflow_task import BlockingWatchdog, WorkflowTaskRunner, log_extra
 from .store import (
-    ActivityResult,
-    ActivityRetry,
-    ActivityTaskClaim,
-    ActivityTaskSpec,
     ClaimedTask,
     ClaimRequest,
-    Lease,
     NewWorkflow,
     Store,
-    TimerTaskSpec,
     WorkerInfo,
-    WorkflowStatus,
     WorkflowTaskClaim,
-    WorkflowTaskCommit,
 )
 
 __all__ = ["Worker", "WorkerStats", "build_commit"]
 
 log = logging.getLogger("flows.worker")
-
-C = TypeVar("C", ActivityResult, ActivityRetry, WorkflowTaskCommit)
-R = TypeVar("R")
 
 REGISTER_EVERY = 10.0
 TIMER_CHECK_EVERY = 0.05
@@ -121,31 +87,20 @@ class WorkerStats:
     """This worker's counters since it started (``Worker.counters``)."""
 
 
-@dataclass
-class _Progress:
-    """Where a workflow task stands: its lease and what has been committed so far."""
-
-    lease: Lease
-    history_length: int
-    next_seq: int
-
-
-@dataclass
-class _Outcome:
-    output: msgspec.Raw | None = None
-    error: ErrorInfo | None = None
-    retry_in: timedelta | None = None
-
-
 class Worker:
     """Runs workflows and activities from a store until stopped.
 
-    ``concurrency`` bounds the tasks processed at once; ``poll_interval`` is the
-    fallback wake-up when no notification arrives; ``lease`` is how long a claimed task
-    is reserved without a heartbeat; ``max_inline_steps`` bounds the activities one
-    workflow task runs inline before committing. A workflow task that fails unexpectedly
-    is retried after ``workflow_task_backoff`` (doubling, at most 64x) and dead-lettered
-    once it has been tried ``max_workflow_task_attempts`` times (see the module doc).
+    ``concurrency`` bounds the tasks processed at once and the activity attempts running
+    at once, inline ones included; ``poll_interval`` is the fallback wake-up when no
+    notification arrives; ``lease`` is how long a claimed task is reserved without a
+    heartbeat; ``max_inline_steps`` bounds the activities one workflow task runs inline
+    before committing. A workflow task that fails is retried after
+    ``workflow_task_backoff`` (doubling, at most 64x) and dead-lettered once it has been
+    tried ``max_workflow_task_attempts`` times (see flows_core._workflow_task for what
+    counts). Workflow code that holds the event loop longer than
+    ``workflow_task_deadlock`` seconds is logged with its stack as it happens, and its
+    workflow task fails as a counted attempt (None: no watchdog). ``eager``: the
+    ``EagerStarts`` shared with the Engines of this process (eager start; None: none).
     """
 
     def __init__(
@@ -167,6 +122,8 @@ class Worker:
         retention: timedelta | None = None,
         retention_interval: float = 300.0,
         retention_batch: int = 1000,
+        workflow_task_deadlock: float | None = 2.0,
+        eager: EagerStarts | None = None,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument("Worker concurrency must be at least 1")
@@ -176,6 +133,8 @@ class Worker:
             raise InvalidArgument("Worker lease must be positive")
         if max_workflow_task_attempts < 1:
             raise InvalidArgument("Worker max_workflow_task_attempts must be at least 1")
+        if workflow_task_deadlock is not None and not workflow_task_deadlock > 0:
+            raise InvalidArgument("Worker workflow_task_deadlock must be positive or None")
         self.store = store
         self.registry = WorkflowRegistry(workflows)
         self.activities: dict[str, Activity[Any, Any]] = {}
@@ -217,6 +176,9 @@ class Worker:
         uncounted), where any worker can take it."""
         self.backlog_wait = min(lease.total_seconds() / 3, 1.0)
         self._stopping: asyncio.Event | None = None
+        self._cutting = False
+        """Set while the worker cancels its in-flight work at shutdown (its own
+        cancellation, as opposed to a CancelledError from user code)."""
         self._done: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = True
@@ -232,7 +194,35 @@ class Worker:
             "parked": 0,
             "workflow_task_failures": 0,
             "eager_starts": 0,
+            "activity_task_failures": 0,
         }
+        self.eager = eager
+        self._activity_runner = ActivityRunner(
+            store,
+            self.activities,
+            lease=lease,
+            max_payload_bytes=max_payload_bytes,
+            concurrency=concurrency,
+            counters=self.counters,
+            worker_id=self.worker_id,
+            stopping=self._cutting_work,
+        )
+        self._watchdog = (
+            None if workflow_task_deadlock is None else BlockingWatchdog(workflow_task_deadlock)
+        )
+        self._workflow_tasks = WorkflowTaskRunner(
+            store,
+            self.registry,
+            self._activity_runner,
+            lease=lease,
+            max_inline_steps=max_inline_steps,
+            max_payload_bytes=max_payload_bytes,
+            max_attempts=max_workflow_task_attempts,
+            backoff=workflow_task_backoff,
+            counters=self.counters,
+            worker_id=self.worker_id,
+            watchdog=self._watchdog,
+        )
 
     # -- lifecycle --
 
@@ -254,8 +244,12 @@ class Worker:
         backoff = 0.05
         registered_at = 0.0
         self._start_pruner()
+        self._cutting = False
         self._loop = asyncio.get_running_loop()
-        add_local_worker(self.store, self)
+        if self._watchdog is not None:
+            self._watchdog.start()
+        if self.eager is not None:
+            self.eager.add(self)
         try:
             while not self._stopping.is_set():
                 try:
@@ -267,6 +261,8 @@ class Worker:
                 except (LeaseLost, asyncio.CancelledError):
                     raise
                 except Exception as exc:
+                    # a store outage (StoreUnavailable, StoreError, a connection or OS
+                    # error) or any other failure of a poll: back off, go on
                     self.counters["store_errors"] += 1
                     log.warning(
                         "worker %s: store error, retrying in %.2fs: %r",
@@ -281,23 +277,31 @@ class Worker:
                 if not progressed:
                     await self._idle_wait()
         finally:
-            remove_local_worker(self.store, self)
+            if self.eager is not None:
+                self.eager.remove(self)
             await self._stop_pruner()
             await self._release_backlog()
             await self._drain()
             with contextlib.suppress(Exception):
                 await self.store.unregister_worker(self.worker_id)
+            if self._watchdog is not None:
+                self._watchdog.stop()
             self._done.set()
 
     async def stop(self, grace_period: float | None = None) -> None:
         """Stop claiming; let in-flight work finish within the grace period, then
-        cancel it and release its leases so another worker takes it at once."""
+        cancel it: each cut task is recorded as a failed attempt and is claimable again
+        at once (an activity after its retry delay); leased tasks still waiting for a
+        slot are released uncounted."""
         if grace_period is not None:
             self.grace_period = grace_period
         if self._stopping is None or self._done is None:
             return
         self._stopping.set()
         await self._done.wait()
+
+    def _cutting_work(self) -> bool:
+        return self._cutting
 
     def _info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -344,6 +348,8 @@ class Worker:
         if not self._inflight:
             return
         _done, pending = await asyncio.wait(self._inflight, timeout=self.grace_period)
+        if pending:
+            self._cutting = True
         for task in pending:
             task.cancel()
         if pending:
@@ -425,17 +431,6 @@ class Worker:
             workflows=dict(found.workflows),
             counters=dict(self.counters),
         )
-
-    def _log_extra(self, lease: Lease, attempt: int) -> dict[str, Any]:
-        """The ``extra=`` of task log records: structured fields for log handlers."""
-        return {
-            "worker_id": self.worker_id,
-            "workflow_id": lease.workflow_id,
-            "tenant_id": lease.tenant_id,
-            "shard_key": lease.shard_key,
-            "task_id": lease.task_id,
-            "attempt": attempt,
-        }
 
     # -- polling --
 
@@ -549,7 +544,7 @@ class Worker:
         else:
             return
         task = asyncio.ensure_future(self.store.release(claim.lease))
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(retrieve)
 
     def _next_from_backlog(self, _task: asyncio.Task[None] | None = None) -> None:
         while (
@@ -585,578 +580,29 @@ class Worker:
         try:
             if isinstance(claim, WorkflowTaskClaim):
                 self.counters["workflow_tasks"] += 1
-                await self._workflow_task(claim)
+                await self._workflow_tasks.run(claim)
             else:
                 self.counters["activity_tasks"] += 1
-                await self._activity_task(claim)
+                await self._activity_runner.run_task(claim)
         except LeaseLost:
+            # the store counts the next claim of a workflow task
             self.counters["lease_lost"] += 1
             log.info(
                 "worker %s lost the lease of %s (workflow %s)",
                 self.worker_id,
                 lease.task_id,
                 lease.workflow_id,
-                extra=self._log_extra(lease, claim.attempt),
+                extra=log_extra(self.worker_id, lease, claim.attempt),
             )
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.store.release(lease))
             raise
         except Exception:
+            # the runners count every failure themselves; this is a failure of that
+            # accounting: the lease runs out and the next claim counts it
             log.exception(
-                "worker %s failed on task %s of workflow %s; releasing it",
+                "worker %s failed on task %s of workflow %s; leaving it to its lease",
                 self.worker_id,
                 lease.task_id,
                 lease.workflow_id,
-                extra=self._log_extra(lease, claim.attempt),
+                extra=log_extra(self.worker_id, lease, claim.attempt),
             )
-            with contextlib.suppress(Exception):
-                await self.store.release(lease)
-
-    # -- workflow tasks --
-
-    async def _workflow_task(self, claim: WorkflowTaskClaim) -> None:
-        wf = claim.workflow
-        definition = self.registry.get(wf.name, wf.version)
-        if definition is None:
-            await self.store.release(claim.lease)
-            return
-        if claim.attempt > self.max_workflow_task_attempts:
-            ran = claim.attempt - 1
-            await self._dead_letter(
-                claim,
-                ErrorInfo(
-                    type="WorkflowTaskCrashed",
-                    message=f"the workflow task was claimed {ran} times without completing "
-                    "(each claimant crashed or lost its lease); not running it again",
-                    attempts=ran,
-                ),
-            )
-            return
-        try:
-            await self._run_workflow_task(claim, definition)
-        except _DecisionError as failure:
-            exc = failure.__cause__ or failure
-            self.counters["workflow_task_failures"] += 1
-            error = ErrorInfo.from_exception(exc, attempts=claim.attempt)
-            if claim.attempt >= self.max_workflow_task_attempts:
-                log.error(
-                    "workflow %s: workflow task failed (attempt %d): %r",
-                    wf.workflow_id,
-                    claim.attempt,
-                    exc,
-                    exc_info=exc,
-                    extra=self._log_extra(claim.lease, claim.attempt),
-                )
-                await self._dead_letter(claim, error)
-                return
-            delay = self.workflow_task_backoff * min(2 ** (claim.attempt - 1), 64)
-            log.warning(
-                "workflow %s: workflow task failed (attempt %d), retrying in %s: %r",
-                wf.workflow_id,
-                claim.attempt,
-                delay,
-                exc,
-                extra=self._log_extra(claim.lease, claim.attempt),
-            )
-            await self.store.fail_workflow_task(claim.lease, error, self.store.clock.now() + delay)
-
-    async def _dead_letter(self, claim: WorkflowTaskClaim, error: ErrorInfo) -> None:
-        self.counters["parked"] += 1
-        log.error(
-            "workflow %s dead-lettered: %s",
-            claim.workflow.workflow_id,
-            error,
-            extra=self._log_extra(claim.lease, claim.attempt),
-        )
-        await self.store.park_workflow(claim.lease, error)
-
-    @staticmethod
-    def _apply(instance: WorkflowInstance, events: list[Event], now: Any) -> Any:
-        """``instance.apply``; an unexpected exception becomes a _DecisionError."""
-        try:
-            return instance.apply(events, now)
-        except Exception as exc:
-            raise _DecisionError("workflow task failed") from exc
-
-    async def _run_workflow_task(
-        self, claim: WorkflowTaskClaim, definition: Workflow[Any, Any]
-    ) -> None:
-        wf = claim.workflow
-        clock = self.store.clock
-        instance = WorkflowInstance(definition, max_payload_bytes=self.max_payload_bytes)
-        activation = self._apply(instance, claim.history, clock.now())
-        progress = _Progress(claim.lease, len(claim.history), wf.next_seq)
-        pending: list[Event] = list(activation.new_events)
-        fresh: list[Event] = list(activation.new_events)
-        retries: dict[int, ActivityTaskSpec] = {}
-        budget = self.max_inline_steps
-        keeper = _LeaseKeeper(self.store, claim.lease, self.lease)
-        try:
-            while activation.nondeterminism is None and budget > 0:
-                inline = self._inline_candidates(instance, fresh)[:budget]
-                if not inline:
-                    break
-                split = pending.index(inline[0])
-                if split > 0:
-                    # Record what came before these activities first, keeping the lease,
-                    # so a crash during them repeats nothing that had finished.
-                    moved = await self._commit(
-                        progress,
-                        instance,
-                        pending[:split],
-                        retries,
-                        keep=True,
-                        next_seq=inline[0].seq,
-                    )
-                    pending, retries = pending[split:], {}
-                    if moved:
-                        activation = self._apply(instance, moved, clock.now())
-                        pending += activation.new_events
-                        fresh = activation.new_events
-                        continue
-                budget -= len(inline)
-                self.counters["inline_activities"] += len(inline)
-                attempts = [
-                    self._attempt(
-                        self.activities[e.name],
-                        e.input,
-                        keeper,
-                        self._activity_info(claim.lease, wf.name, e.name, e.seq, 1),
-                        e.at,
-                    )
-                    for e in inline
-                ]
-                # one step (the common case) runs in this task: no task to create
-                outcomes = (
-                    [await attempts[0]] if len(attempts) == 1 else await asyncio.gather(*attempts)
-                )
-                keeper.check()
-                now = clock.now()
-                resolutions: list[Event] = []
-                for scheduled, outcome in zip(inline, outcomes, strict=True):
-                    event = _resolution(scheduled.seq, 1, outcome, now)
-                    if event is not None:
-                        resolutions.append(event)
-                    else:
-                        assert outcome.retry_in is not None
-                        retries[scheduled.seq] = ActivityTaskSpec(
-                            seq=scheduled.seq,
-                            name=scheduled.name,
-                            input=scheduled.input,
-                            attempt=2,
-                            visible_at=now + outcome.retry_in,
-                            last_error=outcome.error,
-                            scheduled_at=scheduled.at,
-                        )
-                if not resolutions:
-                    break
-                activation = self._apply(instance, resolutions, now)
-                pending += [*resolutions, *activation.new_events]
-                fresh = activation.new_events
-        finally:
-            await keeper.close()
-        if activation.nondeterminism is not None:
-            await self._dead_letter(
-                claim, ErrorInfo.from_exception(activation.nondeterminism, attempts=claim.attempt)
-            )
-            return
-        await self._commit(
-            progress, instance, pending, retries, keep=False, next_seq=instance.next_seq
-        )
-
-    def _inline_candidates(
-        self, instance: WorkflowInstance, fresh: list[Event]
-    ) -> list[ActivityScheduled]:
-        """Just-scheduled steps this worker runs itself, still awaited by the code."""
-        if instance.finished:
-            return []
-        return [
-            e
-            for e in fresh
-            if isinstance(e, ActivityScheduled)
-            and e.name in self.activities
-            and instance.is_pending(e.seq)
-        ]
-
-    async def _commit(
-        self,
-        progress: _Progress,
-        instance: WorkflowInstance,
-        events: list[Event],
-        retries: dict[int, ActivityTaskSpec],
-        *,
-        keep: bool,
-        next_seq: int,
-    ) -> list[Event]:
-        """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back."""
-        commit = build_commit(
-            progress.lease,
-            progress.history_length,
-            progress.next_seq,
-            next_seq,
-            events,
-            retries,
-            keep_lease=self.lease if keep else None,
-        )
-        moved = await self._write_fenced(self.store.commit_workflow_task, commit)
-        self.counters["commits"] += 1
-        progress.history_length += len(events) + len(moved)
-        progress.next_seq = next_seq
-        return moved
-
-    async def _write_fenced(self, write: Callable[[C], Awaitable[R]], request: C) -> R:
-        """Run a fenced write, retrying store errors (a dropped connection, a restart)
-        with backoff for as long as the lease lasts. Safe because the write is fenced:
-        if a lost reply hid a success, the retry gets LeaseLost and changes nothing, and
-        the work of the step is not thrown away over a blip."""
-        delay = 0.05
-        while True:
-            try:
-                return await write(request)
-            except (LeaseLost, asyncio.CancelledError):
-                raise
-            except Exception as exc:
-                lease: Lease = request.lease
-                if self.store.clock.now() + timedelta(seconds=delay) >= lease.expires_at:
-                    raise
-                self.counters["store_errors"] += 1
-                log.warning(
-                    "store write for %s failed, retrying in %.2fs: %r", lease.task_id, delay, exc
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    # -- activity tasks --
-
-    async def _activity_task(self, claim: ActivityTaskClaim) -> None:
-        activity = self.activities.get(claim.activity_name)
-        if activity is None:
-            await self.store.release(claim.lease)
-            return
-        info = self._activity_info(
-            claim.lease, claim.workflow_name, claim.activity_name, claim.seq, claim.attempt
-        )
-        keeper = _LeaseKeeper(self.store, claim.lease, self.lease)
-        try:
-            outcome = await self._attempt(activity, claim.input, keeper, info, claim.scheduled_at)
-        finally:
-            await keeper.close()
-        keeper.check()
-        now = self.store.clock.now()
-        event = _resolution(claim.seq, claim.attempt, outcome, now)
-        if event is None:
-            assert outcome.retry_in is not None
-            assert outcome.error is not None
-            await self._write_fenced(
-                self.store.retry_activity,
-                ActivityRetry(
-                    lease=claim.lease,
-                    next_attempt=claim.attempt + 1,
-                    visible_at=now + outcome.retry_in,
-                    error=outcome.error,
-                ),
-            )
-        else:
-            assert isinstance(event, ActivityCompleted | ActivityFailedEvent)
-            await self._write_fenced(
-                self.store.complete_activity, ActivityResult(lease=claim.lease, event=event)
-            )
-
-    @staticmethod
-    def _activity_info(
-        lease: Lease, workflow_name: str, name: str, seq: int, attempt: int
-    ) -> ActivityInfo:
-        return ActivityInfo(
-            workflow_id=lease.workflow_id,
-            tenant_id=lease.tenant_id,
-            workflow_name=workflow_name,
-            activity_name=name,
-            seq=seq,
-            attempt=attempt,
-        )
-
-    async def _attempt(
-        self,
-        activity: Activity[Any, Any],
-        payload: msgspec.Raw,
-        keeper: _LeaseKeeper,
-        info: ActivityInfo,
-        scheduled_at: datetime | None = None,
-    ) -> _Outcome:
-        """Run one attempt; never raises for the activity's own failures.
-
-        With ``schedule_to_close`` (counted from ``scheduled_at``, when the step was
-        first scheduled): an attempt due after the deadline is not run, one still
-        running at the deadline is cut, and a retry that would start past it is not
-        made; each ends the step with a ScheduleToCloseTimeout error."""
-        attempt = info.attempt
-        what = f"activity {activity.name!r}"
-        clock = self.store.clock
-        deadline = None
-        if activity.schedule_to_close is not None and scheduled_at is not None:
-            deadline = scheduled_at + activity.schedule_to_close
-            if clock.now() >= deadline:
-                error = _schedule_to_close(activity, attempt - 1, None)
-                return _Outcome(error=error)
-        try:
-            value = decode_payload(payload, activity.input_type, what=f"input of {what}")
-        except PayloadError as exc:
-            return _Outcome(error=ErrorInfo.from_exception(exc, attempts=attempt))
-        state = _ActivityState(info)
-        keeper.watch(state)
-        token = _state.set(state)
-        left = None if deadline is None else (deadline - clock.now()).total_seconds()
-        try:
-            if activity.heartbeat_timeout is not None:
-                result = await _run_with_heartbeat_timeout(activity, value, state, what, left)
-            elif activity.timeout is not None or left is not None:
-                limit = activity.timeout.total_seconds() if activity.timeout else None
-                cut_by_deadline = left is not None and (limit is None or left < limit)
-                try:
-                    result = await asyncio.wait_for(
-                        activity.run(value), left if cut_by_deadline else limit
-                    )
-                except TimeoutError as exc:
-                    if cut_by_deadline:
-                        raise ScheduleToCloseTimeout(
-                            f"{what} was not done within {activity.schedule_to_close} "
-                            "of being scheduled; its running attempt was cut"
-                        ) from exc
-                    raise ActivityTimeout(
-                        f"{what} did not finish within {activity.timeout}"
-                    ) from exc
-            else:
-                result = await activity.run(value)
-        except Exception as exc:
-            error = ErrorInfo.from_exception(exc, attempts=attempt)
-            if isinstance(exc, ScheduleToCloseTimeout):
-                return _Outcome(error=error)
-            if activity.retry.should_retry(exc, attempt):
-                delay = activity.retry.delay(attempt)
-                if deadline is not None and clock.now() + delay >= deadline:
-                    return _Outcome(error=_schedule_to_close(activity, attempt, error))
-                return _Outcome(error=error, retry_in=delay)
-            return _Outcome(error=error)
-        finally:
-            _state.reset(token)
-            keeper.unwatch(state)
-        try:
-            output = encode_payload(
-                result,
-                what=f"output of {what}",
-                expected_type=activity.output_type,
-                max_bytes=self.max_payload_bytes,
-            )
-        except PayloadError as exc:
-            return _Outcome(error=ErrorInfo.from_exception(exc, attempts=attempt))
-        return _Outcome(output=output)
-
-
-def _schedule_to_close(
-    activity: Activity[Any, Any], attempts: int, last: ErrorInfo | None
-) -> ErrorInfo:
-    """The error of a step whose schedule-to-close deadline passed between attempts."""
-    message = f"activity {activity.name!r} was not done within {activity.schedule_to_close} "
-    message += "of being scheduled"
-    if last is not None:
-        message += f"; no retry after attempt {attempts} failed with {last}"
-    return ErrorInfo(type=ScheduleToCloseTimeout.__name__, message=message, attempts=attempts)
-
-
-async def _run_with_heartbeat_timeout(
-    activity: Activity[Any, Any],
-    value: Any,
-    state: _ActivityState,
-    what: str,
-    left: float | None = None,
-) -> Any:
-    """Run one attempt that must call flows.heartbeat() at least every
-    ``heartbeat_timeout`` (and finish within ``timeout``, if set, and within ``left``
-    seconds, the rest of its schedule-to-close): HeartbeatTimeout / ActivityTimeout /
-    ScheduleToCloseTimeout otherwise. The first period starts when the attempt starts. A
-    sync activity's thread cannot be stopped: its attempt fails, the thread runs on."""
-    assert activity.heartbeat_timeout is not None
-    period = activity.heartbeat_timeout.total_seconds()
-    started = time.monotonic()
-    deadline = None if activity.timeout is None else started + activity.timeout.total_seconds()
-    cutoff = None if left is None else started + left
-    task = asyncio.ensure_future(activity.run(value))
-    try:
-        while True:
-            now = time.monotonic()
-            wait = max(state.last_beat, started) + period - now
-            for limit in (deadline, cutoff):
-                if limit is not None:
-                    wait = min(wait, limit - now)
-            done, _ = await asyncio.wait({task}, timeout=max(wait, 0.0))
-            if done:
-                return task.result()
-            now = time.monotonic()
-            if cutoff is not None and now >= cutoff:
-                raise ScheduleToCloseTimeout(
-                    f"{what} was not done within {activity.schedule_to_close} "
-                    "of being scheduled; its running attempt was cut"
-                )
-            if deadline is not None and now >= deadline:
-                raise ActivityTimeout(f"{what} did not finish within {activity.timeout}")
-            if now - max(state.last_beat, started) >= period:
-                raise HeartbeatTimeout(
-                    f"{what} sent no heartbeat within {activity.heartbeat_timeout}"
-                )
-    finally:
-        if not task.done():
-            task.cancel()
-            task.add_done_callback(_retrieve)
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-class _DecisionError(Exception):
-    """Replay or the decision raised unexpectedly (the cause); not the workflow's own
-    exception, which fails the workflow."""
-
-
-def _resolution(seq: int, attempt: int, outcome: _Outcome, now: Any) -> Event | None:
-    """The event recording an attempt's outcome; None when it is to be retried."""
-    if outcome.output is not None:
-        return ActivityCompleted(seq=seq, output=outcome.output, attempt=attempt, at=now)
-    if outcome.retry_in is not None:
-        return None
-    assert outcome.error is not None
-    return ActivityFailedEvent(seq=seq, error=outcome.error, at=now)
-
-
-def build_commit(
-    lease: Lease,
-    history_length: int,
-    expected_next_seq: int,
-    next_seq: int,
-    events: list[Event],
-    retries: dict[int, ActivityTaskSpec] | None = None,
-    *,
-    keep_lease: timedelta | None = None,
-) -> WorkflowTaskCommit:
-    """Turn the events a workflow task produced into the store writes that record them."""
-    retries = retries or {}
-    resolved = {e.seq for e in events if isinstance(e, ActivityCompleted | ActivityFailedEvent)}
-    cancelled = {e.seq for e in events if isinstance(e, StepCancelled)}
-    activity_tasks: list[ActivityTaskSpec] = []
-    timers: list[TimerTaskSpec] = []
-    new_seqs: set[int] = set()
-    status = WorkflowStatus.RUNNING
-    output: msgspec.Raw | None = None
-    error: ErrorInfo | None = None
-    for e in events:
-        match e:
-            case ActivityScheduled():
-                new_seqs.add(e.seq)
-                if e.seq in resolved or e.seq in cancelled:
-                    continue
-                activity_tasks.append(
-                    retries.get(e.seq)
-                    or ActivityTaskSpec(seq=e.seq, name=e.name, input=e.input, scheduled_at=e.at)
-                )
-            case TimerStarted():
-                new_seqs.add(e.seq)
-                if e.seq not in cancelled:
-                    timers.append(TimerTaskSpec(seq=e.seq, fire_at=e.fire_at))
-            case SignalWaitStarted():
-                new_seqs.add(e.seq)
-                if e.timeout_at is not None and e.seq not in cancelled:
-                    timers.append(TimerTaskSpec(seq=e.seq, fire_at=e.timeout_at))
-            case WorkflowCompleted():
-                status, output = WorkflowStatus.COMPLETED, e.output
-            case WorkflowFailedEvent():
-                status, error = WorkflowStatus.FAILED, e.error
-            case WorkflowCancelledEvent():
-                status, output, error = WorkflowStatus.CANCELLED, e.output, e.error
-            case _:
-                pass
-    return WorkflowTaskCommit(
-        lease=lease,
-        claimed_history_length=history_length,
-        expected_next_seq=expected_next_seq,
-        next_seq=next_seq,
-        keep_lease=keep_lease,
-        events=events,
-        status=status,
-        output=output,
-        error=error,
-        activity_tasks=activity_tasks,
-        timers=timers,
-        drop_seqs=sorted(cancelled - new_seqs),
-    )
-
-
-class _LeaseKeeper:
-    """Extends a lease while the activities it watches heartbeat; relays cancellation."""
-
-    def __init__(self, store: Store, lease: Lease, duration: timedelta) -> None:
-        self.store, self.lease, self.duration = store, lease, duration
-        self.states: set[_ActivityState] = set()
-        self.lost: BaseException | None = None
-        self.expires_at = lease.expires_at
-        self._last_extend = time.monotonic()
-        self._interval = max(duration.total_seconds() / 3, 0.01)
-        self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def watch(self, state: _ActivityState) -> None:
-        self.states.add(state)
-        if self._task is None and self._timer is None:
-            # Most activities end long before the first look: a timer handle is far
-            # cheaper than a task that would only be cancelled.
-            self._timer = asyncio.get_running_loop().call_later(self._interval, self._start)
-
-    def _start(self) -> None:
-        self._task = asyncio.ensure_future(self._loop())
-
-    def unwatch(self, state: _ActivityState) -> None:
-        self.states.discard(state)
-
-    def check(self) -> None:
-        if self.lost is not None:
-            raise LeaseLost(f"lease of task {self.lease.task_id} lost: {self.lost}")
-
-    async def _loop(self) -> None:
-        first = True
-        while True:
-            if not first:
-                await asyncio.sleep(self._interval)
-            first = False
-            beat = any(s.last_beat > self._last_extend for s in self.states)
-            if not beat:
-                continue
-            self._last_extend = time.monotonic()
-            try:
-                reply = await self.store.heartbeat(self.lease, self.duration)
-            except LeaseLost as exc:
-                self.lost = exc
-                reply = None
-            except Exception as exc:
-                log.warning(
-                    "heartbeat for %s failed: %r",
-                    self.lease.task_id,
-                    exc,
-                    extra={"workflow_id": self.lease.workflow_id, "task_id": self.lease.task_id},
-                )
-                continue
-            self.expires_at = reply.expires_at if reply is not None else self.expires_at
-            if reply is None or reply.cancel_requested:
-                for s in list(self.states):
-                    with s.lock:
-                        s.cancelled = True
-            if reply is None:
-                return
-
-    async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

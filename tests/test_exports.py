@@ -35,6 +35,7 @@ CORE = [
     "CancelOutcome",
     "Cancelled",
     "Clock",
+    "EagerStarts",
     "Engine",
     "ErrorInfo",
     "Event",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from datetime import timedelta
 
 import pytest
 
 import flows_core as flows
 from flows_core._sharding import fnv1a_32, shard_key
+from flows_core.store import ClaimRequest, WorkflowTaskClaim
 from flows_memory import MemoryStore, TestEnvironment
 
 
@@ -172,3 +175,189 @@ async def test_other_tenant_cannot_wait_for_result() -> None:
         with pytest.raises(flows.WorkflowNotFound):
             await env.engine.wait_for_result(run.workflow_id, tenant_id="b", timeout=1)
         assert await env.engine.list(tenant_id="b") == []
+
+
+async def test_workflow_code_blocking_the_loop_is_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """time.sleep in workflow code: the watchdog logs the workflow id and the stack of
+    the blocked code while it blocks (default threshold 2 s), and the workflow task fails
+    as a counted attempt; the next attempt (which does not block) completes it."""
+    runs: list[int] = []
+
+    @flows.workflow("sleeps-in-code")
+    async def wf(ctx: flows.WorkflowContext, _: None) -> int:
+        runs.append(len(runs) + 1)
+        if len(runs) == 1:
+            time.sleep(3)  # noqa: ASYNC251 - the mistake under test
+        return len(runs)
+
+    store = MemoryStore()
+    engine = flows.Engine(store)
+    worker = flows.Worker(
+        store, workflows=[wf], poll_interval=0.02, workflow_task_backoff=timedelta(0)
+    )
+    task = asyncio.ensure_future(worker.run())
+    try:
+        with caplog.at_level(logging.WARNING, logger="flows.worker"):
+            run = await engine.start(wf, None)
+            assert await engine.wait_for_result(run.workflow_id, timeout=20) == 2
+    finally:
+        await worker.stop()
+        await task
+    blocked = [r for r in caplog.records if "held the event loop" in r.getMessage()]
+    watchdog = [r for r in blocked if "Stack of the blocked code" in r.getMessage()]
+    assert len(watchdog) == 1
+    assert run.workflow_id in watchdog[0].getMessage()
+    assert "in wf" in watchdog[0].getMessage(), "the stack names the user's function"
+    assert "time.sleep(3)" in watchdog[0].getMessage()
+    assert worker.counters["workflow_task_failures"] == 1
+    assert runs == [1, 2], "the code ran once per counted attempt"
+
+
+async def test_a_cancelled_error_from_workflow_code_is_a_counted_attempt() -> None:
+    """CancelledError raised by workflow code is not the worker stopping: the workflow
+    task fails, counted, and parks after max_workflow_task_attempts."""
+    runs: list[int] = []
+
+    @flows.workflow("raises-cancelled")
+    async def wf(ctx: flows.WorkflowContext, _: None) -> int:
+        runs.append(1)
+        raise asyncio.CancelledError()
+
+    store = MemoryStore()
+    engine = flows.Engine(store)
+    worker = flows.Worker(
+        store,
+        workflows=[wf],
+        poll_interval=0.02,
+        max_workflow_task_attempts=2,
+        workflow_task_backoff=timedelta(0),
+    )
+    task = asyncio.ensure_future(worker.run())
+    try:
+        run = await engine.start(wf, None)
+        for _ in range(500):
+            record = await store.get_workflow("default", run.workflow_id)
+            if record.status != flows.WorkflowStatus.RUNNING:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await worker.stop()
+        await task
+    assert record.status in (flows.WorkflowStatus.PARKED, flows.WorkflowStatus.FAILED)
+    assert record.error is not None
+    assert record.error.type == "CancelledError"
+    if record.status == flows.WorkflowStatus.PARKED:
+        assert record.error.attempts == len(runs) == 2
+    assert worker.running is False
+
+
+async def test_eager_starts_go_only_to_workers_sharing_the_object_and_the_store() -> None:
+    @flows.workflow("eager-one")
+    async def wf(ctx: flows.WorkflowContext, x: int) -> int:
+        return x
+
+    store, other = MemoryStore(), MemoryStore()
+    eager = flows.EagerStarts()
+    here = flows.Worker(store, workflows=[wf], poll_interval=0.02, eager=eager)
+    elsewhere = flows.Worker(other, workflows=[wf], poll_interval=0.02, eager=eager)
+    tasks = [asyncio.ensure_future(w.run()) for w in (here, elsewhere)]
+    try:
+        for _ in range(200):
+            if len(eager.workers) == 2:
+                break
+            await asyncio.sleep(0.005)
+        runs = [await flows.Engine(store, eager=eager).start(wf, i) for i in range(3)]
+        queued = await flows.Engine(store).start(wf, 9)
+        assert [await r.result(timeout=5) for r in runs] == [0, 1, 2]
+        assert await queued.result(timeout=5) == 9
+    finally:
+        for w in (here, elsewhere):
+            await w.stop()
+        await asyncio.gather(*tasks)
+    assert here.counters["eager_starts"] == 3
+    assert elsewhere.counters["eager_starts"] == 0
+    assert eager.workers == [], "a stopped worker is no longer listed"
+
+
+class _FlakyClaims:
+    """A MemoryStore whose first claims fail as PostgreSQL's adapter reports an outage."""
+
+    def __init__(self, store: MemoryStore, failures: int, error: Exception) -> None:
+        self._store = store
+        self.failures = failures
+        self.error = error
+
+    @property
+    def clock(self) -> flows.Clock:
+        return self._store.clock
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def claim(self, request: object) -> object:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        return await self._store.claim(request)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [flows.StoreUnavailable("connection refused"), flows.StoreError("deadlock"), OSError("reset")],
+)
+async def test_a_store_outage_during_polls_is_waited_out(error: Exception) -> None:
+    @flows.workflow("outlasts-outage")
+    async def wf(ctx: flows.WorkflowContext, x: int) -> int:
+        return x
+
+    memory = MemoryStore()
+    store = _FlakyClaims(memory, 3, error)
+    engine = flows.Engine(memory)
+    worker = flows.Worker(store, workflows=[wf], poll_interval=0.02)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(worker.run())
+    try:
+        run = await engine.start(wf, 7)
+        assert await run.result(timeout=10) == 7
+    finally:
+        await worker.stop()
+        await task
+    assert store.failures == 0
+    assert worker.counters["store_errors"] == 3
+
+
+async def test_work_cut_at_shutdown_is_a_counted_attempt() -> None:
+    """A workflow task still running its inline activity when the grace period ends is
+    recorded as a failed attempt (claimable at once), not given back uncounted."""
+    started = asyncio.Event()
+
+    @flows.activity("cut-job")
+    async def cut_job(n: int) -> int:
+        started.set()
+        await asyncio.sleep(30)
+        return n
+
+    @flows.workflow("cut-wf")
+    async def wf(ctx: flows.WorkflowContext, n: int) -> int:
+        return await ctx.execute(cut_job, n)
+
+    store = MemoryStore()
+    worker = flows.Worker(store, workflows=[wf], activities=[cut_job], poll_interval=0.02)
+    task = asyncio.ensure_future(worker.run())
+    run = await flows.Engine(store).start(wf, 1)
+    await asyncio.wait_for(started.wait(), 5)
+    await worker.stop(grace_period=0.05)
+    await task
+    assert worker.counters["workflow_task_failures"] == 1
+    request = ClaimRequest(
+        owner="next",
+        workflow_types=[("cut-wf", 1)],
+        activity_names=[],
+        limit=1,
+        lease=timedelta(seconds=30),
+    )
+    [claim] = await store.claim(request)
+    assert isinstance(claim, WorkflowTaskClaim)
+    assert claim.lease.workflow_id == run.workflow_id
+    assert claim.attempt == 2, "the cut claim counted"

@@ -186,8 +186,9 @@ async def _until_running(w: flows.Worker) -> None:
 async def test_engine_hands_new_workflows_to_a_local_worker(adapter: Adapter) -> None:
     store = adapter.store
     eager = getattr(store, "start_workflow_leased", None) is not None
-    engine = flows.Engine(store)
-    w = worker(store, workflows=[three], activities=[inc], concurrency=4)
+    eager = flows.EagerStarts()
+    engine = flows.Engine(store, eager=eager)
+    w = worker(store, workflows=[three], activities=[inc], concurrency=4, eager=eager)
     async with running(w):
         await _until_running(w)
         runs = [await engine.start(three, i) for i in range(12)]
@@ -204,9 +205,10 @@ async def test_engine_hands_new_workflows_to_a_local_worker(adapter: Adapter) ->
 
 
 async def test_engine_without_eager_start_uses_the_queue(adapter: Adapter) -> None:
+    """Without an EagerStarts shared with the worker, starts go through the queue."""
     store = adapter.store
-    engine = flows.Engine(store, eager_start=False)
-    w = worker(store, workflows=[three], activities=[inc])
+    engine = flows.Engine(store)
+    w = worker(store, workflows=[three], activities=[inc], eager=flows.EagerStarts())
     async with running(w):
         await _until_running(w)
         runs = [await engine.start(three, i) for i in range(3)]
@@ -218,8 +220,9 @@ async def test_a_full_worker_leaves_new_workflows_to_the_queue(adapter: Adapter)
     """A worker takes eager starts only for what it runs, up to its free slots plus its
     backlog; the rest go through the queue, and everything completes."""
     store = adapter.store
-    engine = flows.Engine(store)
-    w = worker(store, workflows=[three], activities=[inc], concurrency=1)
+    eager = flows.EagerStarts()
+    engine = flows.Engine(store, eager=eager)
+    w = worker(store, workflows=[three], activities=[inc], concurrency=1, eager=eager)
     w.backlog = 1
     async with running(w):
         await _until_running(w)
@@ -240,8 +243,9 @@ async def test_a_full_worker_leaves_new_workflows_to_the_queue(adapter: Adapter)
 
 async def test_a_stopped_worker_takes_no_eager_start(adapter: Adapter) -> None:
     store = adapter.store
-    engine = flows.Engine(store)
-    w = worker(store, workflows=[gate], activities=[inc])
+    eager = flows.EagerStarts()
+    engine = flows.Engine(store, eager=eager)
+    w = worker(store, workflows=[gate], activities=[inc], eager=eager)
     async with running(w):
         await _until_running(w)
     new, _ = engine.planner.start(gate, 1, None, None)
@@ -276,11 +280,13 @@ async def test_an_eager_start_waiting_too_long_for_a_slot_goes_back_to_the_queue
     store = adapter.store
     if getattr(store, "start_workflow_leased", None) is None:
         pytest.skip("this store has no eager start (an optional capability)")
-    engine = flows.Engine(store)
+    eager = flows.EagerStarts()
+    engine = flows.Engine(store, eager=eager)
     w = worker(
         store,
         workflows=[blocked],
         activities=[block],
+        eager=eager,
         concurrency=1,
         lease=timedelta(seconds=3),
     )
@@ -338,7 +344,7 @@ async def test_a_claim_fills_the_backlog_beyond_free_slots(adapter: Adapter) -> 
     """Queued workflows are claimed several per claim, beyond the free slots: the extra
     ones wait in the worker's backlog, leased, and run as slots free up."""
     store = _CountingClaims(adapter.store)
-    engine = flows.Engine(store, eager_start=False)
+    engine = flows.Engine(store)
     runs = [await engine.start(three, i) for i in range(6)]
     w = worker(store, workflows=[three], activities=[inc], concurrency=1)
     w.backlog = 5

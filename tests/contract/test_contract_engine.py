@@ -64,10 +64,12 @@ class FastTimers:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> None:
+    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Any]:
         now = self._store.clock.now()
         timers = [msgspec.structs.replace(t, fire_at=min(t.fire_at, now)) for t in commit.timers]
-        await self._store.commit_workflow_task(msgspec.structs.replace(commit, timers=timers))
+        return await self._store.commit_workflow_task(
+            msgspec.structs.replace(commit, timers=timers)
+        )
 
 
 @contextlib.asynccontextmanager
@@ -213,14 +215,16 @@ def blocking_first_call(name: str) -> tuple[flows.Activity[int, int], list[int],
 async def kill(w: flows.Worker, task: asyncio.Task[None], monkeypatch: pytest.MonkeyPatch) -> None:
     """Kill a running worker as a crash would: its leases are NOT released."""
     with monkeypatch.context() as m:
-        m.setattr(w.store, "release", _no_release)
+        # a crash writes nothing: no release, and no record of the cut attempt
+        for write in ("release", "retry_activity", "fail_workflow_task", "park_workflow"):
+            m.setattr(w.store, write, _no_release)
         w.grace_period = 0.05
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
 
-async def _no_release(lease: Any) -> None:
+async def _no_release(*_: Any) -> None:
     return None
 
 

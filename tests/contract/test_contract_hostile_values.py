@@ -295,12 +295,6 @@ async def test_engine_output_with_a_lone_surrogate_is_a_payload_error(adapter: A
     assert info.error.type == "PayloadError"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until ErrorInfo.from_exception makes every exception storable (issue 10 item 1, "
-    "the worker's part): today the store refuses the error and the activity is retried "
-    "uncounted. Remove this mark when that lands.",
-)
 async def test_engine_activity_error_with_a_lone_surrogate_is_recorded(adapter: Adapter) -> None:
     runs: list[int] = []
 

@@ -1,0 +1,414 @@
+"""The workflow-task runner: replay, inline activities, commits, and the one failure
+policy of workflow tasks.
+
+Fast path: when a workflow task schedules activities this worker can run, it runs them
+at once under the workflow task's lease and feeds their results back into the replayed
+instance, so one commit records the schedule, the results and the next decision.
+
+The failure policy. Every claim of a workflow task that does not end in its commit is a
+counted attempt, whatever the reason: replay or the decision raised, workflow code held
+the event loop longer than ``workflow_task_deadlock``, a store write failed, the commit
+was refused, a CancelledError came out of workflow code or reached the worker's task
+(``asyncio.timeout`` in workflow code does that), or the worker cut the task at
+shutdown. The attempt is recorded with ``fail_workflow_task`` (the next claim counts on
+from it) after a backoff, and on attempt ``max_workflow_task_attempts`` the workflow is
+dead-lettered (PARKED, ``error.attempts`` = attempts). A lost lease and a crash are
+counted by the store's next claim. Nothing is given back uncounted once code has run.
+Parked at once, without retry: an ``Activation.park_error`` (NonDeterminismError,
+IllegalAwaitError: a code fix is needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ._activity_runner import ActivityRunner, LeaseKeeper, uncancel
+from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
+from ._definitions import Workflow
+from ._errors import ErrorInfo, LeaseLost
+from ._registry import WorkflowRegistry
+from ._replay import Activation, WorkflowInstance
+from .events import ActivityScheduled, Event
+from .store import ActivityTaskSpec, Lease, Store, WorkflowTaskClaim
+
+__all__ = ["BlockingWatchdog", "WorkflowTaskRunner"]
+
+log = logging.getLogger("flows.worker")
+
+
+class WorkflowTaskFailure(Exception):
+    """Replay or the decision failed (the cause); not the workflow's own exception,
+    which fails the workflow."""
+
+
+class DeadlockDetected(Exception):
+    """Workflow code held the event loop longer than the worker's
+    ``workflow_task_deadlock`` (blocking calls such as ``time.sleep`` or synchronous
+    I/O in workflow code; such work belongs in an activity)."""
+
+
+@dataclass
+class _Progress:
+    """Where a workflow task stands: its lease and what has been committed so far."""
+
+    lease: Lease
+    history_length: int
+    next_seq: int
+
+
+def park_error(activation: Activation) -> BaseException | None:
+    """The error that parks the workflow at once (history untouched)."""
+    return getattr(activation, "park_error", None) or getattr(activation, "nondeterminism", None)
+
+
+class WorkflowTaskRunner:
+    """Runs claimed workflow tasks for a Worker under the one failure policy."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: WorkflowRegistry,
+        activities: ActivityRunner,
+        *,
+        lease: timedelta,
+        max_inline_steps: int,
+        max_payload_bytes: int,
+        max_attempts: int,
+        backoff: timedelta,
+        counters: dict[str, int],
+        worker_id: str,
+        watchdog: BlockingWatchdog | None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.activities = activities
+        self.lease = lease
+        self.max_inline_steps = max_inline_steps
+        self.max_payload_bytes = max_payload_bytes
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.counters = counters
+        self.worker_id = worker_id
+        self.watchdog = watchdog
+
+    async def run(self, claim: WorkflowTaskClaim) -> None:
+        """Run a claimed workflow task to its commit, or count the attempt (see the
+        module doc). Raises LeaseLost (the next claim counts), or CancelledError when
+        the worker cuts it at shutdown (after counting it)."""
+        wf = claim.workflow
+        definition = self.registry.get(wf.name, wf.version)
+        if definition is None:
+            await self.store.release(claim.lease)  # not ours to run: nothing ran
+            return
+        if claim.attempt > self.max_attempts:
+            ran = claim.attempt - 1
+            await self.park(
+                claim,
+                ErrorInfo(
+                    type="WorkflowTaskCrashed",
+                    message=f"the workflow task was claimed {ran} times without completing "
+                    "(each claimant crashed or lost its lease); not running it again",
+                    attempts=ran,
+                ),
+            )
+            return
+        try:
+            await self._run(claim, definition)
+        except LeaseLost:
+            raise
+        except asyncio.CancelledError as exc:
+            if self.activities.stopping():
+                await asyncio.shield(self.fail(claim, exc, cut=True))
+                raise
+            uncancel()
+            await self.fail(claim, exc)
+        except Exception as exc:
+            await self.fail(claim, exc)
+
+    async def fail(
+        self, claim: WorkflowTaskClaim, exc: BaseException, *, cut: bool = False
+    ) -> None:
+        """Count a failed attempt: retried after a backoff (at once if the worker
+        ``cut`` it at shutdown), dead-lettered on attempt ``max_attempts``. If the
+        store cannot record it, the lease runs out and the next claim counts it."""
+        cause = exc.__cause__ if isinstance(exc, WorkflowTaskFailure) and exc.__cause__ else exc
+        self.counters["workflow_task_failures"] += 1
+        wf_id = claim.workflow.workflow_id
+        error = ErrorInfo.from_exception(cause, attempts=claim.attempt, traceback=True)
+        extra = log_extra(self.worker_id, claim.lease, claim.attempt)
+        try:
+            if claim.attempt >= self.max_attempts:
+                log.error(
+                    "workflow %s: workflow task failed (attempt %d of %d): %s",
+                    wf_id,
+                    claim.attempt,
+                    self.max_attempts,
+                    error,
+                    exc_info=cause,
+                    extra=extra,
+                )
+                await self.park(claim, error)
+                return
+            delay = timedelta(0) if cut else self.backoff * min(2 ** (claim.attempt - 1), 64)
+            log.warning(
+                "workflow %s: workflow task failed (attempt %d of %d), retrying in %s: %s",
+                wf_id,
+                claim.attempt,
+                self.max_attempts,
+                delay,
+                error,
+                exc_info=cause,
+                extra=extra,
+            )
+            await self.store.fail_workflow_task(claim.lease, error, self.store.clock.now() + delay)
+        except Exception as failure:
+            log.error(
+                "workflow %s: could not record failed attempt %d (%r); the task is claimed "
+                "again once its lease runs out, and that claim counts",
+                wf_id,
+                claim.attempt,
+                failure,
+                extra=extra,
+            )
+
+    async def park(self, claim: WorkflowTaskClaim, error: ErrorInfo) -> None:
+        self.counters["parked"] += 1
+        log.error(
+            "workflow %s dead-lettered: %s",
+            claim.workflow.workflow_id,
+            error,
+            extra=log_extra(self.worker_id, claim.lease, claim.attempt),
+        )
+        await self.store.park_workflow(claim.lease, error)
+
+    def _apply(self, instance: WorkflowInstance, events: list[Event], now: datetime) -> Activation:
+        """``instance.apply`` under the deadlock watchdog; an unexpected exception, or
+        code that held the loop too long, becomes a WorkflowTaskFailure."""
+        watchdog = self.watchdog
+        started = time.monotonic()
+        try:
+            with watchdog.watch(instance.workflow_id) if watchdog else contextlib.nullcontext():
+                activation = instance.apply(events, now)
+        except Exception as exc:
+            raise WorkflowTaskFailure("workflow task failed") from exc
+        held = time.monotonic() - started
+        if watchdog is not None and held > watchdog.threshold:
+            raise WorkflowTaskFailure("workflow task failed") from DeadlockDetected(
+                f"workflow code held the event loop for {held:.1f}s, more than the worker's "
+                f"workflow_task_deadlock of {watchdog.threshold}s: it blocks every workflow "
+                "on this worker. Move blocking calls (time.sleep, synchronous I/O, long "
+                "computations) into an activity, and use ctx.sleep to wait"
+            )
+        return activation
+
+    async def _run(self, claim: WorkflowTaskClaim, definition: Workflow[Any, Any]) -> None:
+        wf = claim.workflow
+        clock = self.store.clock
+        instance = WorkflowInstance(definition, max_payload_bytes=self.max_payload_bytes)
+        instance.workflow_id = wf.workflow_id  # for the watchdog's log before the start
+        activation = self._apply(instance, claim.history, clock.now())
+        progress = _Progress(claim.lease, len(claim.history), wf.next_seq)
+        pending: list[Event] = list(activation.new_events)
+        fresh: list[Event] = list(activation.new_events)
+        retries: dict[int, ActivityTaskSpec] = {}
+        budget = self.max_inline_steps
+        keeper = LeaseKeeper(self.store, claim.lease, self.lease)
+        try:
+            while park_error(activation) is None and budget > 0:
+                inline = self._inline_candidates(instance, fresh)[:budget]
+                if not inline:
+                    break
+                split = pending.index(inline[0])
+                if split > 0:
+                    # Record what came before these activities first, keeping the lease,
+                    # so a crash during them repeats nothing that had finished.
+                    moved = await self._commit(
+                        progress, pending[:split], retries, keep=True, next_seq=inline[0].seq
+                    )
+                    pending, retries = pending[split:], {}
+                    if moved:
+                        activation = self._apply(instance, moved, clock.now())
+                        pending += activation.new_events
+                        fresh = activation.new_events
+                        continue
+                budget -= len(inline)
+                self.counters["inline_activities"] += len(inline)
+                outcomes = await self._run_inline(claim, inline, keeper)
+                keeper.check()
+                now = clock.now()
+                resolutions: list[Event] = []
+                for scheduled, outcome in zip(inline, outcomes, strict=True):
+                    event = resolution(scheduled.seq, 1, outcome, now)
+                    if event is not None:
+                        resolutions.append(event)
+                    else:
+                        retries[scheduled.seq] = retry_spec(scheduled, 1, outcome, now)
+                if not resolutions:
+                    break
+                activation = self._apply(instance, resolutions, now)
+                pending += [*resolutions, *activation.new_events]
+                fresh = activation.new_events
+        finally:
+            await keeper.close()
+        error = park_error(activation)
+        if error is not None:
+            await self.park(claim, ErrorInfo.from_exception(error, attempts=claim.attempt))
+            return
+        await self._commit(progress, pending, retries, keep=False, next_seq=instance.next_seq)
+
+    async def _run_inline(
+        self, claim: WorkflowTaskClaim, inline: list[ActivityScheduled], keeper: LeaseKeeper
+    ) -> list[AttemptOutcome]:
+        """Attempt 1 of each just-scheduled step, at most ``concurrency`` at once."""
+        wf = claim.workflow
+        runner = self.activities
+        attempts = [
+            runner.attempt(
+                runner.activities[e.name],
+                e.input,
+                keeper,
+                runner.info(claim.lease, wf.name, e.name, e.seq, 1),
+                e.at,
+            )
+            for e in inline
+        ]
+        if len(attempts) == 1:  # the common case runs in this task: no task to create
+            return [await attempts[0]]
+        return await _all(attempts)
+
+    def _inline_candidates(
+        self, instance: WorkflowInstance, fresh: list[Event]
+    ) -> list[ActivityScheduled]:
+        """Just-scheduled steps this worker runs itself, still awaited by the code."""
+        if instance.finished:
+            return []
+        return [
+            e
+            for e in fresh
+            if isinstance(e, ActivityScheduled)
+            and e.name in self.activities.activities
+            and instance.is_pending(e.seq)
+        ]
+
+    async def _commit(
+        self,
+        progress: _Progress,
+        events: list[Event],
+        retries: dict[int, ActivityTaskSpec],
+        *,
+        keep: bool,
+        next_seq: int,
+    ) -> list[Event]:
+        """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back."""
+        commit = build_commit(
+            progress.lease,
+            progress.history_length,
+            progress.next_seq,
+            next_seq,
+            events,
+            retries,
+            keep_lease=self.lease if keep else None,
+        )
+        moved = await self.activities.write_fenced(self.store.commit_workflow_task, commit)
+        self.counters["commits"] += 1
+        progress.history_length += len(events) + len(moved)
+        progress.next_seq = next_seq
+        return moved
+
+
+async def _all(attempts: list[Coroutine[Any, Any, AttemptOutcome]]) -> list[AttemptOutcome]:
+    """Run the attempts as tasks and wait for all of them. Unlike ``asyncio.gather``,
+    a cancellation of the waiting task reaches the attempts only as an explicit cancel,
+    and waits for them to end."""
+    tasks = [asyncio.ensure_future(a) for a in attempts]
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks)
+        raise
+    return [t.result() for t in tasks]
+
+
+def log_extra(worker_id: str, lease: Lease, attempt: int) -> dict[str, Any]:
+    """The ``extra=`` of task log records: structured fields for log handlers."""
+    return {
+        "worker_id": worker_id,
+        "workflow_id": lease.workflow_id,
+        "tenant_id": lease.tenant_id,
+        "shard_key": lease.shard_key,
+        "task_id": lease.task_id,
+        "attempt": attempt,
+    }
+
+
+class BlockingWatchdog:
+    """Logs workflow code that holds the event loop longer than ``threshold`` seconds,
+    with its workflow id and the stack of the blocked code, as it happens (a thread
+    reads ``sys._current_frames()`` while the replay step runs)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self._watched: tuple[int, float, str, int] | None = None
+        """(generation, started, workflow id, thread id) of the replay step running."""
+        self._generation = 0
+        self._reported = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watch(self, workflow_id: str) -> Iterator[None]:
+        if self._thread is None:
+            self.start()
+        self._generation += 1
+        self._watched = (self._generation, time.monotonic(), workflow_id, threading.get_ident())
+        try:
+            yield
+        finally:
+            self._watched = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="flows-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None:
+            thread.join(timeout=1.0)
+
+    def _run(self) -> None:
+        period = min(max(self.threshold / 4, 0.01), 0.5)
+        while not self._stop.wait(period):
+            watched = self._watched
+            if watched is None or watched[0] == self._reported:
+                continue
+            generation, started, workflow_id, thread_id = watched
+            held = time.monotonic() - started
+            if held < self.threshold:
+                continue
+            self._reported = generation
+            frame = sys._current_frames().get(thread_id)
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else "(none)"
+            log.warning(
+                "workflow %s: workflow code has held the event loop for %.1fs (more than "
+                "workflow_task_deadlock=%ss); every workflow on this worker waits. Stack "
+                "of the blocked code:\n%s",
+                workflow_id,
+                held,
+                self.threshold,
+                stack,
+                extra={"workflow_id": workflow_id},
+            )
