@@ -55,7 +55,7 @@ METRICS: Final = {
     "flows_dead_letters_total": "workflows dead-lettered (parked), by workflow name",
     "flows_queue_depth": "claimable tasks now, by shard key (sampled)",
     "flows_queue_oldest_pending_age_seconds": "age of the oldest claimable task, by shard",
-    "flows_dead_letters": "workflows parked now (sampled)",
+    "flows_parked_workflows": "workflows dead-lettered (parked) now (sampled)",
     "flows_tasks_leased": "tasks leased by a worker now (sampled)",
     "flows_workflows": "workflows per status now (sampled)",
 }
@@ -111,7 +111,7 @@ class PrometheusObserver(Observer):
         self.parked = counter("flows_dead_letters", ["workflow"])
         self.queue_depth = gauge("flows_queue_depth", ["shard"])
         self.oldest_age = gauge("flows_queue_oldest_pending_age_seconds", ["shard"])
-        self.dead_letters = gauge("flows_dead_letters")
+        self.parked_now = gauge("flows_parked_workflows")
         self.leased = gauge("flows_tasks_leased")
         self.workflows = gauge("flows_workflows", ["status"])
         self._shown: dict[Gauge, set[str]] = {}
@@ -161,7 +161,7 @@ class PrometheusObserver(Observer):
         self._set(self.queue_depth, {s: float(d) for s, d in stats.queue_depth.items()})
         self._set(self.oldest_age, ages)
         self._set(self.workflows, {str(s): float(n) for s, n in stats.workflows.items()})
-        self.dead_letters.set(stats.dead_letters)
+        self.parked_now.set(stats.dead_letters)
         self.leased.set(stats.in_flight)
 
     def _set(self, gauge: Gauge, values: dict[str, float]) -> None:
