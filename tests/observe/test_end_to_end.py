@@ -400,3 +400,20 @@ async def test_one_trace_across_a_worker_restart(
     assert parent(pay_attempt) in [ids(t) for t in tasks]  # inline: under its task
     assert parent(bank) == ids(pay_attempt)
     assert parent(ship_attempt) == ids(start)  # queued, in another worker
+
+
+def test_the_readme_demo_runs() -> None:
+    """examples/observability_demo.py, whose output the README shows."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "flows_examples.observability_demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "result: ch_42 shipped by DHL" in out
+    assert "      flows activity charge-card  [retry] attempt 1\n        POST bank/charges" in out
+    assert 'flows_workflows_completed_total{workflow="order"} 1.0' in out
