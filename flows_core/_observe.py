@@ -28,11 +28,12 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final, Literal
+from types import TracebackType
+from typing import Final, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -205,35 +206,13 @@ class Observer:
 
     # -- units of work --
 
-    @contextmanager
-    def workflow_task(self, task: WorkflowTask) -> Iterator[None]:
+    def workflow_task(self, task: WorkflowTask) -> AbstractContextManager[None]:
         """Around one workflow task, from its claim to its commit (or release)."""
-        started = time.perf_counter()
-        self.workflow_task_began(task)
-        error: BaseException | None = None
-        try:
-            yield
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            task.settle(error)
-            self.workflow_task_ended(task, time.perf_counter() - started)
+        return _Timed(task, self.workflow_task_began, self.workflow_task_ended)
 
-    @contextmanager
-    def activity_attempt(self, attempt: ActivityAttempt) -> Iterator[None]:
+    def activity_attempt(self, attempt: ActivityAttempt) -> AbstractContextManager[None]:
         """Around one activity attempt: the activity's code runs inside this block."""
-        started = time.perf_counter()
-        self.activity_attempt_began(attempt)
-        error: BaseException | None = None
-        try:
-            yield
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            attempt.settle(error)
-            self.activity_attempt_ended(attempt, time.perf_counter() - started)
+        return _Timed(attempt, self.activity_attempt_began, self.activity_attempt_ended)
 
     def workflow_task_began(self, task: WorkflowTask) -> None:
         """A workflow task starts running here."""
@@ -267,6 +246,41 @@ class Observer:
 
     async def sample(self, store: Store, shard_keys: Sequence[str] | None) -> None:
         """Read store-wide state (queue depth...); see ``sample_interval``."""
+
+
+_Work = TypeVar("_Work", WorkflowTask, ActivityAttempt)
+
+
+class _Timed(AbstractContextManager[None], Generic[_Work]):
+    """The default block around a unit of work: calls the began hook, times the work,
+    settles its outcome and calls the ended hook. (A class: cheaper than a generator,
+    and it runs for every task of every worker.)"""
+
+    __slots__ = ("_began", "_ended", "_started", "_work")
+
+    def __init__(
+        self,
+        work: _Work,
+        began: Callable[[_Work], None],
+        ended: Callable[[_Work, float], None],
+    ) -> None:
+        self._work: _Work = work
+        self._began: Callable[[_Work], None] = began
+        self._ended: Callable[[_Work, float], None] = ended
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._began(self._work)
+        self._started = time.perf_counter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._work.settle(exc)
+        self._ended(self._work, time.perf_counter() - self._started)
 
 
 class CompositeObserver(Observer):
