@@ -367,23 +367,33 @@ def trace_context_of(history: Sequence[Event]) -> TraceContext | None:
 
 def with_trace_context(new: NewWorkflow, context: TraceContext | None) -> NewWorkflow:
     """``new`` with ``context`` stored in its WorkflowStarted (as it is when None).
-    InvalidArgument if the context is not a small ``dict[str, str]``."""
+
+    A context over MAX_TRACE_CONTEXT_BYTES loses its ``tracestate`` first (W3C lets
+    vendors' state be dropped; ``traceparent`` keeps the trace whole). InvalidArgument
+    if it is not a ``dict[str, str]`` or still too large."""
     if context is None:
         return new
     if not isinstance(context, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in context.items()
     ):
         raise InvalidArgument(f"a trace context must be a dict[str, str], got {context!r}")
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in context.items())
-    if size > MAX_TRACE_CONTEXT_BYTES:
+    context = dict(context)
+    if _size(context) > MAX_TRACE_CONTEXT_BYTES:
+        context.pop("tracestate", None)
+    if _size(context) > MAX_TRACE_CONTEXT_BYTES:
         raise InvalidArgument(
-            f"trace context is {size} bytes, more than the {MAX_TRACE_CONTEXT_BYTES} allowed"
+            f"trace context is {_size(context)} bytes, more than the "
+            f"{MAX_TRACE_CONTEXT_BYTES} allowed: keys {sorted(context)}"
         )
     started = new.started
     if not isinstance(started, WorkflowStarted):
         raise InvalidArgument(f"a new workflow starts with WorkflowStarted, not {started!r}")
-    stamped = msgspec.structs.replace(started, trace_context=dict(context))
+    stamped = msgspec.structs.replace(started, trace_context=context)
     return msgspec.structs.replace(new, started=stamped)
+
+
+def _size(context: TraceContext) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in context.items())
 
 
 class TraceContexts:

@@ -134,8 +134,12 @@ async def test_with_trace_context_refuses_what_it_cannot_store() -> None:
     assert new.started == started  # not changed in place
     with pytest.raises(flows.InvalidArgument, match=r"dict\[str, str\]"):
         with_trace_context(new, {"traceparent": 1})  # type: ignore[dict-item]
-    with pytest.raises(flows.InvalidArgument, match="bytes, more than"):
-        with_trace_context(new, {"tracestate": "x" * MAX_TRACE_CONTEXT_BYTES})
+    huge_state = {"traceparent": TRACEPARENT, "tracestate": "v=" + "x" * MAX_TRACE_CONTEXT_BYTES}
+    trimmed = with_trace_context(new, huge_state).started
+    assert isinstance(trimmed, WorkflowStarted)
+    assert trimmed.trace_context == {"traceparent": TRACEPARENT}  # the trace stays whole
+    with pytest.raises(flows.InvalidArgument, match=r"bytes, more than .* \['baggage'\]"):
+        with_trace_context(new, {"baggage": "x" * MAX_TRACE_CONTEXT_BYTES})
 
 
 # -- outcomes --
