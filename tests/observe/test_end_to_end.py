@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -327,8 +327,23 @@ def parent(span: ReadableSpan) -> tuple[int, int] | None:
     return None if span.parent is None else (span.parent.trace_id, span.parent.span_id)
 
 
+@pytest.fixture(params=["memory", pytest.param("pg", marks=pytest.mark.pg)])
+async def any_store(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """The in-memory store, and PostgreSQL (a fresh schema)."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    from conftest_pg import drop_pg_store, make_pg_store
+
+    store = await make_pg_store(request.getfixturevalue("pg_dsn"))
+    try:
+        yield store
+    finally:
+        await drop_pg_store(store)
+
+
 async def test_one_trace_across_a_worker_restart(
-    exporter: tuple[TracerProvider, InMemorySpanExporter],
+    exporter: tuple[TracerProvider, InMemorySpanExporter], any_store: Any
 ) -> None:
     provider, spans_out = exporter
     app = provider.get_tracer("app")
@@ -348,7 +363,7 @@ async def test_one_trace_across_a_worker_restart(
         await ctx.wait_for_signal("go", None)
         return await ctx.execute(ship, None)
 
-    store = MemoryStore()
+    store = any_store
 
     def observer() -> CompositeObserver:  # each worker process has its own observer
         return CompositeObserver([OTelObserver(provider)])
