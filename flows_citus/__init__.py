@@ -12,8 +12,11 @@ See README.md ("Citus") for setting up a cluster, choosing the shard count and
 rebalancing.
 """
 
-from . import _cluster
+from flows_core._public import publish
+
 from ._layout import SHARDINGS, CitusLayout
 from ._store import CitusStore
 
-__all__ = ["SHARDINGS", "CitusLayout", "CitusStore", "_cluster"]
+__all__ = ["SHARDINGS", "CitusLayout", "CitusStore"]
+
+publish(__name__, globals(), __all__)

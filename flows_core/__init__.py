@@ -8,7 +8,7 @@ from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._context import WorkflowContext, gather
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
-from ._engine import Engine, Run, WorkflowInfo, WorkflowRegistry
+from ._engine import Engine, Run, WorkflowInfo
 from ._errors import (
     ActivityFailed,
     ActivityTimeout,
@@ -37,7 +37,8 @@ from ._errors import (
     WorkflowTerminated,
     WorkflowTimeout,
 )
-from ._replay import Activation, Step, WorkflowInstance, replay
+from ._public import publish
+from ._replay import Step, replay
 from ._sharding import DEFAULT_SHARDS, HashSharder, Sharder, TenantSharder
 from ._tenancy import DEFAULT_TENANT, current_tenant, tenant
 from ._worker import Worker, WorkerStats
@@ -48,7 +49,6 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",
-    "Activation",
     "Activity",
     "ActivityFailed",
     "ActivityInfo",
@@ -90,12 +90,10 @@ __all__ = [
     "WorkflowContext",
     "WorkflowFailed",
     "WorkflowInfo",
-    "WorkflowInstance",
     "WorkflowNotDeadLettered",
     "WorkflowNotFound",
     "WorkflowNotRegistered",
     "WorkflowNotRunning",
-    "WorkflowRegistry",
     "WorkflowStatus",
     "WorkflowTerminated",
     "WorkflowTimeout",
@@ -109,3 +107,5 @@ __all__ = [
     "tenant",
     "workflow",
 ]
+
+publish(__name__, globals(), __all__)

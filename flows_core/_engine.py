@@ -24,6 +24,7 @@ from ._errors import (
     WorkflowNotRegistered,
     WorkflowTerminated,
     WorkflowTimeout,
+    error_class,
 )
 from ._sharding import HashSharder, Sharder, key_for
 from ._tenancy import DEFAULT_TENANT, current_tenant
@@ -516,7 +517,7 @@ class Engine:
             reason = record.error.message if record.error is not None else ""
             raise WorkflowTerminated(record.workflow_id, reason)
         error = record.error or ErrorInfo(type="Unknown", message="")
-        if error.type == WorkflowTimeout.__name__:
+        if error_class(error) is WorkflowTimeout:
             raise WorkflowTimeout(record.workflow_id, error)
         raise WorkflowFailed(record.workflow_id, error)
 

@@ -31,6 +31,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "WorkflowNotRunning",
     "WorkflowTerminated",
     "WorkflowTimeout",
+    "error_class",
 ]
 
 
@@ -82,7 +85,22 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class FlowsError(Exception):
-    """Base class of every error Flows raises."""
+    """Base class of every error Flows raises.
+
+    Every Flows error pickles (multiprocessing, Celery, RQ): it comes back as the same
+    type with the same ``args``, attributes and message, whatever its constructor takes.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (type(self), self.args), self.__dict__ or None)
+
+
+def _restore(cls: type[FlowsError], args: tuple[Any, ...]) -> FlowsError:
+    """Unpickle a Flows error without calling its ``__init__`` (whose parameters are not
+    its ``args``); the attributes follow as the pickled state."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class InvalidArgument(FlowsError, ValueError):
@@ -237,3 +255,19 @@ class StoreUnavailable(StoreError):
 
 class TenantRequired(FlowsError):
     """This engine requires an explicit tenant and none was given."""
+
+
+def error_class(info: ErrorInfo) -> type[FlowsError] | None:
+    """The Flows error class a recorded error is of (its ``type`` names one of Flows' own
+    errors), or None for any other exception type. Recognise recorded errors with this,
+    by class (``error_class(info) is WorkflowTimeout``), not by comparing names."""
+    return _FLOWS_ERRORS.get(info.type)
+
+
+# Keep this last in the module: it collects every error class defined above.
+_FLOWS_ERRORS: dict[str, type[FlowsError]] = {
+    cls.__name__: cls
+    for cls in list(globals().values())
+    if isinstance(cls, type) and issubclass(cls, FlowsError)
+}
+"""Flows' own errors (every one defined in this module) by class name."""

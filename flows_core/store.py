@@ -28,12 +28,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 
 from ._clock import Clock
-from ._errors import ErrorInfo, WorkflowNotFound, WorkflowNotRunning
+from ._errors import (
+    ErrorInfo,
+    InvalidArgument,
+    PayloadError,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+)
 from .events import (
     ActivityCompleted,
     ActivityFailedEvent,
@@ -42,6 +48,8 @@ from .events import (
     SignalReceived,
     WorkflowCancelledEvent,
     WorkflowTerminatedEvent,
+    decode_event,
+    encode_event,
 )
 
 __all__ = [
@@ -70,7 +78,12 @@ __all__ = [
     "cancel_outcome",
     "eager_start_claim",
     "parked_cancellation",
+    "round_trip_event",
     "signal_outcome",
+    "stored_error",
+    "stored_event",
+    "stored_payload",
+    "stored_text",
     "terminate_outcome",
     "terminated_error",
 ]
@@ -595,11 +608,83 @@ def terminate_outcome(
 def parked_cancellation(request: CancelRequested) -> WorkflowCancelledEvent:
     """The event that ends a PARKED workflow cancelled, appended right after ``request``."""
     message = request.reason or "cancelled while dead-lettered (parked)"
-    return WorkflowCancelledEvent(
-        error=ErrorInfo(type="Cancelled", message=message), at=request.at
-    )
+    return WorkflowCancelledEvent(error=ErrorInfo(type="Cancelled", message=message), at=request.at)
 
 
 def terminated_error(event: WorkflowTerminatedEvent) -> ErrorInfo:
     """The ``error`` a terminated workflow's row shows."""
     return ErrorInfo(type="WorkflowTerminated", message=event.reason)
+
+
+# -- what a store can keep: every adapter writes exactly these forms, and refuses the
+# same values (PostgreSQL cannot store NUL in text nor encode a lone surrogate; its
+# `json` columns take only valid UTF-8 JSON), so memory fails where production fails.
+
+_stored_json: Final = msgspec.json.Encoder()
+_any_json: Final = msgspec.json.Decoder(msgspec.Raw)
+
+
+def stored_text(value: str, what: str) -> str:
+    """``value`` as a store keeps it in a text column (ids, names, shard keys, owners):
+    unchanged, or InvalidArgument if it holds NUL or a lone surrogate."""
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} {value[:80]!r} contains NUL (\\x00); a store cannot keep it")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(
+                f"{what} {value[:80]!r} is not valid Unicode text (lone surrogate): {exc}"
+            ) from None
+    return value
+
+
+def stored_payload(raw: msgspec.Raw | bytes, what: str = "payload") -> str:
+    """The JSON text a store keeps for a payload (input, output, activity input);
+    PayloadError unless it is valid UTF-8 JSON that decodes back."""
+    try:
+        text = bytes(raw).decode()
+        _any_json.decode(text)
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"{what} is not valid UTF-8: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"{what} is not valid JSON: {exc}") from None
+    return text
+
+
+def stored_event(event: Event) -> str:
+    """The JSON text a store keeps for an event; PayloadError if a store could not keep
+    it exactly (a string with a lone surrogate, an embedded payload that is not valid
+    UTF-8 JSON)."""
+    return _round_trip(event)[0]
+
+
+def round_trip_event(event: Event) -> Event:
+    """``event`` as a store gives it back after keeping it (``stored_event`` then decoded):
+    what a store without a database (memory) keeps, so it refuses what the others do."""
+    return _round_trip(event)[1]
+
+
+def _round_trip(event: Event) -> tuple[str, Event]:
+    try:
+        text = encode_event(event).decode()
+        return text, decode_event(text)
+    except UnicodeError as exc:
+        raise PayloadError(f"{_event_name(event)} event cannot be stored: {exc}") from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise PayloadError(
+            f"{_event_name(event)} event cannot be stored: a payload is not valid JSON: {exc}"
+        ) from None
+
+
+def stored_error(error: ErrorInfo, what: str = "error") -> str:
+    """The JSON text a store keeps for an ErrorInfo; PayloadError if it holds a string a
+    store cannot encode (a lone surrogate)."""
+    try:
+        return _stored_json.encode(error).decode()
+    except UnicodeError as exc:
+        raise PayloadError(f"{what} {error.type!r} cannot be stored: {exc}") from None
+
+
+def _event_name(event: Event) -> str:
+    return type(event).__name__

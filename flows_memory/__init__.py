@@ -1,7 +1,11 @@
 """In-memory Flows: a reference store, a virtual clock and a time-skipping test env."""
 
+from flows_core._public import publish
+
 from ._clock import VirtualClock
 from ._store import FaultHook, MemoryStore
 from ._testing import TestEnvironment
 
 __all__ = ["FaultHook", "MemoryStore", "TestEnvironment", "VirtualClock"]
+
+publish(__name__, globals(), __all__)

@@ -3,6 +3,12 @@
 Same semantics as the PostgreSQL store (leases, fencing, coalesced workflow tasks),
 with a pluggable clock (a ``VirtualClock`` in tests) and a fault hook that can make any
 operation fail before or after it takes effect, to test crash recovery.
+
+It keeps what PostgreSQL keeps: every written event goes through the stored JSON form
+and back (``flows_core.store.round_trip_event``), errors, payloads and text columns
+through the same checks (``stored_error``, ``stored_payload``, ``stored_text``), so a
+value PostgreSQL refuses is refused here too, with the same Flows error, before
+anything is written.
 """
 
 from __future__ import annotations
@@ -26,13 +32,13 @@ from flows_core import (
     SystemClock,
     WorkflowAlreadyExists,
     WorkflowNotFound,
-    WorkflowNotRunning,
 )
 from flows_core.events import (
     CancelRequested,
     Event,
     SignalReceived,
     TimerFired,
+    WorkflowTerminatedEvent,
 )
 from flows_core.store import (
     TERMINAL_STATUSES,
@@ -47,12 +53,22 @@ from flows_core.store import (
     ListQuery,
     NewWorkflow,
     StoreStats,
+    TerminateOutcome,
     WorkerInfo,
     WorkflowRecord,
     WorkflowStatus,
     WorkflowTaskClaim,
     WorkflowTaskCommit,
+    cancel_outcome,
     eager_start_claim,
+    parked_cancellation,
+    round_trip_event,
+    signal_outcome,
+    stored_error,
+    stored_payload,
+    stored_text,
+    terminate_outcome,
+    terminated_error,
 )
 
 __all__ = ["FaultHook", "MemoryStore"]
@@ -121,7 +137,14 @@ class _Workflow:
 
     @classmethod
     def new(cls, new: NewWorkflow, now: datetime) -> _Workflow:
-        """A just-started workflow: its row and its WorkflowStarted event."""
+        """A just-started workflow: its row and its WorkflowStarted event (refused, before
+        anything is written, with what a database store would refuse)."""
+        stored_text(new.tenant_id, "tenant id")
+        stored_text(new.workflow_id, "workflow id")
+        stored_text(new.name, "workflow name")
+        stored_text(new.shard_key, "shard key")
+        stored_payload(new.input, "workflow input")
+        started = round_trip_event(new.started)
         return cls(
             tenant_id=new.tenant_id,
             workflow_id=new.workflow_id,
@@ -131,7 +154,7 @@ class _Workflow:
             input=new.input,
             created_at=now,
             updated_at=now,
-            history=[new.started],
+            history=[started],
         )
 
 
@@ -180,9 +203,17 @@ class MemoryStore:
             self.fault_hook(op, when)
 
     def _get(self, tenant_id: str, workflow_id: str) -> _Workflow:
-        wf = self._workflows.get((tenant_id, workflow_id))
+        wf = self._find(tenant_id, workflow_id)
         if wf is None:
             raise WorkflowNotFound(workflow_id, tenant_id)
+        return wf
+
+    def _find(self, tenant_id: str, workflow_id: str) -> _Workflow | None:
+        """The workflow, or None; ids a database could not even look up are refused."""
+        wf = self._workflows.get((tenant_id, workflow_id))
+        if wf is None:
+            stored_text(tenant_id, "tenant id")
+            stored_text(workflow_id, "workflow id")
         return wf
 
     def _record(self, wf: _Workflow) -> WorkflowRecord:
@@ -388,6 +419,7 @@ class MemoryStore:
         key = (new.tenant_id, new.workflow_id)
         if key in self._workflows:
             raise WorkflowAlreadyExists(new.workflow_id)
+        stored_text(owner, "lease owner")
         now = self._clock.now()
         wf = self._workflows[key] = _Workflow.new(new, now)
         expires = now + lease
@@ -418,10 +450,11 @@ class MemoryStore:
     ) -> None:
         _no_tx(tx)
         self._fault("signal_workflow", "before")
-        wf = self._get(tenant_id, workflow_id)
-        if wf.status in TERMINAL_STATUSES:
-            raise WorkflowNotRunning(workflow_id, wf.status.value)
-        wf.inbox.append(event)
+        kept = round_trip_event(event)
+        wf = self._find(tenant_id, workflow_id)
+        signal_outcome(tenant_id, workflow_id, None if wf is None else wf.status)
+        assert wf is not None
+        wf.inbox.append(kept)
         self._ensure_workflow_task(wf)
         self._changed(wf, work=True)
         self._fault("signal_workflow", "after")
@@ -431,17 +464,64 @@ class MemoryStore:
     ) -> CancelOutcome:
         _no_tx(tx)
         self._fault("cancel_workflow", "before")
-        wf = self._get(tenant_id, workflow_id)
-        if wf.status in TERMINAL_STATUSES:
-            return CancelOutcome.ALREADY_FINISHED
-        if wf.cancel_requested:
-            return CancelOutcome.ALREADY_REQUESTED
-        wf.cancel_requested = True
-        wf.inbox.append(event)
-        self._ensure_workflow_task(wf)
-        self._changed(wf, work=True)
+        kept = round_trip_event(event)
+        assert isinstance(kept, CancelRequested)
+        wf = self._find(tenant_id, workflow_id)
+        outcome = cancel_outcome(
+            tenant_id,
+            workflow_id,
+            None if wf is None else wf.status,
+            wf is not None and wf.cancel_requested,
+        )
+        assert wf is not None
+        if outcome == CancelOutcome.REQUESTED:
+            wf.cancel_requested = True
+            wf.inbox.append(kept)
+            self._ensure_workflow_task(wf)
+            self._changed(wf, work=True)
+        elif outcome == CancelOutcome.CANCELLED:
+            end = parked_cancellation(kept)
+            wf.cancel_requested = True
+            self._end(wf, [kept, end], WorkflowStatus.CANCELLED, end.error)
+        else:
+            return outcome  # nothing written
         self._fault("cancel_workflow", "after")
-        return CancelOutcome.REQUESTED
+        return outcome
+
+    async def terminate_workflow(
+        self,
+        tenant_id: str,
+        workflow_id: str,
+        event: WorkflowTerminatedEvent,
+        *,
+        tx: Any = None,
+    ) -> TerminateOutcome:
+        _no_tx(tx)
+        self._fault("terminate_workflow", "before")
+        kept = round_trip_event(event)
+        assert isinstance(kept, WorkflowTerminatedEvent)
+        wf = self._find(tenant_id, workflow_id)
+        outcome = terminate_outcome(tenant_id, workflow_id, None if wf is None else wf.status)
+        if outcome == TerminateOutcome.ALREADY_FINISHED:
+            return outcome  # nothing written
+        assert wf is not None
+        self._end(wf, [kept], WorkflowStatus.TERMINATED, terminated_error(kept))
+        self._fault("terminate_workflow", "after")
+        return outcome
+
+    def _end(
+        self, wf: _Workflow, events: list[Event], status: WorkflowStatus, error: ErrorInfo | None
+    ) -> None:
+        """End a workflow from outside at once: ``events`` appended after the history
+        (any leased commit is fenced out), every task and the inbox dropped, waiters
+        woken."""
+        wf.history.extend(events)
+        wf.inbox.clear()
+        wf.status = status
+        wf.output = None
+        wf.error = error
+        self._drop_all(wf)
+        self._changed(wf, work=False)
 
     async def get_workflow(
         self, tenant_id: str, workflow_id: str, *, tx: Any = None
@@ -453,6 +533,10 @@ class MemoryStore:
         return list(self._get(tenant_id, workflow_id).history[after:])
 
     async def list_workflows(self, query: ListQuery) -> list[WorkflowRecord]:
+        if query.tenant_id is not None:
+            stored_text(query.tenant_id, "tenant id")
+        if query.name is not None:
+            stored_text(query.name, "workflow name")
         found = [
             wf
             for wf in self._workflows.values()
@@ -477,6 +561,7 @@ class MemoryStore:
 
     async def claim(self, request: ClaimRequest) -> list[ClaimedTask]:
         self._fault("claim", "before")
+        stored_text(request.owner, "lease owner")
         now = self._clock.now()
         shards = set(request.shard_keys) if request.shard_keys is not None else None
         queues: list[_Queue] = [("w", n, v) for n, v in request.workflow_types]
@@ -567,8 +652,18 @@ class MemoryStore:
         moved: list[Event] = []
         if commit.keep_lease is not None and commit.status != WorkflowStatus.RUNNING:
             raise ValueError("keep_lease is only valid with a RUNNING status")
+        events = [round_trip_event(e) for e in commit.events]
+        if commit.output is not None:
+            stored_payload(commit.output, "workflow output")
+        if commit.error is not None:
+            stored_error(commit.error, "workflow error")
+        for spec in commit.activity_tasks:
+            stored_text(spec.name, "activity name")
+            stored_payload(spec.input, "activity input")
+            if spec.last_error is not None:
+                stored_error(spec.last_error, "activity error")
         grew = bool(wf.inbox)
-        wf.history.extend(commit.events)
+        wf.history.extend(events)
         wf.next_seq = commit.next_seq
         wf.status = commit.status
         wf.output = commit.output
@@ -614,6 +709,7 @@ class MemoryStore:
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
         self._fault("park_workflow", "before")
         task, wf = self._leased(lease)
+        stored_error(error, "park error")
         wf.status = WorkflowStatus.PARKED
         wf.error = error
         task.parked = True
@@ -631,6 +727,7 @@ class MemoryStore:
         task, wf = self._leased(lease)
         if task.kind != "workflow":
             raise LeaseLost(f"task {lease.task_id} is not a workflow task")
+        stored_error(error, "workflow task error")
         task.token = task.owner = task.lease_expires = None
         task.visible_at = visible_at
         task.last_error = error
@@ -661,7 +758,7 @@ class MemoryStore:
     async def complete_activity(self, result: ActivityResult) -> None:
         self._fault("complete_activity", "before")
         task, wf = self._leased(result.lease)
-        wf.inbox.append(result.event)
+        wf.inbox.append(round_trip_event(result.event))
         wf.step_tasks.pop(task.seq, None)
         self._delete(task)
         self._ensure_workflow_task(wf)
@@ -671,6 +768,7 @@ class MemoryStore:
     async def retry_activity(self, retry: ActivityRetry) -> None:
         self._fault("retry_activity", "before")
         task, wf = self._leased(retry.lease)
+        stored_error(retry.error, "activity error")
         task.token = task.owner = task.lease_expires = None
         task.attempt = retry.next_attempt
         task.visible_at = retry.visible_at
@@ -752,6 +850,8 @@ class MemoryStore:
         await self._wait(fut, timeout)
 
     async def register_worker(self, info: WorkerInfo) -> None:
+        stored_text(info.worker_id, "worker id")
+        stored_text(info.host, "worker host")
         self._workers[info.worker_id] = info
 
     async def unregister_worker(self, worker_id: str) -> None:

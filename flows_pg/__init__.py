@@ -9,6 +9,8 @@
         engine = flows.Engine(store)
 """
 
+from flows_core._public import publish
+
 from . import embedded
 from ._migrate import check_schema, load_migrations, migrate
 from ._rls import TENANT_SETTING, set_tenant, set_tenant_sync
@@ -26,3 +28,5 @@ __all__ = [
     "set_tenant",
     "set_tenant_sync",
 ]
+
+publish(__name__, globals(), __all__)

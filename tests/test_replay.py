@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 import flows_core as flows
+from flows_core._replay import WorkflowInstance
 from flows_core.events import (
     ActivityCompleted,
     ActivityFailedEvent,
@@ -252,7 +253,7 @@ def test_gather_numbering_follows_history_order() -> None:
 
 
 def test_instance_can_be_fed_incrementally_like_full_replay() -> None:
-    instance = flows.WorkflowInstance(order)
+    instance = WorkflowInstance(order)
     history = [started()]
     act = instance.apply(history, T0)
     history += act.new_events

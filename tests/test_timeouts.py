@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 import flows_core as flows
+from flows_core._replay import WorkflowInstance
 from flows_core.events import (
     DEADLINE_SEQ,
     ActivityScheduled,
@@ -268,7 +269,7 @@ async def test_deadline_replay_is_deterministic_at_every_prefix() -> None:
         history = await check_history(env, run)
     now = history[-1].at
     for cut in range(1, len(history) + 1):
-        instance = flows.WorkflowInstance(stuck)
+        instance = WorkflowInstance(stuck)
         first = instance.apply(history[:cut], now)
         assert first.nondeterminism is None
         rest = instance.apply(history[cut:], now)

@@ -18,7 +18,8 @@ Vocabulary (see ``flows_core.events``):
   ActivityFailed (of an ActivityScheduled), TimerFired (of a TimerStarted, or of the
   timeout of a SignalWaitStarted that has one);
 * StepCancelled drops a pending step (its task or timer is deleted in the same commit);
-* terminal events: WorkflowCompleted / WorkflowFailed / WorkflowCancelled;
+* terminal events: WorkflowCompleted / WorkflowFailed / WorkflowCancelled /
+  WorkflowTerminated (written by terminate_workflow, from outside);
 * the execution deadline (``start(..., execution_timeout=)``): the reserved step #0, a
   TimerStarted with seq 0 that the first workflow task records before any step of the
   code, resolved by a TimerFired with seq 0 when the deadline passes; the workflow then
@@ -63,6 +64,7 @@ from flows_core.events import (
     WorkflowCompleted,
     WorkflowFailedEvent,
     WorkflowStarted,
+    WorkflowTerminatedEvent,
     event_summary,
 )
 from flows_core.store import TERMINAL_STATUSES, WorkflowRecord, WorkflowStatus
@@ -82,7 +84,12 @@ __all__ = [
 
 COMMAND_TYPES = (ActivityScheduled, TimerStarted, SignalWaitStarted, SideEffectRecorded)
 RESOLUTION_TYPES = (ActivityCompleted, ActivityFailedEvent, TimerFired)
-TERMINAL_TYPES = (WorkflowCompleted, WorkflowFailedEvent, WorkflowCancelledEvent)
+TERMINAL_TYPES = (
+    WorkflowCompleted,
+    WorkflowFailedEvent,
+    WorkflowCancelledEvent,
+    WorkflowTerminatedEvent,
+)
 
 # Which command kinds each resolution may resolve.
 _RESOLVES: dict[type, tuple[type, ...]] = {
@@ -97,6 +104,7 @@ _STATUS_OF: dict[type, WorkflowStatus] = {
     WorkflowCompleted: WorkflowStatus.COMPLETED,
     WorkflowFailedEvent: WorkflowStatus.FAILED,
     WorkflowCancelledEvent: WorkflowStatus.CANCELLED,
+    WorkflowTerminatedEvent: WorkflowStatus.TERMINATED,
 }
 
 

@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import flows_core as flows
+from flows_core._replay import Activation
 from flows_memory import TestEnvironment
 
 
@@ -103,7 +104,7 @@ def test_cancel_during_inline_activity_keeps_history_replayable() -> None:
     async def chain(ctx: flows.WorkflowContext, n: int) -> list[int]:
         return [await ctx.execute(held, 1), await ctx.execute(held, 2)]
 
-    async def main() -> tuple[flows.WorkflowStatus, flows.Activation]:
+    async def main() -> tuple[flows.WorkflowStatus, Activation]:
         nonlocal gate
         gate = asyncio.Event()
         async with TestEnvironment(workflows=[chain], activities=[held]) as env:

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prop_support import MAX_ATTEMPTS, check_history, interp, programs, scaled
 
-from flows_core import ErrorInfo, WorkflowInstance, replay
+from flows_core import ErrorInfo, replay
+from flows_core._replay import WorkflowInstance
 from flows_core.events import (
     ActivityCompleted,
     ActivityFailedEvent,
