@@ -82,6 +82,7 @@ CORE = [
     "WorkflowTimeout",
     "activity",
     "activity_info",
+    "awaited_signals",
     "current_tenant",
     "event_summary",
     "gather",
