@@ -39,6 +39,7 @@ from ._errors import (
     WorkflowTerminated,
     WorkflowTimeout,
 )
+from ._observe import CompositeObserver, Observer
 from ._public import publish
 from ._replay import WORKFLOW_CODE_ERRORS, RaceResult, Step, awaited_signals, replay
 from ._sharding import DEFAULT_SHARDS, HashSharder, Sharder, TenantSharder
@@ -59,6 +60,7 @@ __all__ = [
     "CancelOutcome",
     "Cancelled",
     "Clock",
+    "CompositeObserver",
     "EagerStarts",
     "Engine",
     "ErrorInfo",
@@ -70,6 +72,7 @@ __all__ = [
     "InvalidArgument",
     "LeaseLost",
     "NonDeterminismError",
+    "Observer",
     "PayloadError",
     "PayloadTooLarge",
     "RaceResult",
