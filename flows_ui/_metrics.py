@@ -1,7 +1,7 @@
 """``/metrics`` on the dashboard: Prometheus metrics behind the dashboard's credentials.
 
-prometheus_client (extra ``flows[prometheus]``) and flows_observe are imported only when
-metrics are asked for, so the dashboard runs without them.
+flows_observe (and through it prometheus_client, extra ``flows[prometheus]``) is imported
+only when metrics are asked for, so the dashboard runs without them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["MetricsEndpoint", "metrics_available", "prometheus_registry", "sampl
 def metrics_available() -> bool:
     """True when prometheus_client is installed (``/metrics`` can be served)."""
     try:
-        import prometheus_client  # noqa: F401
+        import flows_observe.prometheus  # noqa: F401  (needs prometheus_client)
     except ImportError:
         return False
     return True
@@ -33,7 +33,7 @@ def metrics_available() -> bool:
 
 def prometheus_registry(observer: Observer) -> Any:
     """The registry of the PrometheusObserver among ``observer`` (a CompositeObserver
-    is searched), else prometheus_client's default registry."""
+    is searched), else None (prometheus_client's default registry)."""
     from flows_observe.prometheus import PrometheusObserver
 
     found = [observer]
@@ -42,9 +42,7 @@ def prometheus_registry(observer: Observer) -> Any:
     for candidate in found:
         if isinstance(candidate, PrometheusObserver):
             return candidate.registry
-    from prometheus_client import REGISTRY
-
-    return REGISTRY
+    return None
 
 
 class MetricsEndpoint:
