@@ -292,3 +292,26 @@ def test_worker_metrics_are_scraped_during_a_run(pg_dsn: str) -> None:
         assert sample(done, "flows_workflows_failed_total", workflow="cli-greeting") == 0
         assert "status    completed" in flows(pg_dsn, schema, "show", "m-1")
         assert worker.stop() == 0
+
+
+def test_worker_observers_from_the_options() -> None:
+    """--otel alone in this process (--metrics-port registers in prometheus_client's
+    global registry: test_worker_metrics_are_scraped_during_a_run runs it as a process)."""
+    from flows_cli._main import build_parser
+    from flows_cli._operate import worker_observer
+    from flows_observe.otel import OTelObserver
+
+    def observer(*options: str) -> object:
+        args = build_parser().parse_args(["worker", "--app", APP, *options])
+        return worker_observer(args)
+
+    assert observer() is None
+    assert isinstance(observer("--otel"), OTelObserver)
+
+
+def test_bad_ports_are_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    from flows_cli._main import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["worker", "--app", APP, "--metrics-port", "70000"])
+    assert "'70000' is not a port number (0 to 65535)" in capsys.readouterr().err
