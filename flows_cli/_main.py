@@ -103,8 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=c.cmd_worker)
 
-    p = sub.add_parser("ui", help="serve the web dashboard (and /metrics)")
-    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; any other needs a token")
+    p = sub.add_parser(
+        "ui",
+        help="serve the web dashboard (and /metrics)",
+        description="Serve the web dashboard (and /metrics with flows[prometheus]). "
+        "Credentials come from the environment: FLOWS_UI_TOKEN (a bearer token), "
+        "FLOWS_UI_BASIC_AUTH (user:password), FLOWS_UI_SECRET_KEY (signs sessions).",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="default 127.0.0.1; any other needs FLOWS_UI_TOKEN or FLOWS_UI_BASIC_AUTH",
+    )
     p.add_argument("--port", type=_port, default=8080)
     p.add_argument("--read-only", action="store_true", help="no actions, only looking")
     p.add_argument("--tenant", help="show this tenant only")
