@@ -99,6 +99,7 @@ EVENTS = [
     "CancelRequested",
     "DEADLINE_SEQ",
     "Event",
+    "PatchMarker",
     "SideEffectRecorded",
     "SignalReceived",
     "SignalWaitStarted",
