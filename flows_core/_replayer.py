@@ -77,8 +77,12 @@ class ExportedHistory(msgspec.Struct, frozen=True, kw_only=True):
     events: list[Event]
 
     def to_json(self) -> bytes:
-        """The export file's content (indented JSON, ending with a newline)."""
-        return msgspec.json.format(_encoder.encode(self), indent=2) + b"\n"
+        """The export file's content: the header, then one event per line, each as
+        stored (payloads byte for byte)."""
+        head = _encoder.encode(msgspec.structs.replace(self, events=[]))
+        assert head.endswith(b'"events":[]}'), head
+        lines = b",\n".join(encode_event(event) for event in self.events)
+        return head[: -len(b"[]}")] + b"[\n" + lines + b"\n]}\n"
 
     @classmethod
     def of(cls, events: Sequence[Event], *, status: str | None = None) -> ExportedHistory:
