@@ -187,7 +187,12 @@ async def main(names: list[str]) -> int:
     if not chosen:
         print("every scenario has its golden files; nothing to record")
     for name in chosen:
-        for path in await record(name):
+        try:
+            written = await record(name)
+        except FileExistsError as exc:
+            print(exc)
+            return 1
+        for path in written:
             print(f"wrote {path.relative_to(HERE.parent.parent)}")
     return 0
 
