@@ -89,7 +89,8 @@ def test_the_golden_files_cover_every_event_type_and_shape() -> None:
     ):
         assert shape in reasons, (shape, reasons)
     fired = {e.seq for e in seen if isinstance(e, ev.TimerFired)}
-    assert ev.DEADLINE_SEQ in fired and len(fired) > 1
+    assert ev.DEADLINE_SEQ in fired
+    assert len(fired) > 1
 
 
 @pytest.mark.parametrize("path", OWN, ids=lambda p: p.stem)
@@ -126,7 +127,8 @@ def test_the_terminated_history_replays_up_to_where_it_was_ended() -> None:
     history = load(HERE / "terminated.json")
     assert isinstance(history.events[-1], ev.WorkflowTerminatedEvent)
     result = flows.Replayer(w.WORKFLOWS).replay(history).check()
-    assert not result.finished and result.new_events == []
+    assert not result.finished
+    assert result.new_events == []
 
 
 def test_a_golden_history_replayed_against_changed_code_says_where() -> None:
@@ -140,9 +142,12 @@ def test_a_golden_history_replayed_against_changed_code_says_where() -> None:
 
     result = flows.Replayer([changed]).replay_file(HERE / "failed.json")
     problem = result.problem
-    assert problem is not None and problem.kind == "nondeterminism"
+    assert problem is not None
+    assert problem.kind == "nondeterminism"
     assert (problem.workflow_id, problem.step) == ("golden-fail-1", 1)
-    assert problem.recorded is not None and '"name":"golden-charge"' in problem.recorded
-    assert problem.now is not None and '"name":"golden-refund"' in problem.now
+    assert problem.recorded is not None
+    assert '"name":"golden-charge"' in problem.recorded
+    assert problem.now is not None
+    assert '"name":"golden-refund"' in problem.now
     with pytest.raises(flows.NonDeterminismError, match="step #1"):
         result.check()
