@@ -425,20 +425,22 @@ async def check_histories(
     ids: Sequence[str] | None = None,
     limit: int | None = None,
     page_size: int = 200,
+    on_result: Callable[[ReplayResult], None] | None = None,
 ) -> ReplayReport:
     """Replay the store's histories against ``workflows`` (the code about to be
     deployed); the report lists every history that does not replay, and how the runs
     went through each patch. Filters: ``tenant_id`` (None: every tenant), workflow
     ``names``, ``statuses``, age (``older_than``/``newer_than``: created at least or
     at most that long ago by the store's clock), ``ids``, and at most ``limit``
-    histories, newest first. A running (or parked) run of a workflow version the code
+    histories, newest first. ``on_result`` is called with each replay's result as it
+    comes (progress, a verbose listing). A running (or parked) run of a workflow version the code
     does not have is a problem; a finished one is skipped. Uses the public Store
     protocol only (``list_workflows``, ``get_workflow``, ``get_history``)."""
     if limit is not None and limit < 1:
         raise InvalidArgument(f"limit must be at least 1, got {limit}")
     if page_size < 1:
         raise InvalidArgument(f"page_size must be at least 1, got {page_size}")
-    wanted = [WorkflowStatus(s) for s in statuses] if statuses else None
+    wanted = [_status(s) for s in statuses] if statuses else None
     replayer = Replayer(workflows)
     report = ReplayReport()
     now = store.clock.now()
@@ -462,7 +464,9 @@ async def check_histories(
         if key in seen or not selected(record):
             continue
         seen.add(key)
-        await _check_one(store, replayer, report, record)
+        result = await _check_one(store, replayer, report, record)
+        if result is not None and on_result is not None:
+            on_result(result)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -512,17 +516,25 @@ async def _records(
         report.not_found.extend(sorted(missing - found))
 
 
+def _status(value: WorkflowStatus | str) -> WorkflowStatus:
+    try:
+        return WorkflowStatus(value)
+    except ValueError:
+        known = ", ".join(s.value for s in WorkflowStatus)
+        raise InvalidArgument(f"unknown workflow status {value!r} (one of {known})") from None
+
+
 async def _check_one(
     store: Store, replayer: Replayer, report: ReplayReport, record: WorkflowRecord
-) -> None:
+) -> ReplayResult | None:
     running = record.status not in TERMINAL_STATUSES
     if replayer.registry.get(record.name, record.version) is None and not running:
         report.skipped += 1
-        return
+        return None
     try:
         events = await store.get_history(record.tenant_id, record.workflow_id)
     except WorkflowNotFound:  # pruned since it was listed
-        return
+        return None
     result = replayer.replay(events)
     report.checked += 1
     if result.problem is not None:
@@ -538,3 +550,4 @@ async def _check_one(
             usage.new_running += 1
         else:
             usage.new_finished += 1
+    return result
