@@ -14,7 +14,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from golden import workflows as w
 from history_support import T0, started_event
 
 import flows_core as flows
@@ -31,6 +30,7 @@ from flows_core.events import (
     WorkflowFailedEvent,
 )
 from flows_memory import MemoryStore, VirtualClock
+from tests.golden import workflows as w
 
 GOLDEN = Path(__file__).parent / "golden"
 ORDER = w.Order(order_id="o-1", amount=250)

@@ -12,12 +12,12 @@ from typing import Any
 
 import msgspec
 import pytest
-from golden import workflows as w
 from history_support import T0, started_event
 
 import flows_core as flows
 from flows_core.events import Event, WorkflowCompleted, encode_event
 from flows_memory import TestEnvironment
+from tests.golden import workflows as w
 
 GOLDEN = Path(__file__).parent / "golden"
 

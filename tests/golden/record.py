@@ -23,11 +23,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 if __name__ == "__main__":  # run as a script: make ``golden`` and the packages importable
-    sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]
+    sys.path.insert(0, str(HERE.parent.parent))
 
 import flows_core as flows  # noqa: E402
 from flows_memory import TestEnvironment  # noqa: E402
-from golden import workflows as w  # noqa: E402
+from tests.golden import workflows as w  # noqa: E402
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 ORDER = w.Order(order_id="o-1", amount=250)

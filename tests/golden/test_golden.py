@@ -18,8 +18,7 @@ import pytest
 
 import flows_core as flows
 from flows_core import events as ev
-
-from . import workflows as w
+from tests.golden import workflows as w
 
 HERE = Path(__file__).parent
 GOLDEN = sorted(p for p in HERE.glob("*.json"))
