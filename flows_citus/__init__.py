@@ -1,4 +1,5 @@
-"""Flows on Citus: ``CitusStore``, every statement a single-shard router query.
+"""Flows on Citus: ``CitusStore`` and ``SyncClient``, every statement a single-shard
+router query; ``detect`` tells a Citus schema (or database) from a PostgreSQL one.
 
 ::
 
@@ -14,9 +15,11 @@ rebalancing.
 
 from flows_core._public import publish
 
+from ._detect import detect, detect_sync
 from ._layout import SHARDINGS, CitusLayout
 from ._store import CitusStore
+from ._sync import SyncClient
 
-__all__ = ["SHARDINGS", "CitusLayout", "CitusStore"]
+__all__ = ["SHARDINGS", "CitusLayout", "CitusStore", "SyncClient", "detect", "detect_sync"]
 
 publish(__name__, globals(), __all__)

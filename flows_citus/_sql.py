@@ -14,6 +14,9 @@ step, so here one operation is a short transaction of statements, sent in one pi
 3. a final statement (UPDATE/DELETE CTEs, which Citus routes whole) that changes the
    fenced columns and says whether the operation took place.
 
+Statements that do what a PostgreSQL one does have its name (see ``flows_pg._sql``);
+every result column has a name (rows are read as dicts).
+
 NOTIFY is its own statement, ``SELECT pg_notify(...)``, which touches no table and so
 runs in the coordinator's session, inside the same transaction: listeners hear of a
 change only once it is committed. Nothing runs NOTIFY on a worker node.
@@ -23,64 +26,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from flows_pg._base import RECORD, TERMINAL_SQL
 from flows_pg._sql import list_filters
-
-__all__ = [
-    "ACTIVITY_INBOX",
-    "CLAIM_HISTORY",
-    "CLAIM_LEASE",
-    "CLAIM_MOVE",
-    "CLAIM_READ",
-    "CLAIM_PROBE",
-    "COMMIT_ACTIVITIES",
-    "COMMIT_DROP",
-    "COMMIT_EVENTS",
-    "COMMIT_FINISH_END",
-    "COMMIT_FINISH_KEEP",
-    "COMMIT_FINISH_TERMINAL",
-    "COMMIT_MOVE",
-    "COMMIT_TIMERS",
-    "CANCEL_GUARD",
-    "COMPLETE_FINISH",
-    "COMPLETE_TASK",
-    "RECORD",
-    "SIGNAL_GUARD",
-    "ENSURE_WORKFLOW_TASK",
-    "FAIL_WORKFLOW_TASK",
-    "FENCE_LOCK",
-    "FIRE_INBOX",
-    "FIRE_FINISH",
-    "FIRE_MARK",
-    "FIRE_PROBE",
-    "FIRE_TASKS",
-    "GET_HISTORY",
-    "GET_WORKFLOW",
-    "HEARTBEAT",
-    "INBOX_INSERT",
-    "INBOX_LOCK",
-    "INBOX_UPDATE",
-    "LIST_WORKERS",
-    "NEXT_DUE",
-    "NOTIFY_BOTH",
-    "NOTIFY_WORK",
-    "PARK_FINISH",
-    "PRUNE",
-    "REGISTER_WORKER",
-    "RELEASE",
-    "RETRY_ACTIVITY",
-    "RETRY_WORKFLOW_RESET",
-    "RETRY_WORKFLOW_STATUS",
-    "RETRY_WORKFLOW_TASK",
-    "START_HISTORY",
-    "START_TASK",
-    "START_TASK_LEASED",
-    "START_WORKFLOW",
-    "STATS",
-    "UNREGISTER_WORKER",
-    "list_workflows_sql",
-]
-
-TERMINAL: Final = "('completed', 'failed', 'cancelled')"
 
 
 def _pk(alias: str) -> str:
@@ -98,12 +45,9 @@ def _same(alias: str, other: str) -> str:
     )
 
 
-RECORD: Final = """w.tenant_id, w.workflow_id, w.name, w.version, w.shard_key, w.status,
-    w.input::text, w.output::text, w.error::text, w.created_at, w.updated_at,
-    w.history_length, w.next_seq, w.cancel_requested, w.inbox_length"""
-
 _PENDING: Final = f"""EXISTS (SELECT 1 FROM {{S}}.tasks t
-    WHERE {_same("t", "w")} AND t.kind = 'workflow' AND t.visible_at <= now())"""
+    WHERE {_same("t", "w")} AND t.kind = 'workflow' AND t.visible_at <= now())
+    AS pending"""
 
 # The lease holder's task, unchanged: the fence every guarded statement re-checks.
 _HOLDS: Final = """EXISTS (SELECT 1 FROM {S}.tasks ft
@@ -124,7 +68,7 @@ SELECT (
   SELECT json_agg(h.event ORDER BY h.position)::text
   FROM {{S}}.history h
   WHERE {_pk("h")} AND h.position > %(after)s
-)
+) AS history
 FROM {{S}}.workflows w
 WHERE {_pk("w")}
 """
@@ -156,7 +100,7 @@ RETURNING created_at, updated_at
 # yet" means "this transaction inserted the row": a duplicate start writes nothing.
 _NEW_ROW: Final = f"NOT EXISTS (SELECT 1 FROM {{S}}.history h WHERE {_pk('h')})"
 
-ENSURE_WORKFLOW_TASK: Final = f"""
+_ENSURE_WORKFLOW_TASK: Final = f"""
 INSERT INTO {{S}}.tasks
   (shard_key, tenant_id, task_id, workflow_id, kind, queue, name, visible_at)
 SELECT w.shard_key, w.tenant_id, %(wf_task_id)s, w.workflow_id, 'workflow',
@@ -166,7 +110,7 @@ WHERE {_pk("w")} AND {{guard}}
 ON CONFLICT (shard_key, tenant_id, workflow_id) WHERE kind = 'workflow' DO NOTHING
 """
 
-START_TASK: Final = ENSURE_WORKFLOW_TASK.replace("{guard}", _NEW_ROW)
+START_TASK: Final = _ENSURE_WORKFLOW_TASK.replace("{guard}", _NEW_ROW)
 
 # Eager start: the workflow task inserted already leased to %(owner)s, as a claim would
 # (attempt 2 means "claimed once"; see flows_core.store.EagerStart).
@@ -178,7 +122,7 @@ SELECT w.shard_key, w.tenant_id, %(wf_task_id)s, w.workflow_id, 'workflow',
        %(token)s, %(owner)s
 FROM {{S}}.workflows w
 WHERE {_pk("w")} AND {_NEW_ROW}
-RETURNING t.visible_at
+RETURNING t.visible_at AS lease_expires
 """
 
 START_HISTORY: Final = f"""
@@ -197,22 +141,66 @@ RETURNING w.status, w.cancel_requested
 """
 
 # {guard}: the locked row accepts the event (not finished; for cancel: not yet requested)
-INBOX_INSERT: Final = f"""
+_INBOX_INSERT: Final = f"""
 INSERT INTO {{S}}.inbox (shard_key, tenant_id, workflow_id, inbox_seq, event)
 SELECT w.shard_key, w.tenant_id, w.workflow_id, w.inbox_seq + 1, %(event)s::json
 FROM {{S}}.workflows w
 WHERE {_pk("w")} AND {{guard}}
 """
 
-INBOX_UPDATE: Final = f"""
+_INBOX_UPDATE: Final = f"""
 UPDATE {{S}}.workflows w
 SET inbox_seq = w.inbox_seq + 1, inbox_length = w.inbox_length + 1, updated_at = now()
     {{set_extra}}
 WHERE {_pk("w")} AND {{guard}}
 """
 
-SIGNAL_GUARD: Final = f"w.status NOT IN {TERMINAL}"
-CANCEL_GUARD: Final = f"w.status NOT IN {TERMINAL} AND NOT w.cancel_requested"
+# -- terminate, cancel of a parked workflow: the workflow ends now --
+
+# Guard: the locked row's status is one of %(end_from)s. The events %(end_events)s go
+# after the history, every task and inbox row is deleted, then the row changes.
+_ENDS: Final = "w.status = ANY(%(end_from)s::text[])"
+
+END_HISTORY: Final = f"""
+INSERT INTO {{S}}.history (shard_key, tenant_id, workflow_id, position, event)
+SELECT w.shard_key, w.tenant_id, w.workflow_id, w.history_length + e.ord, e.ev::json
+FROM {{S}}.workflows w, unnest(%(end_events)s::text[]) WITH ORDINALITY AS e(ev, ord)
+WHERE {_pk("w")} AND {_ENDS}
+"""
+
+END_TASKS: Final = f"""
+DELETE FROM {{S}}.tasks t
+USING {{S}}.workflows w
+WHERE {_pk("w")} AND {_ENDS} AND {_same("t", "w")}
+"""
+
+END_INBOX: Final = f"""
+DELETE FROM {{S}}.inbox i
+USING {{S}}.workflows w
+WHERE {_pk("w")} AND {_ENDS} AND {_same("i", "w")}
+"""
+
+END_WORKFLOW: Final = f"""
+UPDATE {{S}}.workflows w
+SET status = %(end_status)s, error = %(end_error)s::json, output = NULL,
+    history_length = w.history_length + cardinality(%(end_events)s::text[]),
+    inbox_length = 0, cancel_requested = w.cancel_requested OR %(cancel)s,
+    updated_at = now()
+WHERE {_pk("w")} AND {_ENDS}
+"""
+
+_SIGNAL_GUARD: Final = f"w.status NOT IN {TERMINAL_SQL}"
+_CANCEL_GUARD: Final = "w.status = 'running' AND NOT w.cancel_requested"
+
+SIGNAL_INSERT: Final = _INBOX_INSERT.replace("{guard}", _SIGNAL_GUARD)
+SIGNAL_TASK: Final = _ENSURE_WORKFLOW_TASK.replace("{guard}", _SIGNAL_GUARD)
+SIGNAL_UPDATE: Final = _INBOX_UPDATE.replace("{guard}", _SIGNAL_GUARD).replace("{set_extra}", "")
+# A running workflow gets the request in its inbox once; a parked one ends (END_*).
+CANCEL_INSERT: Final = _INBOX_INSERT.replace("{guard}", _CANCEL_GUARD)
+CANCEL_TASK: Final = _ENSURE_WORKFLOW_TASK.replace("{guard}", _CANCEL_GUARD)
+CANCEL_UPDATE: Final = _INBOX_UPDATE.replace("{guard}", _CANCEL_GUARD).replace(
+    "{set_extra}", ", cancel_requested = true"
+)
 
 # -- claim, one shard key at a time --
 
@@ -220,6 +208,7 @@ CLAIM_PROBE: Final = """
 SELECT EXISTS (
   SELECT 1 FROM {S}.tasks t
   WHERE t.shard_key = %(sk)s AND t.queue = ANY(%(queues)s::text[]) AND t.visible_at <= now())
+  AS found
 """
 
 # Lease up to %(limit)s visible tasks, oldest first; the n-th gets %(tokens)s[n] (through
@@ -291,14 +280,15 @@ WHERE {_same("w", "mc")}
 """
 
 CLAIM_READ: Final = f"""
-SELECT t.kind, t.task_id, t.lease_token, t.visible_at, t.seq, t.name, t.input::text,
-       CASE WHEN t.kind = 'workflow' THEN t.attempt - 1 ELSE t.attempt END,
+SELECT t.kind AS task_kind, t.task_id, t.lease_token, t.visible_at AS lease_expires,
+       t.seq AS task_seq, t.name AS task_name, t.input::text AS task_input,
+       CASE WHEN t.kind = 'workflow' THEN t.attempt - 1 ELSE t.attempt END AS task_attempt,
        {RECORD},
        CASE WHEN t.kind = 'workflow' THEN (
          SELECT json_agg(h.event ORDER BY h.position)::text
          FROM {{S}}.history h
          WHERE {_same("h", "t")}
-       ) END,
+       ) END AS history,
        t.scheduled_at
 FROM {{S}}.tasks t
 JOIN {{S}}.workflows w ON {_same("w", "t")}
@@ -326,8 +316,8 @@ WITH wl AS (
     AND (SELECT count(*) FROM wl) > 0
   FOR UPDATE
 )
-SELECT (SELECT count(*) FROM wl), (SELECT kind FROM tl),
-       (SELECT next_seq FROM wl), (SELECT history_length FROM wl)
+SELECT (SELECT count(*) FROM wl) AS wf_found, (SELECT count(*) FROM tl) AS task_found,
+       (SELECT next_seq FROM wl) AS next_seq, (SELECT history_length FROM wl) AS history_length
 """
 
 # A workflow task commit may go ahead: the lease is held and the row is as claimed.
@@ -404,7 +394,7 @@ WITH f AS MATERIALIZED (
   FROM f{{from_mc}}
   WHERE {_pk("w")}
 )
-SELECT {{events}} FROM f{{from_mc}}
+SELECT true AS done, {{events}} AS moved FROM f{{from_mc}}
 """
 
 _TASK_OF: Final = "t.shard_key = %(sk)s AND t.tenant_id = %(tid)s AND t.task_id = %(task_id)s"
@@ -474,12 +464,12 @@ WITH f AS MATERIALIZED (
   FROM f
   WHERE t.shard_key = %(sk)s AND t.tenant_id = %(tid)s AND t.task_id = %(task_id)s
 )
-SELECT count(*) FROM f
+SELECT count(*) AS done FROM f
 """
 
 # An activity's final event into the inbox, its task deleted, a workflow task ensured.
-ACTIVITY_INBOX: Final = INBOX_INSERT.replace("{guard}", _HOLDS_ACTIVITY_TASK)
-COMPLETE_TASK: Final = ENSURE_WORKFLOW_TASK.replace("{guard}", _HOLDS_ACTIVITY_TASK)
+ACTIVITY_INBOX: Final = _INBOX_INSERT.replace("{guard}", _HOLDS_ACTIVITY_TASK)
+COMPLETE_TASK: Final = _ENSURE_WORKFLOW_TASK.replace("{guard}", _HOLDS_ACTIVITY_TASK)
 COMPLETE_FINISH: Final = f"""
 WITH f AS MATERIALIZED (
   SELECT w.inbox_seq FROM {{S}}.workflows w WHERE {_pk("w")} AND {_HOLDS_ACTIVITY_TASK}
@@ -493,7 +483,7 @@ WITH f AS MATERIALIZED (
   FROM f
   WHERE {_pk("w")}
 )
-SELECT count(*) FROM f
+SELECT count(*) AS done FROM f
 """
 
 _TASK_PK: Final = """t.shard_key = %(sk)s AND t.tenant_id = %(tid)s AND t.task_id = %(task_id)s
@@ -504,7 +494,7 @@ UPDATE {{S}}.tasks t
 SET lease_token = NULL, lease_owner = NULL, attempt = %(attempt)s,
     visible_at = %(visible_at)s, last_error = %(error)s::json
 WHERE {_TASK_PK}
-RETURNING 1
+RETURNING true AS done
 """
 
 FAIL_WORKFLOW_TASK: Final = f"""
@@ -512,7 +502,7 @@ UPDATE {{S}}.tasks t
 SET lease_token = NULL, lease_owner = NULL, visible_at = %(visible_at)s,
     last_error = %(error)s::json
 WHERE {_TASK_PK} AND t.kind = 'workflow'
-RETURNING 1
+RETURNING true AS done
 """
 
 HEARTBEAT: Final = f"""
@@ -522,7 +512,7 @@ WITH u AS (
   WHERE {_TASK_PK}
   RETURNING t.tenant_id, t.workflow_id, t.visible_at
 )
-SELECT u.visible_at, coalesce(w.cancel_requested, false)
+SELECT u.visible_at AS expires_at, coalesce(w.cancel_requested, false) AS cancel_requested
 FROM u
 LEFT JOIN {{S}}.workflows w ON {_same("w", "u")}
 """
@@ -532,14 +522,14 @@ UPDATE {{S}}.tasks t
 SET lease_token = NULL, lease_owner = NULL, visible_at = now(),
     attempt = CASE WHEN t.kind = 'workflow' THEN greatest(t.attempt - 1, 1) ELSE t.attempt END
 WHERE {_TASK_PK}
-RETURNING 1
+RETURNING true AS done
 """
 
 # -- dead letters --
 
 _PARKED: Final = "w.status = 'parked'"
 
-RETRY_WORKFLOW_TASK: Final = ENSURE_WORKFLOW_TASK.replace("{guard}", _PARKED)
+RETRY_WORKFLOW_TASK: Final = _ENSURE_WORKFLOW_TASK.replace("{guard}", _PARKED)
 
 # (Citus refuses now() in ON CONFLICT DO UPDATE: the existing task is reset apart.)
 RETRY_WORKFLOW_RESET: Final = f"""
@@ -561,6 +551,7 @@ FIRE_PROBE: Final = """
 SELECT EXISTS (
   SELECT 1 FROM {S}.tasks t
   WHERE t.shard_key = %(sk)s AND t.kind = 'timer' AND t.visible_at <= now())
+  AS found
 """
 
 # Mark due timers (their lease_token := %(marker)s) whose workflow rows could be locked
@@ -637,36 +628,18 @@ WITH ev AS (
   FROM n
   WHERE {_same("w", "n")}
 )
-SELECT (SELECT count(*) FROM ev),
-       (SELECT json_agg(json_build_array(n.tenant_id, n.workflow_id))::text FROM n)
+SELECT (SELECT count(*) FROM ev) AS fired,
+       (SELECT json_agg(json_build_array(n.tenant_id, n.workflow_id))::text FROM n) AS workflows
 """
 
+# As on PostgreSQL: a timer due already counts (it fires at once), then any task whose
+# visibility ends in the future.
 NEXT_DUE: Final = """
-SELECT min(t.visible_at)
-FROM {S}.tasks t
-WHERE t.shard_key = %(sk)s AND t.visible_at > now() AND t.visible_at < 'infinity'
-"""
-
-# -- workers (one row each, all under shard key '') --
-
-REGISTER_WORKER: Final = """
-INSERT INTO {S}.workers (shard_key, tenant_id, worker_id, workflow_types, activity_names,
-                         host, pid, heartbeat_at)
-VALUES ('', '', %(worker_id)s, %(types)s::jsonb, %(names)s::jsonb, %(host)s, %(pid)s, %(at)s)
-ON CONFLICT (shard_key, tenant_id, worker_id) DO UPDATE
-SET workflow_types = excluded.workflow_types, activity_names = excluded.activity_names,
-    host = excluded.host, pid = excluded.pid, heartbeat_at = excluded.heartbeat_at
-"""
-
-UNREGISTER_WORKER: Final = """
-DELETE FROM {S}.workers WHERE shard_key = '' AND tenant_id = '' AND worker_id = %(worker_id)s
-"""
-
-LIST_WORKERS: Final = """
-SELECT worker_id, workflow_types::text, activity_names::text, heartbeat_at, host, pid
-FROM {S}.workers
-WHERE shard_key = '' AND tenant_id = ''
-ORDER BY worker_id
+SELECT least(
+  (SELECT min(t.visible_at) FROM {S}.tasks t
+   WHERE t.shard_key = %(sk)s AND t.kind = 'timer'),
+  (SELECT min(t.visible_at) FROM {S}.tasks t
+   WHERE t.shard_key = %(sk)s AND t.visible_at > now() AND t.visible_at < 'infinity')) AS due
 """
 
 # -- operations, one shard key at a time --
@@ -675,7 +648,7 @@ PRUNE: Final = f"""
 WITH v AS MATERIALIZED (
   SELECT w.tenant_id, w.workflow_id
   FROM {{S}}.workflows w
-  WHERE w.shard_key = %(sk)s AND w.status IN {TERMINAL}
+  WHERE w.shard_key = %(sk)s AND w.status IN {TERMINAL_SQL}
     AND w.updated_at < now() - %(age)s::interval
   ORDER BY w.updated_at
   LIMIT %(limit)s
@@ -690,19 +663,20 @@ WITH v AS MATERIALIZED (
   DELETE FROM {{S}}.workflows w USING v WHERE {_same("w", "v")}
   RETURNING 1
 )
-SELECT count(*) FROM d
+SELECT count(*) AS pruned FROM d
 """
 
 STATS: Final = """
 SELECT
   (SELECT count(*) FROM {S}.tasks t
-   WHERE t.shard_key = %(sk)s AND t.queue IS NOT NULL AND t.visible_at <= now()),
+   WHERE t.shard_key = %(sk)s AND t.queue IS NOT NULL AND t.visible_at <= now()) AS depth,
   (SELECT min(t.visible_at) FROM {S}.tasks t
-   WHERE t.shard_key = %(sk)s AND t.queue IS NOT NULL AND t.visible_at <= now()),
+   WHERE t.shard_key = %(sk)s AND t.queue IS NOT NULL AND t.visible_at <= now()) AS oldest,
   (SELECT count(*) FROM {S}.tasks t
-   WHERE t.shard_key = %(sk)s AND t.lease_token IS NOT NULL AND t.visible_at > now()),
+   WHERE t.shard_key = %(sk)s AND t.lease_token IS NOT NULL AND t.visible_at > now())
+   AS in_flight,
   (SELECT coalesce(json_object_agg(s.status, s.n), '{}')::text
    FROM (SELECT w.status, count(*) AS n FROM {S}.workflows w
-         WHERE w.shard_key = %(sk)s GROUP BY w.status) s),
-  now()
+         WHERE w.shard_key = %(sk)s GROUP BY w.status) s) AS statuses,
+  now() AS now
 """

@@ -1017,6 +1017,14 @@ class WorkflowInstance:
     def pending_steps(self) -> list[int]:
         return sorted(self._pending)
 
+    def signal_wait_type(self, name: str) -> Any | None:
+        """The type that the next signal ``name`` will be decoded as: that of the
+        earliest pending wait for it; None when no wait for it is pending."""
+        for wait in self._waits.values():
+            if wait.name == name:
+                return wait.type_
+        return None
+
 
 def _safe_str(exc: BaseException) -> str:
     try:

@@ -215,6 +215,8 @@ class WorkflowTaskRunner:
         progress = _Progress(claim.lease, len(claim.history), wf.next_seq)
         pending: list[Event] = list(activation.new_events)
         fresh: list[Event] = list(activation.new_events)
+        settled = 0
+        """How much of ``pending`` precedes the last activation (recorded even if it parks)."""
         retries: dict[int, ActivityTaskSpec] = {}
         budget = self.max_inline_steps
         keeper = LeaseKeeper(self.store, claim.lease, self.lease)
@@ -233,6 +235,7 @@ class WorkflowTaskRunner:
                     pending, retries = pending[split:], {}
                     if moved:
                         activation = self._apply(instance, moved, clock.now())
+                        settled = len(pending)
                         pending += activation.new_events
                         fresh = activation.new_events
                         continue
@@ -251,12 +254,21 @@ class WorkflowTaskRunner:
                 if not resolutions:
                     break
                 activation = self._apply(instance, resolutions, now)
-                pending += [*resolutions, *activation.new_events]
+                pending += resolutions
+                settled = len(pending)
+                pending += activation.new_events
                 fresh = activation.new_events
         finally:
             await keeper.close()
         error = activation.park_error
         if error is not None:
+            if settled:
+                # Results of activities that ran inline before the code went wrong are
+                # recorded first, so a retry after the fix does not run them again.
+                done = pending[:settled]
+                await self._commit(
+                    progress, done, retries, keep=True, next_seq=_next_seq(done, progress)
+                )
             await self.park(claim, ErrorInfo.from_exception(error, attempts=claim.attempt))
             return
         await self._commit(progress, pending, retries, keep=False, next_seq=instance.next_seq)
@@ -319,6 +331,11 @@ class WorkflowTaskRunner:
         progress.history_length += len(events) + len(moved)
         progress.next_seq = next_seq
         return moved
+
+
+def _next_seq(events: list[Event], progress: _Progress) -> int:
+    """The step seq that follows ``events`` (commands carry increasing seqs)."""
+    return max([progress.next_seq, *(e.seq + 1 for e in events if hasattr(e, "seq"))])
 
 
 async def _all(attempts: list[Coroutine[Any, Any, AttemptOutcome]]) -> list[AttemptOutcome]:

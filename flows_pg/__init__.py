@@ -1,4 +1,5 @@
-"""Flows on PostgreSQL: ``PostgresStore``, the migration runner, the embedded server helper.
+"""Flows on PostgreSQL: ``PostgresStore``, ``SyncClient``, the migration runner, the
+embedded server helper.
 
 ::
 

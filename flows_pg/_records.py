@@ -1,18 +1,46 @@
-"""Rows to records, and the small conversions the statements need."""
+"""Rows (dicts keyed by column name) to records, and the small conversions the statements
+need."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
+import uuid6
 
 from flows_core._errors import ErrorInfo, LeaseLost
-from flows_core.store import WorkflowRecord, WorkflowStatus, WorkflowTaskCommit
+from flows_core.events import decode_events
+from flows_core.store import (
+    TERMINAL_STATUSES,
+    ActivityTaskClaim,
+    ClaimedTask,
+    Lease,
+    StoreStats,
+    WorkflowRecord,
+    WorkflowStatus,
+    WorkflowTaskClaim,
+    WorkflowTaskCommit,
+    stored_error,
+    stored_event,
+    stored_payload,
+)
 
-__all__ = ["commit_refused", "error_text", "raw", "record_from_row", "text", "utc", "uuid_of"]
+__all__ = [
+    "claimed_task",
+    "commit_params",
+    "commit_refused",
+    "error_text",
+    "lease_lost",
+    "raw",
+    "record_from_row",
+    "store_stats",
+    "text",
+    "utc",
+    "uuid_of",
+]
 
 _json: Final = msgspec.json.Encoder()
 _error_decoder: Final = msgspec.json.Decoder(ErrorInfo)
@@ -26,12 +54,14 @@ def raw(text: str | None) -> msgspec.Raw | None:
     return None if text is None else msgspec.Raw(text.encode())
 
 
-def text(raw: msgspec.Raw | bytes | None) -> str | None:
-    return None if raw is None else bytes(raw).decode()
+def text(raw: msgspec.Raw | bytes | None, what: str = "payload") -> str | None:
+    """A payload as stored (``flows_core.store.stored_payload``: PayloadError if invalid)."""
+    return None if raw is None else stored_payload(raw, what)
 
 
 def error_text(error: ErrorInfo | None) -> str | None:
-    return None if error is None else _json.encode(error).decode()
+    """An error as stored (``flows_core.store.stored_error``)."""
+    return None if error is None else stored_error(error)
 
 
 def uuid_of(value: str, what: str) -> uuid.UUID:
@@ -41,39 +71,124 @@ def uuid_of(value: str, what: str) -> uuid.UUID:
         raise LeaseLost(f"{what} {value!r} is not a lease of this store") from None
 
 
-def record_from_row(row: Sequence[Any], pending: bool) -> WorkflowRecord:
-    error = row[8]
+def record_from_row(row: Mapping[str, Any]) -> WorkflowRecord:
+    """A ``WorkflowRecord`` from a row with the ``RECORD`` columns (and ``pending``:
+    a workflow task is claimable now; False when absent)."""
+    error = row["error"]
     return WorkflowRecord(
-        tenant_id=row[0],
-        workflow_id=row[1],
-        name=row[2],
-        version=row[3],
-        shard_key=row[4],
-        status=WorkflowStatus(row[5]),
-        input=msgspec.Raw(row[6].encode()),
-        output=raw(row[7]),
+        tenant_id=row["tenant_id"],
+        workflow_id=row["workflow_id"],
+        name=row["name"],
+        version=row["version"],
+        shard_key=row["shard_key"],
+        status=WorkflowStatus(row["status"]),
+        input=msgspec.Raw(row["input"].encode()),
+        output=raw(row["output"]),
         error=None if error is None else _error_decoder.decode(error),
-        created_at=utc(row[9]),
-        updated_at=utc(row[10]),
-        history_length=row[11],
-        next_seq=row[12],
-        cancel_requested=row[13],
-        workflow_task_pending=pending,
-        inbox_length=row[14],
+        created_at=utc(row["created_at"]),
+        updated_at=utc(row["updated_at"]),
+        history_length=row["history_length"],
+        next_seq=row["next_seq"],
+        cancel_requested=row["cancel_requested"],
+        workflow_task_pending=bool(row.get("pending", False)),
+        inbox_length=row["inbox_length"],
     )
 
 
-def commit_refused(
-    commit: WorkflowTaskCommit,
-    *,
-    task_found: bool,
-    next_seq: int | None,
-    history_length: int | None,
-) -> LeaseLost:
-    """Why a fenced workflow-task commit wrote nothing, from what its fence read."""
+def claimed_task(row: Mapping[str, Any]) -> ClaimedTask:
+    """A claimed task from a claim's row: the ``RECORD`` columns of its workflow plus
+    task_kind, task_id, lease_token, lease_expires, task_seq, task_name, task_input,
+    task_attempt, scheduled_at and (workflow tasks) history."""
+    lease = Lease(
+        task_id=str(row["task_id"]),
+        token=str(row["lease_token"]),
+        tenant_id=row["tenant_id"],
+        shard_key=row["shard_key"],
+        workflow_id=row["workflow_id"],
+        expires_at=utc(row["lease_expires"]),
+    )
+    if row["task_kind"] == "workflow":
+        history = row["history"]
+        return WorkflowTaskClaim(
+            lease=lease,
+            workflow=record_from_row(row),
+            history=[] if history is None else decode_events(history),
+            attempt=row["task_attempt"],
+        )
+    scheduled = row["scheduled_at"]
+    return ActivityTaskClaim(
+        lease=lease,
+        workflow_name=row["name"],
+        seq=row["task_seq"],
+        activity_name=row["task_name"],
+        input=msgspec.Raw((row["task_input"] or "null").encode()),
+        attempt=row["task_attempt"],
+        cancel_requested=row["cancel_requested"],
+        scheduled_at=None if scheduled is None else utc(scheduled),
+    )
+
+
+def lease_lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+
+
+def store_stats(
+    depth: Mapping[str, int],
+    oldest: timedelta | None,
+    in_flight: int,
+    by_status: Mapping[str, int],
+) -> StoreStats:
+    """``StoreStats`` from claimable tasks per shard key, the age of the oldest one, the
+    leased tasks and the workflows per status."""
+    return StoreStats(
+        queue_depth={str(k): int(v) for k, v in depth.items()},
+        oldest_pending_age=None if oldest is None else max(oldest, timedelta(0)),
+        in_flight=in_flight,
+        dead_letters=int(by_status.get(WorkflowStatus.PARKED.value, 0)),
+        workflows={str(k): int(v) for k, v in by_status.items()},
+    )
+
+
+def commit_params(commit: WorkflowTaskCommit, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` (the lease's) with every parameter a commit statement may take; each
+    statement uses those of the parts it has."""
+    if commit.keep_lease is not None and commit.status != WorkflowStatus.RUNNING:
+        raise ValueError("keep_lease is only valid with a RUNNING status")
+    acts, timers = commit.activity_tasks, commit.timers
+    params.update(
+        claimed=commit.claimed_history_length,
+        expected=commit.expected_next_seq,
+        next_seq=commit.next_seq,
+        events=[stored_event(e) for e in commit.events],
+        n_events=len(commit.events),
+        terminal=commit.status in TERMINAL_STATUSES,
+        keep_lease=commit.keep_lease or timedelta(0),
+        status=str(commit.status),
+        output=text(commit.output, "workflow output"),
+        error=error_text(commit.error),
+        drop_seqs=list(commit.drop_seqs),
+        a_ids=[uuid6.uuid7() for _ in acts],
+        a_seqs=[a.seq for a in acts],
+        a_names=[a.name for a in acts],
+        a_inputs=[stored_payload(a.input, f"input of activity {a.name!r}") for a in acts],
+        a_attempts=[a.attempt for a in acts],
+        a_errors=[error_text(a.last_error) for a in acts],
+        a_visible=[a.visible_at for a in acts],
+        a_scheduled=[a.scheduled_at for a in acts],
+        t_ids=[uuid6.uuid7() for _ in timers],
+        t_seqs=[t.seq for t in timers],
+        t_fire=[t.fire_at for t in timers],
+    )
+    return params
+
+
+def commit_refused(commit: WorkflowTaskCommit, fence: Mapping[str, Any]) -> LeaseLost:
+    """Why a fenced workflow-task commit wrote nothing, from what its fence read (a row
+    with wf_found, task_found, next_seq and history_length)."""
     lease = commit.lease
-    if not task_found:
-        return LeaseLost(f"task {lease.task_id} is no longer leased by this claimant")
+    next_seq, history_length = fence["next_seq"], fence["history_length"]
+    if not (fence["wf_found"] and fence["task_found"]):
+        return lease_lost(lease)
     if next_seq != commit.expected_next_seq:
         return LeaseLost(
             f"workflow {lease.workflow_id}: next step is #{next_seq}, "

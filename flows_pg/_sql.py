@@ -2,7 +2,10 @@
 
 Every store method is one statement (data-modifying CTEs), so it is one transaction and,
 on an autocommit pool connection, one round trip. All times come from the database
-(``now()``).
+(``now()``). Every result column has a name (rows are read as dicts). A statement that
+does what a Citus one does has the same name as in ``flows_citus._sql``; ``SqlStore``
+runs GET_HISTORY, HEARTBEAT, RELEASE, RETRY_ACTIVITY and FAIL_WORKFLOW_TASK by name on
+either variant.
 
 Locking. Writes that touch a workflow lock its ``workflows`` row first and its task rows
 second, so concurrent writers of one workflow queue up instead of deadlocking. Claims
@@ -22,63 +25,18 @@ are the oldest ones, and the rest (if any) stay queued in order.
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
-__all__ = [
-    "compact",
-    "CANCEL",
-    "CLAIM",
-    "commit_sql",
-    "COMPLETE_ACTIVITY",
-    "FAIL_WORKFLOW_TASK",
-    "FIRE_DUE_TIMERS",
-    "GET_HISTORY",
-    "GET_WORKFLOW",
-    "HEARTBEAT",
-    "LIST_WORKERS",
-    "NEXT_DUE",
-    "PARK",
-    "PRUNE",
-    "REGISTER_WORKER",
-    "RELEASE",
-    "RETRY_ACTIVITY",
-    "RETRY_WORKFLOW",
-    "SIGNAL",
-    "STATS",
-    "START",
-    "START_LEASED",
-    "START_QUIET",
-    "TERMINAL_SQL",
-    "UNREGISTER_WORKER",
-    "list_filters",
-    "list_workflows_sql",
-]
+from ._base import RECORD, TERMINAL_SQL
 
-_COMMENT: Final = re.compile(r"--[^\n']*$", re.MULTILINE)
-_SPACE: Final = re.compile(r"\s+")
-
-
-def compact(statement: str) -> str:
-    """Drop ``--`` comments and runs of white space: psycopg caches the parsing of
-    statements up to 4 KiB only, and the claim and commit statements are longer as
-    written. (No literal in our statements contains ``--`` or repeated spaces.)"""
-    return _SPACE.sub(" ", _COMMENT.sub("", statement)).strip()
-
-
-TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
-
-_RECORD = """w.tenant_id, w.workflow_id, w.name, w.version, w.shard_key, w.status,
-    w.input::text, w.output::text, w.error::text, w.created_at, w.updated_at,
-    w.history_length, w.next_seq, w.cancel_requested, w.inbox_length"""
-
-_PENDING = """EXISTS (SELECT 1 FROM {S}.tasks t
+_PENDING: Final = """EXISTS (SELECT 1 FROM {S}.tasks t
     WHERE t.shard_key = w.shard_key AND t.tenant_id = w.tenant_id
-      AND t.workflow_id = w.workflow_id AND t.kind = 'workflow' AND t.visible_at <= now())"""
+      AND t.workflow_id = w.workflow_id AND t.kind = 'workflow' AND t.visible_at <= now())
+    AS pending"""
 
 # The workflow task that "ensure a workflow task" inserts; coalesces with an existing one
 # (leased, pending or parked) through the partial unique index.
-_ENSURE_WORKFLOW_TASK = """INSERT INTO {S}.tasks
+_ENSURE_WORKFLOW_TASK: Final = """INSERT INTO {S}.tasks
     (shard_key, tenant_id, task_id, workflow_id, kind, queue, name, visible_at)
   SELECT x.shard_key, x.tenant_id, %(wf_task_id)s, x.workflow_id, 'workflow',
          'w:' || x.name || ':' || x.version, x.name, now()
@@ -86,15 +44,13 @@ _ENSURE_WORKFLOW_TASK = """INSERT INTO {S}.tasks
   ON CONFLICT (shard_key, tenant_id, workflow_id) WHERE kind = 'workflow' DO NOTHING"""
 
 # A start notifies only the work channel: nobody waits for a workflow that did not
-# exist. START notifies always; START_QUIET (used by a store that runs workers of its
-# own, which it wakes in-process) only when a live worker (registered within the
-# horizon; workers register every 10 s) other than those (%(local)s) runs the workflow's
-# type. A worker registers before its first claim, so one not registered yet still
-# finds the task by claiming. (START_QUIET reads the workers table, which a store that
-# registers workers may do; an application role under row-level security may not.)
-WORKER_HORIZON = "60 seconds"
-
-START = (
+# exist. START notifies always; START_QUIET (used by a store that wakes the workers it
+# runs itself in-process: SqlStore.own_workers) only when a live worker (registered
+# within %(horizon)s) other than those (%(local)s) runs the workflow's type. A worker
+# registers before its first claim, so one not registered yet still finds the task by
+# claiming. (START_QUIET reads the workers table, which a store that registers workers
+# may do; an application role under row-level security may not.)
+_START: Final = (
     """
 WITH wf AS (
   INSERT INTO {S}.workflows AS w
@@ -112,28 +68,26 @@ WITH wf AS (
 ), n AS (
   SELECT pg_notify(%(ch_work)s, '') FROM wf {who}
 )
-SELECT (SELECT count(*) FROM wf), (SELECT count(*) FROM n)
+SELECT (SELECT count(*) FROM n) AS notified FROM wf
 """
 )
 
-START_QUIET = START.replace(
+START: Final = _START.replace("{who}", "")
+START_QUIET: Final = _START.replace(
     "{who}",
     """
   WHERE EXISTS (
     SELECT 1 FROM {S}.workers k
     WHERE k.shard_key = '' AND k.tenant_id = '' AND k.worker_id <> ALL(%(local)s::text[])
-      AND k.heartbeat_at > now() - interval '"""
-    + WORKER_HORIZON
-    + """'
+      AND k.heartbeat_at > now() - %(horizon)s::interval
       AND k.workflow_types @> jsonb_build_array(jsonb_build_array(wf.name, wf.version)))""",
 )
-START = START.replace("{who}", "")
 
 # Eager start (flows_core.store.EagerStart): START with the workflow task inserted
 # leased to %(owner)s until now() + %(lease)s, as a claim would leave it (attempt 2 is
 # the number the next claim gets). Nothing is claimable, so nothing is notified; and
 # nobody waits for a workflow that did not exist.
-START_LEASED = """
+START_LEASED: Final = """
 WITH wf AS (
   INSERT INTO {S}.workflows AS w
     (shard_key, tenant_id, workflow_id, name, version, status, input, history_length, next_seq)
@@ -153,24 +107,23 @@ WITH wf AS (
   FROM wf
   RETURNING visible_at
 )
-SELECT wf.created_at, wf.updated_at, (SELECT visible_at FROM t) FROM wf
+SELECT wf.created_at, wf.updated_at, (SELECT visible_at FROM t) AS lease_expires FROM wf
 """
 
-# Put one external event (signal / cancel request) in the inbox of a running or parked
-# workflow, ensure its workflow task. The inbox position comes from the locked row.
-_TO_INBOX = (
-    """
+# The workflow row of (%(tid)s, %(wid)s), locked: every client write decides on it.
+_LOCK: Final = """
 WITH wl AS MATERIALIZED (
   SELECT w.shard_key, w.tenant_id, w.workflow_id, w.name, w.version, w.status,
-         w.inbox_seq, w.cancel_requested
+         w.inbox_seq, w.cancel_requested, w.history_length
   FROM {S}.workflows w
   WHERE w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s
   FOR UPDATE
-), ok AS (
-  SELECT * FROM wl WHERE wl.status NOT IN """
-    + TERMINAL_SQL
-    + """ {extra}
-), i AS (
+)"""
+
+# Put one external event (signal / cancel request) in the inbox of the workflows in
+# ``ok``, ensure their workflow task. The inbox position comes from the locked row.
+_TO_INBOX: Final = (
+    """, i AS (
   INSERT INTO {S}.inbox (shard_key, tenant_id, workflow_id, inbox_seq, event)
   SELECT ok.shard_key, ok.tenant_id, ok.workflow_id, ok.inbox_seq + 1, %(event)s::json
   FROM ok
@@ -187,29 +140,97 @@ WITH wl AS MATERIALIZED (
     + """
 ), n AS (
   SELECT pg_notify(%(ch_work)s, ''), pg_notify(%(ch_wf)s, %(wf_key)s) FROM ok
+)"""
 )
-SELECT wl.status, wl.cancel_requested, (SELECT count(*) FROM n) FROM wl
+
+# End the workflows in ``{src}`` now (terminate; cancel of a parked workflow; the
+# statuses that end are %(end_from)s, see ClientOps.end_params): the events
+# %(end_events)s appended after the history, status %(end_status)s with error
+# %(end_error)s, every task and inbox row deleted, waiters woken.
+_END_NOW: Final = """, eh AS (
+  INSERT INTO {S}.history (shard_key, tenant_id, workflow_id, position, event)
+  SELECT {src}.shard_key, {src}.tenant_id, {src}.workflow_id, {src}.history_length + e.ord,
+         e.ev::json
+  FROM {src}, unnest(%(end_events)s::text[]) WITH ORDINALITY AS e(ev, ord)
+), eu AS (
+  UPDATE {S}.workflows w
+  SET status = %(end_status)s, error = %(end_error)s::json, output = NULL,
+      history_length = {src}.history_length + cardinality(%(end_events)s::text[]),
+      inbox_length = 0, cancel_requested = w.cancel_requested OR %(cancel)s,
+      updated_at = now()
+  FROM {src}
+  WHERE w.shard_key = {src}.shard_key AND w.tenant_id = {src}.tenant_id
+    AND w.workflow_id = {src}.workflow_id
+), et AS (
+  DELETE FROM {S}.tasks t USING {src}
+  WHERE t.shard_key = {src}.shard_key AND t.tenant_id = {src}.tenant_id
+    AND t.workflow_id = {src}.workflow_id
+), ei AS (
+  DELETE FROM {S}.inbox i USING {src}
+  WHERE i.shard_key = {src}.shard_key AND i.tenant_id = {src}.tenant_id
+    AND i.workflow_id = {src}.workflow_id
+), en AS (
+  SELECT pg_notify(%(ch_wf)s, %(wf_key)s) FROM {src}
+)"""
+
+
+def _before(*notified: str) -> str:
+    """What a client write returns: the locked row as it was (no row: not found). It
+    names the NOTIFY CTEs ``notified``, which would not run if nothing referred to them."""
+    counts = " + ".join(f"(SELECT count(*) FROM {n})" for n in notified)
+    return f"""
+SELECT wl.status, wl.cancel_requested, {counts} AS notified FROM wl
 """
+
+
+SIGNAL: Final = (
+    _LOCK
+    + """, ok AS (
+  SELECT * FROM wl WHERE wl.status NOT IN """
+    + TERMINAL_SQL
+    + """
+)"""
+    + _TO_INBOX.replace("{set_extra}", "")
+    + _before("n")
 )
 
-SIGNAL = _TO_INBOX.replace("{extra}", "").replace("{set_extra}", "")
-CANCEL = _TO_INBOX.replace("{extra}", "AND NOT wl.cancel_requested").replace(
-    "{set_extra}", ", cancel_requested = true"
+# A running workflow gets the request in its inbox (once); a parked one (%(end_from)s)
+# ends cancelled.
+CANCEL: Final = (
+    _LOCK
+    + """, ok AS (
+  SELECT * FROM wl WHERE wl.status = 'running' AND NOT wl.cancel_requested
+)"""
+    + _TO_INBOX.replace("{set_extra}", ", cancel_requested = true")
+    + """, pk AS (
+  SELECT * FROM wl WHERE wl.status = ANY(%(end_from)s::text[])
+)"""
+    + _END_NOW.replace("{src}", "pk")
+    + _before("n", "en")
 )
 
-GET_WORKFLOW = f"""
-SELECT {_RECORD}, {_PENDING}
+TERMINATE: Final = (
+    _LOCK
+    + """, ok AS (
+  SELECT * FROM wl WHERE wl.status = ANY(%(end_from)s::text[])
+)"""
+    + _END_NOW.replace("{src}", "ok")
+    + _before("en")
+)
+
+GET_WORKFLOW: Final = f"""
+SELECT {RECORD}, {_PENDING}
 FROM {{S}}.workflows w
 WHERE w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s
 """
 
-GET_HISTORY = """
+GET_HISTORY: Final = """
 SELECT (
   SELECT json_agg(h.event ORDER BY h.position)::text
   FROM {S}.history h
   WHERE h.shard_key = w.shard_key AND h.tenant_id = w.tenant_id
     AND h.workflow_id = w.workflow_id AND h.position > %(after)s
-)
+) AS history
 FROM {S}.workflows w
 WHERE w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s
 """
@@ -231,7 +252,7 @@ def list_workflows_sql(*, tenant: bool, status: bool, name: bool) -> str:
     where = list_filters(tenant=tenant, status=status, name=name)
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     return f"""
-SELECT {_RECORD}, {_PENDING}
+SELECT {RECORD}, {_PENDING}
 FROM {{S}}.workflows w
 {clause}
 ORDER BY w.created_at DESC, w.workflow_id DESC
@@ -239,7 +260,7 @@ LIMIT %(limit)s OFFSET %(offset)s
 """
 
 
-_WF_KEY = """{a}.shard_key = {b}.shard_key AND {a}.tenant_id = {b}.tenant_id
+_WF_KEY: Final = """{a}.shard_key = {b}.shard_key AND {a}.tenant_id = {b}.tenant_id
     AND {a}.workflow_id = {b}.workflow_id"""
 
 
@@ -259,7 +280,7 @@ def _same_wf(a: str, b: str) -> str:
 #     inbox), so the history and inbox rows this statement reads are complete.
 # Claimed workflow tasks move their inbox to the end of the history (mv/mp/hi/uw) and
 # come back with the row as of after the move and the whole history.
-CLAIM = (
+CLAIM: Final = (
     """
 WITH c AS MATERIALIZED (
   SELECT t.shard_key, t.tenant_id, t.task_id, t.workflow_id, t.kind, t.visible_at
@@ -339,7 +360,8 @@ WITH c AS MATERIALIZED (
     + _same_wf("w", "mc")
     + """
 )
-SELECT u.kind, u.task_id, u.lease_token, u.visible_at, u.seq, u.name, u.input, u.attempt,
+SELECT u.kind AS task_kind, u.task_id, u.lease_token, u.visible_at AS lease_expires,
+  u.seq AS task_seq, u.name AS task_name, u.input AS task_input, u.attempt AS task_attempt,
   r.*,
   CASE WHEN u.kind = 'workflow' THEN (
     SELECT json_agg(x.event ORDER BY x.position)::text
@@ -354,14 +376,14 @@ SELECT u.kind, u.task_id, u.lease_token, u.visible_at, u.seq, u.name, u.input, u
     + _same_wf("mp", "u")
     + """
     ) x
-  ) END,
+  ) END AS history,
   u.scheduled_at
 FROM u
 CROSS JOIN LATERAL (
   SELECT cw.tenant_id, cw.workflow_id, cw.name, cw.version, cw.shard_key, cw.status,
-         cw.input::text, cw.output::text, cw.error::text, cw.created_at, cw.updated_at,
-         cw.history_length + coalesce(mc.n, 0), cw.next_seq, cw.cancel_requested,
-         cw.inbox_length - coalesce(mc.n, 0)
+         cw.input::text AS input, cw.output::text AS output, cw.error::text AS error,
+         cw.created_at, cw.updated_at, cw.history_length + coalesce(mc.n, 0) AS history_length,
+         cw.next_seq, cw.cancel_requested, cw.inbox_length - coalesce(mc.n, 0) AS inbox_length
   FROM cw
   LEFT JOIN mc ON """
     + _same_wf("mc", "cw")
@@ -371,7 +393,7 @@ CROSS JOIN LATERAL (
     + """
   UNION ALL
   SELECT """
-    + _RECORD
+    + RECORD
     + """
   FROM {S}.workflows w
   WHERE u.kind <> 'workflow' AND """
@@ -383,7 +405,7 @@ ORDER BY u.rn
 )
 
 # Lock the workflow row, then (only then: the InitPlan runs first) the leased task row.
-_FENCE = """
+_FENCE: Final = """
 WITH wl AS MATERIALIZED (
   SELECT w.shard_key, w.tenant_id, w.workflow_id, w.name, w.version, w.history_length,
          w.next_seq, w.cancel_requested, w.inbox_length, w.inbox_seq
@@ -399,7 +421,7 @@ WITH wl AS MATERIALIZED (
   FOR UPDATE
 )"""
 
-_WF_PK = _same_wf("w", "f")
+_WF_PK: Final = _same_wf("w", "f")
 
 # Apply a workflow task's outcome (see WorkflowTaskCommit). Fenced by the lease token,
 # next_seq and history_length of the locked row; the events go at claimed + 1...
@@ -412,7 +434,7 @@ _WF_PK = _same_wf("w", "f")
 # timers, dropped steps and the kept lease only when the commit has them, so that the
 # common commit (an inline step: events only) plans and runs little, dumps few
 # parameters and stays under psycopg's 4 KiB parse cache.
-_COMMIT_HEAD = (
+_COMMIT_HEAD: Final = (
     _FENCE
     + """, f AS (
   SELECT wl.*
@@ -430,7 +452,7 @@ _COMMIT_HEAD = (
 # row's indexed columns (updated_at, status) and the task's visible_at (while more than
 # half of keep_lease is left) stay as they are, so both updates are heap-only (HOT):
 # a step's commit then writes no index entries for them.
-_COMMIT_KEEP = (
+_COMMIT_KEEP: Final = (
     """, mv AS (
   DELETE FROM {S}.inbox i
   USING f
@@ -469,7 +491,7 @@ _COMMIT_KEEP = (
 
 # not keep: the workflow task is deleted, or released if the inbox is not empty; a
 # terminal status deletes every task of the workflow.
-_COMMIT_END = (
+_COMMIT_END: Final = (
     """, u AS (
   UPDATE {S}.workflows w
   SET history_length = f.history_length + %(n_events)s,
@@ -494,16 +516,16 @@ _COMMIT_END = (
 )"""
 )
 
-_COMMIT_DROP = """, d AS (
+_COMMIT_DROP: Final = """, d AS (
   DELETE FROM {S}.tasks t
   USING f
   WHERE t.shard_key = f.shard_key AND t.tenant_id = f.tenant_id
     AND t.workflow_id = f.workflow_id{drop}
 )"""
 
-_DROP_SEQS = " OR (t.kind <> 'workflow' AND t.seq = ANY(%(drop_seqs)s::int[]))"
+_DROP_SEQS: Final = " OR (t.kind <> 'workflow' AND t.seq = ANY(%(drop_seqs)s::int[]))"
 
-_COMMIT_ACTIVITIES = """, a AS (
+_COMMIT_ACTIVITIES: Final = """, a AS (
   INSERT INTO {S}.tasks (shard_key, tenant_id, task_id, workflow_id, kind, queue, name, seq,
                          input, attempt, last_error, visible_at, scheduled_at)
   SELECT f.shard_key, f.tenant_id, x.id, f.workflow_id, 'activity', 'a:' || x.name, x.name,
@@ -516,7 +538,7 @@ _COMMIT_ACTIVITIES = """, a AS (
   ON CONFLICT (shard_key, tenant_id, workflow_id, seq) WHERE kind <> 'workflow' DO NOTHING
 )"""
 
-_COMMIT_TIMERS = """, tm AS (
+_COMMIT_TIMERS: Final = """, tm AS (
   INSERT INTO {S}.tasks (shard_key, tenant_id, task_id, workflow_id, kind, queue, seq,
                          visible_at)
   SELECT f.shard_key, f.tenant_id, x.id, f.workflow_id, 'timer', NULL, x.seq, x.fire_at
@@ -563,17 +585,18 @@ def commit_sql(*, keep: bool, activities: bool, timers: bool, drops: bool) -> st
     counts = [f"(SELECT count(*) FROM {n})" for n in ("nw", "nf") if f", {n} AS" in "".join(notify)]
     parts.append(
         """
-SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM wl), (SELECT count(*) FROM tl),
-       (SELECT next_seq FROM wl), (SELECT history_length FROM wl), """
+SELECT (SELECT count(*) FROM f) AS done, (SELECT count(*) FROM wl) AS wf_found,
+       (SELECT count(*) FROM tl) AS task_found, (SELECT next_seq FROM wl) AS next_seq,
+       (SELECT history_length FROM wl) AS history_length, """
         + moved
-        + ", "
+        + " AS moved, "
         + (" + ".join(counts) or "0")
-        + "\n"
+        + " AS notified\n"
     )
     return "".join(parts)
 
 
-PARK = (
+PARK: Final = (
     _FENCE
     + """, f AS (
   SELECT wl.* FROM wl, tl WHERE tl.kind = 'workflow'
@@ -592,12 +615,12 @@ PARK = (
 ), nf AS (
   SELECT pg_notify(%(ch_wf)s, %(wf_key)s) FROM f
 )
-SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM nf)
+SELECT (SELECT count(*) FROM f) AS done, (SELECT count(*) FROM nf) AS notified
 """
 )
 
 # The activity's final event into the inbox, its task deleted, a workflow task ensured.
-COMPLETE_ACTIVITY = (
+COMPLETE_ACTIVITY: Final = (
     _FENCE
     + """, f AS (
   SELECT wl.* FROM wl, tl WHERE tl.kind = 'activity'
@@ -623,11 +646,11 @@ COMPLETE_ACTIVITY = (
 ), n AS (
   SELECT pg_notify(%(ch_work)s, ''), pg_notify(%(ch_wf)s, %(wf_key)s) FROM f
 )
-SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM n)
+SELECT (SELECT count(*) FROM f) AS done, (SELECT count(*) FROM n) AS notified
 """
 )
 
-RETRY_ACTIVITY = """
+RETRY_ACTIVITY: Final = """
 WITH u AS (
   UPDATE {S}.tasks t
   SET lease_token = NULL, lease_owner = NULL, attempt = %(attempt)s,
@@ -638,10 +661,10 @@ WITH u AS (
 ), n AS (
   SELECT pg_notify(%(ch_work)s, '') FROM u
 )
-SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)
+SELECT (SELECT count(*) FROM u) AS done, (SELECT count(*) FROM n) AS notified
 """
 
-HEARTBEAT = """
+HEARTBEAT: Final = """
 WITH u AS (
   UPDATE {S}.tasks t
   SET visible_at = now() + %(extend)s::interval
@@ -649,13 +672,13 @@ WITH u AS (
     AND t.lease_token = %(token)s
   RETURNING t.shard_key, t.tenant_id, t.workflow_id, t.visible_at
 )
-SELECT u.visible_at, coalesce(w.cancel_requested, false)
+SELECT u.visible_at AS expires_at, coalesce(w.cancel_requested, false) AS cancel_requested
 FROM u
 LEFT JOIN {S}.workflows w
   ON w.shard_key = u.shard_key AND w.tenant_id = u.tenant_id AND w.workflow_id = u.workflow_id
 """
 
-RELEASE = """
+RELEASE: Final = """
 WITH u AS (
   UPDATE {S}.tasks t
   SET lease_token = NULL, lease_owner = NULL, visible_at = now(),
@@ -666,7 +689,7 @@ WITH u AS (
 ), n AS (
   SELECT pg_notify(%(ch_work)s, '') FROM u
 )
-SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)
+SELECT (SELECT count(*) FROM u) AS done, (SELECT count(*) FROM n) AS notified
 """
 
 # Fire due timers: TimerFired into the inbox, timer task deleted, workflow task ensured.
@@ -674,7 +697,7 @@ SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)
 # workflow being written to is fired on a later call), then the timer rows (SKIP
 # LOCKED), re-checked against the latest versions. A workflow's timers enter its inbox
 # in (fire time, seq) order, after the inbox_seq of its locked row.
-FIRE_DUE_TIMERS = (
+FIRE_DUE_TIMERS: Final = (
     """
 WITH due AS MATERIALIZED (
   SELECT t.shard_key, t.tenant_id, t.workflow_id
@@ -747,42 +770,27 @@ WITH due AS MATERIALIZED (
   SELECT pg_notify(%(ch_wf)s, json_build_array(f.tenant_id, f.workflow_id)::text)
   FROM fired f
 )
-SELECT (SELECT count(*) FROM ev), (SELECT count(*) FROM nw) + (SELECT count(*) FROM nf)
+SELECT (SELECT count(*) FROM ev) AS fired,
+       (SELECT count(*) FROM nw) + (SELECT count(*) FROM nf) AS notified
 """
 )
 
-NEXT_DUE = """
-SELECT min(t.visible_at)
-FROM {S}.tasks t
-WHERE t.visible_at > now() AND t.visible_at < 'infinity' {shards}
+# When the next task comes due: a timer due already (it fires at once, however late,
+# so zero-length and past timers never wait for a poll interval), or any task whose
+# visibility (retry backoff, lease expiry) ends in the future. Unleased claimable
+# tasks are not counted: a worker that does not serve their queue must not spin on them.
+NEXT_DUE: Final = """
+SELECT least(
+  (SELECT min(t.visible_at) FROM {S}.tasks t WHERE t.kind = 'timer' {shards}),
+  (SELECT min(t.visible_at) FROM {S}.tasks t
+   WHERE t.visible_at > now() AND t.visible_at < 'infinity' {shards})) AS due
 """
-
-REGISTER_WORKER = """
-INSERT INTO {S}.workers (shard_key, tenant_id, worker_id, workflow_types, activity_names,
-                         host, pid, heartbeat_at)
-VALUES ('', '', %(worker_id)s, %(types)s::jsonb, %(names)s::jsonb, %(host)s, %(pid)s, %(at)s)
-ON CONFLICT (shard_key, tenant_id, worker_id) DO UPDATE
-SET workflow_types = excluded.workflow_types, activity_names = excluded.activity_names,
-    host = excluded.host, pid = excluded.pid, heartbeat_at = excluded.heartbeat_at
-"""
-
-UNREGISTER_WORKER = """
-DELETE FROM {S}.workers WHERE shard_key = '' AND tenant_id = '' AND worker_id = %(worker_id)s
-"""
-
-LIST_WORKERS = """
-SELECT worker_id, workflow_types::text, activity_names::text, heartbeat_at, host, pid
-FROM {S}.workers
-WHERE shard_key = '' AND tenant_id = ''
-ORDER BY worker_id
-"""
-
 
 # -- dead letters (a parked workflow is a dead letter) --
 
 # A workflow task attempt failed (unexpected worker error): released until %(visible_at)s,
 # attempt count kept (claim counts on from it), error kept in last_error.
-FAIL_WORKFLOW_TASK = """
+FAIL_WORKFLOW_TASK: Final = """
 WITH u AS (
   UPDATE {S}.tasks t
   SET lease_token = NULL, lease_owner = NULL, visible_at = %(visible_at)s,
@@ -793,12 +801,12 @@ WITH u AS (
 ), n AS (
   SELECT pg_notify(%(ch_work)s, ''), pg_notify(%(ch_wf)s, %(wf_key)s) FROM u
 )
-SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)
+SELECT (SELECT count(*) FROM u) AS done, (SELECT count(*) FROM n) AS notified
 """
 
 # A parked workflow back to running: error cleared; its workflow task (inserted if
 # missing) claimable now, unleased, attempt count reset. The locked row decides.
-RETRY_WORKFLOW = """
+RETRY_WORKFLOW: Final = """
 WITH wl AS MATERIALIZED (
   SELECT w.shard_key, w.tenant_id, w.workflow_id, w.name, w.version, w.status
   FROM {S}.workflows w
@@ -824,7 +832,7 @@ WITH wl AS MATERIALIZED (
 ), n AS (
   SELECT pg_notify(%(ch_work)s, ''), pg_notify(%(ch_wf)s, %(wf_key)s) FROM ok
 )
-SELECT wl.status, (SELECT count(*) FROM n) FROM wl
+SELECT wl.status, (SELECT count(*) FROM n) AS notified FROM wl
 """
 
 
@@ -833,7 +841,7 @@ SELECT wl.status, (SELECT count(*) FROM n) FROM wl
 # Delete up to %(limit)s finished workflows last updated before now() - %(age)s, oldest
 # first, with their history, inbox and tasks. Rows being written to are skipped (SKIP
 # LOCKED) and left for the next batch; a finished workflow takes no more writes anyway.
-PRUNE = (
+PRUNE: Final = (
     """
 WITH v AS MATERIALIZED (
   SELECT w.shard_key, w.tenant_id, w.workflow_id
@@ -862,23 +870,23 @@ WITH v AS MATERIALIZED (
     + """
   RETURNING 1
 )
-SELECT count(*) FROM d
+SELECT count(*) AS pruned FROM d
 """
 )
 
 # Queue depth per shard (claimable now), age of the oldest claimable task, leased tasks,
 # and workflows per status. {tshards}/{wshards}: optional shard filters.
-STATS = """
+STATS: Final = """
 SELECT
   (SELECT coalesce(json_object_agg(q.shard_key, q.n), '{}')::text
    FROM (SELECT t.shard_key, count(*) AS n FROM {S}.tasks t
          WHERE t.queue IS NOT NULL AND t.visible_at <= now() {tshards}
-         GROUP BY t.shard_key) q),
+         GROUP BY t.shard_key) q) AS depth,
   (SELECT now() - min(t.visible_at) FROM {S}.tasks t
-   WHERE t.queue IS NOT NULL AND t.visible_at <= now() {tshards}),
+   WHERE t.queue IS NOT NULL AND t.visible_at <= now() {tshards}) AS oldest,
   (SELECT count(*) FROM {S}.tasks t
-   WHERE t.lease_token IS NOT NULL AND t.visible_at > now() {tshards}),
+   WHERE t.lease_token IS NOT NULL AND t.visible_at > now() {tshards}) AS in_flight,
   (SELECT coalesce(json_object_agg(s.status, s.n), '{}')::text
    FROM (SELECT w.status, count(*) AS n FROM {S}.workflows w
-         WHERE true {wshards} GROUP BY w.status) s)
+         WHERE true {wshards} GROUP BY w.status) s) AS statuses
 """

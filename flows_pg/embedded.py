@@ -3,10 +3,13 @@
 ::
 
     from flows_pg import embedded
-    dsn = embedded.ensure_started()          # .flows/pgdata under the current directory
+    dsn = embedded.ensure_started()     # $FLOWS_DATA_DIR, else the per-user data directory
     ...
+    embedded.dsn()                      # the running server's DSN, or None
     embedded.stop()
 
+The data lives in one directory per user by default (``default_data_dir``), so every
+command and process of that user finds the same server, whatever its working directory.
 The server listens on a Unix socket only (no TCP), in or next to its data directory.
 ``ensure_started`` reuses a server already running on that data directory (started by
 this or another process); it keeps running until ``stop`` (it is not tied to the
@@ -18,19 +21,32 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["default_data_dir", "dsn", "ensure_started", "start", "stop"]
+__all__ = ["default_data_dir", "dsn", "ensure_started", "resolve_data_dir", "stop"]
 
 
 def default_data_dir() -> Path:
-    """``.flows/pgdata`` under the current directory."""
-    return Path.cwd() / ".flows" / "pgdata"
+    """``$FLOWS_DATA_DIR`` if set, else ``flows/pgdata`` in the user's data directory:
+    ``$XDG_DATA_HOME`` or ``~/.local/share`` on Linux, ``~/Library/Application Support``
+    on macOS, ``%LOCALAPPDATA%`` on Windows."""
+    configured = os.environ.get("FLOWS_DATA_DIR")
+    if configured:
+        return Path(configured)
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "flows" / "pgdata"
 
 
-def _resolve(data_dir: str | os.PathLike[str] | None) -> Path:
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The absolute data directory used for ``data_dir`` (None: ``default_data_dir()``)."""
     path = Path(data_dir) if data_dir is not None else default_data_dir()
     return path.expanduser().resolve()
 
@@ -59,7 +75,7 @@ def _postmaster(path: Path) -> Any:
 
 def dsn(data_dir: str | os.PathLike[str] | None = None) -> str | None:
     """The DSN of the server running on ``data_dir``, or None if none is running."""
-    path = _resolve(data_dir)
+    path = resolve_data_dir(data_dir)
     if not (path / "postmaster.pid").exists():
         return None
     _module()
@@ -69,7 +85,7 @@ def dsn(data_dir: str | os.PathLike[str] | None = None) -> str | None:
 
 def ensure_started(data_dir: str | os.PathLike[str] | None = None) -> str:
     """Start (initialising it if new) or reuse the server on ``data_dir``; return its DSN."""
-    path = _resolve(data_dir)
+    path = resolve_data_dir(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     ep = _module()
     cached = ep.PostgresServer._instances.get(path)
@@ -81,15 +97,12 @@ def ensure_started(data_dir: str | os.PathLike[str] | None = None) -> str:
     return str(server.get_uri())
 
 
-start = ensure_started
-
-
 def stop(data_dir: str | os.PathLike[str] | None = None, *, delete: bool = False) -> bool:
     """Stop the server on ``data_dir`` (fast shutdown); True if one was running.
 
     ``delete=True`` also removes the data directory.
     """
-    path = _resolve(data_dir)
+    path = resolve_data_dir(data_dir)
     ep = _module()
     was_running = False
     if (path / "postmaster.pid").exists() and _postmaster(path) is not None:

@@ -176,7 +176,7 @@ PG = [
     "set_tenant_sync",
 ]
 
-CITUS = ["CitusLayout", "CitusStore", "SHARDINGS"]
+CITUS = ["CitusLayout", "CitusStore", "SHARDINGS", "SyncClient", "detect", "detect_sync"]
 
 
 def optional(name: str) -> ModuleType:

@@ -7,15 +7,15 @@ from datetime import timedelta
 
 import msgspec
 import pytest
-from flows_examples.order import (
+
+import flows_core as flows
+from flows_cli.examples.order import (
     FakeServices,
     OrderIn,
     WarehouseConfirmation,
     new_activities,
     new_workflow,
 )
-
-import flows_core as flows
 from flows_memory import TestEnvironment
 
 

@@ -8,7 +8,7 @@
 The POST that creates an application writes the application's own row and starts its
 workflow in one transaction: both happen, or neither. The service runs its own worker.
 
-Run it:  uvicorn --factory flows_examples.loan_app.app:from_env   (FLOWS_DSN, else embedded)
+Run it:  uvicorn --factory examples.loan_app.app:from_env   (FLOWS_DSN, else embedded)
 """
 
 from __future__ import annotations
@@ -31,7 +31,15 @@ from starlette.routing import Route
 import flows_core as flows
 from flows_pg import PostgresStore
 
-from .workflow import Bank, Document, LoanIn, ManagerDecision, new_activities, new_workflow
+from .workflow import (
+    DEMO_COOLING_OFF,
+    Bank,
+    Document,
+    LoanIn,
+    ManagerDecision,
+    new_activities,
+    new_workflow,
+)
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS loan_applications (
@@ -171,4 +179,4 @@ def from_env() -> Starlette:
         from flows_pg import embedded
 
         dsn = embedded.ensure_started(None)
-    return create_app(dsn, cooling_off=timedelta(seconds=5))
+    return create_app(dsn, cooling_off=DEMO_COOLING_OFF)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -156,3 +156,15 @@ def new_workflow(
         )
 
     return loan
+
+
+DEMO_COOLING_OFF = timedelta(seconds=5)
+"""The cooling-off sleep of the demo service (``app.from_env``) and of ``definitions``."""
+
+
+def definitions() -> list[flows.Workflow[Any, Any] | flows.Activity[Any, Any]]:
+    """The loan workflow with the demo service's policy and its activities, for
+    ``flows worker --app examples.loan_app.workflow:definitions`` (from the repository's
+    root) or ``flows start``/``flows signal --app`` checks."""
+    acts = new_activities(Bank())
+    return [new_workflow(acts, cooling_off=DEMO_COOLING_OFF), *acts]

@@ -15,7 +15,7 @@
 -- Ids (task ids, lease tokens) are UUIDv7 made by the client. No triggers: the store's
 -- own statements call pg_notify.
 --
--- Data model (see flows_core._store): the workflow row; the history, append-only and
+-- Data model (see flows_core.store): the workflow row; the history, append-only and
 -- gap-free, written only by start, by the claim of a workflow task (which moves the
 -- inbox in) and by the lease holder's commit; the inbox, where signals, cancel
 -- requests, fired timers and activity results wait in arrival order until the next

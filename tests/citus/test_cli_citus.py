@@ -17,7 +17,7 @@ pytestmark = pytest.mark.citus
 
 
 def flows(dsn: str, schema: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "flows_pg.cli", "--dsn", dsn, "--schema", schema, *args]
+    cmd = [sys.executable, "-m", "flows_cli", "--dsn", dsn, "--schema", schema, *args]
     env = {k: v for k, v in os.environ.items() if k != "FLOWS_DSN"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
@@ -51,6 +51,7 @@ def test_cli_on_citus(citus_dsn: str) -> None:
                 "c1",
                 "--tenant",
                 "acme",
+                "--force",
             )
         )
         assert started.strip() == "c1"
@@ -62,6 +63,9 @@ def test_cli_on_citus(citus_dsn: str) -> None:
         stats = json.loads(ok(flows(citus_dsn, schema, "stats", "--json")))
         assert stats["workflows"] == {"running": 1}
         ok(flows(citus_dsn, schema, "cancel", "c1", "--tenant", "acme"))
+        ok(flows(citus_dsn, schema, "start", "cli-wf", "--input", "1", "--id", "c2"))
+        terminated = ok(flows(citus_dsn, schema, "terminate", "c2", "--reason", "done"))
+        assert terminated.strip() == "c2: terminated; its pending steps were dropped"
         with psycopg.connect(citus_dsn) as conn:
             shards = conn.execute(
                 "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE %s",

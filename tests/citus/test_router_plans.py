@@ -1,17 +1,19 @@
 """Every statement CitusStore issues is a router query: one task, on one node.
 
-A workload drives every store operation through its paths (start, eager start, signal, cancel,
-reads and listings, claim with an inbox to move, commit with events, kept lease, dropped
-steps, new activity and timer tasks, heartbeat, retry, completion, timers fired, park,
-retry of a dead letter, failed workflow task, terminal commit, prune, stats, workers)
+A workload drives every store operation through its paths (start, eager start, signal,
+cancel, terminate, cancel of a parked workflow, reads and listings, claim with an inbox to
+move, commit with events, kept lease, dropped steps, new activity and timer tasks,
+heartbeat, retry, completion, timers fired, park, retry of a dead letter, failed workflow
+task, terminal commit, prune, stats, workers)
 while recording each statement with the parameters it was sent with. Then each one is
 EXPLAINed with those parameters. The NOTIFY statements touch no table: they must run in
-the coordinator's own session. Finally every statement the store has compiled must have
+the coordinator's own session. Finally every statement flows_citus._sql defines must have
 been seen, so a statement added later cannot escape this test.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -21,6 +23,7 @@ import psycopg
 import pytest
 from conftest_citus import drop_citus_store, make_citus_store
 
+import flows_citus._sql as citus_sql
 from flows_core import ErrorInfo
 from flows_core.events import (
     ActivityCompleted,
@@ -28,6 +31,7 @@ from flows_core.events import (
     CancelRequested,
     TimerStarted,
     WorkflowCompleted,
+    WorkflowTerminatedEvent,
 )
 from flows_core.store import (
     ActivityResult,
@@ -38,6 +42,7 @@ from flows_core.store import (
     WorkerInfo,
     WorkflowStatus,
 )
+from flows_pg._base import WORKER_STATEMENTS
 from tests.contract.adapters import Adapter
 from tests.contract.kit import Kit, raw
 
@@ -45,23 +50,34 @@ pytestmark = pytest.mark.citus
 
 
 class Recorder:
-    """Wraps a CitusStore's statement runners; keeps each statement's first parameters."""
+    """Wraps a CitusStore's batch runner; keeps each statement's first parameters."""
 
     def __init__(self, store: Any) -> None:
         self.seen: dict[str, dict[str, Any]] = {}
-        run, rows = store._run, store._rows
+        execute = store._execute
 
-        async def recording_run(steps: Any, tx: Any = None, *, transaction: bool = True) -> Any:
-            for step in steps:
+        async def recording_execute(batch: Any, tx: Any, transaction: bool) -> Any:
+            for step in batch:
                 self.seen.setdefault(step.statement, dict(step.params))
-            return await run(steps, tx, transaction=transaction)
+            return await execute(batch, tx, transaction)
 
-        async def recording_rows(query: str, params: Any, tx: Any = None, **kw: Any) -> Any:
-            self.seen.setdefault(query, dict(params))
-            return await rows(query, params, tx, **kw)
+        store._execute = recording_execute
 
-        store._run = recording_run
-        store._rows = recording_rows
+
+def every_statement(store: Any) -> dict[str, str]:
+    """Every statement flows_citus._sql defines (compiled for ``store``), by name; the
+    listings by their filters."""
+    statements = {
+        name: store.statements(text)
+        for name, text in vars(citus_sql).items()
+        if name.isupper() and not name.startswith("_") and isinstance(text, str) and "{S}" in text
+    }
+    for tenant, status, name in itertools.product((False, True), repeat=3):
+        listing = citus_sql.list_workflows_sql(tenant=tenant, status=status, name=name)
+        statements[f"LIST{(tenant, status, name)}"] = store.statements(listing)
+    for text in WORKER_STATEMENTS:
+        statements[text.split()[0] + " workers"] = store.statements(text)
+    return statements
 
 
 @pytest.fixture
@@ -85,13 +101,16 @@ async def workload(store: Any, kit: Kit) -> None:
     assert (await store.cancel_workflow(kit.tenant, b.workflow_id, cancel)).value == "requested"
     await store.get_workflow(kit.tenant, a.workflow_id)
     await store.get_history(kit.tenant, a.workflow_id)
-    for query in (
-        ListQuery(tenant_id=kit.tenant),
-        ListQuery(tenant_id=kit.tenant, status=WorkflowStatus.RUNNING),
-        ListQuery(tenant_id=kit.tenant, name=kit.wf),
-        ListQuery(tenant_id=None),
+    for tenant, status, name in itertools.product(
+        (None, kit.tenant), (None, "running"), (None, kit.wf)
     ):
-        await store.list_workflows(query)
+        await store.list_workflows(
+            ListQuery(
+                tenant_id=tenant,
+                status=None if status is None else WorkflowStatus(status),
+                name=name,
+            )
+        )
 
     first = await kit.claim_wf(types=[(kit.wf, 1)], limit=1)
     commit = kit.commit(
@@ -141,6 +160,14 @@ async def workload(store: Any, kit: Kit) -> None:
     )
     claims = {c.lease.workflow_id: c for c in await kit.claim(acts=(), limit=10)}
     last = claims[a.workflow_id]
+    c = await kit.start()
+    ended = WorkflowTerminatedEvent(reason="ops", at=now())
+    assert (await store.terminate_workflow(kit.tenant, c.workflow_id, ended)).value == "terminated"
+    d = await kit.start()
+    parked = {x.lease.workflow_id: x for x in await kit.claim(acts=(), limit=10)}[d.workflow_id]
+    await store.park_workflow(parked.lease, ErrorInfo(type="Bug", message="z"))
+    stop = CancelRequested(reason="stop", at=now())
+    assert (await store.cancel_workflow(kit.tenant, d.workflow_id, stop)).value == "cancelled"
     await store.commit_workflow_task(
         kit.commit(
             last,
@@ -181,20 +208,11 @@ async def test_every_statement_is_a_router_query(
     store, recorder, kit = recorded
     await workload(store, kit)
 
-    compiled = {s for name, s in store._c.items()} | set(store._c_list.values())
-    compiled |= {store._s_register, store._s_workers, store._s_unregister}
-    missing = compiled - set(recorder.seen)
-    assert not missing, f"statements the workload never ran: {sorted(missing)[:3]}"
+    statements = every_statement(store)
+    missing = sorted(name for name, text in statements.items() if text not in recorder.seen)
+    assert not missing, f"statements the workload never ran: {missing}"
 
-    names = {text: name for name, text in store._c.items()}
-    names.update({text: f"LIST{key}" for key, text in store._c_list.items()})
-    names.update(
-        {
-            store._s_register: "REGISTER_WORKER",
-            store._s_workers: "LIST_WORKERS",
-            store._s_unregister: "UNREGISTER_WORKER",
-        }
-    )
+    names = {text: name for name, text in statements.items()}
     not_router: list[tuple[str, str]] = []
     evidence: list[str] = []
     with psycopg.connect(citus_dsn, autocommit=True) as conn:

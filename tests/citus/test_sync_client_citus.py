@@ -1,5 +1,5 @@
-"""flows_pg.SyncClient on a schema migrated for Citus: it finds the layout by itself and
-sends the Citus (router) statements, in the caller's own transaction."""
+"""flows_citus.SyncClient on a schema migrated for Citus: it finds the layout by itself
+and sends the Citus (router) statements, in the caller's own transaction."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 import flows_core as flows
-from flows_pg import SyncClient
+from flows_citus import SyncClient, detect_sync
 
 pytestmark = pytest.mark.citus
 
@@ -41,6 +41,14 @@ def client_calls(dsn: str, schema: str) -> None:
     client.signal("s1", "go", 2, tenant_id="acme")
     client.start(waits_for_go, 0, workflow_id="s3", tenant_id="acme")
     assert client.cancel("s3", tenant_id="acme") == flows.CancelOutcome.REQUESTED
+    terminated = client.terminate("s3", reason="ops", tenant_id="acme")
+    assert terminated == flows.TerminateOutcome.TERMINATED
+    assert client.query("s3", tenant_id="acme").status == flows.WorkflowStatus.TERMINATED
+    again = client.terminate("s3", tenant_id="acme")
+    assert again == flows.TerminateOutcome.ALREADY_FINISHED
+    assert detect_sync(dsn, schema)
+    assert detect_sync(dsn, schema, migrate=True)
+    assert not detect_sync(dsn, "no_such_schema")
     wrong = SyncClient(dsn, schema=schema, sharder=flows.HashSharder(9))
     with pytest.raises(flows.InvalidArgument, match="follows from its tenant and id"):
         wrong.start(waits_for_go, 1, workflow_id="s4", tenant_id="acme")

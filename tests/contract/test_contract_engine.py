@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 import flows_core as flows
-from examples.order import (
+from flows_cli.examples.order import (
     FakeServices,
     OrderIn,
     OrderOut,

@@ -15,8 +15,9 @@ pytest.importorskip("uvicorn")
 import httpx
 import uvicorn
 from conftest_pg import fresh_schema
-from flows_examples.loan_app.app import create_app
-from flows_examples.loan_app.workflow import Bank
+
+from examples.loan_app.app import create_app
+from examples.loan_app.workflow import Bank
 
 pytestmark = pytest.mark.pg
 

@@ -26,8 +26,9 @@ from fuzz_support import (
     run_cases,
 )
 
+import flows_citus
 import flows_core as flows
-from flows_pg import SyncClient
+import flows_pg
 
 EXAMPLES = {"pg": 200, "citus": 100}
 
@@ -43,7 +44,8 @@ def test_hostile_inputs(
     loop = asyncio.new_event_loop()
     store = loop.run_until_complete(make_pg_store(dsn) if kind == "pg" else make_citus_store(dsn))
     engine = flows.Engine(store, workflows=[fuzz_wf])
-    client = SyncClient(schema=store.schema, workflows=[fuzz_wf])
+    client_class = flows_pg.SyncClient if kind == "pg" else flows_citus.SyncClient
+    client = client_class(schema=store.schema, workflows=[fuzz_wf])
     conn = psycopg.connect(dsn, autocommit=True)
     loop.run_until_complete(
         engine.start(fuzz_wf, {"secret": True}, tenant_id=SECRET_TENANT, workflow_id=SECRET_ID)

@@ -14,8 +14,8 @@ from conftest_pg import drop_pg_store, fresh_schema, make_pg_store
 from psycopg import sql
 
 import flows_core as flows
+from flows_cli._commands import parse_age
 from flows_pg import PostgresStore
-from flows_pg.cli import parse_age
 from tests.contract.test_contract_engine import result, running, worker
 
 pytestmark = pytest.mark.pg
@@ -79,7 +79,7 @@ async def test_tables_do_not_grow_without_bound(pg_dsn: str) -> None:
 
 
 def cli(dsn: str, schema: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "flows_pg.cli", "--dsn", dsn, "--schema", schema, *args]
+    cmd = [sys.executable, "-m", "flows_cli", "--dsn", dsn, "--schema", schema, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 
 import flows_core as flows
+from flows_cli._main import build_parser
 from flows_core.events import DEADLINE_SEQ, TimerFired
 from flows_pg import PostgresStore, SyncClient
-from flows_pg.cli import build_parser
 from tests.contract.test_contract_engine import checked_history, result, running, worker
 
 pytestmark = pytest.mark.pg

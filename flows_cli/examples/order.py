@@ -1,14 +1,22 @@
-"""The order workflow of the original flows README, typed.
+"""The order workflow of the original flows README, typed (what ``flows demo`` runs).
 
 Charge the card, reserve stock, wait for the warehouse to confirm, wait an hour, ship.
 A failed reservation refunds the payment (a saga), and so does a cancellation.
+
+``definitions`` serves it to a worker::
+
+    flows worker --app flows_cli.examples.order:definitions
+    flows start order-workflow --app flows_cli.examples.order:definitions \
+        --input '{"customer_id": "c-1", "items": ["book"], "total": 4200}'
+    flows signal ID warehouse-ready --app flows_cli.examples.order:definitions \
+        --payload '{"warehouse": "berlin-1"}'
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -132,3 +140,14 @@ def new_workflow(
         )
 
     return order
+
+
+WALKTHROUGH_SHIP_DELAY = timedelta(seconds=10)
+"""The durable sleep before shipping in ``definitions`` (an hour would be a long wait)."""
+
+
+def definitions() -> list[flows.Workflow[Any, Any] | flows.Activity[Any, Any]]:
+    """The order workflow (shipping 10 s after the warehouse confirms) and its activities
+    on fake services, for ``flows worker --app flows_cli.examples.order:definitions``."""
+    acts = new_activities(FakeServices())
+    return [new_workflow(acts, ship_delay=WALKTHROUGH_SHIP_DELAY), *acts]

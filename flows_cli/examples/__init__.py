@@ -1,0 +1,1 @@
+"""Example workflows shipped with Flows: the order workflow that `flows demo` runs."""
