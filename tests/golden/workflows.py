@@ -216,3 +216,10 @@ async def fraud_cleaned(ctx: flows.WorkflowContext, order: Order) -> list[str]:
     done.append(await ctx.execute(ship, order))
     await ctx.wait_for_signal("delivered", str)
     return done
+
+
+# ``--app`` values for the CLI tests (``tests.golden.workflows:before_app``...): one
+# version of golden-fraud each.
+before_app = [fraud_before, *ACTIVITIES]
+patched_app = [fraud_patched, *ACTIVITIES]
+deprecated_app = [fraud_deprecated, *ACTIVITIES]
