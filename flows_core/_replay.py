@@ -11,6 +11,10 @@ the code creates it. Applying a batch of history events works in two passes:
 2. the other events (results, timer firings, signals, cancel requests) are applied in
    history order, and after each one the workflow runs until every task is blocked.
 
+``ctx.patched(id)`` takes no seq: its PatchMarker events are indexed by patch id, and
+the history's highest step (or its end) tells whether the run went past a check with the
+code before the patch (see ``WorkflowInstance.patched``).
+
 Steps the code takes that the history does not have are returned as new command events
 in ``Activation.new_events``; the worker turns them into store writes and the history
 grows by exactly those events. The same instance can be fed further events later (the
