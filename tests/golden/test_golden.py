@@ -9,6 +9,7 @@ or a field (README_REPLAY.md, "Evolving events").
 
 from __future__ import annotations
 
+import asyncio
 import typing
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,59 @@ def test_a_golden_history_replayed_against_changed_code_says_where() -> None:
     assert '"name":"golden-refund"' in problem.now
     with pytest.raises(flows.NonDeterminismError, match="step #1"):
         result.check()
+
+
+CODE_EVENTS = (
+    ev.ActivityScheduled,
+    ev.TimerStarted,
+    ev.SignalWaitStarted,
+    ev.SideEffectRecorded,
+    ev.StepCancelled,
+    ev.PatchMarker,
+    *ENDINGS,
+)
+"""What the code records (the rest comes from outside: the start, results, timer
+firings, signals, cancel requests, termination)."""
+
+
+def comparable(event: ev.Event) -> Any:
+    """``event`` without what depends on the moment the code ran (the replay runs at
+    the time of the last event it was given)."""
+    fields: dict[str, Any] = msgspec.structs.asdict(event)
+    fields.pop("at")
+    fields.pop("fire_at", None)
+    fields.pop("timeout_at", None)
+    if isinstance(event, ev.SideEffectRecorded) and event.kind != "random":
+        fields.pop("value")
+    return type(event).__name__, msgspec.json.encode(fields)
+
+
+@pytest.mark.parametrize("path", OWN, ids=lambda p: p.stem)
+def test_each_workflow_task_takes_the_recorded_steps_again(path: Path) -> None:
+    """At every point where the code ran (after the outside events, before the steps it
+    recorded), replaying the history up to there gives exactly the steps the history
+    records next, in order: the same commands, not just no divergence."""
+    events = load(path).events
+    replayer = flows.Replayer(code_for(path))
+    points = [
+        k
+        for k in range(1, len(events))
+        if isinstance(events[k], CODE_EVENTS) and not isinstance(events[k - 1], CODE_EVENTS)
+    ]
+    assert points
+    for k in points:
+        result = replayer.replay(events[:k]).check()
+        recorded = []
+        for event in events[k:]:
+            if not isinstance(event, CODE_EVENTS):
+                break
+            recorded.append(event)
+        taken = [comparable(e) for e in result.new_events]
+        assert taken == [comparable(e) for e in recorded], f"{path.name} after event {k}"
+
+
+def test_the_recorder_never_overwrites_a_golden_file() -> None:
+    from tests.golden import record
+
+    with pytest.raises(FileExistsError, match="never re-recorded"):
+        asyncio.run(record.record("tour"))
