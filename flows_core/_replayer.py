@@ -26,6 +26,7 @@ from ._errors import (
     IllegalAwaitError,
     InvalidArgument,
     NonDeterminismError,
+    PayloadError,
     WorkflowCodeError,
     WorkflowNotFound,
 )
@@ -59,7 +60,12 @@ HISTORY_FORMAT: Final = 1
 reads it and every earlier one (and a bare JSON array of events)."""
 
 ProblemKind = Literal[
-    "nondeterminism", "illegal_await", "code_error", "not_registered", "replay_error"
+    "nondeterminism",
+    "illegal_await",
+    "code_error",
+    "payload_error",
+    "not_registered",
+    "replay_error",
 ]
 
 
@@ -334,6 +340,16 @@ def _activation_problem(
             "nondeterminism",
             f"the history records the end of the run ({type(ending).__name__}); the code {doing}",
             Divergence(step, ending, first),
+        )
+    failed = next((e for e in activation.new_events if isinstance(e, WorkflowFailedEvent)), None)
+    if failed is not None and failed.error.type == PayloadError.__name__:
+        # The types of the code no longer read what the history holds (its input, an
+        # activity's output, a signal): the code would now fail the run on it.
+        return _problem(
+            started,
+            "payload_error",
+            f"the code now fails the run: {failed.error.message}",
+            Divergence(None, None, failed),
         )
     return None
 

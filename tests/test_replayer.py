@@ -194,6 +194,19 @@ def test_code_that_no_longer_ends_where_the_history_ended_is_reported() -> None:
     assert "history records the end of the run" in str(problem)
 
 
+def test_code_whose_types_no_longer_read_the_history_is_reported() -> None:
+    @flows.workflow("rp-retyped")
+    async def retyped(ctx: flows.WorkflowContext, n: str) -> str:
+        return n
+
+    problem = flows.Replayer([retyped]).replay(history_of(retyped)).problem
+    assert problem is not None
+    assert problem.kind == "payload_error"
+    assert "input of 'rp-retyped' does not match str" in problem.message
+    assert problem.now is not None
+    assert problem.now.startswith('{"type":"workflow_failed"')
+
+
 def test_replaying_nothing_is_refused() -> None:
     with pytest.raises(flows.InvalidArgument, match="starts with WorkflowStarted"):
         flows.Replayer([echo]).replay([])
