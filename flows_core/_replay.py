@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -100,7 +100,7 @@ _CommandEvent = ActivityScheduled | TimerStarted | SignalWaitStarted | SideEffec
 _TerminalEvent = WorkflowCompleted | WorkflowFailedEvent | WorkflowCancelledEvent
 _COMMAND_TYPES = (ActivityScheduled, TimerStarted, SignalWaitStarted, SideEffectRecorded)
 _TERMINAL_TYPES = (WorkflowCompleted, WorkflowFailedEvent, WorkflowCancelledEvent)
-PatchPath = str
+PatchPath = Literal["old", "new", "new_unrecorded"]
 """How a run went through a ``ctx.patched`` check: ``"old"`` (the history has steps past
 the check and no marker), ``"new"`` (the history has the marker), ``"new_unrecorded"``
 (the run reached the check only now: it takes the new path and records the marker)."""
@@ -906,6 +906,7 @@ class WorkflowInstance:
             return decided
         assert self.now is not None
         position = self.next_seq
+        path: PatchPath
         recorded = self._patch_markers.get(patch_id)
         if recorded is not None:
             if recorded.position != position and not deprecated:

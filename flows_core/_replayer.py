@@ -31,7 +31,7 @@ from ._errors import (
     WorkflowNotFound,
 )
 from ._registry import WorkflowRegistry
-from ._replay import Activation, Divergence, WorkflowInstance
+from ._replay import Activation, Divergence, PatchPath, WorkflowInstance
 from .events import (
     Event,
     WorkflowCancelledEvent,
@@ -209,7 +209,7 @@ class ReplayResult:
     up with: what a finished workflow's history always is)."""
     finished: bool = False
     """The code ended the workflow (as the history records, or in ``new_events``)."""
-    patches: dict[str, str] = field(default_factory=dict)
+    patches: dict[str, PatchPath] = field(default_factory=dict)
     """The ``ctx.patched`` ids the run checked and its path through each: ``old``,
     ``new`` (marker in the history) or ``new_unrecorded`` (reached only now)."""
 
