@@ -40,7 +40,7 @@ from ._errors import (
     WorkflowTimeout,
 )
 from ._public import publish
-from ._replay import WORKFLOW_CODE_ERRORS, RaceResult, Step, replay
+from ._replay import WORKFLOW_CODE_ERRORS, RaceResult, Step, awaited_signals, replay
 from ._replayer import (
     ExportedHistory,
     PatchUsage,
@@ -125,6 +125,7 @@ __all__ = [
     "WorkflowTimeout",
     "activity",
     "activity_info",
+    "awaited_signals",
     "current_tenant",
     "event_summary",
     "gather",

@@ -90,6 +90,7 @@ __all__ = [
     "RaceResult",
     "Step",
     "WorkflowInstance",
+    "awaited_signals",
     "current_instance",
     "replay",
 ]
@@ -1022,13 +1023,13 @@ class WorkflowInstance:
     def pending_steps(self) -> list[int]:
         return sorted(self._pending)
 
-    def signal_wait_type(self, name: str) -> Any | None:
-        """The type that the next signal ``name`` will be decoded as: that of the
-        earliest pending wait for it; None when no wait for it is pending."""
+    def awaited_signals(self) -> dict[str, Any]:
+        """The signals awaited now, by name, with the type each one's payload will be
+        decoded as (that of the earliest pending wait for the name)."""
+        awaited: dict[str, Any] = {}
         for wait in self._waits.values():
-            if wait.name == name:
-                return wait.type_
-        return None
+            awaited.setdefault(wait.name, wait.type_)
+        return awaited
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -1059,3 +1060,16 @@ def _describe(event: _CommandEvent) -> str:
 def replay(definition: Workflow[Any, Any], history: list[Event], now: datetime) -> Activation:
     """Run ``definition`` against ``history``; return the new commands. Pure."""
     return WorkflowInstance(definition).apply(history, now)
+
+
+def awaited_signals(
+    definition: Workflow[Any, Any], history: list[Event], now: datetime
+) -> dict[str, Any]:
+    """The signals a workflow waits for after ``history``, by name, with the type each
+    payload will be decoded as: what a signal sent now must match. Pure (replays the
+    history); raises the error that would park the workflow if the replay cannot go on."""
+    instance = WorkflowInstance(definition)
+    activation = instance.apply(history, now)
+    if activation.park_error is not None:
+        raise activation.park_error
+    return instance.awaited_signals()

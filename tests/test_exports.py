@@ -91,6 +91,7 @@ CORE = [
     "WorkflowTimeout",
     "activity",
     "activity_info",
+    "awaited_signals",
     "current_tenant",
     "event_summary",
     "gather",
