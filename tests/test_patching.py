@@ -15,6 +15,8 @@ from typing import Any
 import msgspec
 import pytest
 from history_support import T0, started_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import flows_core as flows
 from flows_core.events import (
@@ -340,3 +342,80 @@ def test_a_bad_patch_id_is_refused(bad: Any) -> None:
     assert isinstance(failed, WorkflowFailedEvent)
     assert failed.error.type == "InvalidArgument"
     assert "patch id" in failed.error.message
+
+
+# -- the rule, over generated programs: a deploy at any point never diverges --
+
+
+def program(kinds: list[str], patch_at: int | None) -> flows.Workflow[None, list[int]]:
+    """Steps in sequence (``activity`` or ``timer``); with ``patch_at``, a patched
+    extra activity before step ``patch_at`` (or at the end)."""
+
+    @flows.workflow("patching-generated")
+    async def wf(ctx: flows.WorkflowContext, _: None) -> list[int]:
+        out: list[int] = []
+        for index in range(len(kinds) + 1):
+            if index == patch_at and ctx.patched("extra"):
+                out.append(await ctx.execute(w.double, 100))
+            if index == len(kinds):
+                break
+            if kinds[index] == "activity":
+                out.append(await ctx.execute(w.double, index))
+            else:
+                await ctx.sleep(60)
+                out.append(-index)
+        return out
+
+    return wf
+
+
+def advance(
+    code: flows.Workflow[None, list[int]], history: list[Event]
+) -> tuple[list[Event], bool]:
+    """One workflow task of ``code`` and the outcome of the step it waits on."""
+    result = flows.Replayer([code]).replay(history).check()
+    history = [*history, *result.new_events]
+    if result.finished:
+        return history, True
+    waiting = [e for e in result.new_events if isinstance(e, ActivityScheduled | TimerStarted)]
+    assert len(waiting) == 1, result.new_events
+    step = waiting[0]
+    if isinstance(step, ActivityScheduled):
+        value = msgspec.json.decode(bytes(step.input))
+        done: Event = ActivityCompleted(
+            seq=step.seq, output=msgspec.Raw(msgspec.json.encode(value * 2)), at=T0
+        )
+    else:
+        done = TimerFired(seq=step.seq, at=T0)
+    return [*history, done], False
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(["activity", "timer"]), min_size=0, max_size=5),
+    data=st.data(),
+)
+def test_a_deploy_at_any_point_never_diverges(kinds: list[str], data: st.DataObject) -> None:
+    patch_at = data.draw(st.integers(0, len(kinds)), label="patch_at")
+    tasks_before = data.draw(st.integers(1, len(kinds) + 1), label="tasks_before")
+    old, patched = program(kinds, None), program(kinds, patch_at)
+
+    history: list[Event] = [started_event("patching-generated")]
+    finished = False
+    for _ in range(tasks_before):  # the old code runs this many workflow tasks
+        history, finished = advance(old, history)
+        if finished:
+            break
+    taken = sum(isinstance(e, ActivityScheduled | TimerStarted) for e in history)
+    went_past = finished or taken > patch_at
+
+    while not finished:  # the patched code takes over
+        history, finished = advance(patched, history)
+    result = flows.Replayer([patched]).replay(history).check()
+    assert result.new_events == []
+    assert result.patches == {"extra": "old" if went_past else "new"}
+    output = msgspec.json.decode(bytes(history[-1].output))  # type: ignore[union-attr]
+    expected = [index * 2 if kind == "activity" else -index for index, kind in enumerate(kinds)]
+    if not went_past:
+        expected.insert(patch_at, 200)
+    assert output == expected
