@@ -215,6 +215,7 @@ class ReplayResult:
 
     @property
     def ok(self) -> bool:
+        """The history replays against the code."""
         return self.problem is None
 
     def check(self) -> ReplayResult:
@@ -403,6 +404,7 @@ class ReplayReport:
 
     @property
     def ok(self) -> bool:
+        """Every history checked replays against the code."""
         return not self.problems
 
     @property
@@ -412,6 +414,7 @@ class ReplayReport:
 
     @property
     def histories_per_second(self) -> float:
+        """Histories checked per second of the whole check (reads included)."""
         return self.checked / self.seconds if self.seconds > 0 else 0.0
 
     def text(self) -> str:
