@@ -454,7 +454,9 @@ async def check_histories(
     histories, newest first. ``on_result`` is called with each replay's result as it
     comes (progress, a verbose listing). A running (or parked) run of a workflow version the code
     does not have is a problem; a finished one is skipped. Uses the public Store
-    protocol only (``list_workflows``, ``get_workflow``, ``get_history``)."""
+    protocol only (``list_workflows``, ``get_workflow``, ``get_history``), paging by
+    offset: a workflow started during the check shifts the pages (what it pushes to the
+    next page is replayed once), one pruned during it may be missed."""
     if limit is not None and limit < 1:
         raise InvalidArgument(f"limit must be at least 1, got {limit}")
     if page_size < 1:
