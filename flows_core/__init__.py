@@ -42,6 +42,17 @@ from ._errors import (
 from ._observe import CompositeObserver, Observer
 from ._public import publish
 from ._replay import WORKFLOW_CODE_ERRORS, RaceResult, Step, awaited_signals, replay
+from ._replayer import (
+    ExportedHistory,
+    PatchUsage,
+    Replayer,
+    ReplayProblem,
+    ReplayReport,
+    ReplayResult,
+    check_histories,
+    export_history,
+    load_history,
+)
 from ._sharding import DEFAULT_SHARDS, HashSharder, Sharder, TenantSharder
 from ._tenancy import DEFAULT_TENANT, current_tenant, tenant
 from ._worker import Worker, WorkerStats
@@ -49,6 +60,15 @@ from .events import Event, event_summary
 from .store import CancelOutcome, Store, StoreStats, TerminateOutcome, WorkflowStatus
 
 __all__ = [
+    "load_history",
+    "export_history",
+    "check_histories",
+    "Replayer",
+    "ReplayResult",
+    "ReplayReport",
+    "ReplayProblem",
+    "PatchUsage",
+    "ExportedHistory",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",

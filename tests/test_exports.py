@@ -25,6 +25,15 @@ import flows_core.store
 import flows_memory
 
 CORE = [
+    "load_history",
+    "export_history",
+    "check_histories",
+    "Replayer",
+    "ReplayResult",
+    "ReplayReport",
+    "ReplayProblem",
+    "PatchUsage",
+    "ExportedHistory",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",
@@ -102,6 +111,7 @@ EVENTS = [
     "CancelRequested",
     "DEADLINE_SEQ",
     "Event",
+    "PatchMarker",
     "SideEffectRecorded",
     "SignalReceived",
     "SignalWaitStarted",
