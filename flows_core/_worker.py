@@ -274,6 +274,9 @@ class Worker:
                         registered_at = time.monotonic()
                     progressed = await self.poll_once()
                     backoff = 0.05
+                    if not progressed:
+                        # reads the store too (next_due): its failures are poll failures
+                        await self._idle_wait()
                 except (LeaseLost, asyncio.CancelledError):
                     raise
                 except Exception as exc:
@@ -290,9 +293,6 @@ class Worker:
                     )
                     await self._sleep_or_stop(backoff)
                     backoff = min(backoff * 2, 10.0)
-                    continue
-                if not progressed:
-                    await self._idle_wait()
         finally:
             if self.eager is not None:
                 self.eager.remove(self)
