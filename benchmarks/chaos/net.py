@@ -74,6 +74,7 @@ class NetFault:
     recovered: int = 0
     survivors: int = 0
     slowest: float | None = None  # s from the fault's end to the slowest survivor's write
+    overlapped: bool = False  # a worker wrote again only after the next fault began
 
 
 class NetChaos(Chaos):
@@ -164,9 +165,10 @@ class NetChaos(Chaos):
         cfg, rng = self.cfg, self.rng
         start = self.t0 + 1.5
         end = self.t0 + cfg.start_window
-        # Always, whatever the dice say: one worker cut off for longer than the lease,
-        # and everyone cut off for longer than the lease.
+        # Always, whatever the dice say: half-open connections, one worker cut off for
+        # longer than the lease, and everyone cut off for longer than the lease.
         fixed = [
+            (self.t0 + cfg.start_window * 0.15, "half-open"),
             (self.t0 + cfg.start_window * 0.3, "partition"),
             (self.t0 + cfg.start_window * 0.55, "black hole > lease"),
         ]
@@ -210,8 +212,10 @@ class NetChaos(Chaos):
         super().check_recovery(execs)
         st = self.stats
         work_until = self.t0 + self.cfg.start_window  # workflows are still being started
-        horizon = 10.0
-        for fault in self.net_faults:
+        horizon = 3.0
+        for n, fault in enumerate(self.net_faults):
+            later = [f.start for f in self.net_faults[n + 1 :] if set(f.slots) & set(fault.slots)]
+            next_start = min(later, default=float("inf"))
             for inc in self.incarnations:
                 if inc.slot not in fault.slots:
                     continue
@@ -220,16 +224,20 @@ class NetChaos(Chaos):
                 gone = inc.killed or inc.exited or time.time()
                 if ready is None or ready > fault.start or gone < fault.end + horizon:
                     continue
-                if fault.end > work_until - 3.0:
+                if fault.end > work_until - horizon:
                     continue  # too little work left after it to tell
-                fault.survivors += 1
                 write = first_write_after(events, fault.end)
                 if write is None:
                     st.fail(
                         f"{fault.kind} at {fault.start - self.t0:.1f}s: worker {inc.slot} "
                         f"(pid {inc.pid}) never wrote again (log {inc.log})"
                     )
+                    fault.survivors += 1
                     continue
+                if write > next_start:
+                    fault.overlapped = True  # the next fault came first: not measured
+                    continue
+                fault.survivors += 1
                 fault.recovered += 1
                 delay = max(0.0, write - fault.end)
                 fault.slowest = delay if fault.slowest is None else max(fault.slowest, delay)
@@ -255,10 +263,16 @@ def net_table(faults: list[NetFault], t0: float) -> str:
     for f in faults:
         slowest = "-" if f.slowest is None else f"{f.slowest:.2f}"
         recovered = f"{f.recovered}/{f.survivors}" if f.survivors else "-"
+        if f.overlapped:
+            recovered += "*"
         lines.append(
             f"  {f.kind:<18}{f.start - t0:>6.1f}{f.end - f.start:>12.2f}  "
             f"{','.join(map(str, f.slots)):<8} {f.detail:<40}{recovered:>9}  {slowest:>10}"
         )
+    lines.append(
+        "  (-: too close to the end of the workload to tell; *: some worker wrote again only "
+        "after the next fault began)"
+    )
     kinds = Counter(f.kind for f in faults)
     lines.append("  by kind: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
     return "\n".join(lines)
