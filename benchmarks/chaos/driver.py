@@ -172,6 +172,7 @@ class Chaos:
         self.t0 = 0.0
         self.dsn = ""
         self.tmp: Path | None = None
+        self.worker_env: dict[str, str] = {}  # added to the worker processes' environment
 
     # -- helpers --
 
@@ -268,6 +269,7 @@ class Chaos:
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
             "CHAOS_EXEC_DSN": self.conninfo(f"chaos-exec-{slot}"),
+            **self.worker_env,
         }
         with open(log, "wb") as out:
             proc = subprocess.Popen(
