@@ -10,8 +10,9 @@ Faults, at random moments during the start window:
 * ``pg_terminate_backend`` on the coordinator (the Flows workers' connections) and on
   the worker nodes (every client backend there: the coordinator's connections);
 * SIGKILL of Flows worker processes (respawned 0-1 s later);
-* all the while, a shard group of the Flows tables is moved to the other worker node
-  every 1-3 s (``citus_move_shard_placement``, ``shard_transfer_mode => 'block_writes'``);
+* all the while (but for the heartbeating workflow's quiet window, as every other
+  fault), a shard group of the Flows tables is moved to the other worker node every
+  1-3 s (``citus_move_shard_placement``, ``shard_transfer_mode => 'block_writes'``);
   a move that meets a restart fails and the next one goes on.
 
 A probe writes to each Flows shard key every 0.1 s through the coordinator (a table
@@ -77,7 +78,7 @@ class CitusConfig(Config):
             node_restarts=2,
             coordinator_restarts=1,
             drain_timeout=60.0,
-            max_latency=60.0,
+            max_latency=90.0,  # see the report: recovery after a node restart can take 20 s+
         )
         base.update(overrides)
         return cls(**base)
@@ -322,6 +323,8 @@ class CitusChaos(Chaos):
         workers = ports[1:3]
         while time.time() < end and not self.done.is_set():
             await asyncio.sleep(self.rng.uniform(*self.cfg.move_every))
+            if self.quiet:  # the heartbeating workflow's window: no fault of any kind
+                continue
             began = time.time()
             shard = source = target = 0
             try:
