@@ -238,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round", type=int, default=400, help="workflows started per round")
     parser.add_argument("--concurrency", type=int, default=8, help="worker concurrency")
     parser.add_argument("--dsn", help="a PostgreSQL server (default: embedded, temporary)")
+    parser.add_argument(
+        "--naptime",
+        help="set autovacuum_naptime (ALTER SYSTEM, e.g. 5s) so autovacuum visits the tables "
+        "within a short phase; default: leave the server's",
+    )
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args(argv)
     server = PgServer(args.dsn)
@@ -249,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             if k in ("server_version", "synchronous_commit", "shared_buffers")
         }
         with server.admin() as conn:
+            if args.naptime:
+                conn.execute("ALTER SYSTEM SET autovacuum_naptime = %s", (args.naptime,))
+                conn.execute("SELECT pg_reload_conf()")
+                time.sleep(0.5)
             row = conn.execute("SHOW autovacuum_naptime").fetchone()
             info["autovacuum_naptime"] = str(row[0]) if row else "?"
         phases = asyncio.run(main_async(args, dsn))
