@@ -255,7 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         with server.admin() as conn:
             if args.naptime:
-                conn.execute("ALTER SYSTEM SET autovacuum_naptime = %s", (args.naptime,))
+                from psycopg import sql
+
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET autovacuum_naptime = {}").format(
+                        sql.Literal(args.naptime)
+                    )
+                )
                 conn.execute("SELECT pg_reload_conf()")
                 time.sleep(0.5)
             row = conn.execute("SHOW autovacuum_naptime").fetchone()
