@@ -179,7 +179,8 @@ def report(phases: list[Phase], args: argparse.Namespace, info: dict[str, str]) 
     base, held = phases
     out = [
         f"Long transaction holding back vacuum: scenario (a) (3-step workflows, rounds of "
-        f"{args.round}, worker concurrency {args.concurrency}), {args.seconds:.0f} s per phase",
+        f"{args.round}, worker concurrency {args.concurrency}), {args.seconds:.0f} s per phase"
+        f"{', held-xmin phase first' if args.held_first else ''}",
         "server: " + ", ".join(f"{k}={v}" for k, v in info.items()),
         "",
         f"| metric | {base.name} | {held.name} | change |",
@@ -225,10 +226,14 @@ def report(phases: list[Phase], args: argparse.Namespace, info: dict[str, str]) 
 
 
 async def main_async(args: argparse.Namespace, dsn: str) -> list[Phase]:
+    order = [("baseline", False), ("held xmin", True)]
+    if args.held_first:
+        order.reverse()
     phases = []
-    for name, hold in (("baseline", False), ("held xmin", True)):
+    for name, hold in order:
         log(f"phase {name}: {args.seconds:.0f} s")
         phases.append(await run_phase(dsn, name, args.seconds, args.round, args.concurrency, hold))
+    phases.sort(key=lambda p: p.name != "baseline")  # the report shows baseline first
     return phases
 
 
@@ -243,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         help="set autovacuum_naptime (ALTER SYSTEM, e.g. 5s) so autovacuum visits the tables "
         "within a short phase; default: leave the server's",
     )
+    parser.add_argument("--held-first", action="store_true", help="run the held-xmin phase first")
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args(argv)
     server = PgServer(args.dsn)
