@@ -33,7 +33,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .driver import REPO, Chaos, Config, Stats
 
 FAULTS = ("latency", "reset", "half-open", "black hole", "partition")
-FAULT_WEIGHTS = (3, 3, 3, 2, 2)
 
 
 def _proxy_class() -> Any:
@@ -84,7 +83,7 @@ class NetChaos(Chaos):
         super().__init__(config)
         self.proxies: dict[int, Any] = {}
         self.net_faults: list[NetFault] = []
-        self.hole_done = False
+        self.kinds: list[str] = []
 
     async def prepare_schema(self) -> None:
         await super().prepare_schema()
@@ -161,6 +160,13 @@ class NetChaos(Chaos):
         self.net_faults.append(fault)
         return fault
 
+    def next_kind(self) -> str:
+        """Every kind in turn, in a shuffled order each round (so a run sees them all)."""
+        if not self.kinds:
+            self.kinds = list(FAULTS)
+            self.rng.shuffle(self.kinds)
+        return self.kinds.pop()
+
     async def inject(self) -> None:
         cfg, rng = self.cfg, self.rng
         start = self.t0 + 1.5
@@ -187,13 +193,14 @@ class NetChaos(Chaos):
                     continue
                 if fixed and due == fixed[0][0]:
                     await self.net_fault(fixed.pop(0)[1])
+                    next_net = max(next_net, time.time() + rng.uniform(*cfg.net_every))
                 elif due == next_kill:
                     if due <= end:
                         await self.kill_worker()
                     next_kill = time.time() + rng.uniform(*cfg.kill_every)
                 else:
                     if due <= end:
-                        await self.net_fault(rng.choices(FAULTS, FAULT_WEIGHTS)[0])
+                        await self.net_fault(self.next_kind())
                     next_net = time.time() + rng.uniform(*cfg.net_every)
 
     def cause_of_rerun(self, pid: int, at: float) -> str:
