@@ -26,10 +26,53 @@ def cancelled_output_does_not_decode() -> str | None:
     return None
 
 
-REPROS = [cancelled_output_does_not_decode]
+def pipeline_prepare_poisons_connection() -> str | None:
+    """Found by the Citus chaos run (psycopg 3.3.x). ``CitusStore._each_key`` runs the same
+    statement once per shard key in one pipeline (flows_citus/_store.py, ``_pipelined``).
+    When an execution fails (a worker node is down) and a later execution of the same
+    statement in that pipeline crosses psycopg's ``prepare_threshold``, psycopg records the
+    statement as prepared although the server skipped its Parse; from then on every use
+    of it on that connection fails with InvalidSqlStatementName ``prepared statement
+    "_pg3_0" does not exist``, until the pool drops the connection (seen for up to 25 s,
+    store errors and backoff in a worker, slow recovery after a node restart)."""
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    import psycopg
+
+    from flows_pg import embedded
+
+    async def go(dsn: str) -> str | None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            query = "SELECT 1 / %s::int"
+            try:
+                async with conn.pipeline():
+                    for divisor in (1, 0, 1, 1, 1, 1, 1, 1):  # the 2nd fails
+                        await conn.execute(query, (divisor,))
+            except psycopg.errors.DivisionByZero:
+                pass
+            try:
+                await conn.execute(query, (1,))
+            except psycopg.Error as exc:
+                return f"after a failed pipeline, the next execution raises {exc!r}"
+        return None
+
+    data = Path(tempfile.mkdtemp(prefix="flows-repro-")) / "pg"
+    dsn = embedded.ensure_started(data)
+    try:
+        return asyncio.run(go(dsn))
+    finally:
+        embedded.stop(data, delete=True)
+
+
+REPROS = [cancelled_output_does_not_decode, pipeline_prepare_poisons_connection]
 
 
 def main() -> int:
+    import logging
+
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     found = 0
     for repro in REPROS:
         result = repro()
