@@ -290,8 +290,10 @@ class Chaos:
             rc = inc.proc.poll()
             if rc is not None and inc.killed is None and inc.exited is None:
                 inc.exited = time.time()
+                tail = inc.log.read_text(errors="replace").splitlines()[-12:]
                 self.stats.fail(
-                    f"worker {slot} (pid {inc.pid}) exited by itself, rc={rc}: see {inc.log}"
+                    f"worker {slot} (pid {inc.pid}) exited by itself, rc={rc}: see {inc.log}; "
+                    "its last lines:\n      " + "\n      ".join(line[:300] for line in tail)
                 )
                 self.spawn_worker(slot)
 
