@@ -66,7 +66,49 @@ def pipeline_prepare_poisons_connection() -> str | None:
         embedded.stop(data, delete=True)
 
 
-REPROS = [cancelled_output_does_not_decode, pipeline_prepare_poisons_connection]
+def idle_wait_store_error_kills_worker() -> str | None:
+    """Found by the Citus chaos run: ``Worker.run`` calls ``_idle_wait()`` outside its
+    store-error handling (flows_core/_worker.py, ``if not progressed: await
+    self._idle_wait()``), and ``_idle_wait`` calls ``store.next_due``; one failing
+    ``next_due`` (on Citus: a worker node down, the per-key pipeline fails) ends
+    ``Worker.run()`` with that exception, and the worker process exits."""
+    import asyncio
+    from collections.abc import Sequence
+
+    import flows_core as flows
+    from flows_memory import MemoryStore
+
+    class FailingOnce(MemoryStore):
+        failed = False
+
+        async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
+            if not self.failed:
+                self.failed = True
+                raise ConnectionError("a node is down")
+            return await super().next_due(shard_keys)
+
+    @flows.activity("repro-noop")
+    async def noop(x: int) -> int:
+        return x
+
+    async def go() -> str | None:
+        worker = flows.Worker(FailingOnce(), activities=[noop], poll_interval=0.05)
+        running = asyncio.ensure_future(worker.run())
+        await asyncio.sleep(0.5)
+        if running.done():
+            return f"Worker.run() ended with {running.exception()!r}"
+        await worker.stop()
+        await running
+        return None
+
+    return asyncio.run(go())
+
+
+REPROS = [
+    cancelled_output_does_not_decode,
+    pipeline_prepare_poisons_connection,
+    idle_wait_store_error_kills_worker,
+]
 
 
 def main() -> int:
