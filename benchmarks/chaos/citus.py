@@ -35,6 +35,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -482,7 +483,13 @@ def run_citus(cfg: CitusConfig) -> Stats:
 
 
 async def bounded(chaos: Chaos) -> Stats:
+    """``chaos.run()``, cancelled after its window and drain plus two minutes, or on
+    SIGTERM (so its servers are stopped either way, not left running)."""
     limit = chaos.cfg.start_window + chaos.cfg.drain_timeout + 120.0
+    task = asyncio.current_task()
+    if task is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         return await asyncio.wait_for(chaos.run(), limit)
     except TimeoutError:
