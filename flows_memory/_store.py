@@ -176,6 +176,9 @@ class MemoryStore:
         self._tasks: dict[str, _Task] = {}
         self._workers: dict[str, WorkerInfo] = {}
         self._work_waiters: list[asyncio.Future[None]] = []
+        self._work_missed = False
+        """Work was notified while nobody waited: the next ``wait_for_work`` returns at
+        once (as PostgreSQL's listener does), so a wake-up is never lost."""
         self._wf_waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         # Indexes (lazy invalidation through _Task.gen), so claims and timer scans do
         # not look at every task:
@@ -385,8 +388,9 @@ class MemoryStore:
             self.notify_work()
 
     def notify_work(self) -> None:
-        """Wake every ``wait_for_work`` caller."""
+        """Wake every ``wait_for_work`` caller (or the next one, if none waits now)."""
         waiters, self._work_waiters = self._work_waiters, []
+        self._work_missed = not waiters
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -842,9 +846,15 @@ class MemoryStore:
                     when = heap[0][0]
                     if when > now and (best is None or when < best):
                         best = when
+        for k in self._timer_due if shard_keys is None else shard_keys:
+            if self._clean(self._timer_due.get(k)) is not None:
+                return now  # a timer is due already: fire it now, not at the next poll
         return best
 
     async def wait_for_work(self, timeout: float) -> None:
+        if self._work_missed:
+            self._work_missed = False
+            return
         fut = asyncio.get_running_loop().create_future()
         self._work_waiters.append(fut)
         await self._wait(fut, timeout)

@@ -397,3 +397,28 @@ async def test_a_store_error_while_idle_is_backed_off_not_fatal() -> None:
     finally:
         await worker.stop()
         await running
+
+
+async def test_due_timers_on_memory_do_not_wait_for_the_poll_interval() -> None:
+    """A hang check, not a speed test (as on PostgreSQL and Citus): with a 30 s poll
+    interval on the wall clock, due and zero-length timers fire without a poll's wait
+    (they cost one each: next_due saw future timers only, and a wake-up sent while no
+    worker waited was lost)."""
+    from datetime import UTC
+
+    @flows.workflow("memory-due-timers")
+    async def wf(ctx: flows.WorkflowContext, _: None) -> str:
+        await ctx.sleep(0)
+        await ctx.sleep_until(datetime(2000, 1, 1, tzinfo=UTC))
+        await ctx.sleep(0.001)
+        return "woke"
+
+    store = MemoryStore(clock=flows.SystemClock())
+    worker = flows.Worker(store, workflows=[wf], poll_interval=30)
+    running = asyncio.ensure_future(worker.run())
+    try:
+        run = await flows.Engine(store).start(wf, None)
+        assert await run.result(timeout=10) == "woke"
+    finally:
+        await worker.stop()
+        await running
