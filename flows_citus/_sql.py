@@ -214,7 +214,9 @@ SELECT EXISTS (
 # Lease up to %(limit)s visible tasks, oldest first; the n-th gets %(tokens)s[n] (through
 # a join with unnest: the subscript tokens[rn] crashes the Citus 13.2 planner). Task
 # rows and then the workflow rows of workflow tasks are locked with SKIP LOCKED: a claim
-# never waits, and a workflow being written to is left for a later claim.
+# never waits, and a workflow being written to is left for a later claim. An activity
+# task that still holds a lease token was left by a claimant whose lease ran out: its
+# attempt counts on (as on PostgreSQL, see flows_pg._sql.CLAIM).
 CLAIM_LEASE: Final = """
 WITH c AS MATERIALIZED (
   SELECT t.tenant_id, t.task_id, t.workflow_id, t.kind, t.visible_at
@@ -241,7 +243,8 @@ WITH c AS MATERIALIZED (
 UPDATE {S}.tasks t
 SET lease_token = tk.token, lease_owner = %(owner)s,
     visible_at = now() + %(lease)s::interval,
-    attempt = CASE WHEN t.kind = 'workflow' THEN t.attempt + 1 ELSE t.attempt END
+    attempt = CASE WHEN t.kind = 'workflow' OR t.lease_token IS NOT NULL
+                   THEN t.attempt + 1 ELSE t.attempt END
 FROM ok
 JOIN unnest(%(tokens)s::uuid[]) WITH ORDINALITY AS tk(token, n) ON tk.n = ok.rn
 WHERE t.shard_key = %(sk)s AND t.tenant_id = ok.tenant_id AND t.task_id = ok.task_id

@@ -212,7 +212,11 @@ class ActivityTaskClaim(msgspec.Struct, frozen=True, kw_only=True):
     activity_name: str
     input: msgspec.Raw
     attempt: int
-    """The attempt number about to run (1-based)."""
+    """The attempt number about to run (1-based): the task's count as ``retry_activity``
+    last set it, plus one for every earlier claim whose lease ran out with nothing
+    recorded (its claimant crashed or lost the lease; that attempt is counted). A
+    ``release`` gives the claim back uncounted. It may exceed the activity's retry
+    policy: the worker then fails the step (ActivityTaskCrashed) without running it."""
     cancel_requested: bool = False
     scheduled_at: datetime | None = None
     """When the workflow first scheduled the step (its ActivityScheduled ``at``; the
@@ -413,6 +417,13 @@ class Store(Protocol):
 
         A claimed workflow task first moves its workflow's inbox into the history; the
         claim returns the whole history and the row as of after that move.
+
+        Attempts (one failure policy: every claim that does not end in the task's own
+        outcome counts): every claim of a workflow task counts (see
+        ``WorkflowTaskClaim.attempt``; a commit resets it). An activity task's claim
+        counts on from its last one when that claim's lease ran out, i.e. the task was
+        claimed before and neither completed, retried nor released since: it gets
+        attempt + 1. A task given back by ``release`` keeps its count.
         """
         ...
 
@@ -452,7 +463,9 @@ class Store(Protocol):
         ...
 
     async def retry_activity(self, retry: ActivityRetry) -> None:
-        """Release a failed attempt's task until ``visible_at`` with attempt + 1."""
+        """Release a failed attempt's task until ``visible_at``, its attempt count set to
+        ``next_attempt`` (the number its next claim gets, lease expiry aside).
+        LeaseLost if fenced."""
         ...
 
     async def heartbeat(self, lease: Lease, extend: timedelta) -> HeartbeatReply:
@@ -460,9 +473,13 @@ class Store(Protocol):
         ...
 
     async def release(self, lease: Lease) -> None:
-        """Give a task back at once (graceful shutdown). Silent if already lost.
+        """Give a task back at once, unleased and visible now. Silent if already lost.
 
-        A released workflow task's claim is not counted as an attempt."""
+        The claim is not counted as an attempt: a workflow task's count goes back by
+        one, an activity task's stays as it was (its next claim gets the same attempt
+        number). For claims whose code did not run (a worker that does not serve the
+        activity); work cut at shutdown is a counted attempt (``retry_activity``,
+        ``fail_workflow_task``)."""
         ...
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:

@@ -593,6 +593,10 @@ class MemoryStore:
         claimed: list[ClaimedTask] = []
         expires = now + request.lease
         for task, wf in candidates:
+            if task.kind == "activity" and task.token is not None:
+                # the previous claimant's lease ran out with nothing recorded: its
+                # attempt is counted (the worker fails the step past its retry policy)
+                task.attempt += 1
             task.token = str(uuid6.uuid7())
             task.owner = request.owner
             task.lease_expires = expires

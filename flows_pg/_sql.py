@@ -280,6 +280,10 @@ def _same_wf(a: str, b: str) -> str:
 #     inbox), so the history and inbox rows this statement reads are complete.
 # Claimed workflow tasks move their inbox to the end of the history (mv/mp/hi/uw) and
 # come back with the row as of after the move and the whole history.
+# Attempts: a workflow task's ``attempt`` is the number its next claim gets (returned
+# minus one); an activity task's is the number of its current or last claim, counted on
+# here when the task still holds a lease token, i.e. its previous claimant's lease ran
+# out without a completion, retry or release (a crashed or cut attempt).
 CLAIM: Final = (
     """
 WITH c AS MATERIALIZED (
@@ -322,7 +326,8 @@ WITH c AS MATERIALIZED (
   UPDATE {S}.tasks t
   SET lease_token = (%(tokens)s::uuid[])[ok.rn], lease_owner = %(owner)s,
       visible_at = now() + %(lease)s::interval,
-      attempt = CASE WHEN t.kind = 'workflow' THEN t.attempt + 1 ELSE t.attempt END
+      attempt = CASE WHEN t.kind = 'workflow' OR t.lease_token IS NOT NULL
+                   THEN t.attempt + 1 ELSE t.attempt END
   FROM ok
   WHERE t.shard_key = ok.shard_key AND t.tenant_id = ok.tenant_id AND t.task_id = ok.task_id
   RETURNING t.shard_key, t.tenant_id, t.workflow_id, t.task_id, t.kind, t.lease_token,
