@@ -26,8 +26,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from flows_core.store import ListQuery
 from flows_pg._base import RECORD, TERMINAL_SQL
-from flows_pg._sql import list_filters
+from flows_pg._sql import LIST_ORDER, list_filters
 
 
 def _pk(alias: str) -> str:
@@ -74,14 +75,15 @@ WHERE {_pk("w")}
 """
 
 
-def list_workflows_sql(*, tenant: bool, status: bool, name: bool) -> str:
-    """The newest ``%(limit)s`` workflows of one shard key matching the filters."""
-    where = ["w.shard_key = %(sk)s", *list_filters(tenant=tenant, status=status, name=name)]
+def list_workflows_sql(query: ListQuery) -> str:
+    """The first %(limit)s rows of ``query``'s listing under one shard key (its filters
+    and cursor; the caller merges the keys and applies the offset)."""
+    where = ["w.shard_key = %(sk)s", *list_filters(query)]
     return f"""
 SELECT {RECORD}, {_PENDING}
 FROM {{S}}.workflows w
 WHERE {" AND ".join(where)}
-ORDER BY w.created_at DESC, w.workflow_id DESC
+{LIST_ORDER}
 LIMIT %(limit)s
 """
 

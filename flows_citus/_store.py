@@ -28,6 +28,7 @@ from flows_core.events import Event, decode_events, encode_event
 from flows_pg import _records
 from flows_pg._base import Batch, Rows, SqlStore, Step
 from flows_pg._migrate import migrate
+from flows_pg._sql import list_params
 
 from . import _sql
 from ._client_ops import CitusOps, detect_op, layout_op
@@ -167,27 +168,19 @@ class CitusStore(SqlStore):
     # -- reads --
 
     async def list_workflows(self, query: api.ListQuery) -> list[api.WorkflowRecord]:
+        """Each shard key that can hold the tenant's rows gives its first limit + offset
+        rows of the listing (a router query, bounded by its LIMIT); they are merged here."""
         layout = await self._ready()
-        statement = self.statements(
-            _sql.list_workflows_sql(
-                tenant=query.tenant_id is not None,
-                status=query.status is not None,
-                name=query.name is not None,
-            )
-        )
         limit, offset = max(0, query.limit), max(0, query.offset)
         if limit == 0:
             return []
-        params = {
-            "tid": query.tenant_id,
-            "status": None if query.status is None else str(query.status),
-            "name": query.name,
-            "limit": limit + offset,
-        }
+        statement = self.statements(_sql.list_workflows_sql(query))
+        params = list_params(query)
+        params["limit"] = limit + offset
         per_key = await self._each_key(statement, layout.tenant_keys(query.tenant_id), params)
-        rows = [row for rows in per_key for row in rows]
-        rows.sort(key=lambda row: (row["created_at"], row["workflow_id"]), reverse=True)
-        return [_records.record_from_row(row) for row in rows[offset : offset + limit]]
+        records = [_records.record_from_row(row) for rows in per_key for row in rows]
+        records.sort(key=api.list_key, reverse=True)
+        return records[offset : offset + limit]
 
     # -- worker operations --
 

@@ -84,6 +84,7 @@ __all__ = [
     "stored_event",
     "stored_payload",
     "stored_text",
+    "list_key",
     "terminate_outcome",
     "terminated_error",
 ]
@@ -310,12 +311,49 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """A listing of workflow rows, newest first: ordered by (created_at DESC,
+    workflow_id DESC), ids compared by code point (PostgreSQL: ``COLLATE "C"``), so
+    every adapter pages in the same order. Filters combine (AND).
+
+    Paging: ``after`` is a keyset cursor (the (created_at, workflow_id) of the last row
+    of the previous page): rows strictly after it in the listing order. It stays exact
+    while workflows start or end meanwhile, and a page costs the same however deep it
+    is (an index scan from the cursor). ``offset`` (applied after ``after``) skips rows.
+    """
+
     tenant_id: str | None
     """None lists every tenant (operators only; the Engine always sets it)."""
     status: WorkflowStatus | None = None
     name: str | None = None
     limit: int = 100
     offset: int = 0
+    after: tuple[datetime, str] | None = None
+    """Keyset cursor: only rows with (created_at, workflow_id) < this pair."""
+    id_prefix: str | None = None
+    """Only workflow ids starting with this text (case-sensitive)."""
+    created_from: datetime | None = None
+    """Only rows created at or after this time (inclusive)."""
+    created_to: datetime | None = None
+    """Only rows created before this time (exclusive)."""
+
+    def matches(self, record: WorkflowRecord) -> bool:
+        """Whether ``record`` is one this query lists (its filters and cursor, not its
+        limit or offset): the reference every adapter's listing agrees with."""
+        return (
+            (self.tenant_id is None or record.tenant_id == self.tenant_id)
+            and (self.status is None or record.status == self.status)
+            and (self.name is None or record.name == self.name)
+            and (self.id_prefix is None or record.workflow_id.startswith(self.id_prefix))
+            and (self.created_from is None or record.created_at >= self.created_from)
+            and (self.created_to is None or record.created_at < self.created_to)
+            and (self.after is None or list_key(record) < self.after)
+        )
+
+
+def list_key(record: WorkflowRecord) -> tuple[datetime, str]:
+    """A row's place in a listing (``ListQuery``): rows come in descending order of it,
+    and it is the ``after`` cursor that continues past the row."""
+    return (record.created_at, record.workflow_id)
 
 
 class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -403,7 +441,8 @@ class Store(Protocol):
         ...
 
     async def list_workflows(self, query: ListQuery) -> list[WorkflowRecord]:
-        """Workflows matching the query, newest first."""
+        """Up to ``query.limit`` workflows matching the query (``ListQuery.matches``),
+        newest first (descending ``list_key``), after skipping ``query.offset``."""
         ...
 
     async def wait_for_workflow(self, tenant_id: str, workflow_id: str, timeout: float) -> None:

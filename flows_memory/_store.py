@@ -61,6 +61,7 @@ from flows_core.store import (
     WorkflowTaskCommit,
     cancel_outcome,
     eager_start_claim,
+    list_key,
     parked_cancellation,
     round_trip_event,
     signal_outcome,
@@ -537,15 +538,18 @@ class MemoryStore:
             stored_text(query.tenant_id, "tenant id")
         if query.name is not None:
             stored_text(query.name, "workflow name")
+        if query.id_prefix is not None:
+            stored_text(query.id_prefix, "id prefix")
+        if query.after is not None:
+            stored_text(query.after[1], "cursor workflow id")
         found = [
-            wf
-            for wf in self._workflows.values()
-            if (query.tenant_id is None or wf.tenant_id == query.tenant_id)
-            and (query.status is None or wf.status == query.status)
-            and (query.name is None or wf.name == query.name)
+            record
+            for record in (self._record(wf) for wf in self._workflows.values())
+            if query.matches(record)
         ]
-        found.sort(key=lambda wf: (wf.created_at, wf.workflow_id), reverse=True)
-        return [self._record(wf) for wf in found[query.offset : query.offset + query.limit]]
+        found.sort(key=list_key, reverse=True)
+        start = max(0, query.offset)
+        return found[start : start + max(0, query.limit)]
 
     async def wait_for_workflow(self, tenant_id: str, workflow_id: str, timeout: float) -> None:
         fut = asyncio.get_running_loop().create_future()

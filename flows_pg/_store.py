@@ -84,20 +84,9 @@ class PostgresStore(SqlStore):
     # -- reads --
 
     async def list_workflows(self, query: ListQuery) -> list[WorkflowRecord]:
-        statement = self.statements(
-            _sql.list_workflows_sql(
-                tenant=query.tenant_id is not None,
-                status=query.status is not None,
-                name=query.name is not None,
-            )
-        )
-        params = {
-            "tid": query.tenant_id,
-            "status": None if query.status is None else str(query.status),
-            "name": query.name,
-            "limit": max(0, query.limit),
-            "offset": max(0, query.offset),
-        }
+        statement = self.statements(_sql.list_workflows_sql(query))
+        params = _sql.list_params(query)
+        params.update(limit=max(0, query.limit), offset=max(0, query.offset))
         rows = await self._run_one(statement, params, read=True)
         return [record_from_row(row) for row in rows]
 

@@ -141,6 +141,7 @@ STORE = [
     "WorkflowTaskCommit",
     "cancel_outcome",
     "eager_start_claim",
+    "list_key",
     "parked_cancellation",
     "round_trip_event",
     "signal_outcome",
