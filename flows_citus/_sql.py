@@ -671,6 +671,13 @@ WITH v AS MATERIALIZED (
 SELECT count(*) AS pruned FROM d
 """
 
+# One tenant's workflows per status under one shard key.
+COUNT_WORKFLOWS: Final = """
+SELECT coalesce(json_object_agg(s.status, s.n), '{}')::text AS statuses
+FROM (SELECT w.status, count(*) AS n FROM {S}.workflows w
+      WHERE w.shard_key = %(sk)s AND w.tenant_id = %(tid)s GROUP BY w.status) s
+"""
+
 STATS: Final = """
 SELECT
   (SELECT count(*) FROM {S}.tasks t

@@ -380,6 +380,18 @@ class CitusStore(SqlStore):
             pruned += int(rows[0]["pruned"])
         return pruned
 
+    async def count_workflows(self, tenant_id: str) -> dict[str, int]:
+        """``tenant_id``'s workflows per status (``flows_core.store.WorkflowCounts``):
+        one router query per shard key that can hold them, pipelined."""
+        layout = await self._ready()
+        statement = self.statements(_sql.COUNT_WORKFLOWS)
+        per_key = await self._each_key(statement, layout.tenant_keys(tenant_id), {"tid": tenant_id})
+        counts: dict[str, int] = {}
+        for rows in per_key:
+            for status, count in _counts_decoder.decode(rows[0]["statuses"]).items():
+                counts[status] = counts.get(status, 0) + int(count)
+        return counts
+
     async def stats(self, shard_keys: Sequence[str] | None = None) -> api.StoreStats:
         await self._ready()
         keys = self._keys(shard_keys)

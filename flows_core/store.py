@@ -74,6 +74,7 @@ __all__ = [
     "WorkflowRecord",
     "WorkflowStatus",
     "WorkflowTaskClaim",
+    "WorkflowCounts",
     "WorkflowTaskCommit",
     "cancel_outcome",
     "eager_start_claim",
@@ -580,6 +581,20 @@ class EagerStart(Protocol):
         attempt 1, the row as written and the history ``[new.started]``. A later claim
         of the task after the lease expires counts as attempt 2 (the claimant crashed).
         No work notification is needed (nothing is claimable)."""
+        ...
+
+
+@runtime_checkable
+class WorkflowCounts(Protocol):
+    """An OPTIONAL store capability: one tenant's workflow counts per status (a
+    dashboard scoped to one tenant shows them; ``Store.stats`` counts every tenant).
+    Memory, PostgreSQL and Citus have it; look for it with ``getattr(store,
+    "count_workflows", None)``."""
+
+    async def count_workflows(self, tenant_id: str) -> dict[str, int]:
+        """``tenant_id``'s workflow rows per status value (statuses with none left out).
+        Reads an index of the tenant's rows: its cost grows with the tenant's rows,
+        not with the table."""
         ...
 
 

@@ -922,6 +922,15 @@ class MemoryStore:
             workflows=statuses,
         )
 
+    async def count_workflows(self, tenant_id: str) -> dict[str, int]:
+        """``tenant_id``'s workflows per status (``flows_core.store.WorkflowCounts``)."""
+        stored_text(tenant_id, "tenant id")
+        counts: dict[str, int] = {}
+        for wf in self._workflows.values():
+            if wf.tenant_id == tenant_id:
+                counts[wf.status.value] = counts.get(wf.status.value, 0) + 1
+        return counts
+
     def row_counts(self) -> dict[str, int]:
         """Stored items per kind (test helper: retention keeps these bounded)."""
         return {

@@ -916,6 +916,13 @@ SELECT count(*) AS pruned FROM d
 """
 )
 
+# One tenant's workflows per status (an index-only scan of workflows_list_status_idx).
+COUNT_WORKFLOWS: Final = """
+SELECT coalesce(json_object_agg(s.status, s.n), '{}')::text AS statuses
+FROM (SELECT w.status, count(*) AS n FROM {S}.workflows w
+      WHERE w.tenant_id = %(tid)s GROUP BY w.status) s
+"""
+
 # Queue depth per shard (claimable now), age of the oldest claimable task, leased tasks,
 # and workflows per status. {tshards}/{wshards}: optional shard filters.
 STATS: Final = """

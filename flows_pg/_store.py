@@ -162,6 +162,12 @@ class PostgresStore(SqlStore):
         params = {"age": max(older_than, timedelta(0)), "limit": limit}
         return int((await self._run_one(self.statements(_sql.PRUNE), params))[0]["pruned"])
 
+    async def count_workflows(self, tenant_id: str) -> dict[str, int]:
+        """``tenant_id``'s workflows per status (``flows_core.store.WorkflowCounts``)."""
+        statement = self.statements(_sql.COUNT_WORKFLOWS)
+        row = (await self._run_one(statement, {"tid": tenant_id}, read=True))[0]
+        return _counts_decoder.decode(row["statuses"])
+
     async def stats(self, shard_keys: Sequence[str] | None = None) -> StoreStats:
         sharded = shard_keys is not None
         statement = self.statements(

@@ -138,6 +138,7 @@ STORE = [
     "WorkflowRecord",
     "WorkflowStatus",
     "WorkflowTaskClaim",
+    "WorkflowCounts",
     "WorkflowTaskCommit",
     "cancel_outcome",
     "eager_start_claim",

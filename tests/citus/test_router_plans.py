@@ -210,6 +210,7 @@ async def workload(store: Any, kit: Kit) -> None:
     assert (await store.get_workflow(kit.tenant, a.workflow_id)).status == "completed"
     await store.prune(timedelta(0), 10)
     await store.stats()
+    assert await store.count_workflows(kit.tenant)
     info = WorkerInfo(
         worker_id="w1", workflow_types=[(kit.wf, 1)], activity_names=[], heartbeat_at=now()
     )

@@ -8,6 +8,7 @@ while workflows start meanwhile. Expected rows come from each workflow's own row
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,13 @@ import pytest
 
 import flows_core as flows
 from flows_core.events import WorkflowTerminatedEvent
-from flows_core.store import ListQuery, WorkflowRecord, WorkflowStatus, list_key
+from flows_core.store import (
+    ListQuery,
+    WorkflowCounts,
+    WorkflowRecord,
+    WorkflowStatus,
+    list_key,
+)
 from tests.contract.adapters import Adapter
 from tests.contract.kit import Kit
 
@@ -135,6 +142,12 @@ async def test_filters_combine(kit: Kit, adapter: Adapter) -> None:
         want = expected(rows, query)
         got = keys(await store.list_workflows(query))
         assert got == want, query
+    # a tenant's counts per status (the optional WorkflowCounts every adapter here has)
+    assert isinstance(store, WorkflowCounts)
+    for tenant in (kit.tenant, kit.other_tenant):
+        statuses = [r.status.value for r in rows if r.tenant_id == tenant]
+        assert await store.count_workflows(tenant) == Counter(statuses)
+    assert await store.count_workflows(f"nobody-{kit.ns}") == {}
     # the reference itself is what the filters say
     a_ids = {w for t, w in started if t == kit.tenant and w.startswith("a")}
     assert {w for _, w in expected(rows, queries[0])} == a_ids
