@@ -24,7 +24,8 @@ import uuid6
 
 from flows_core import store as api
 from flows_core._errors import ErrorInfo, InvalidArgument
-from flows_core.events import Event, decode_events, encode_event
+from flows_core.events import Event, decode_events
+from flows_core.store import stored_event
 from flows_pg import _records
 from flows_pg._base import Batch, Rows, SqlStore, Step
 from flows_pg._migrate import migrate
@@ -308,7 +309,7 @@ class CitusStore(SqlStore):
     async def complete_activity(self, result: api.ActivityResult) -> None:
         lease = result.lease
         params = self.statements.lease_params(lease)
-        params.update(event=encode_event(result.event).decode(), wf_task_id=uuid6.uuid7())
+        params.update(event=stored_event(result.event), wf_task_id=uuid6.uuid7())
         steps = [
             Step(self.statements(_sql.FENCE_LOCK), params),
             Step(self.statements(_sql.ACTIVITY_INBOX), params),

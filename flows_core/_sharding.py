@@ -21,9 +21,11 @@ DEFAULT_SHARDS = 9
 
 
 def fnv1a_32(text: str) -> int:
-    """32-bit FNV-1a of the UTF-8 bytes of ``text`` (as the Go original)."""
+    """32-bit FNV-1a of the UTF-8 bytes of ``text`` (as the Go original). Defined for
+    every str: a lone surrogate hashes by its surrogate-escaped bytes (a store refuses
+    to keep such an id, with InvalidArgument, rather than the hash failing)."""
     h = 0x811C9DC5
-    for byte in text.encode("utf-8"):
+    for byte in text.encode("utf-8", "surrogatepass"):
         h ^= byte
         h = (h * 0x01000193) & 0xFFFFFFFF
     return h

@@ -61,6 +61,11 @@ class WorkflowStarted(_Base, tag="workflow_started", frozen=True, omit_defaults=
     ended FAILED with a ``WorkflowTimeout`` error. Replay records the deadline as the
     reserved timer step #0 (TimerStarted seq 0, never taken by the code); its TimerFired
     ends the workflow."""
+    trace_context: dict[str, str] | None = None
+    """The caller's trace context at the start (W3C ``traceparent``/``tracestate``,
+    written by the Engine's observer, e.g. ``flows_observe.otel``): every workflow task
+    and activity attempt is traced as a descendant of it, in any worker, after any
+    crash. None when the start was not traced."""
 
 
 class ActivityScheduled(_Base, tag="activity_scheduled", frozen=True):

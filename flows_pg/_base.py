@@ -64,6 +64,7 @@ from flows_core.store import (
     WorkerInfo,
     WorkflowRecord,
     WorkflowTaskClaim,
+    stored_text,
 )
 
 from ._listener import Listener, channel_names
@@ -105,6 +106,19 @@ class Step:
 
 
 Batch = list[Step]
+
+_PARAM_NAMES: Final = {"tid": "tenant id", "wid": "workflow id", "sk": "shard key"}
+
+
+def check_text(batch: Sequence[Step]) -> None:
+    """Refuse, before anything is sent, text PostgreSQL cannot keep (NUL, a lone
+    surrogate) with the InvalidArgument MemoryStore gives (``flows_core.store.stored_text``)."""
+    for step in batch:
+        for key, value in step.params.items():
+            values = value if isinstance(value, list) else (value,)
+            for item in values:
+                if isinstance(item, str) and (not item.isascii() or "\x00" in item):
+                    stored_text(item, _PARAM_NAMES.get(key, key))
 Op = Generator[Batch, list[Rows], T]
 """An operation: yields batches (each one transaction), receives each step's rows."""
 
@@ -178,7 +192,12 @@ class Statements:
 
     def wf_key(self, tenant_id: str, workflow_id: str) -> str:
         """The payload of a workflow notification (what ``wait_for_workflow`` waits on)."""
-        return _json.encode((tenant_id, workflow_id)).decode()
+        try:
+            return _json.encode((tenant_id, workflow_id)).decode()
+        except UnicodeEncodeError:
+            stored_text(tenant_id, "tenant id")
+            stored_text(workflow_id, "workflow id")
+            raise
 
     def notify_params(self, tenant_id: str, workflow_id: str) -> dict[str, Any]:
         return {
@@ -647,6 +666,7 @@ async def _attempt(batch_run: Awaitable[list[Rows]]) -> Outcome:
 
 
 def _attempt_sync(conn: psycopg.Connection[Any], batch: Batch) -> Outcome:
+    check_text(batch)
     try:
         with conn.transaction() if len(batch) > 1 else contextlib.nullcontext():
             results = []
@@ -668,6 +688,7 @@ async def execute_on(
 ) -> list[Rows]:
     """Run ``batch`` on ``conn``: several statements in one transaction (a savepoint
     inside the caller's), sent in one pipeline when ``pipeline``."""
+    check_text(batch)
     if len(batch) == 1:
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(batch[0].statement, batch[0].params)

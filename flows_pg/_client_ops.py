@@ -20,7 +20,6 @@ from flows_core.events import (
     Event,
     SignalReceived,
     WorkflowTerminatedEvent,
-    encode_event,
 )
 from flows_core.store import (
     TERMINAL_STATUSES,
@@ -34,6 +33,8 @@ from flows_core.store import (
     eager_start_claim,
     parked_cancellation,
     signal_outcome,
+    stored_event,
+    stored_payload,
     terminate_outcome,
     terminated_error,
 )
@@ -64,8 +65,8 @@ class ClientOps(ABC):
             sk=new.shard_key,
             name=new.name,
             version=new.version,
-            input=bytes(new.input).decode(),
-            event=encode_event(new.started).decode(),
+            input=stored_payload(new.input, f"input of workflow {new.name!r}"),
+            event=stored_event(new.started),
             wf_task_id=uuid6.uuid7(),
         )
         return params
@@ -73,7 +74,7 @@ class ClientOps(ABC):
     def event_params(self, tenant_id: str, workflow_id: str, event: Event) -> dict[str, Any]:
         """The parameters of an event put in a workflow's inbox."""
         params = self.where(tenant_id, workflow_id)
-        params.update(event=encode_event(event).decode(), wf_task_id=uuid6.uuid7())
+        params.update(event=stored_event(event), wf_task_id=uuid6.uuid7())
         return params
 
     def end_params(self, event: CancelRequested | WorkflowTerminatedEvent) -> dict[str, Any]:
@@ -90,7 +91,7 @@ class ClientOps(ABC):
             end_from = [s for s in WorkflowStatus if s not in TERMINAL_STATUSES]
         return {
             "end_from": [str(s) for s in end_from],
-            "end_events": [encode_event(e).decode() for e in events],
+            "end_events": [stored_event(e) for e in events],
             "end_status": str(status),
             "end_error": error_text(error),
             "cancel": cancel,

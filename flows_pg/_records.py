@@ -12,7 +12,7 @@ import msgspec
 import uuid6
 
 from flows_core._errors import ErrorInfo, LeaseLost
-from flows_core.events import decode_events, encode_event
+from flows_core.events import decode_events
 from flows_core.store import (
     TERMINAL_STATUSES,
     ActivityTaskClaim,
@@ -23,6 +23,9 @@ from flows_core.store import (
     WorkflowStatus,
     WorkflowTaskClaim,
     WorkflowTaskCommit,
+    stored_error,
+    stored_event,
+    stored_payload,
 )
 
 __all__ = [
@@ -51,12 +54,14 @@ def raw(text: str | None) -> msgspec.Raw | None:
     return None if text is None else msgspec.Raw(text.encode())
 
 
-def text(raw: msgspec.Raw | bytes | None) -> str | None:
-    return None if raw is None else bytes(raw).decode()
+def text(raw: msgspec.Raw | bytes | None, what: str = "payload") -> str | None:
+    """A payload as stored (``flows_core.store.stored_payload``: PayloadError if invalid)."""
+    return None if raw is None else stored_payload(raw, what)
 
 
 def error_text(error: ErrorInfo | None) -> str | None:
-    return None if error is None else _json.encode(error).decode()
+    """An error as stored (``flows_core.store.stored_error``)."""
+    return None if error is None else stored_error(error)
 
 
 def uuid_of(value: str, what: str) -> uuid.UUID:
@@ -154,18 +159,18 @@ def commit_params(commit: WorkflowTaskCommit, params: dict[str, Any]) -> dict[st
         claimed=commit.claimed_history_length,
         expected=commit.expected_next_seq,
         next_seq=commit.next_seq,
-        events=[encode_event(e).decode() for e in commit.events],
+        events=[stored_event(e) for e in commit.events],
         n_events=len(commit.events),
         terminal=commit.status in TERMINAL_STATUSES,
         keep_lease=commit.keep_lease or timedelta(0),
         status=str(commit.status),
-        output=text(commit.output),
+        output=text(commit.output, "workflow output"),
         error=error_text(commit.error),
         drop_seqs=list(commit.drop_seqs),
         a_ids=[uuid6.uuid7() for _ in acts],
         a_seqs=[a.seq for a in acts],
         a_names=[a.name for a in acts],
-        a_inputs=[bytes(a.input).decode() for a in acts],
+        a_inputs=[stored_payload(a.input, f"input of activity {a.name!r}") for a in acts],
         a_attempts=[a.attempt for a in acts],
         a_errors=[error_text(a.last_error) for a in acts],
         a_visible=[a.visible_at for a in acts],

@@ -17,7 +17,7 @@ import msgspec
 import uuid6
 
 from flows_core._errors import ErrorInfo
-from flows_core.events import Event, decode_events, encode_event
+from flows_core.events import Event, decode_events
 from flows_core.store import (
     ActivityResult,
     ClaimedTask,
@@ -27,6 +27,7 @@ from flows_core.store import (
     StoreStats,
     WorkflowRecord,
     WorkflowTaskCommit,
+    stored_event,
 )
 
 from . import _sql
@@ -130,7 +131,7 @@ class PostgresStore(SqlStore):
 
     async def complete_activity(self, result: ActivityResult) -> None:
         params = self.statements.lease_params(result.lease)
-        params.update(event=encode_event(result.event).decode(), wf_task_id=uuid6.uuid7())
+        params.update(event=stored_event(result.event), wf_task_id=uuid6.uuid7())
         await self._fenced(result.lease, [Step(self.statements(_sql.COMPLETE_ACTIVITY), params)])
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:

@@ -1,0 +1,46 @@
+"""Fixtures of the dashboard tests: an in-memory store run by a real Worker."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from flows_memory import TestEnvironment
+
+from .workflows import ACTIVITIES, BROKEN, FLAKY_FAILURES, WORKFLOWS
+
+CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
+
+
+@pytest.fixture(autouse=True)
+def reset_flags() -> Iterator[None]:
+    BROKEN["on"] = False
+    FLAKY_FAILURES["left"] = 0
+    yield
+    BROKEN["on"] = False
+    FLAKY_FAILURES["left"] = 0
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[TestEnvironment]:
+    async with TestEnvironment(workflows=WORKFLOWS, activities=ACTIVITIES) as environment:
+        yield environment
+
+
+def client_for(app: Any, **kwargs: Any) -> httpx.AsyncClient:
+    """An httpx client calling ``app`` in this event loop, as from 127.0.0.1."""
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080", **kwargs)
+
+
+async def csrf_token(client: httpx.AsyncClient, url: str) -> str:
+    """The CSRF token of the form on page ``url`` (loading it sets the session)."""
+    page = await client.get(url)
+    assert page.status_code == 200, page.text[:500]
+    found = CSRF.search(page.text)
+    assert found is not None, "no CSRF token on the page"
+    return found.group(1)
