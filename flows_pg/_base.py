@@ -107,7 +107,13 @@ class Step:
 
 Batch = list[Step]
 
-_PARAM_NAMES: Final = {"tid": "tenant id", "wid": "workflow id", "sk": "shard key"}
+_PARAM_NAMES: Final = {
+    "tid": "tenant id",
+    "wid": "workflow id",
+    "sk": "shard key",
+    "id_prefix": "id prefix",
+    "after_id": "cursor workflow id",
+}
 
 
 def check_text(batch: Sequence[Step]) -> None:
