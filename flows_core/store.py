@@ -73,11 +73,12 @@ __all__ = [
     "WorkerInfo",
     "WorkflowRecord",
     "WorkflowStatus",
-    "WorkflowTaskClaim",
     "WorkflowCounts",
+    "WorkflowTaskClaim",
     "WorkflowTaskCommit",
     "cancel_outcome",
     "eager_start_claim",
+    "list_key",
     "parked_cancellation",
     "round_trip_event",
     "signal_outcome",
@@ -85,7 +86,6 @@ __all__ = [
     "stored_event",
     "stored_payload",
     "stored_text",
-    "list_key",
     "terminate_outcome",
     "terminated_error",
 ]
@@ -517,8 +517,9 @@ class Store(Protocol):
 
         The claim is not counted as an attempt: a workflow task's count goes back by
         one, an activity task's stays as it was (its next claim gets the same attempt
-        number). For claims whose code did not run (a worker that does not serve the
-        activity); work cut at shutdown is a counted attempt (``retry_activity``,
+        number). For claims given back unstarted (a claim that waited too long for a
+        slot, a suspected poison task left to an idle worker, an activity this worker
+        does not serve); work cut at shutdown is a counted attempt (``retry_activity``,
         ``fail_workflow_task``)."""
         ...
 
