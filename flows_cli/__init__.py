@@ -2,7 +2,8 @@
 
 Commands: ``demo``, ``migrate``, ``worker``, ``start``, ``signal``, ``cancel``,
 ``terminate``, ``show``, ``list``, ``dead-letters``, ``retry``, ``rerun``, ``prune``,
-``stats``, and ``embedded status|start|dsn|stop`` for the embedded PostgreSQL. They work on
+``stats``, ``replay`` (the replay check before a deploy), ``export``, and
+``embedded status|start|dsn|stop`` for the embedded PostgreSQL. They work on
 PostgreSQL or Citus (``--dsn`` / ``FLOWS_DSN``, else the embedded server); ``demo --memory``
 runs in memory. PostgreSQL support is imported only by the commands that need it.
 """

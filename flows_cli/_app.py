@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 
 import flows_core as flows
-from flows_core._replay import WorkflowInstance
 from flows_core.store import ListQuery, Store
 
 from ._open import CliError
@@ -114,14 +113,11 @@ async def check_signal(
         return None  # sending it fails, and says why
     definition = app.workflow(record.name, record.version)
     history = await store.get_history(tenant, workflow_id)
-    instance = WorkflowInstance(definition)
     try:
-        activation = instance.apply(history, datetime.now(UTC))
+        awaited = flows.awaited_signals(definition, history, datetime.now(UTC))
     except Exception as exc:
         return f"the payload was not checked: replaying {workflow_id} raised {exc!r}"
-    if activation.park_error is not None:
-        return f"the payload was not checked: {activation.park_error}"
-    type_ = instance.signal_wait_type(name)
+    type_ = awaited.get(name)
     if type_ is None:
         return (
             f"the payload was not checked: {workflow_id} is not waiting for signal {name!r} "

@@ -14,6 +14,7 @@ import flows_core as flows
 from . import _commands as c
 from ._demo import cmd_demo
 from ._open import CliError
+from ._replay_cmd import add_replay_commands
 
 __all__ = ["build_parser", "main"]
 
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop = actions.add_parser("stop", help="stop it (it keeps running until then)")
     stop.add_argument("--delete", action="store_true", help="also delete its data directory")
     stop.set_defaults(func=c.cmd_embedded_stop)
+
+    add_replay_commands(sub)
     return parser
 
 

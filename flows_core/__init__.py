@@ -40,7 +40,18 @@ from ._errors import (
     WorkflowTimeout,
 )
 from ._public import publish
-from ._replay import WORKFLOW_CODE_ERRORS, RaceResult, Step, replay
+from ._replay import WORKFLOW_CODE_ERRORS, RaceResult, Step, awaited_signals, replay
+from ._replayer import (
+    ExportedHistory,
+    PatchUsage,
+    Replayer,
+    ReplayProblem,
+    ReplayReport,
+    ReplayResult,
+    check_histories,
+    export_history,
+    load_history,
+)
 from ._sharding import DEFAULT_SHARDS, HashSharder, Sharder, TenantSharder
 from ._tenancy import DEFAULT_TENANT, current_tenant, tenant
 from ._worker import Worker, WorkerStats
@@ -48,6 +59,15 @@ from .events import Event, event_summary
 from .store import CancelOutcome, Store, StoreStats, TerminateOutcome, WorkflowStatus
 
 __all__ = [
+    "load_history",
+    "export_history",
+    "check_histories",
+    "Replayer",
+    "ReplayResult",
+    "ReplayReport",
+    "ReplayProblem",
+    "PatchUsage",
+    "ExportedHistory",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",
@@ -105,6 +125,7 @@ __all__ = [
     "WorkflowTimeout",
     "activity",
     "activity_info",
+    "awaited_signals",
     "current_tenant",
     "event_summary",
     "gather",

@@ -102,6 +102,35 @@ class WorkflowContext:
             timeout_at = now + timeout
         return self._instance.wait_signal(name, type_, timeout_at)
 
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new path of a code change, for changing the code of
+        running workflows without a new version::
+
+            if ctx.patched("fraud-check"):
+                await ctx.execute(check_fraud, order)
+            await ctx.execute(ship, order)
+
+        A run that had already gone past this point with the code before the patch
+        (its history records later steps, or its end, and no marker) gets False and
+        replays its old path; every other run gets True, and the first check records a
+        ``PatchMarker`` in its history, so it replays the new path from then on. Decided
+        once per run and patch id: later checks of the id return the same answer. The
+        marker takes no step number. To retire a patch, see ``deprecate_patch``.
+        """
+        check_name(patch_id, "patch id")
+        return self._instance.patched(patch_id)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Retire patch ``patch_id``: the code keeps only the new path, in place of the
+        ``if ctx.patched(patch_id):``. Do it once no run that took the old path is still
+        running (``check_histories`` reports it per patch id): such a run would no
+        longer replay. Runs that took the new path, or had not reached the check, replay
+        as before, and new runs still record the marker, so rolling back to the patched
+        code stays safe. When no rollback to the patched code can happen any more, the
+        call itself can go: a marker the code does not check is ignored on replay."""
+        check_name(patch_id, "patch id")
+        self._instance.patched(patch_id, deprecated=True)
+
     def now(self) -> datetime:
         """The current time, recorded on first run and replayed identically."""
         value = self._instance.side_effect("now", lambda _seq, now: now.isoformat())

@@ -11,6 +11,10 @@ the code creates it. Applying a batch of history events works in two passes:
 2. the other events (results, timer firings, signals, cancel requests) are applied in
    history order, and after each one the workflow runs until every task is blocked.
 
+``ctx.patched(id)`` takes no seq: its PatchMarker events are indexed by patch id, and
+the history's highest step (or its end) tells whether the run went past a check with the
+code before the patch (see ``WorkflowInstance.patched``).
+
 Steps the code takes that the history does not have are returned as new command events
 in ``Activation.new_events``; the worker turns them into store writes and the history
 grows by exactly those events. The same instance can be fed further events later (the
@@ -38,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -64,6 +68,7 @@ from .events import (
     ActivityScheduled,
     CancelRequested,
     Event,
+    PatchMarker,
     SideEffectKind,
     SideEffectRecorded,
     SignalReceived,
@@ -75,14 +80,17 @@ from .events import (
     WorkflowCompleted,
     WorkflowFailedEvent,
     WorkflowStarted,
+    WorkflowTerminatedEvent,
 )
 
 __all__ = [
     "WORKFLOW_CODE_ERRORS",
     "Activation",
+    "Divergence",
     "RaceResult",
     "Step",
     "WorkflowInstance",
+    "awaited_signals",
     "current_instance",
     "replay",
 ]
@@ -93,6 +101,10 @@ _CommandEvent = ActivityScheduled | TimerStarted | SignalWaitStarted | SideEffec
 _TerminalEvent = WorkflowCompleted | WorkflowFailedEvent | WorkflowCancelledEvent
 _COMMAND_TYPES = (ActivityScheduled, TimerStarted, SignalWaitStarted, SideEffectRecorded)
 _TERMINAL_TYPES = (WorkflowCompleted, WorkflowFailedEvent, WorkflowCancelledEvent)
+PatchPath = Literal["old", "new", "new_unrecorded"]
+"""How a run went through a ``ctx.patched`` check: ``"old"`` (the history has steps past
+the check and no marker), ``"new"`` (the history has the marker), ``"new_unrecorded"``
+(the run reached the check only now: it takes the new path and records the marker)."""
 
 _current: contextvars.ContextVar[WorkflowInstance | None] = contextvars.ContextVar(
     "flows_workflow_instance", default=None
@@ -385,6 +397,17 @@ def _no_loop() -> Any:
     return loop
 
 
+@dataclass(frozen=True)
+class Divergence:
+    """Where replay left the history: step ``seq`` (None when the divergence is not at
+    a step), the event the history ``recorded`` there and the one the code ``taken``
+    now (either may be None: the code took no step, or the history has none)."""
+
+    seq: int | None
+    recorded: Event | None
+    taken: Event | None
+
+
 @dataclass
 class Activation:
     """Result of applying events: new command events, and whether the workflow parks.
@@ -398,6 +421,8 @@ class Activation:
     new_events: list[Event] = field(default_factory=list)
     park_error: FlowsError | None = None
     finished: bool = False
+    divergence: Divergence | None = None
+    """With a NonDeterminismError: the step where code and history part."""
 
 
 @dataclass
@@ -452,6 +477,16 @@ class WorkflowInstance:
         self._owner: dict[int, _Task | None] = {}
         self._branches: dict[Step[Any], _Task] = {}
         self._combinators: dict[Step[Any], _Combinator] = {}
+        self._divergence: Divergence | None = None
+        self._patch_markers: dict[str, PatchMarker] = {}
+        """The PatchMarker events of the history, by patch id."""
+        self._recorded_horizon = -1
+        """The highest step the history records (see ``patched``)."""
+        self._recorded_end = False
+        """The history records the end of the run."""
+        self._patches: dict[str, bool] = {}
+        self.patch_paths: dict[str, PatchPath] = {}
+        """The patch ids this run checked, and how it went through each."""
 
     # -- driving --
 
@@ -474,19 +509,28 @@ class WorkflowInstance:
             new_events=self._new,
             park_error=self._violation_error,
             finished=self.finished,
+            divergence=self._divergence if self._violation_error is not None else None,
         )
 
     def _index(self, event: Event) -> None:
         if isinstance(event, _COMMAND_TYPES):
+            self._recorded_horizon = max(self._recorded_horizon, event.seq)
             issued = self._issued.get(event.seq)
             if issued is not None:
                 self._compare(event.seq, issued, event)
             else:
                 self._expected[event.seq] = event
         elif isinstance(event, StepCancelled):
+            self._recorded_horizon = max(self._recorded_horizon, event.seq)
             self._expected_cancels.add(event.seq)
+        elif isinstance(event, PatchMarker):
+            self._recorded_horizon = max(self._recorded_horizon, event.position - 1)
+            self._patch_markers.setdefault(event.patch_id, event)
         elif isinstance(event, _TERMINAL_TYPES):
+            self._recorded_end = True
             self._expected_terminal = event
+        elif isinstance(event, WorkflowTerminatedEvent):
+            self._recorded_end = True
 
     def _process(self, event: Event) -> None:
         match event:
@@ -538,9 +582,10 @@ class WorkflowInstance:
                 task.waiting_on = None
             self._ready.append(task)
 
-    def _violation(self, error: FlowsError) -> None:
+    def _violation(self, error: FlowsError, divergence: Divergence | None = None) -> None:
         if self._violation_error is None:
             self._violation_error = error
+            self._divergence = divergence
 
     def _check_unmatched(self) -> None:
         if self._expected:
@@ -550,14 +595,18 @@ class WorkflowInstance:
                 NonDeterminismError(
                     f"workflow {self.definition.name!r} v{self.definition.version}: the history "
                     f"records step #{seq} ({_describe(recorded)}) but the code no longer takes it"
-                )
+                ),
+                Divergence(seq, recorded, None),
             )
 
     # -- events --
 
     def _start(self, event: WorkflowStarted) -> None:
         if self._main is not None:
-            self._violation(NonDeterminismError("history has two WorkflowStarted events"))
+            self._violation(
+                NonDeterminismError("history has two WorkflowStarted events"),
+                Divergence(None, event, None),
+            )
             return
         self.workflow_id, self.tenant_id, self.seed = event.workflow_id, event.tenant_id, event.seed
         from ._context import WorkflowContext
@@ -592,7 +641,8 @@ class WorkflowInstance:
                 self._violation(
                     NonDeterminismError(
                         f"history has a result for step #{seq}, which the code did not take"
-                    )
+                    ),
+                    Divergence(seq, event, None),
                 )
             return
         step, name = entry
@@ -625,9 +675,11 @@ class WorkflowInstance:
         No more workflow code runs (its coroutines are closed, so ``finally`` blocks run
         but can take no step); pending steps are dropped with the workflow (a terminal
         commit deletes all its tasks)."""
+        assert self.now is not None
         if DEADLINE_SEQ not in self._issued:
             self._violation(
-                NonDeterminismError("history has an execution deadline the workflow never set")
+                NonDeterminismError("history has an execution deadline the workflow never set"),
+                Divergence(DEADLINE_SEQ, TimerFired(seq=DEADLINE_SEQ, at=self.now), None),
             )
             return
         if self.finished:
@@ -793,7 +845,8 @@ class WorkflowInstance:
                     NonDeterminismError(
                         f"history says the workflow ended with {type(recorded).__name__}, "
                         f"the code now ends with {type(event).__name__}"
-                    )
+                    ),
+                    Divergence(None, recorded, event),
                 )
             return
         self._new.append(event)
@@ -835,8 +888,48 @@ class WorkflowInstance:
                 NonDeterminismError(
                     f"workflow {self.definition.name!r} v{self.definition.version}: step #{seq} "
                     f"is {_describe(taken)} now, but the history recorded {_describe(recorded)}"
-                )
+                ),
+                Divergence(seq, recorded, taken),
             )
+
+    def patched(self, patch_id: str, *, deprecated: bool = False) -> bool:
+        """Whether this run takes the new path of patch ``patch_id`` (see
+        ``WorkflowContext.patched``). Decided on the run's first check of the id and the
+        same for every later check: True if the history has the id's marker; False if
+        the history records a step at or past this point (or the run's end) without
+        it, so the run went there with the code before the patch; otherwise True, and
+        the marker is recorded here. ``deprecated``: the code has no old path any more;
+        a marker at another position is not a divergence."""
+        if self._violation_error is not None or self._terminated:
+            raise _Abort
+        decided = self._patches.get(patch_id)
+        if decided is not None:
+            return decided
+        assert self.now is not None
+        position = self.next_seq
+        path: PatchPath
+        recorded = self._patch_markers.get(patch_id)
+        if recorded is not None:
+            if recorded.position != position and not deprecated:
+                taken = PatchMarker(patch_id=patch_id, position=position, at=self.now)
+                self._violation(
+                    NonDeterminismError(
+                        f"workflow {self.definition.name!r} v{self.definition.version}: patch "
+                        f"{patch_id!r} is checked first before step #{position} now, but the "
+                        f"history recorded it before step #{recorded.position}"
+                    ),
+                    Divergence(position, recorded, taken),
+                )
+                raise _Abort
+            took, path = True, "new"
+        elif self._recorded_end or self._recorded_horizon >= position:
+            took, path = False, "old"
+        else:
+            took, path = True, "new_unrecorded"
+            self._new.append(PatchMarker(patch_id=patch_id, position=position, at=self.now))
+        self._patches[patch_id] = took
+        self.patch_paths[patch_id] = path
+        return took
 
     def _next_seq(self) -> int:
         seq = self.next_seq
@@ -930,13 +1023,13 @@ class WorkflowInstance:
     def pending_steps(self) -> list[int]:
         return sorted(self._pending)
 
-    def signal_wait_type(self, name: str) -> Any | None:
-        """The type that the next signal ``name`` will be decoded as: that of the
-        earliest pending wait for it; None when no wait for it is pending."""
+    def awaited_signals(self) -> dict[str, Any]:
+        """The signals awaited now, by name, with the type each one's payload will be
+        decoded as (that of the earliest pending wait for the name)."""
+        awaited: dict[str, Any] = {}
         for wait in self._waits.values():
-            if wait.name == name:
-                return wait.type_
-        return None
+            awaited.setdefault(wait.name, wait.type_)
+        return awaited
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -967,3 +1060,16 @@ def _describe(event: _CommandEvent) -> str:
 def replay(definition: Workflow[Any, Any], history: list[Event], now: datetime) -> Activation:
     """Run ``definition`` against ``history``; return the new commands. Pure."""
     return WorkflowInstance(definition).apply(history, now)
+
+
+def awaited_signals(
+    definition: Workflow[Any, Any], history: list[Event], now: datetime
+) -> dict[str, Any]:
+    """The signals a workflow waits for after ``history``, by name, with the type each
+    payload will be decoded as: what a signal sent now must match. Pure (replays the
+    history); raises the error that would park the workflow if the replay cannot go on."""
+    instance = WorkflowInstance(definition)
+    activation = instance.apply(history, now)
+    if activation.park_error is not None:
+        raise activation.park_error
+    return instance.awaited_signals()

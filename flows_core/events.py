@@ -7,6 +7,12 @@ the step with that sequence number: a *command event* records that the workflow 
 the step (ActivityScheduled, TimerStarted, SignalWaitStarted, SideEffectRecorded,
 StepCancelled); a *resolution event* records its outcome (ActivityCompleted,
 ActivityFailed, TimerFired). SignalReceived and CancelRequested come from outside.
+PatchMarker records that the code took the new path of a ``ctx.patched`` check; it
+takes no sequence number.
+
+These events are a promise to every stored history (tests/golden replays histories
+recorded by earlier code): add fields only as optional, with a default; never rename or
+remove an event tag or a field; a new event type comes only with a new feature.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ __all__ = [
     "CancelRequested",
     "DEADLINE_SEQ",
     "Event",
+    "PatchMarker",
     "SideEffectRecorded",
     "SignalReceived",
     "SignalWaitStarted",
@@ -126,6 +133,15 @@ class StepCancelled(_Base, tag="step_cancelled", frozen=True):
     reason: str
 
 
+class PatchMarker(_Base, tag="patch_marker", frozen=True):
+    """``ctx.patched(patch_id)`` took the new path: recorded the first time the run checks
+    ``patch_id``, at ``position``, the sequence number the next step of the code takes.
+    A run without it took the old path (or had not reached the check yet)."""
+
+    patch_id: str
+    position: int
+
+
 class CancelRequested(_Base, tag="cancel_requested", frozen=True):
     reason: str = ""
 
@@ -162,6 +178,7 @@ Event = (
     | SignalReceived
     | SideEffectRecorded
     | StepCancelled
+    | PatchMarker
     | CancelRequested
     | WorkflowCompleted
     | WorkflowFailedEvent
@@ -229,6 +246,8 @@ def event_summary(event: Event) -> str:
             return f"#{event.seq} {event.kind}() = {event.value}"
         case StepCancelled():
             return f"#{event.seq} step cancelled ({event.reason})"
+        case PatchMarker():
+            return f"#{event.position} patch {event.patch_id!r}: new path"
         case CancelRequested():
             return f"cancel requested{': ' + event.reason if event.reason else ''}"
         case WorkflowCompleted():

@@ -29,8 +29,8 @@ from flows_core import (
     WorkflowNotFound,
     WorkflowNotRunning,
     WorkflowStatus,
+    awaited_signals,
 )
-from flows_core._replay import WorkflowInstance  # internal: see _awaited_types
 from flows_core.store import TERMINAL_STATUSES, WorkerInfo, WorkflowRecord
 
 from ._listing import Cursor, fetch_page, parse_filters, store_filters
@@ -497,12 +497,9 @@ class _UI:
 
     async def _awaited_types(self, record: WorkflowRecord) -> dict[str, Any]:
         """The types the workflow's pending signal waits decode their signals as, found
-        by replaying its history with the app's definition (``definitions``). Empty when
-        it waits for no signal, its definition is not loaded, or this flows_core cannot
-        say (``WorkflowInstance.signal_wait_type`` is newer).
-
-        The replay machinery is internal to flows_core (no public way to ask a definition
-        which type a pending wait decodes): this is its one use here."""
+        by replaying its history with the app's definition (``definitions``) through
+        ``flows_core.awaited_signals``. Empty when it waits for no signal, or its
+        definition is not loaded or cannot replay it."""
         definitions = self.config.definitions
         definition = None if definitions is None else definitions.get((record.name, record.version))
         if definition is None or record.status in TERMINAL_STATUSES:
@@ -510,19 +507,14 @@ class _UI:
         store = self.config.engine.store
         history = await store.get_history(record.tenant_id, record.workflow_id)
         waits = {s.name for s in build_timeline(history).open_steps if s.kind == "signal wait"}
-        instance = WorkflowInstance(definition)
-        probe = getattr(instance, "signal_wait_type", None)
-        if not waits or probe is None:
+        if not waits:
             return {}
         try:
-            activation = instance.apply(history, store.clock.now())
+            awaited = awaited_signals(definition, history, store.clock.now())
         except Exception as exc:  # the code may be broken (a dead letter): say nothing
             log.info("replay of %r to check a signal failed: %r", record.workflow_id, exc)
             return {}
-        if activation.nondeterminism is not None:
-            return {}
-        found = {name: probe(name) for name in sorted(waits)}
-        return {name: type_ for name, type_ in found.items() if type_ is not None}
+        return {name: type_ for name, type_ in sorted(awaited.items()) if name in waits}
 
     def _signal_types(self, workflow_name: str) -> Mapping[str, Any]:
         """The signal types ``signal_types`` registers for ``workflow_name``."""

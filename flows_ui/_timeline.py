@@ -16,6 +16,7 @@ from flows_core.events import (
     ActivityScheduled,
     CancelRequested,
     Event,
+    PatchMarker,
     SideEffectRecorded,
     SignalReceived,
     SignalWaitStarted,
@@ -119,6 +120,7 @@ _LABELS: dict[type, tuple[str, str]] = {
     WorkflowFailedEvent: ("failure", "Workflow failed"),
     WorkflowCancelledEvent: ("cancel", "Workflow cancelled"),
     WorkflowTerminatedEvent: ("failure", "Workflow terminated"),
+    PatchMarker: ("side-effect", "Patch: new path"),
 }
 
 

@@ -25,6 +25,15 @@ import flows_core.store
 import flows_memory
 
 CORE = [
+    "load_history",
+    "export_history",
+    "check_histories",
+    "Replayer",
+    "ReplayResult",
+    "ReplayReport",
+    "ReplayProblem",
+    "PatchUsage",
+    "ExportedHistory",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",
@@ -82,6 +91,7 @@ CORE = [
     "WorkflowTimeout",
     "activity",
     "activity_info",
+    "awaited_signals",
     "current_tenant",
     "event_summary",
     "gather",
@@ -99,6 +109,7 @@ EVENTS = [
     "CancelRequested",
     "DEADLINE_SEQ",
     "Event",
+    "PatchMarker",
     "SideEffectRecorded",
     "SignalReceived",
     "SignalWaitStarted",

@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 import flows_core as flows
-from flows_core._replay import WorkflowInstance
 from flows_memory import TestEnvironment
 from flows_ui import create_app
 
@@ -187,10 +186,6 @@ async def test_retry_and_rerun_a_dead_letter(env: TestEnvironment) -> None:
     assert new.status == flows.WorkflowStatus.RUNNING
 
 
-@pytest.mark.skipif(
-    not hasattr(WorkflowInstance, "signal_wait_type"),
-    reason="WorkflowInstance.signal_wait_type is not on this base yet (cli branch)",
-)
 async def test_signal_checked_against_the_awaited_type_by_replay(env: TestEnvironment) -> None:
     run = await waiting_approval(env, "ap-replay")
     app = create_app(env.engine, definitions=WORKFLOWS)  # no signal_types: found by replay

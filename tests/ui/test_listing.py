@@ -23,7 +23,7 @@ async def started(env: TestEnvironment, count: int) -> list[str]:
     for n in range(count):
         wf_id = f"{'even' if n % 2 == 0 else 'odd'}-{n:02}"
         await env.engine.start(greet, str(n), workflow_id=wf_id)
-        env.advance(timedelta(seconds=1))
+        await env.advance(timedelta(seconds=1))
         ids.append(wf_id)
     await env.wait_idle()
     return ids[::-1]

@@ -24,7 +24,7 @@ def _ids(page: str) -> list[str]:
 async def test_list_counts_and_workflow_page(env: TestEnvironment) -> None:
     done = await env.engine.start(greet, "ada", workflow_id="greet-1")
     assert await env.result(done) == "hello ADA!"
-    env.advance(timedelta(seconds=1))
+    await env.advance(timedelta(seconds=1))
     waiting = await env.engine.start(approval, 125, workflow_id="approval-1")
     await env.wait_until(waiting, lambda i: i.history_length >= 3)
     async with client_for(create_app(env.engine)) as client:
@@ -129,10 +129,10 @@ async def test_queues_chart_shows_depth_per_shard() -> None:
 async def test_filters_and_keyset_paging(env: TestEnvironment) -> None:
     for n in range(7):
         await env.engine.start(greet, f"g{n}", workflow_id=f"order-{n}")
-        env.advance(timedelta(minutes=1))
+        await env.advance(timedelta(minutes=1))
     for n in range(3):
         await env.engine.start(greet, f"o{n}", workflow_id=f"refund-{n}", tenant_id="acme")
-        env.advance(timedelta(minutes=1))
+        await env.advance(timedelta(minutes=1))
     await env.engine.start(approval, 1, workflow_id="order-approval")
     await env.wait_idle()
     app = create_app(env.engine, page_size=3)
@@ -176,13 +176,13 @@ async def test_filters_and_keyset_paging(env: TestEnvironment) -> None:
 async def test_paging_does_not_repeat_rows_when_new_workflows_arrive(env: TestEnvironment) -> None:
     for n in range(4):
         await env.engine.start(greet, f"g{n}", workflow_id=f"w-{n}")
-        env.advance(timedelta(seconds=1))
+        await env.advance(timedelta(seconds=1))
     async with client_for(create_app(env.engine, page_size=2)) as client:
         first = await client.get("/workflows")
         assert _ids(first.text) == ["w-3", "w-2"]
         next_url = html.unescape(re.search(r'href="([^"]+)" rel="next"', first.text).group(1))  # type: ignore[union-attr]
         for n in range(2):  # newer workflows shift the offsets under the cursor
-            env.advance(timedelta(seconds=1))
+            await env.advance(timedelta(seconds=1))
             await env.engine.start(greet, "late", workflow_id=f"late-{n}")
         second = await client.get(next_url)
         assert _ids(second.text) == ["w-1", "w-0"]

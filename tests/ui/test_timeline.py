@@ -50,7 +50,7 @@ async def test_signal_waits_matched_first_in_first_out(env: TestEnvironment) -> 
     timeline = build_timeline(await env.engine.history("tl-2"))
     [wait] = timeline.open_steps
     assert (wait.kind, wait.name, wait.outcome) == ("signal wait", "approve", "pending")
-    env.advance(timedelta(seconds=30))
+    await env.advance(timedelta(seconds=30))
     await env.engine.signal("tl-2", "approve", {"by": "eve"})
     await env.result(waiting)
     history = await env.engine.history("tl-2")
