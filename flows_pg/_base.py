@@ -125,6 +125,8 @@ def check_text(batch: Sequence[Step]) -> None:
             for item in values:
                 if isinstance(item, str) and (not item.isascii() or "\x00" in item):
                     stored_text(item, _PARAM_NAMES.get(key, key))
+
+
 Op = Generator[Batch, list[Rows], T]
 """An operation: yields batches (each one transaction), receives each step's rows."""
 
