@@ -24,6 +24,7 @@ from ._format import (
     stats_json,
 )
 from ._open import CliError, embedded_server, open_store, start_embedded
+from ._operate import metrics_server, worker_observer
 
 __all__ = [
     "cmd_cancel",
@@ -54,6 +55,7 @@ async def cmd_migrate(args: argparse.Namespace) -> None:
 
 async def cmd_worker(args: argparse.Namespace) -> None:
     app = load_app(args.app)
+    observer = worker_observer(args)
     async with open_store(args) as store:
         worker = flows.Worker(
             store,
@@ -61,17 +63,19 @@ async def cmd_worker(args: argparse.Namespace) -> None:
             activities=app.activities,
             concurrency=args.concurrency,
             poll_interval=args.poll_interval,
+            observer=observer,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
         served = ", ".join(f"{wf.name} v{wf.version}" for wf in app.workflows) or "no workflow"
-        print(
-            f"worker {worker.worker_id} serving {served} and {len(app.activities)} "
-            "activities; Ctrl-C stops",
-            flush=True,
-        )
-        await worker.run()
+        with metrics_server(args):
+            print(
+                f"worker {worker.worker_id} serving {served} and {len(app.activities)} "
+                "activities; Ctrl-C stops",
+                flush=True,
+            )
+            await worker.run()
         print("worker stopped")
 
 

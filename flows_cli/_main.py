@@ -14,6 +14,7 @@ import flows_core as flows
 from . import _commands as c
 from ._demo import cmd_demo
 from ._open import CliError
+from ._operate import cmd_ui
 from ._replay_cmd import add_replay_commands
 
 __all__ = ["build_parser", "main"]
@@ -29,6 +30,16 @@ def _listing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tenant")
     p.add_argument("--all-tenants", action="store_true")
     p.add_argument("--limit", type=int, default=50)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +86,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", required=True, help="module:attribute with workflows and activities")
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--poll-interval", type=float, default=1.0)
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs flows[prometheus])",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics endpoint (default: 127.0.0.1, loopback only)",
+    )
+    p.add_argument(
+        "--otel",
+        action="store_true",
+        help="trace with OpenTelemetry on the global tracer provider (needs flows[otel]; "
+        "configure the SDK, e.g. run under opentelemetry-instrument)",
+    )
     p.set_defaults(func=c.cmd_worker)
+
+    p = sub.add_parser(
+        "ui",
+        help="serve the web dashboard (and /metrics)",
+        description="Serve the web dashboard (and /metrics with flows[prometheus]). "
+        "Credentials come from the environment: FLOWS_UI_TOKEN (a bearer token), "
+        "FLOWS_UI_BASIC_AUTH (user:password), FLOWS_UI_SECRET_KEY (signs sessions).",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="default 127.0.0.1; any other needs FLOWS_UI_TOKEN or FLOWS_UI_BASIC_AUTH",
+    )
+    p.add_argument("--port", type=_port, default=8080)
+    p.add_argument("--read-only", action="store_true", help="no actions, only looking")
+    p.add_argument("--tenant", help="show this tenant only")
+    p.add_argument("--app", help="module:attribute, to check signal payloads against their types")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("start", help="start a workflow, print its id")
     p.add_argument("name")

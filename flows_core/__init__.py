@@ -39,6 +39,7 @@ from ._errors import (
     WorkflowTerminated,
     WorkflowTimeout,
 )
+from ._observe import CompositeObserver, Observer
 from ._public import publish
 from ._replay import WORKFLOW_CODE_ERRORS, RaceResult, Step, awaited_signals, replay
 from ._replayer import (
@@ -79,6 +80,7 @@ __all__ = [
     "CancelOutcome",
     "Cancelled",
     "Clock",
+    "CompositeObserver",
     "EagerStarts",
     "Engine",
     "ErrorInfo",
@@ -90,6 +92,7 @@ __all__ = [
     "InvalidArgument",
     "LeaseLost",
     "NonDeterminismError",
+    "Observer",
     "PayloadError",
     "PayloadTooLarge",
     "RaceResult",

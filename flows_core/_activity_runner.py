@@ -35,6 +35,7 @@ from ._errors import (
     ScheduleToCloseTimeout,
     StoreError,
 )
+from ._observe import ActivityAttempt, Observer, TraceContext, TraceContexts
 from .store import (
     ActivityResult,
     ActivityRetry,
@@ -85,6 +86,8 @@ class ActivityRunner:
         counters: dict[str, int],
         worker_id: str,
         stopping: Callable[[], bool],
+        observer: Observer | None = None,
+        trace_contexts: TraceContexts | None = None,
     ) -> None:
         self.store = store
         self.activities = activities
@@ -98,6 +101,12 @@ class ActivityRunner:
         self.running_now = 0
         """Attempts running at this moment (bounded by ``concurrency``)."""
         self._slots: asyncio.Semaphore | None = None
+        self.observer = observer if observer is not None else Observer()
+        """Told of every attempt (``activity_attempt``) and of store errors."""
+        self.observed = type(self.observer) is not Observer
+        """False for the no-op observer: attempts then skip the observer's block."""
+        self.trace_contexts = trace_contexts if trace_contexts is not None else TraceContexts()
+        """Trace contexts of recent workflows, for queued attempts (see ``_trace_context``)."""
 
     def _semaphore(self) -> asyncio.Semaphore:
         if self._slots is None:
@@ -113,15 +122,24 @@ class ActivityRunner:
         keeper: LeaseKeeper,
         info: ActivityInfo,
         scheduled_at: datetime | None = None,
+        *,
+        inline: bool = False,
+        trace_context: TraceContext | None = None,
     ) -> AttemptOutcome:
         """Run one attempt (once one of the ``concurrency`` places is free); never
         raises for the activity's own failures, CancelledError included. Raises
-        CancelledError only when the worker cuts its work at shutdown."""
+        CancelledError only when the worker cuts its work at shutdown. The observer's
+        ``activity_attempt`` block is around the attempt (``inline``: run by a workflow
+        task; ``trace_context``: the workflow's, for a queued attempt)."""
         try:
             async with self._semaphore():
                 self.running_now += 1
                 try:
-                    return await self._attempt(activity, payload, keeper, info, scheduled_at)
+                    if not self.observed:
+                        return await self._attempt(activity, payload, keeper, info, scheduled_at)
+                    return await self._observed_attempt(
+                        activity, payload, keeper, info, scheduled_at, inline, trace_context
+                    )
                 finally:
                     self.running_now -= 1
                     keeper.touch()
@@ -130,6 +148,33 @@ class ActivityRunner:
                 raise
             uncancel()
             return self._failed(activity, info, exc, None)
+
+    async def _observed_attempt(
+        self,
+        activity: Activity[Any, Any],
+        payload: msgspec.Raw,
+        keeper: LeaseKeeper,
+        info: ActivityInfo,
+        scheduled_at: datetime | None,
+        inline: bool,
+        trace_context: TraceContext | None,
+    ) -> AttemptOutcome:
+        """``_attempt`` inside the observer's ``activity_attempt`` block (the activity's
+        code runs in it, in this task, so a tracer's span is current there)."""
+        observed = ActivityAttempt(
+            activity_name=info.activity_name,
+            workflow_name=info.workflow_name,
+            workflow_id=info.workflow_id,
+            tenant_id=info.tenant_id,
+            seq=info.seq,
+            attempt=info.attempt,
+            inline=inline,
+            trace_context=trace_context,
+        )
+        with self.observer.activity_attempt(observed):
+            outcome = await self._attempt(activity, payload, keeper, info, scheduled_at)
+            observed.record(outcome.error, retrying=outcome.retry_in is not None)
+        return outcome
 
     async def _attempt(
         self,
@@ -269,13 +314,40 @@ class ActivityRunner:
         info = self.info(
             claim.lease, claim.workflow_name, claim.activity_name, claim.seq, claim.attempt
         )
+        context = await self._trace_context(claim.lease) if self.observed else None
         keeper = LeaseKeeper(self.store, claim.lease, self.lease)
         try:
-            outcome = await self.attempt(activity, claim.input, keeper, info, claim.scheduled_at)
+            outcome = await self.attempt(
+                activity,
+                claim.input,
+                keeper,
+                info,
+                claim.scheduled_at,
+                inline=False,
+                trace_context=context,
+            )
         finally:
             await keeper.close()
         keeper.check()
         await self.record(claim, outcome)
+
+    async def _trace_context(self, lease: Lease) -> TraceContext | None:
+        """The trace context of a queued attempt's workflow when the observer wants it:
+        remembered from its workflow tasks, else read from its history. A failed read is
+        a store error; the attempt then runs untraced (a new root) rather than failing."""
+        if not self.observer.wants_trace_context:
+            return None
+        try:
+            return await self.trace_contexts.lookup(self.store, lease.tenant_id, lease.workflow_id)
+        except Exception as exc:
+            self.observer.store_error("get_history")
+            log.warning(
+                "trace context of workflow %s not read: %r",
+                lease.workflow_id,
+                exc,
+                extra={"workflow_id": lease.workflow_id, "task_id": lease.task_id},
+            )
+            return None
 
     async def record(self, claim: ActivityTaskClaim, outcome: AttemptOutcome) -> None:
         """Write a queued attempt's outcome: a retry, or the step's final event."""
@@ -358,6 +430,7 @@ class ActivityRunner:
                 ):
                     raise
                 self.counters["store_errors"] += 1
+                self.observer.store_error(getattr(write, "__name__", "write"))
                 log.warning(
                     "store write for %s failed, retrying in %.2fs: %r", lease.task_id, delay, exc
                 )

@@ -26,6 +26,7 @@ from ._errors import (
     WorkflowTimeout,
     error_class,
 )
+from ._observe import Observer, with_trace_context
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
 from ._sharding import HashSharder, Sharder, key_for
@@ -323,6 +324,8 @@ class Engine:
     ``eager``: an ``EagerStarts`` shared with the Workers of this process; a workflow
     started here then goes, already leased, straight to one of them that serves it and
     has room (eager start, on stores that can). None (the default): through the queue.
+    ``observer``: told of the starts (it gives the trace context stored with each) and
+    of the workflows this client ends (see flows_observe); the default does nothing.
     """
 
     def __init__(
@@ -334,8 +337,14 @@ class Engine:
         require_tenant: bool = False,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         eager: EagerStarts | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer if observer is not None else Observer()
+        if not isinstance(self.observer, Observer):
+            raise InvalidArgument(f"Engine observer must be a flows.Observer, got {observer!r}")
+        """Told of starts (with the trace context to store) and of the workflows this
+        client ends (terminate, cancel of a dead letter); see flows_observe."""
         self.eager = eager
         """Shared with the Workers of this process: start workflows leased to one that
         serves them and has room, when the store can (eager start; None: never)."""
@@ -389,13 +398,24 @@ class Engine:
         is ended FAILED with error type ``WorkflowTimeout`` (``wait_for_result`` raises
         ``flows.WorkflowTimeout``), even if it waits for a signal; no more of its code
         runs and its pending steps are dropped.
-        ``tx`` is the caller's open transaction where the store supports one.
+        ``tx`` is the caller's open transaction where the store supports one (the
+        observer counts the start when this call returns, even if the caller then rolls
+        the transaction back).
         """
         new, definition = self.planner.start(
             workflow, input, tenant_id, workflow_id, execution_timeout
         )
-        if tx is not None or not await self._start_eagerly(new):
-            await self.store.start_workflow(new, tx=tx)
+        observer = self.observer
+        if type(observer) is Observer:  # the no-op: no context manager per start
+            if tx is not None or not await self._start_eagerly(new):
+                await self.store.start_workflow(new, tx=tx)
+            return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
+        with observer.workflow_start(new.name, new.tenant_id, new.workflow_id) as context:
+            # stamped before the eager path, which writes ``new.started`` too
+            new = with_trace_context(new, context)
+            if tx is not None or not await self._start_eagerly(new):
+                await self.store.start_workflow(new, tx=tx)
+        observer.workflow_started(new.name, new.tenant_id)
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
 
     async def _start_eagerly(self, new: NewWorkflow) -> bool:
@@ -431,9 +451,11 @@ class Engine:
         """Ask a workflow to cancel. Says ALREADY_FINISHED (and does nothing) if it ended."""
         tenant = self.tenant_for(tenant_id)
         event = self.planner.cancel(reason)
-        return await self.store.cancel_workflow(
-            tenant, check_id(workflow_id, "workflow id"), event, tx=tx
-        )
+        wf_id = check_id(workflow_id, "workflow id")
+        outcome = await self.store.cancel_workflow(tenant, wf_id, event, tx=tx)
+        if outcome == CancelOutcome.CANCELLED:  # a dead letter, ended at once
+            await self._ended(tenant, wf_id, WorkflowStatus.CANCELLED, tx)
+        return outcome
 
     async def terminate(
         self,
@@ -448,9 +470,18 @@ class Engine:
         ``WorkflowTerminated``. Says ALREADY_FINISHED (and does nothing) if it ended."""
         tenant = self.tenant_for(tenant_id)
         event = self.planner.terminate(reason)
-        return await self.store.terminate_workflow(
-            tenant, check_id(workflow_id, "workflow id"), event, tx=tx
-        )
+        wf_id = check_id(workflow_id, "workflow id")
+        outcome = await self.store.terminate_workflow(tenant, wf_id, event, tx=tx)
+        if outcome == TerminateOutcome.TERMINATED:
+            await self._ended(tenant, wf_id, WorkflowStatus.TERMINATED, tx)
+        return outcome
+
+    async def _ended(self, tenant: str, workflow_id: str, status: WorkflowStatus, tx: Any) -> None:
+        """Tell the observer this client ended a workflow (its name takes one read)."""
+        if type(self.observer) is Observer:
+            return
+        record = await self.store.get_workflow(tenant, workflow_id, tx=tx)
+        self.observer.workflow_finished(record.name, tenant, status)
 
     async def query(
         self, workflow_id: str, *, tenant_id: str | None = None, tx: Any = None
@@ -622,7 +653,11 @@ class Engine:
         if first and isinstance(first[0], WorkflowStarted):
             timeout = first[0].execution_timeout
         new = self.planner.restart(record, new_workflow_id, timeout)
-        await self.store.start_workflow(new)
+        # a new start: a new trace under whatever span is current
+        with self.observer.workflow_start(new.name, new.tenant_id, new.workflow_id) as context:
+            new = with_trace_context(new, context)
+            await self.store.start_workflow(new)
+        self.observer.workflow_started(new.name, new.tenant_id)
         definition = self.registry.get(record.name, record.version)
         output_type = Any if definition is None else definition.output_type
         return Run(self, new.workflow_id, new.tenant_id, new.name, output_type)

@@ -47,6 +47,7 @@ from ._commit import build_commit
 from ._definitions import Activity, Workflow
 from ._eager import EagerStarts
 from ._errors import InvalidArgument, LeaseLost
+from ._observe import Observer, TraceContexts, run_sampler
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
 from ._workflow_task import BlockingWatchdog, WorkflowTaskRunner, log_extra
@@ -101,6 +102,9 @@ class Worker:
     ``workflow_task_deadlock`` seconds is logged with its stack as it happens, and its
     workflow task fails as a counted attempt (None: no watchdog). ``eager``: the
     ``EagerStarts`` shared with the Engines of this process (eager start; None: none).
+    ``observer``: told of every workflow task, activity attempt, lease loss, store error
+    and dead letter, and asked to sample the store if it wants (see flows_observe);
+    the default does nothing.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class Worker:
         retention_batch: int = 1000,
         workflow_task_deadlock: float | None = 2.0,
         eager: EagerStarts | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument("Worker concurrency must be at least 1")
@@ -136,6 +141,10 @@ class Worker:
         if workflow_task_deadlock is not None and not workflow_task_deadlock > 0:
             raise InvalidArgument("Worker workflow_task_deadlock must be positive or None")
         self.store = store
+        self.observer = observer if observer is not None else Observer()
+        if not isinstance(self.observer, Observer):
+            raise InvalidArgument(f"Worker observer must be a flows.Observer, got {observer!r}")
+        self._sampler: asyncio.Task[None] | None = None
         self.registry = WorkflowRegistry(workflows)
         self.activities: dict[str, Activity[Any, Any]] = {}
         for act in activities:
@@ -206,6 +215,8 @@ class Worker:
             counters=self.counters,
             worker_id=self.worker_id,
             stopping=self._cutting_work,
+            observer=self.observer,
+            trace_contexts=TraceContexts(),
         )
         self._watchdog = (
             None if workflow_task_deadlock is None else BlockingWatchdog(workflow_task_deadlock)
@@ -222,6 +233,7 @@ class Worker:
             counters=self.counters,
             worker_id=self.worker_id,
             watchdog=self._watchdog,
+            observer=self.observer,
         )
 
     # -- lifecycle --
@@ -244,6 +256,10 @@ class Worker:
         backoff = 0.05
         registered_at = 0.0
         self._start_pruner()
+        if self.observer.sample_interval is not None:
+            self._sampler = asyncio.ensure_future(
+                run_sampler(self.observer, self.store, self.shard_keys, stop=self._stopping)
+            )
         self._cutting = False
         self._loop = asyncio.get_running_loop()
         if self._watchdog is not None:
@@ -258,12 +274,16 @@ class Worker:
                         registered_at = time.monotonic()
                     progressed = await self.poll_once()
                     backoff = 0.05
+                    if not progressed:
+                        # reads the store too (next_due): its failures are poll failures
+                        await self._idle_wait()
                 except (LeaseLost, asyncio.CancelledError):
                     raise
                 except Exception as exc:
                     # a store outage (StoreUnavailable, StoreError, a connection or OS
                     # error) or any other failure of a poll: back off, go on
                     self.counters["store_errors"] += 1
+                    self.observer.store_error("poll")
                     log.warning(
                         "worker %s: store error, retrying in %.2fs: %r",
                         self.worker_id,
@@ -273,13 +293,11 @@ class Worker:
                     )
                     await self._sleep_or_stop(backoff)
                     backoff = min(backoff * 2, 10.0)
-                    continue
-                if not progressed:
-                    await self._idle_wait()
         finally:
             if self.eager is not None:
                 self.eager.remove(self)
             await self._stop_pruner()
+            await self._stop_sampler()
             await self._release_backlog()
             await self._drain()
             with contextlib.suppress(Exception):
@@ -416,6 +434,13 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pruner
             self._pruner = None
+
+    async def _stop_sampler(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
 
     async def stats(self) -> WorkerStats:
         """Queue depth per shard and oldest pending task age (of this worker's shards, or
@@ -587,6 +612,10 @@ class Worker:
         except LeaseLost:
             # the store counts the next claim of a workflow task
             self.counters["lease_lost"] += 1
+            if isinstance(claim, WorkflowTaskClaim):
+                self.observer.lease_lost("workflow_task", claim.workflow.name)
+            else:
+                self.observer.lease_lost("activity_task", claim.workflow_name)
             log.info(
                 "worker %s lost the lease of %s (workflow %s)",
                 self.worker_id,

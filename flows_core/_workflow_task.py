@@ -36,10 +36,11 @@ from ._activity_runner import ActivityRunner, LeaseKeeper, uncancel
 from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
+from ._observe import Observer, TaskOutcome, WorkflowTask, trace_context_of
 from ._registry import WorkflowRegistry
 from ._replay import Activation, WorkflowInstance
 from .events import ActivityScheduled, Event
-from .store import ActivityTaskSpec, Lease, Store, WorkflowTaskClaim
+from .store import ActivityTaskSpec, Lease, Store, WorkflowStatus, WorkflowTaskClaim
 
 __all__ = ["BlockingWatchdog", "WorkflowTaskRunner"]
 
@@ -62,6 +63,7 @@ class _Progress:
     """Where a workflow task stands: its lease and what has been committed so far."""
 
     lease: Lease
+    workflow_name: str
     history_length: int
     next_seq: int
 
@@ -83,6 +85,7 @@ class WorkflowTaskRunner:
         counters: dict[str, int],
         worker_id: str,
         watchdog: BlockingWatchdog | None,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -95,14 +98,33 @@ class WorkflowTaskRunner:
         self.counters = counters
         self.worker_id = worker_id
         self.watchdog = watchdog
+        self.observer = observer if observer is not None else Observer()
+        """Told of every workflow task (``workflow_task``, around all of it), terminal
+        commits and dead letters."""
+        self.observed = type(self.observer) is not Observer
 
     async def run(self, claim: WorkflowTaskClaim) -> None:
         """Run a claimed workflow task to its commit, or count the attempt (see the
         module doc). Raises LeaseLost (the next claim counts), or CancelledError when
         the worker cuts it at shutdown (after counting it)."""
+        if not self.observed:
+            await self._run_claim(claim, None)
+            return
+        wf = claim.workflow
+        context = trace_context_of(claim.history)  # history[0] is WorkflowStarted
+        if self.observer.wants_trace_context:
+            self.activities.trace_contexts.remember(wf.tenant_id, wf.workflow_id, context)
+        task = WorkflowTask(wf.name, wf.workflow_id, wf.tenant_id, claim.attempt, context)
+        with self.observer.workflow_task(task):
+            await self._run_claim(claim, task)
+
+    async def _run_claim(self, claim: WorkflowTaskClaim, task: WorkflowTask | None) -> None:
+        """``run``, inside the observer's block when ``task`` is not None."""
         wf = claim.workflow
         definition = self.registry.get(wf.name, wf.version)
         if definition is None:
+            if task is not None:
+                task.outcome = TaskOutcome.RELEASED
             await self.store.release(claim.lease)  # not ours to run: nothing ran
             return
         if claim.attempt > self.max_attempts:
@@ -115,23 +137,29 @@ class WorkflowTaskRunner:
                     "(each claimant crashed or lost its lease); not running it again",
                     attempts=ran,
                 ),
+                task,
             )
             return
         try:
-            await self._run(claim, definition)
+            await self._run(claim, definition, task)
         except LeaseLost:
             raise
         except asyncio.CancelledError as exc:
             if self.activities.stopping():
-                await asyncio.shield(self.fail(claim, exc, cut=True))
+                await asyncio.shield(self.fail(claim, exc, task, cut=True))
                 raise
             uncancel()
-            await self.fail(claim, exc)
+            await self.fail(claim, exc, task)
         except Exception as exc:
-            await self.fail(claim, exc)
+            await self.fail(claim, exc, task)
 
     async def fail(
-        self, claim: WorkflowTaskClaim, exc: BaseException, *, cut: bool = False
+        self,
+        claim: WorkflowTaskClaim,
+        exc: BaseException,
+        task: WorkflowTask | None = None,
+        *,
+        cut: bool = False,
     ) -> None:
         """Count a failed attempt: retried after a backoff (at once if the worker
         ``cut`` it at shutdown), dead-lettered on attempt ``max_attempts``. If the
@@ -152,8 +180,10 @@ class WorkflowTaskRunner:
                     exc_info=cause,
                     extra=extra,
                 )
-                await self.park(claim, error)
+                await self.park(claim, error, task)
                 return
+            if task is not None:
+                task.outcome = TaskOutcome.RETRY
             delay = timedelta(0) if cut else self.backoff * min(2 ** (claim.attempt - 1), 64)
             log.warning(
                 "workflow %s: workflow task failed (attempt %d of %d), retrying in %s: %s",
@@ -176,7 +206,10 @@ class WorkflowTaskRunner:
                 extra=extra,
             )
 
-    async def park(self, claim: WorkflowTaskClaim, error: ErrorInfo) -> None:
+    async def park(
+        self, claim: WorkflowTaskClaim, error: ErrorInfo, task: WorkflowTask | None = None
+    ) -> None:
+        """Dead-letter the workflow (PARKED with ``error``)."""
         self.counters["parked"] += 1
         log.error(
             "workflow %s dead-lettered: %s",
@@ -185,6 +218,9 @@ class WorkflowTaskRunner:
             extra=log_extra(self.worker_id, claim.lease, claim.attempt),
         )
         await self.store.park_workflow(claim.lease, error)
+        if task is not None:
+            task.outcome = TaskOutcome.PARKED
+        self.observer.workflow_parked(claim.workflow.name, claim.workflow.tenant_id, error)
 
     def _apply(self, instance: WorkflowInstance, events: list[Event], now: datetime) -> Activation:
         """``instance.apply`` under the deadlock watchdog; an unexpected exception, or
@@ -206,13 +242,18 @@ class WorkflowTaskRunner:
             )
         return activation
 
-    async def _run(self, claim: WorkflowTaskClaim, definition: Workflow[Any, Any]) -> None:
+    async def _run(
+        self,
+        claim: WorkflowTaskClaim,
+        definition: Workflow[Any, Any],
+        task: WorkflowTask | None,
+    ) -> None:
         wf = claim.workflow
         clock = self.store.clock
         instance = WorkflowInstance(definition, max_payload_bytes=self.max_payload_bytes)
         instance.workflow_id = wf.workflow_id  # for the watchdog's log before the start
         activation = self._apply(instance, claim.history, clock.now())
-        progress = _Progress(claim.lease, len(claim.history), wf.next_seq)
+        progress = _Progress(claim.lease, wf.name, len(claim.history), wf.next_seq)
         pending: list[Event] = list(activation.new_events)
         fresh: list[Event] = list(activation.new_events)
         settled = 0
@@ -241,7 +282,7 @@ class WorkflowTaskRunner:
                         continue
                 budget -= len(inline)
                 self.counters["inline_activities"] += len(inline)
-                outcomes = await self._run_inline(claim, inline, keeper)
+                outcomes = await self._run_inline(claim, inline, keeper, task)
                 keeper.check()
                 now = clock.now()
                 resolutions: list[Event] = []
@@ -269,16 +310,23 @@ class WorkflowTaskRunner:
                 await self._commit(
                     progress, done, retries, keep=True, next_seq=_next_seq(done, progress)
                 )
-            await self.park(claim, ErrorInfo.from_exception(error, attempts=claim.attempt))
+            await self.park(claim, ErrorInfo.from_exception(error, attempts=claim.attempt), task)
             return
         await self._commit(progress, pending, retries, keep=False, next_seq=instance.next_seq)
 
     async def _run_inline(
-        self, claim: WorkflowTaskClaim, inline: list[ActivityScheduled], keeper: LeaseKeeper
+        self,
+        claim: WorkflowTaskClaim,
+        inline: list[ActivityScheduled],
+        keeper: LeaseKeeper,
+        task: WorkflowTask | None,
     ) -> list[AttemptOutcome]:
-        """Attempt 1 of each just-scheduled step, at most ``concurrency`` at once."""
+        """Attempt 1 of each just-scheduled step, at most ``concurrency`` at once (their
+        coroutines are made here, inside the observer's workflow-task block: its span
+        is their parent)."""
         wf = claim.workflow
         runner = self.activities
+        context = None if task is None else task.trace_context
         attempts = [
             runner.attempt(
                 runner.activities[e.name],
@@ -286,6 +334,8 @@ class WorkflowTaskRunner:
                 keeper,
                 runner.info(claim.lease, wf.name, e.name, e.seq, 1),
                 e.at,
+                inline=True,
+                trace_context=context,
             )
             for e in inline
         ]
@@ -328,6 +378,10 @@ class WorkflowTaskRunner:
         )
         moved = await self.activities.write_fenced(self.store.commit_workflow_task, commit)
         self.counters["commits"] += 1
+        if commit.status is not WorkflowStatus.RUNNING:  # once: the write is fenced
+            self.observer.workflow_finished(
+                progress.workflow_name, progress.lease.tenant_id, commit.status
+            )
         progress.history_length += len(events) + len(moved)
         progress.next_seq = next_seq
         return moved

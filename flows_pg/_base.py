@@ -702,14 +702,23 @@ async def execute_on(
             await cur.execute(batch[0].statement, batch[0].params)
             return [await cur.fetchall() if cur.description is not None else []]
     cursors = []
-    async with (
-        conn.pipeline() if pipeline else contextlib.nullcontext(),
-        conn.transaction() if transaction else contextlib.nullcontext(),
-    ):
-        for step in batch:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(step.statement, step.params)
-            cursors.append(cur)
+    try:
+        async with (
+            conn.pipeline() if pipeline else contextlib.nullcontext(),
+            conn.transaction() if transaction else contextlib.nullcontext(),
+        ):
+            for step in batch:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(step.statement, step.params)
+                cursors.append(cur)
+    except psycopg.Error:
+        if pipeline:
+            # psycopg (3.3) may count a statement aborted in a failed pipeline as
+            # prepared; the connection's next use of it then fails ("prepared statement
+            # _pg3_0 does not exist"). Our pipelines run on pooled connections only:
+            # close it, and the pool replaces it.
+            await conn.close()
+        raise
     results: list[Rows] = []
     for cur in cursors:
         results.append(await cur.fetchall() if cur.description is not None else [])

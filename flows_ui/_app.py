@@ -34,6 +34,7 @@ from flows_core import (
 from flows_core.store import TERMINAL_STATUSES, WorkerInfo, WorkflowRecord
 
 from ._listing import Cursor, fetch_page, parse_filters, store_filters
+from ._metrics import MetricsEndpoint, metrics_available, prometheus_registry, sampler_lifespan
 from ._security import SESSION_COOKIE, Credentials, Session, SessionSigner
 from ._timeline import build_timeline, pretty
 
@@ -739,6 +740,7 @@ def create_app(
     page_size: int = 50,
     title: str = "Flows",
     secure_cookies: bool | None = None,
+    metrics: bool = False,
 ) -> Starlette:
     """The Flows dashboard as an ASGI app (mount it anywhere, or run it with ``serve``).
 
@@ -752,6 +754,11 @@ def create_app(
     to one tenant. ``secret_key`` signs the session cookies (random per process when not
     given: pass one when several processes serve the UI behind one address).
     ``secure_cookies``: None follows the request's scheme.
+    ``metrics``: also serve Prometheus metrics at ``/metrics`` (needs prometheus_client),
+    behind the same token or basic auth: the registry of the PrometheusObserver given to
+    ``engine`` (``Engine(store, observer=...)``), else prometheus_client's default one.
+    Run on its own (not mounted) and not tenant-scoped, the app also samples the store
+    into that observer (queue gauges without a worker).
     """
     if not isinstance(engine, Engine):
         raise InvalidArgument(f"create_app() takes a flows_core.Engine, got {engine!r}")
@@ -808,7 +815,18 @@ def create_app(
         Route("/static/flows.css", bind(_UI.css), name="css"),
         *(action_route(a) for a in ACTIONS),
     ]
-    app = Starlette(routes=routes, max_body_size=MAX_FORM_BYTES)
+    lifespan = None
+    if metrics:
+        if not metrics_available():
+            raise InvalidArgument(
+                "metrics need prometheus_client, which is not installed: "
+                "pip install 'flows[prometheus]'"
+            )
+        registry = prometheus_registry(engine.observer)
+        routes.append(Route("/metrics", MetricsEndpoint(registry, config.credentials)))
+        if tenant_id is None and engine.observer.sample_interval is not None:
+            lifespan = sampler_lifespan(engine)
+    app = Starlette(routes=routes, max_body_size=MAX_FORM_BYTES, lifespan=lifespan)
     app.state.flows_ui = config
     return app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -362,3 +362,38 @@ async def test_work_cut_at_shutdown_is_a_counted_attempt() -> None:
     assert isinstance(claim, WorkflowTaskClaim)
     assert claim.lease.workflow_id == run.workflow_id
     assert claim.attempt == 2, "the cut claim counted"
+
+
+async def test_a_store_error_while_idle_is_backed_off_not_fatal() -> None:
+    """Found by the Citus chaos run: the idle wait reads the store (next_due); a failure
+    there ended Worker.run() and with it the worker process."""
+    from collections.abc import Sequence
+
+    class FailingOnce(MemoryStore):
+        failures = 0
+
+        async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
+            if not self.failures:
+                self.failures += 1
+                raise flows.StoreUnavailable("a node is down")
+            return await super().next_due(shard_keys)
+
+    @flows.workflow("after-an-idle-failure")
+    async def wf(ctx: flows.WorkflowContext, x: int) -> int:
+        return x + 1
+
+    store = FailingOnce()
+    worker = flows.Worker(store, workflows=[wf], poll_interval=0.02)
+    running = asyncio.ensure_future(worker.run())
+    try:
+        for _ in range(200):
+            if store.failures:
+                break
+            await asyncio.sleep(0.01)
+        run = await flows.Engine(store).start(wf, 1)
+        assert await run.result(timeout=10) == 2
+        assert not running.done(), "the worker kept running"
+        assert worker.counters["store_errors"] == 1
+    finally:
+        await worker.stop()
+        await running

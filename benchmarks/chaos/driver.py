@@ -98,6 +98,7 @@ class Config:
     data_dir: str | None = None  # default: a new temporary directory, deleted after
     keep: bool = False  # keep the data directory and logs
     verbose: bool = True
+    label: str = "PostgreSQL"  # what the report's title says is under fire
 
     @classmethod
     def reduced(cls, **overrides: Any) -> Config:
@@ -148,6 +149,7 @@ class Stats:
     outcomes: Counter[str] = field(default_factory=Counter)
     numbers: dict[str, Any] = field(default_factory=dict)
     timeline: list[tuple[float, str, Any]] = field(default_factory=list)  # (when, kind, target)
+    sections: list[str] = field(default_factory=list)  # extra report tables (net, Citus)
 
     def fail(self, message: str) -> None:
         self.failures.append(message)
@@ -170,6 +172,7 @@ class Chaos:
         self.t0 = 0.0
         self.dsn = ""
         self.tmp: Path | None = None
+        self.worker_env: dict[str, str] = {}  # added to the worker processes' environment
 
     # -- helpers --
 
@@ -244,6 +247,21 @@ class Chaos:
 
     # -- worker processes --
 
+    def worker_dsn(self, slot: int) -> str:
+        """The DSN a worker process's store connects with (the net run puts a proxy here)."""
+        return self.conninfo(f"chaos-worker-{slot}")
+
+    def worker_argv(self, slot: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "benchmarks.chaos.worker",
+            self.worker_dsn(slot),
+            SCHEMA,
+            str(self.cfg.lease),
+            str(slot),
+        ]
+
     def spawn_worker(self, slot: int) -> Incarnation:
         n = sum(1 for inc in self.incarnations if inc.slot == slot)
         log = self.logs / f"worker-{slot}-{n}.log"
@@ -251,18 +269,11 @@ class Chaos:
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
             "CHAOS_EXEC_DSN": self.conninfo(f"chaos-exec-{slot}"),
+            **self.worker_env,
         }
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.chaos.worker",
-                    self.conninfo(f"chaos-worker-{slot}"),
-                    SCHEMA,
-                    str(self.cfg.lease),
-                    str(slot),
-                ],
+                self.worker_argv(slot),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -279,8 +290,10 @@ class Chaos:
             rc = inc.proc.poll()
             if rc is not None and inc.killed is None and inc.exited is None:
                 inc.exited = time.time()
+                tail = inc.log.read_text(errors="replace").splitlines()[-12:]
                 self.stats.fail(
-                    f"worker {slot} (pid {inc.pid}) exited by itself, rc={rc}: see {inc.log}"
+                    f"worker {slot} (pid {inc.pid}) exited by itself, rc={rc}: see {inc.log}; "
+                    "its last lines:\n      " + "\n      ".join(line[:300] for line in tail)
                 )
                 self.spawn_worker(slot)
 
@@ -837,18 +850,19 @@ class Chaos:
 def report(cfg: Config, stats: Stats) -> str:
     out = []
     out.append(
-        f"Chaos run: {cfg.workflows} workflows over {cfg.start_window:.0f}s, {cfg.workers} "
-        f"worker processes, lease {cfg.lease}s, seed {cfg.seed}"
+        f"Chaos run ({cfg.label}): {cfg.workflows} workflows over {cfg.start_window:.0f}s, "
+        f"{cfg.workers} worker processes, lease {cfg.lease}s, seed {cfg.seed}"
     )
     out.append("")
     out.append(f"{'Faults injected':<44}{'count':>8}")
-    for kind in (
+    known = (
         "worker SIGKILL",
         "worker respawn",
         "pg_terminate_backend",
         "backends terminated",
         "PostgreSQL restart",
-    ):
+    )
+    for kind in (*known, *(k for k in stats.faults if k not in known)):
         out.append(f"  {kind:<42}{stats.faults[kind]:>8}")
     for what, n in sorted(stats.driver_retries.items()):
         out.append(f"  {'driver ' + what + ' retried (outage)':<42}{n:>8}")
@@ -877,6 +891,9 @@ def report(cfg: Config, stats: Stats) -> str:
                 f"  #{n:<19}{r.up_at - r.down_at:>8.2f}   {fmt(r.first_commit):>25}   "
                 f"{fmt(r.slowest_commit):>20}   {r.recovered:>9}/{r.survivors} ({r.saw_errors})"
             )
+    for section in stats.sections:
+        out.append("")
+        out.append(section)
     out.append("")
     if stats.failures:
         out.append(f"FAILED: {len(stats.failures)} problem(s)")
@@ -902,4 +919,5 @@ def summary(cfg: Config, stats: Stats) -> dict[str, Any]:
         "restarts": [asdict(r) for r in stats.restarts],
         "driver_retries": dict(stats.driver_retries),
         "failures": stats.failures,
+        "sections": stats.sections,
     }

@@ -1,5 +1,7 @@
 """One chaos worker process: ``python -m benchmarks.chaos.worker DSN SCHEMA LEASE SLOT``.
 
+``CHAOS_STORE=citus`` in the environment makes it a ``CitusStore`` (DSN: the coordinator).
+
 Runs a ``flows.Worker`` over every chaos workflow and activity until SIGTERM (graceful)
 or SIGKILL. It never opens the store itself: the worker's own loop has to survive a
 server that is down when it starts. Writes one JSON object per line to stdout (the
@@ -109,7 +111,12 @@ async def main(dsn: str, schema: str, lease: float, slot: int) -> None:
     from flows_pg import PostgresStore
 
     os.environ.update(CHAOS_SCHEMA=schema, CHAOS_LEASE=str(lease))
-    store = PostgresStore(dsn, schema=schema, max_size=8)
+    if os.environ.get("CHAOS_STORE") == "citus":
+        from flows_citus import CitusStore
+
+        store: PostgresStore = CitusStore(dsn, schema=schema, max_size=8)
+    else:
+        store = PostgresStore(dsn, schema=schema, max_size=8)
     watch = Watch()
     watch.wrap(store)
     worker = flows.Worker(

@@ -1,9 +1,9 @@
-"""Drive observers exactly where the Engine and the Worker will call them (WIRING.md),
-against a real store, before that wiring is merged.
+"""Drive observers where the Engine and the Worker call them, against a real store, one
+call at a time (tests/observe/test_end_to_end.py runs the real Engine and Worker).
 
-``ObservedClient.start`` is what ``Engine.start`` will do; ``ObservedWorker`` claims
-tasks from the store and runs them inside the observer's blocks the way the Worker's
-workflow-task and activity runners will, committing through the public store protocol.
+``ObservedClient.start`` is what ``Engine.start`` does; ``ObservedWorker`` claims tasks
+from the store and runs them inside the observer's blocks the way the Worker's
+workflow-task and activity runners do, committing through the public store protocol.
 Histories are round-tripped through the stored JSON form (as PostgreSQL keeps them), so
 the trace context really travels through a store, and a new ``ObservedWorker`` (a new
 process after a crash) knows nothing but what the store gives it.
@@ -65,7 +65,7 @@ def stored_form(history: Sequence[Event]) -> list[Event]:
 
 
 class ObservedClient:
-    """What ``Engine(observer=...).start`` does (WIRING.md, Engine)."""
+    """What ``Engine(observer=...).start`` does."""
 
     def __init__(self, store: Store, observer: Observer) -> None:
         self.store, self.observer = store, observer
@@ -101,7 +101,7 @@ Step = Callable[[WorkflowTaskClaim], Awaitable[WorkflowTaskCommit | ErrorInfo]]
 
 
 class ObservedWorker:
-    """A worker's task loop reduced to its observer calls (WIRING.md, Worker)."""
+    """A worker's task loop reduced to its observer calls."""
 
     def __init__(self, store: Store, observer: Observer, worker_id: str) -> None:
         self.store, self.observer, self.worker_id = store, observer, worker_id

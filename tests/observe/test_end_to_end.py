@@ -1,8 +1,4 @@
-"""Metrics and traces of real runs: Engine(observer=...) and Worker(observer=...).
-
-These run once the observer wiring (WIRING.md) is merged into the Engine and the
-Worker; until then the module is skipped.
-"""
+"""Metrics and traces of real runs: Engine(observer=...) and Worker(observer=...)."""
 
 from __future__ import annotations
 
@@ -24,9 +20,6 @@ from flows_core._observe import CompositeObserver
 from flows_memory import MemoryStore
 from flows_observe.otel import OTelObserver
 from flows_observe.prometheus import PrometheusObserver, serve_metrics
-
-if "observer" not in inspect.signature(flows.Worker).parameters:
-    pytest.skip("worker wiring not merged yet", allow_module_level=True)
 
 FAST_RETRY = flows.RetryPolicy(
     initial_interval=timedelta(milliseconds=10), max_interval=timedelta(milliseconds=10)

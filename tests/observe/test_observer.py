@@ -101,7 +101,7 @@ def test_an_old_history_decodes_and_replays_like_a_traced_one() -> None:
     assert trace_context_of([again]) == {"traceparent": TRACEPARENT}
 
     plain = flows.replay(greet, [old], AT)
-    assert plain.nondeterminism is None
+    assert plain.park_error is None
     assert [type(e) for e in plain.new_events] == [ActivityScheduled]
     assert flows.replay(greet, [again], AT).new_events == plain.new_events
 

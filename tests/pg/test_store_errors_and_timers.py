@@ -16,6 +16,7 @@ import flows_core as flows
 import flows_pg
 from tests.contract.test_contract_engine import running
 
+AUTOCOMMIT = {"autocommit": True}  # as the stores' pools
 BOTH = pytest.mark.parametrize(
     "kind",
     [pytest.param("pg", marks=pytest.mark.pg), pytest.param("citus", marks=pytest.mark.citus)],
@@ -91,3 +92,27 @@ async def test_terminate_in_the_callers_transaction(pg_dsn: str) -> None:
         assert (await engine.terminate(run.workflow_id)) == flows.TerminateOutcome.ALREADY_FINISHED
     finally:
         await drop_pg_store(store)
+
+
+@pytest.mark.pg
+async def test_a_failed_pipeline_does_not_poison_its_pooled_connection(pg_dsn: str) -> None:
+    """Found by the Citus chaos run: when a statement of a pipeline fails, psycopg may
+    count a later execution of the same statement as prepared although the server never
+    parsed it, and every later use on that connection failed ("prepared statement
+    _pg3_0 does not exist"). The store closes such a connection; the pool replaces it."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from flows_pg._base import Step, execute_on
+
+    query = "SELECT 1 / %(d)s::int AS q"
+    pool = AsyncConnectionPool(pg_dsn, min_size=1, max_size=1, open=False, kwargs=AUTOCOMMIT)
+    async with pool:
+        for transaction in (False, True) * 5:  # it depends on when psycopg flushes
+            async with pool.connection() as conn:
+                batch = [Step(query, {"d": d}) for d in (1, 0, 1, 1, 1, 1, 1, 1)]
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    await execute_on(conn, batch, transaction=transaction, pipeline=True)
+            async with pool.connection() as conn:
+                for _ in range(8):
+                    rows = await execute_on(conn, [Step(query, {"d": 1})] * 2, pipeline=True)
+                    assert rows == [[{"q": 1}], [{"q": 1}]]
