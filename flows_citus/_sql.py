@@ -26,8 +26,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from flows_core.store import ListQuery
 from flows_pg._base import RECORD, TERMINAL_SQL
-from flows_pg._sql import list_filters
+from flows_pg._sql import LIST_ORDER, list_filters
 
 
 def _pk(alias: str) -> str:
@@ -74,14 +75,15 @@ WHERE {_pk("w")}
 """
 
 
-def list_workflows_sql(*, tenant: bool, status: bool, name: bool) -> str:
-    """The newest ``%(limit)s`` workflows of one shard key matching the filters."""
-    where = ["w.shard_key = %(sk)s", *list_filters(tenant=tenant, status=status, name=name)]
+def list_workflows_sql(query: ListQuery) -> str:
+    """The first %(limit)s rows of ``query``'s listing under one shard key (its filters
+    and cursor; the caller merges the keys and applies the offset)."""
+    where = ["w.shard_key = %(sk)s", *list_filters(query)]
     return f"""
 SELECT {RECORD}, {_PENDING}
 FROM {{S}}.workflows w
 WHERE {" AND ".join(where)}
-ORDER BY w.created_at DESC, w.workflow_id DESC
+{LIST_ORDER}
 LIMIT %(limit)s
 """
 
@@ -214,7 +216,9 @@ SELECT EXISTS (
 # Lease up to %(limit)s visible tasks, oldest first; the n-th gets %(tokens)s[n] (through
 # a join with unnest: the subscript tokens[rn] crashes the Citus 13.2 planner). Task
 # rows and then the workflow rows of workflow tasks are locked with SKIP LOCKED: a claim
-# never waits, and a workflow being written to is left for a later claim.
+# never waits, and a workflow being written to is left for a later claim. An activity
+# task that still holds a lease token was left by a claimant whose lease ran out: its
+# attempt counts on (as on PostgreSQL, see flows_pg._sql.CLAIM).
 CLAIM_LEASE: Final = """
 WITH c AS MATERIALIZED (
   SELECT t.tenant_id, t.task_id, t.workflow_id, t.kind, t.visible_at
@@ -241,7 +245,8 @@ WITH c AS MATERIALIZED (
 UPDATE {S}.tasks t
 SET lease_token = tk.token, lease_owner = %(owner)s,
     visible_at = now() + %(lease)s::interval,
-    attempt = CASE WHEN t.kind = 'workflow' THEN t.attempt + 1 ELSE t.attempt END
+    attempt = CASE WHEN t.kind = 'workflow' OR t.lease_token IS NOT NULL
+                   THEN t.attempt + 1 ELSE t.attempt END
 FROM ok
 JOIN unnest(%(tokens)s::uuid[]) WITH ORDINALITY AS tk(token, n) ON tk.n = ok.rn
 WHERE t.shard_key = %(sk)s AND t.tenant_id = ok.tenant_id AND t.task_id = ok.task_id
@@ -664,6 +669,13 @@ WITH v AS MATERIALIZED (
   RETURNING 1
 )
 SELECT count(*) AS pruned FROM d
+"""
+
+# One tenant's workflows per status under one shard key.
+COUNT_WORKFLOWS: Final = """
+SELECT coalesce(json_object_agg(s.status, s.n), '{}')::text AS statuses
+FROM (SELECT w.status, count(*) AS n FROM {S}.workflows w
+      WHERE w.shard_key = %(sk)s AND w.tenant_id = %(tid)s GROUP BY w.status) s
 """
 
 STATS: Final = """

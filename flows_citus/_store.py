@@ -29,6 +29,7 @@ from flows_core.store import stored_event
 from flows_pg import _records
 from flows_pg._base import Batch, Rows, SqlStore, Step
 from flows_pg._migrate import migrate
+from flows_pg._sql import list_params
 
 from . import _sql
 from ._client_ops import CitusOps, detect_op, layout_op
@@ -168,27 +169,19 @@ class CitusStore(SqlStore):
     # -- reads --
 
     async def list_workflows(self, query: api.ListQuery) -> list[api.WorkflowRecord]:
+        """Each shard key that can hold the tenant's rows gives its first limit + offset
+        rows of the listing (a router query, bounded by its LIMIT); they are merged here."""
         layout = await self._ready()
-        statement = self.statements(
-            _sql.list_workflows_sql(
-                tenant=query.tenant_id is not None,
-                status=query.status is not None,
-                name=query.name is not None,
-            )
-        )
         limit, offset = max(0, query.limit), max(0, query.offset)
         if limit == 0:
             return []
-        params = {
-            "tid": query.tenant_id,
-            "status": None if query.status is None else str(query.status),
-            "name": query.name,
-            "limit": limit + offset,
-        }
+        statement = self.statements(_sql.list_workflows_sql(query))
+        params = list_params(query)
+        params["limit"] = limit + offset
         per_key = await self._each_key(statement, layout.tenant_keys(query.tenant_id), params)
-        rows = [row for rows in per_key for row in rows]
-        rows.sort(key=lambda row: (row["created_at"], row["workflow_id"]), reverse=True)
-        return [_records.record_from_row(row) for row in rows[offset : offset + limit]]
+        records = [_records.record_from_row(row) for rows in per_key for row in rows]
+        records.sort(key=api.list_key, reverse=True)
+        return records[offset : offset + limit]
 
     # -- worker operations --
 
@@ -387,6 +380,18 @@ class CitusStore(SqlStore):
             rows = await self._run_one(self.statements(_sql.PRUNE), params)
             pruned += int(rows[0]["pruned"])
         return pruned
+
+    async def count_workflows(self, tenant_id: str) -> dict[str, int]:
+        """``tenant_id``'s workflows per status (``flows_core.store.WorkflowCounts``):
+        one router query per shard key that can hold them, pipelined."""
+        layout = await self._ready()
+        statement = self.statements(_sql.COUNT_WORKFLOWS)
+        per_key = await self._each_key(statement, layout.tenant_keys(tenant_id), {"tid": tenant_id})
+        counts: dict[str, int] = {}
+        for rows in per_key:
+            for status, count in _counts_decoder.decode(rows[0]["statuses"]).items():
+                counts[status] = counts.get(status, 0) + int(count)
+        return counts
 
     async def stats(self, shard_keys: Sequence[str] | None = None) -> api.StoreStats:
         await self._ready()

@@ -248,8 +248,16 @@ class Planner:
         name: str | None,
         limit: int,
         offset: int,
+        *,
+        after: tuple[datetime, str] | None = None,
+        id_prefix: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
     ) -> ListQuery:
-        """Validate a list request (status, name, limit and offset)."""
+        """Validate a list request: status, name, limit and offset, the keyset cursor
+        ``after`` (a (timezone-aware datetime, workflow id) pair, the ``created_at``
+        and ``workflow_id`` of the last row of the previous page), the id prefix and
+        the creation time range [created_from, created_to)."""
         status_value: WorkflowStatus | None = None
         if status is not None:
             try:
@@ -262,9 +270,52 @@ class Planner:
         for value, what in ((limit, "limit"), (offset, "offset")):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
                 raise InvalidArgument(f"{what} must be an integer from 0 to 2**31-1, got {value!r}")
+        if id_prefix is not None:
+            check_name(id_prefix, "id prefix")
+        created_from = _aware(created_from, "created_from")
+        created_to = _aware(created_to, "created_to")
+        if created_from is not None and created_to is not None and created_from > created_to:
+            raise InvalidArgument(
+                f"created_from ({created_from.isoformat()}) is after created_to "
+                f"({created_to.isoformat()})"
+            )
         return ListQuery(
-            tenant_id=tenant, status=status_value, name=name, limit=limit, offset=offset
+            tenant_id=tenant,
+            status=status_value,
+            name=name,
+            limit=limit,
+            offset=offset,
+            after=_cursor(after),
+            id_prefix=id_prefix,
+            created_from=created_from,
+            created_to=created_to,
         )
+
+
+def _aware(value: object, what: str) -> datetime | None:
+    """``value`` if it is None or a timezone-aware datetime, else InvalidArgument."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidArgument(f"{what} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgument(f"{what} {value.isoformat()} has no timezone (use an aware datetime)")
+    return value
+
+
+def _cursor(after: object) -> tuple[datetime, str] | None:
+    """A listing's keyset cursor: None or (aware datetime, workflow id)."""
+    if after is None:
+        return None
+    if not isinstance(after, tuple | list) or len(after) != 2:
+        raise InvalidArgument(
+            "after must be a (created_at, workflow_id) pair, the last row of the previous "
+            f"page; got {after!r}"
+        )
+    at = _aware(after[0], "after's created_at")
+    if at is None:
+        raise InvalidArgument("after's created_at must be a datetime, got None")
+    return (at, check_id(after[1], "after's workflow id"))
 
 
 class Engine:
@@ -454,10 +505,30 @@ class Engine:
         name: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        after: tuple[datetime, str] | None = None,
+        id_prefix: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
     ) -> list[WorkflowInfo]:
-        """This tenant's workflows, newest first."""
+        """This tenant's workflows, newest first (by ``created_at``, then workflow id).
+
+        Filters combine: ``status``, ``name``, ``id_prefix`` (ids starting with it) and
+        the creation time range [``created_from``, ``created_to``). Paging: pass the
+        ``(created_at, workflow_id)`` of the last row of a page as ``after`` to get the
+        next one (keyset paging: exact while workflows start meanwhile, and as fast
+        deep down as on page one); ``offset`` skips rows."""
         tenant = self.tenant_for(tenant_id)
-        query = self.planner.list_query(tenant, status, name, limit, offset)
+        query = self.planner.list_query(
+            tenant,
+            status,
+            name,
+            limit,
+            offset,
+            after=after,
+            id_prefix=id_prefix,
+            created_from=created_from,
+            created_to=created_to,
+        )
         records = await self.store.list_workflows(query)
         return [self.info(r) for r in records]
 

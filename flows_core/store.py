@@ -73,10 +73,12 @@ __all__ = [
     "WorkerInfo",
     "WorkflowRecord",
     "WorkflowStatus",
+    "WorkflowCounts",
     "WorkflowTaskClaim",
     "WorkflowTaskCommit",
     "cancel_outcome",
     "eager_start_claim",
+    "list_key",
     "parked_cancellation",
     "round_trip_event",
     "signal_outcome",
@@ -212,7 +214,11 @@ class ActivityTaskClaim(msgspec.Struct, frozen=True, kw_only=True):
     activity_name: str
     input: msgspec.Raw
     attempt: int
-    """The attempt number about to run (1-based)."""
+    """The attempt number about to run (1-based): the task's count as ``retry_activity``
+    last set it, plus one for every earlier claim whose lease ran out with nothing
+    recorded (its claimant crashed or lost the lease; that attempt is counted). A
+    ``release`` gives the claim back uncounted. It may exceed the activity's retry
+    policy: the worker then fails the step (ActivityTaskCrashed) without running it."""
     cancel_requested: bool = False
     scheduled_at: datetime | None = None
     """When the workflow first scheduled the step (its ActivityScheduled ``at``; the
@@ -306,12 +312,49 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """A listing of workflow rows, newest first: ordered by (created_at DESC,
+    workflow_id DESC), ids compared by code point (PostgreSQL: ``COLLATE "C"``), so
+    every adapter pages in the same order. Filters combine (AND).
+
+    Paging: ``after`` is a keyset cursor (the (created_at, workflow_id) of the last row
+    of the previous page): rows strictly after it in the listing order. It stays exact
+    while workflows start or end meanwhile, and a page costs the same however deep it
+    is (an index scan from the cursor). ``offset`` (applied after ``after``) skips rows.
+    """
+
     tenant_id: str | None
     """None lists every tenant (operators only; the Engine always sets it)."""
     status: WorkflowStatus | None = None
     name: str | None = None
     limit: int = 100
     offset: int = 0
+    after: tuple[datetime, str] | None = None
+    """Keyset cursor: only rows with (created_at, workflow_id) < this pair."""
+    id_prefix: str | None = None
+    """Only workflow ids starting with this text (case-sensitive)."""
+    created_from: datetime | None = None
+    """Only rows created at or after this time (inclusive)."""
+    created_to: datetime | None = None
+    """Only rows created before this time (exclusive)."""
+
+    def matches(self, record: WorkflowRecord) -> bool:
+        """Whether ``record`` is one this query lists (its filters and cursor, not its
+        limit or offset): the reference every adapter's listing agrees with."""
+        return (
+            (self.tenant_id is None or record.tenant_id == self.tenant_id)
+            and (self.status is None or record.status == self.status)
+            and (self.name is None or record.name == self.name)
+            and (self.id_prefix is None or record.workflow_id.startswith(self.id_prefix))
+            and (self.created_from is None or record.created_at >= self.created_from)
+            and (self.created_to is None or record.created_at < self.created_to)
+            and (self.after is None or list_key(record) < self.after)
+        )
+
+
+def list_key(record: WorkflowRecord) -> tuple[datetime, str]:
+    """A row's place in a listing (``ListQuery``): rows come in descending order of it,
+    and it is the ``after`` cursor that continues past the row."""
+    return (record.created_at, record.workflow_id)
 
 
 class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -399,7 +442,8 @@ class Store(Protocol):
         ...
 
     async def list_workflows(self, query: ListQuery) -> list[WorkflowRecord]:
-        """Workflows matching the query, newest first."""
+        """Up to ``query.limit`` workflows matching the query (``ListQuery.matches``),
+        newest first (descending ``list_key``), after skipping ``query.offset``."""
         ...
 
     async def wait_for_workflow(self, tenant_id: str, workflow_id: str, timeout: float) -> None:
@@ -413,6 +457,13 @@ class Store(Protocol):
 
         A claimed workflow task first moves its workflow's inbox into the history; the
         claim returns the whole history and the row as of after that move.
+
+        Attempts (one failure policy: every claim that does not end in the task's own
+        outcome counts): every claim of a workflow task counts (see
+        ``WorkflowTaskClaim.attempt``; a commit resets it). An activity task's claim
+        counts on from its last one when that claim's lease ran out, i.e. the task was
+        claimed before and neither completed, retried nor released since: it gets
+        attempt + 1. A task given back by ``release`` keeps its count.
         """
         ...
 
@@ -452,7 +503,9 @@ class Store(Protocol):
         ...
 
     async def retry_activity(self, retry: ActivityRetry) -> None:
-        """Release a failed attempt's task until ``visible_at`` with attempt + 1."""
+        """Release a failed attempt's task until ``visible_at``, its attempt count set to
+        ``next_attempt`` (the number its next claim gets, lease expiry aside).
+        LeaseLost if fenced."""
         ...
 
     async def heartbeat(self, lease: Lease, extend: timedelta) -> HeartbeatReply:
@@ -460,9 +513,14 @@ class Store(Protocol):
         ...
 
     async def release(self, lease: Lease) -> None:
-        """Give a task back at once (graceful shutdown). Silent if already lost.
+        """Give a task back at once, unleased and visible now. Silent if already lost.
 
-        A released workflow task's claim is not counted as an attempt."""
+        The claim is not counted as an attempt: a workflow task's count goes back by
+        one, an activity task's stays as it was (its next claim gets the same attempt
+        number). For claims given back unstarted (a claim that waited too long for a
+        slot, a suspected poison task left to an idle worker, an activity this worker
+        does not serve); work cut at shutdown is a counted attempt (``retry_activity``,
+        ``fail_workflow_task``)."""
         ...
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
@@ -524,6 +582,20 @@ class EagerStart(Protocol):
         attempt 1, the row as written and the history ``[new.started]``. A later claim
         of the task after the lease expires counts as attempt 2 (the claimant crashed).
         No work notification is needed (nothing is claimable)."""
+        ...
+
+
+@runtime_checkable
+class WorkflowCounts(Protocol):
+    """An OPTIONAL store capability: one tenant's workflow counts per status (a
+    dashboard scoped to one tenant shows them; ``Store.stats`` counts every tenant).
+    Memory, PostgreSQL and Citus have it; look for it with ``getattr(store,
+    "count_workflows", None)``."""
+
+    async def count_workflows(self, tenant_id: str) -> dict[str, int]:
+        """``tenant_id``'s workflow rows per status value (statuses with none left out).
+        Reads an index of the tenant's rows: its cost grows with the tenant's rows,
+        not with the table."""
         ...
 
 

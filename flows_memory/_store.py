@@ -61,6 +61,7 @@ from flows_core.store import (
     WorkflowTaskCommit,
     cancel_outcome,
     eager_start_claim,
+    list_key,
     parked_cancellation,
     round_trip_event,
     signal_outcome,
@@ -541,15 +542,18 @@ class MemoryStore:
             stored_text(query.tenant_id, "tenant id")
         if query.name is not None:
             stored_text(query.name, "workflow name")
+        if query.id_prefix is not None:
+            stored_text(query.id_prefix, "id prefix")
+        if query.after is not None:
+            stored_text(query.after[1], "cursor workflow id")
         found = [
-            wf
-            for wf in self._workflows.values()
-            if (query.tenant_id is None or wf.tenant_id == query.tenant_id)
-            and (query.status is None or wf.status == query.status)
-            and (query.name is None or wf.name == query.name)
+            record
+            for record in (self._record(wf) for wf in self._workflows.values())
+            if query.matches(record)
         ]
-        found.sort(key=lambda wf: (wf.created_at, wf.workflow_id), reverse=True)
-        return [self._record(wf) for wf in found[query.offset : query.offset + query.limit]]
+        found.sort(key=list_key, reverse=True)
+        start = max(0, query.offset)
+        return found[start : start + max(0, query.limit)]
 
     async def wait_for_workflow(self, tenant_id: str, workflow_id: str, timeout: float) -> None:
         fut = asyncio.get_running_loop().create_future()
@@ -597,6 +601,10 @@ class MemoryStore:
         claimed: list[ClaimedTask] = []
         expires = now + request.lease
         for task, wf in candidates:
+            if task.kind == "activity" and task.token is not None:
+                # the previous claimant's lease ran out with nothing recorded: its
+                # attempt is counted (the worker fails the step past its retry policy)
+                task.attempt += 1
             task.token = str(uuid6.uuid7())
             task.owner = request.owner
             task.lease_expires = expires
@@ -923,6 +931,15 @@ class MemoryStore:
             dead_letters=statuses.get(WorkflowStatus.PARKED.value, 0),
             workflows=statuses,
         )
+
+    async def count_workflows(self, tenant_id: str) -> dict[str, int]:
+        """``tenant_id``'s workflows per status (``flows_core.store.WorkflowCounts``)."""
+        stored_text(tenant_id, "tenant id")
+        counts: dict[str, int] = {}
+        for wf in self._workflows.values():
+            if wf.tenant_id == tenant_id:
+                counts[wf.status.value] = counts.get(wf.status.value, 0) + 1
+        return counts
 
     def row_counts(self) -> dict[str, int]:
         """Stored items per kind (test helper: retention keeps these bounded)."""

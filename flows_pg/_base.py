@@ -107,7 +107,13 @@ class Step:
 
 Batch = list[Step]
 
-_PARAM_NAMES: Final = {"tid": "tenant id", "wid": "workflow id", "sk": "shard key"}
+_PARAM_NAMES: Final = {
+    "tid": "tenant id",
+    "wid": "workflow id",
+    "sk": "shard key",
+    "id_prefix": "id prefix",
+    "after_id": "cursor workflow id",
+}
 
 
 def check_text(batch: Sequence[Step]) -> None:
@@ -119,6 +125,8 @@ def check_text(batch: Sequence[Step]) -> None:
             for item in values:
                 if isinstance(item, str) and (not item.isascii() or "\x00" in item):
                     stored_text(item, _PARAM_NAMES.get(key, key))
+
+
 Op = Generator[Batch, list[Rows], T]
 """An operation: yields batches (each one transaction), receives each step's rows."""
 

@@ -25,7 +25,9 @@ are the oldest ones, and the rest (if any) stay queued in order.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
+
+from flows_core.store import ListQuery
 
 from ._base import RECORD, TERMINAL_SQL
 
@@ -236,26 +238,61 @@ WHERE w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s
 """
 
 
-def list_filters(*, tenant: bool, status: bool, name: bool) -> list[str]:
-    """The WHERE conditions of a listing (on ``w``) for the filters given."""
+# Listing order (flows_core.store.ListQuery): newest first, ids compared by code point
+# (COLLATE "C", as the indexes of migration 004 keep them), so that a keyset cursor
+# continues exactly where the last page ended, on every adapter.
+LIST_ORDER: Final = 'ORDER BY w.created_at DESC, w.workflow_id COLLATE "C" DESC'
+
+
+def list_filters(query: ListQuery) -> list[str]:
+    """The WHERE conditions of a listing (on ``w``) for the filters and cursor that
+    ``query`` sets (parameters: ``list_params``)."""
     where = []
-    if tenant:
+    if query.tenant_id is not None:
         where.append("w.tenant_id = %(tid)s")
-    if status:
+    if query.status is not None:
         where.append("w.status = %(status)s")
-    if name:
+    if query.name is not None:
         where.append("w.name = %(name)s")
+    if query.id_prefix is not None:
+        where.append("starts_with(w.workflow_id, %(id_prefix)s)")
+    if query.created_from is not None:
+        where.append("w.created_at >= %(created_from)s")
+    if query.created_to is not None:
+        where.append("w.created_at < %(created_to)s")
+    if query.after is not None:
+        # rows after (at, id) in the order: the first condition bounds the index scan
+        where.append(
+            "w.created_at <= %(after_at)s AND (w.created_at < %(after_at)s"
+            ' OR w.workflow_id COLLATE "C" < %(after_id)s)'
+        )
     return where
 
 
-def list_workflows_sql(*, tenant: bool, status: bool, name: bool) -> str:
-    where = list_filters(tenant=tenant, status=status, name=name)
+def list_params(query: ListQuery) -> dict[str, Any]:
+    """The parameters of ``list_filters(query)``."""
+    after_at, after_id = query.after if query.after is not None else (None, None)
+    return {
+        "tid": query.tenant_id,
+        "status": None if query.status is None else str(query.status),
+        "name": query.name,
+        "id_prefix": query.id_prefix,
+        "created_from": query.created_from,
+        "created_to": query.created_to,
+        "after_at": after_at,
+        "after_id": after_id,
+    }
+
+
+def list_workflows_sql(query: ListQuery) -> str:
+    """The listing of ``query``: its filters, then %(limit)s rows after %(offset)s."""
+    where = list_filters(query)
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     return f"""
 SELECT {RECORD}, {_PENDING}
 FROM {{S}}.workflows w
 {clause}
-ORDER BY w.created_at DESC, w.workflow_id DESC
+{LIST_ORDER}
 LIMIT %(limit)s OFFSET %(offset)s
 """
 
@@ -280,6 +317,10 @@ def _same_wf(a: str, b: str) -> str:
 #     inbox), so the history and inbox rows this statement reads are complete.
 # Claimed workflow tasks move their inbox to the end of the history (mv/mp/hi/uw) and
 # come back with the row as of after the move and the whole history.
+# Attempts: a workflow task's ``attempt`` is the number its next claim gets (returned
+# minus one); an activity task's is the number of its current or last claim, counted on
+# here when the task still holds a lease token, i.e. its previous claimant's lease ran
+# out without a completion, retry or release (a crashed or cut attempt).
 CLAIM: Final = (
     """
 WITH c AS MATERIALIZED (
@@ -322,7 +363,8 @@ WITH c AS MATERIALIZED (
   UPDATE {S}.tasks t
   SET lease_token = (%(tokens)s::uuid[])[ok.rn], lease_owner = %(owner)s,
       visible_at = now() + %(lease)s::interval,
-      attempt = CASE WHEN t.kind = 'workflow' THEN t.attempt + 1 ELSE t.attempt END
+      attempt = CASE WHEN t.kind = 'workflow' OR t.lease_token IS NOT NULL
+                   THEN t.attempt + 1 ELSE t.attempt END
   FROM ok
   WHERE t.shard_key = ok.shard_key AND t.tenant_id = ok.tenant_id AND t.task_id = ok.task_id
   RETURNING t.shard_key, t.tenant_id, t.workflow_id, t.task_id, t.kind, t.lease_token,
@@ -873,6 +915,13 @@ WITH v AS MATERIALIZED (
 SELECT count(*) AS pruned FROM d
 """
 )
+
+# One tenant's workflows per status (an index-only scan of workflows_list_status_idx).
+COUNT_WORKFLOWS: Final = """
+SELECT coalesce(json_object_agg(s.status, s.n), '{}')::text AS statuses
+FROM (SELECT w.status, count(*) AS n FROM {S}.workflows w
+      WHERE w.tenant_id = %(tid)s GROUP BY w.status) s
+"""
 
 # Queue depth per shard (claimable now), age of the oldest claimable task, leased tasks,
 # and workflows per status. {tshards}/{wshards}: optional shard filters.

@@ -85,20 +85,9 @@ class PostgresStore(SqlStore):
     # -- reads --
 
     async def list_workflows(self, query: ListQuery) -> list[WorkflowRecord]:
-        statement = self.statements(
-            _sql.list_workflows_sql(
-                tenant=query.tenant_id is not None,
-                status=query.status is not None,
-                name=query.name is not None,
-            )
-        )
-        params = {
-            "tid": query.tenant_id,
-            "status": None if query.status is None else str(query.status),
-            "name": query.name,
-            "limit": max(0, query.limit),
-            "offset": max(0, query.offset),
-        }
+        statement = self.statements(_sql.list_workflows_sql(query))
+        params = _sql.list_params(query)
+        params.update(limit=max(0, query.limit), offset=max(0, query.offset))
         rows = await self._run_one(statement, params, read=True)
         return [record_from_row(row) for row in rows]
 
@@ -173,6 +162,12 @@ class PostgresStore(SqlStore):
             return 0
         params = {"age": max(older_than, timedelta(0)), "limit": limit}
         return int((await self._run_one(self.statements(_sql.PRUNE), params))[0]["pruned"])
+
+    async def count_workflows(self, tenant_id: str) -> dict[str, int]:
+        """``tenant_id``'s workflows per status (``flows_core.store.WorkflowCounts``)."""
+        statement = self.statements(_sql.COUNT_WORKFLOWS)
+        row = (await self._run_one(statement, {"tid": tenant_id}, read=True))[0]
+        return _counts_decoder.decode(row["statuses"])
 
     async def stats(self, shard_keys: Sequence[str] | None = None) -> StoreStats:
         sharded = shard_keys is not None

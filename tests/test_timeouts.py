@@ -129,7 +129,8 @@ async def test_schedule_to_close_survives_a_crashed_claimant() -> None:
         late = flows.Worker(env.store, activities=[act], poll_interval=0.05, worker_id="late")
         task = asyncio.ensure_future(late.run())
         try:
-            assert await env.result(run) == ["ScheduleToCloseTimeout", 0]
+            # the dead claimant's attempt is counted (its lease ran out): 1 attempt
+            assert await env.result(run) == ["ScheduleToCloseTimeout", 1]
         finally:
             await late.stop()
             with contextlib.suppress(asyncio.CancelledError):

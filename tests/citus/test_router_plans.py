@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -72,12 +72,51 @@ def every_statement(store: Any) -> dict[str, str]:
         for name, text in vars(citus_sql).items()
         if name.isupper() and not name.startswith("_") and isinstance(text, str) and "{S}" in text
     }
-    for tenant, status, name in itertools.product((False, True), repeat=3):
-        listing = citus_sql.list_workflows_sql(tenant=tenant, status=status, name=name)
-        statements[f"LIST{(tenant, status, name)}"] = store.statements(listing)
+    for query in listings("t", "n"):
+        statements[f"LIST {listing_shape(query)}"] = store.statements(
+            citus_sql.list_workflows_sql(query)
+        )
     for text in WORKER_STATEMENTS:
         statements[text.split()[0] + " workers"] = store.statements(text)
     return statements
+
+
+def listings(tenant: str, name: str) -> list[ListQuery]:
+    """A listing of every shape: each combination of tenant, status and name, each with
+    no other filter, with all of them (id prefix, time range, keyset cursor), and with
+    each of them alone."""
+    now = datetime.now(UTC)
+    extras: list[dict[str, Any]] = [
+        {},
+        {
+            "id_prefix": "w",
+            "created_from": now - timedelta(hours=1),
+            "created_to": now + timedelta(hours=1),
+            "after": (now + timedelta(hours=1), "w"),
+        },
+        {"id_prefix": "w"},
+        {"created_from": now - timedelta(hours=1)},
+        {"created_to": now + timedelta(hours=1)},
+        {"after": (now + timedelta(hours=1), "w")},
+    ]
+    queries = []
+    for with_tenant, status, with_name in itertools.product((False, True), repeat=3):
+        for extra in extras if with_tenant or not (status or with_name) else extras[:2]:
+            queries.append(
+                ListQuery(
+                    tenant_id=tenant if with_tenant else None,
+                    status=WorkflowStatus.RUNNING if status else None,
+                    name=name if with_name else None,
+                    **extra,
+                )
+            )
+    return queries
+
+
+def listing_shape(query: ListQuery) -> str:
+    """Which filters a listing sets (its statement's shape)."""
+    fields = ("tenant_id", "status", "name", "id_prefix", "created_from", "created_to", "after")
+    return ",".join(f for f in fields if getattr(query, f) is not None)
 
 
 @pytest.fixture
@@ -101,16 +140,8 @@ async def workload(store: Any, kit: Kit) -> None:
     assert (await store.cancel_workflow(kit.tenant, b.workflow_id, cancel)).value == "requested"
     await store.get_workflow(kit.tenant, a.workflow_id)
     await store.get_history(kit.tenant, a.workflow_id)
-    for tenant, status, name in itertools.product(
-        (None, kit.tenant), (None, "running"), (None, kit.wf)
-    ):
-        await store.list_workflows(
-            ListQuery(
-                tenant_id=tenant,
-                status=None if status is None else WorkflowStatus(status),
-                name=name,
-            )
-        )
+    for query in listings(kit.tenant, kit.wf):
+        await store.list_workflows(query)
 
     first = await kit.claim_wf(types=[(kit.wf, 1)], limit=1)
     commit = kit.commit(
@@ -179,6 +210,7 @@ async def workload(store: Any, kit: Kit) -> None:
     assert (await store.get_workflow(kit.tenant, a.workflow_id)).status == "completed"
     await store.prune(timedelta(0), 10)
     await store.stats()
+    assert await store.count_workflows(kit.tenant)
     info = WorkerInfo(
         worker_id="w1", workflow_types=[(kit.wf, 1)], activity_names=[], heartbeat_at=now()
     )

@@ -216,7 +216,13 @@ async def kill(w: flows.Worker, task: asyncio.Task[None], monkeypatch: pytest.Mo
     """Kill a running worker as a crash would: its leases are NOT released."""
     with monkeypatch.context() as m:
         # a crash writes nothing: no release, and no record of the cut attempt
-        for write in ("release", "retry_activity", "fail_workflow_task", "park_workflow"):
+        for write in (
+            "release",
+            "retry_activity",
+            "complete_activity",
+            "fail_workflow_task",
+            "park_workflow",
+        ):
             m.setattr(w.store, write, _no_release)
         w.grace_period = 0.05
         task.cancel()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import flows_core as flows
+from flows_core.events import ActivityFailedEvent
 from flows_core.store import (
     ActivityRetry,
     ClaimRequest,
@@ -28,6 +29,7 @@ from tests.contract.adapters import Adapter
 from tests.contract.test_contract_engine import (
     checked_history,
     eventually,
+    kill,
     result,
     running,
     worker,
@@ -341,3 +343,46 @@ async def test_an_activity_claimed_past_its_attempts_fails_without_running(
     assert "claimed 2 times" in message
     assert attempts == 2
     assert ran == [], "not run past its retry policy"
+
+
+async def test_a_worker_killed_in_a_queued_activity_costs_a_counted_attempt(
+    adapter: Adapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker dies inside a queued activity; once its lease runs out the next claimant
+    runs attempt 2, not attempt 1 again. With max_attempts=2 and a second death, the
+    third claim fails the step (ActivityTaskCrashed) without running it, and the
+    workflow sees ActivityFailed: executions == counted attempts."""
+    seen: list[int] = []
+    entered = asyncio.Event()
+
+    @flows.activity(f"dies-{adapter.ns}", retry=AT_ONCE)
+    async def dies(x: int) -> int:
+        seen.append(flows.activity_info().attempt)
+        entered.set()
+        await asyncio.Event().wait()  # the worker is killed in here
+        return x
+
+    wf = _recording_workflow(f"dies-wf-{adapter.ns}", dies)
+    store = adapter.store
+    engine = flows.Engine(store, workflows=[wf])
+    lease = timedelta(seconds=0.5)
+    async with running(worker(store, workflows=[wf])):  # the activity is queued
+        run = await engine.start(wf, 1, tenant_id=f"t-{adapter.ns}")
+        for attempt in (1, 2):
+            entered.clear()
+            doomed = worker(store, activities=[dies], lease=lease)
+            doomed_task = asyncio.ensure_future(doomed.run())
+            await asyncio.wait_for(entered.wait(), 10.0)
+            assert seen[-1] == attempt
+            await kill(doomed, doomed_task, monkeypatch)
+            await adapter.pass_time(0.6)  # the dead worker's lease runs out
+        async with running(worker(store, activities=[dies], lease=lease)):
+            error_type, message, attempts = await result(run)
+    assert error_type == "ActivityTaskCrashed"
+    assert "claimed 2 times" in message
+    assert attempts == 2
+    assert seen == [1, 2], "ran exactly once per counted attempt"
+    history = await checked_history(store, run)
+    failed = [e for e in history if isinstance(e, ActivityFailedEvent)]
+    assert len(failed) == 1
+    assert failed[0].error.attempts == 2

@@ -531,7 +531,7 @@ async def test_lost_activity_lease_refuses_heartbeat_complete_and_retry(
     stale = await kit.claim_act(lease=SHORT, owner="zombie")
     await adapter.pass_time(0.4)
     fresh = await kit.claim_act(owner="fresh")
-    assert fresh.attempt == stale.attempt == 1
+    assert (stale.attempt, fresh.attempt) == (1, 2), "the lost lease's attempt is counted"
     before = await kit.store.get_history(kit.tenant, new.workflow_id)
     with pytest.raises(LeaseLost):
         await kit.store.heartbeat(stale.lease, timedelta(seconds=30))
@@ -575,6 +575,42 @@ async def test_release_makes_a_task_claimable_at_once(kit: Kit) -> None:
     assert (act2.lease.task_id, act2.seq, act2.attempt) == (act.lease.task_id, 1, 1)
     await kit.store.release(act.lease)  # a stale release is silent and frees nothing
     assert await kit.claim(types=[], acts=[kit.act], owner="c") == []
+
+
+async def test_an_activity_claim_counts_on_after_a_lost_lease_not_after_a_release(
+    kit: Kit, adapter: Adapter
+) -> None:
+    """One failure policy: a claim whose lease ran out with nothing recorded was an
+    attempt (its claimant crashed or lost the lease), so the next claim gets the next
+    number; a release gives the claim back uncounted; a retry sets the number."""
+    await kit.start()
+    await schedule(kit, await kit.claim_wf(), [1])
+    first = await kit.claim_act(lease=SHORT, owner="a")
+    assert first.attempt == 1
+    await adapter.pass_time(0.4)  # a's lease runs out, nothing recorded
+    second = await kit.claim_act(owner="b")
+    assert second.attempt == 2
+    await kit.store.release(second.lease)
+    third = await kit.claim_act(lease=SHORT, owner="c")
+    assert third.attempt == 2, "a released claim is not counted"
+    await kit.store.retry_activity(
+        ActivityRetry(
+            lease=third.lease,
+            next_attempt=3,
+            visible_at=kit.now(),
+            error=ErrorInfo(type="Flaky", message="again", attempts=2),
+        )
+    )
+    fourth = await kit.claim_act(lease=SHORT, owner="d")
+    assert fourth.attempt == 3, "a retry's next attempt, not counted twice"
+    await adapter.pass_time(0.4)
+    fifth = await kit.claim_act(lease=SHORT, owner="e")
+    assert fifth.attempt == 4
+    assert fifth.lease.task_id == first.lease.task_id
+    await adapter.pass_time(0.4)
+    # a heartbeat of an expired lease nobody took over keeps it: no new attempt
+    await kit.store.heartbeat(fifth.lease, timedelta(seconds=30))
+    assert await kit.claim(types=[], acts=[kit.act], owner="f") == []
 
 
 # -- timers --

@@ -52,10 +52,36 @@ async def test_offset_paging_with_filters_applied_here(env: TestEnvironment) -> 
     assert await all_pages(env.store, window, 10) == [["even-04", "odd-03", "even-02"]]
 
 
-async def test_a_long_scan_stops_and_resumes(env: TestEnvironment) -> None:
+class OffsetQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """ListQuery as it was before keyset paging and the other filters."""
+
+    tenant_id: str | None
+    status: WorkflowStatus | None = None
+    name: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+class OffsetStore:
+    """A MemoryStore whose listing takes only OffsetQuery (a store without the new
+    fields: ``_listing`` filters and pages by offset itself)."""
+
+    def __init__(self, env: TestEnvironment) -> None:
+        self.inner = env.store
+
+    async def list_workflows(self, query: OffsetQuery) -> list[WorkflowRecord]:
+        fields = {f: getattr(query, f) for f in OffsetQuery.__struct_fields__}
+        return await self.inner.list_workflows(ListQuery(**fields))
+
+
+async def test_a_long_scan_stops_and_resumes(
+    env: TestEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await started(env, 9)
+    monkeypatch.setattr(_listing, "ListQuery", OffsetQuery)
+    store: Any = OffsetStore(env)
     oldest = Filters(id_prefix="even-00")
-    first = await fetch_page(env.store, oldest, None, 2, max_scan=3)
+    first = await fetch_page(store, oldest, None, 2, max_scan=3)
     assert first.scan_cut
     assert first.rows == []
     assert first.scanned == 3
@@ -64,12 +90,17 @@ async def test_a_long_scan_stops_and_resumes(env: TestEnvironment) -> None:
     cursor: Cursor | None = first.next_cursor
     reads = 1
     while cursor is not None:
-        page = await fetch_page(env.store, oldest, cursor, 2, max_scan=3)
+        page = await fetch_page(store, oldest, cursor, 2, max_scan=3)
         assert page.scanned <= 3
         found += [r.workflow_id for r in page.rows]
         cursor, reads = page.next_cursor, reads + 1
     assert found == ["even-00"]
     assert reads in (3, 4)  # 9 rows, 3 per read (a full last read cannot know it was last)
+    # the store's own ListQuery takes the id prefix: one read finds it
+    monkeypatch.undo()
+    pushed = await fetch_page(env.store, oldest, None, 2, max_scan=3)
+    assert [r.workflow_id for r in pushed.rows] == ["even-00"]
+    assert (pushed.scanned, pushed.scan_cut, pushed.next_cursor) == (1, False, None)
 
 
 class KeysetQuery(msgspec.Struct, frozen=True, kw_only=True):
