@@ -20,14 +20,14 @@ import signal
 import sys
 from datetime import timedelta
 
+from upgrade_app import ACTIVITIES, WORKFLOWS, OrderIn, order
+
 import flows_core as flows
 import flows_pg
 from flows_pg import PostgresStore
 
-from upgrade_app import ACTIVITIES, WORKFLOWS, OrderIn, order
-
 SHORT_TIMER = 0.2
-LONG_TIMER = 6.0
+LONG_TIMER = 8.0
 LEASE = timedelta(seconds=2)
 
 
@@ -71,8 +71,14 @@ async def setup(dsn: str, schema: str, count: int) -> None:
             task.result()
             raise RuntimeError("the old worker ended early")
         await asyncio.sleep(0.05)
-    say({"applied": applied, "waiting": seen, "flows_core": flows.__file__,
-         "flows_pg": flows_pg.__file__})
+    say(
+        {
+            "applied": applied,
+            "waiting": seen,
+            "flows_core": flows.__file__,
+            "flows_pg": flows_pg.__file__,
+        }
+    )
     await asyncio.Event().wait()  # until killed, the worker still running
 
 

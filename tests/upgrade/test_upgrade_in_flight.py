@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -42,7 +42,7 @@ from tests.upgrade.upgrade_app import (
     order,
 )
 
-pytestmark = [pytest.mark.pg, pytest.mark.slow]
+pytestmark = pytest.mark.pg
 
 PREVIOUS = "2a2af42"
 """Main before the session that added migration 003: its flows_pg ships 001 (and the
@@ -69,7 +69,7 @@ def repository_root() -> Path:
 
 
 @pytest.fixture(scope="module")
-def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tree of commit PREVIOUS, extracted with ``git archive``."""
     root = repository_root()
     found = subprocess.run(
@@ -85,7 +85,7 @@ def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
         ["git", "archive", PREVIOUS], cwd=root, capture_output=True, check=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    yield target
+    return target
 
 
 @dataclass
@@ -120,9 +120,7 @@ class OldProcess:
 
 
 @pytest.fixture
-async def old_processes(
-    previous_release: Path, tmp_path: Path
-) -> AsyncIterator[list[OldProcess]]:
+async def old_processes(previous_release: Path, tmp_path: Path) -> AsyncIterator[list[OldProcess]]:
     started: list[OldProcess] = []
     yield started
     for p in started:
@@ -170,10 +168,12 @@ async def test_flows_migrate_with_old_workers_running_and_workflows_in_flight(
     old = str(previous_release)
 
     # 1. The old release migrates, starts COUNT workflows, runs them until they wait.
-    setup = await spawn_old(previous_release, old_processes, tmp_path, "setup", pg_dsn, schema,
-                            str(COUNT))
+    setup = await spawn_old(
+        previous_release, old_processes, tmp_path, "setup", pg_dsn, schema, str(COUNT)
+    )
     ready = await setup.line()
-    assert ready["flows_core"].startswith(old) and ready["flows_pg"].startswith(old)
+    assert ready["flows_core"].startswith(old)
+    assert ready["flows_pg"].startswith(old)
     assert ready["applied"] == [1], "the previous release applies migration 001 only"
     ids = [f"up-{i}" for i in range(COUNT)]
     assert set(ready["waiting"].values()) == {"signal", "timer"}
@@ -181,19 +181,29 @@ async def test_flows_migrate_with_old_workers_running_and_workflows_in_flight(
 
     # Two more, started by the old release and never run by it.
     late_ids = ["up-late-0", "up-late-1"]
-    starter = await spawn_old(previous_release, old_processes, tmp_path, "start", pg_dsn, schema,
-                              *late_ids)
+    starter = await spawn_old(
+        previous_release, old_processes, tmp_path, "start", pg_dsn, schema, *late_ids
+    )
     assert (await starter.line())["started"] == late_ids
     assert await starter.end(None) == 0, starter.stderr()
 
     # 2. A second old worker runs while today's `flows migrate` upgrades the schema.
-    old_worker = await spawn_old(previous_release, old_processes, tmp_path, "worker", pg_dsn,
-                                 schema)
+    old_worker = await spawn_old(
+        previous_release, old_processes, tmp_path, "worker", pg_dsn, schema
+    )
     assert (await old_worker.line())["flows_core"].startswith(old)
     migrate = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "flows_cli", "--dsn", pg_dsn, "--schema", schema, "migrate",
+        sys.executable,
+        "-m",
+        "flows_cli",
+        "--dsn",
+        pg_dsn,
+        "--schema",
+        schema,
+        "migrate",
         "--no-citus",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(migrate.communicate(), STEP_TIMEOUT)
     assert migrate.returncode == 0, out.decode(errors="replace")
@@ -213,7 +223,10 @@ async def test_flows_migrate_with_old_workers_running_and_workflows_in_flight(
 
         # 4. New workers take over; the old one is stopped; the rest get their signals.
         new_worker = flows.Worker(
-            store, workflows=WORKFLOWS, activities=ACTIVITIES, poll_interval=0.1,
+            store,
+            workflows=WORKFLOWS,
+            activities=ACTIVITIES,
+            poll_interval=0.1,
             lease=timedelta(seconds=2),
         )
         running = asyncio.create_task(new_worker.run())
