@@ -37,6 +37,7 @@ from typing import Final
 import msgspec
 
 from ._engine import WORKER_LIVENESS
+from ._errors import WorkflowNotFound
 from .events import (
     DEADLINE_SEQ,
     ActivityCompleted,
@@ -464,7 +465,22 @@ async def fsck(
         rows = await store.fsck_workflows(tenant_id=tenant_id, after=after, limit=size)
         for row in rows:
             record = row.record
-            history = await store.get_history(record.tenant_id, record.workflow_id)
+            try:
+                history = await store.get_history(record.tenant_id, record.workflow_id)
+            except WorkflowNotFound:
+                continue  # pruned since the scan read its row
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                found(
+                    [
+                        FsckFinding(
+                            record.tenant_id,
+                            record.workflow_id,
+                            "undecodable-history",
+                            f"the stored history cannot be read: {exc}",
+                        )
+                    ]
+                )
+                continue
             found(workflow_findings(row, history))
         report.workflows += len(rows)
         if len(rows) < size:

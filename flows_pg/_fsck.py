@@ -42,9 +42,12 @@ class FsckSqlStore(SqlStore, ABC):
                 break
             if key is not None and after is not None and key < after[0]:
                 continue
+            # Keys are scanned in Python's order: a later key than the cursor's is read
+            # from its start, not compared with the cursor in the database's collation.
+            first = after is None or (key is not None and key != after[0])
             params = {
                 "tid": tenant_id,
-                "first": after is None,
+                "first": first,
                 "after_sk": after[0] if after else "",
                 "after_tid": after[1] if after else "",
                 "after_wid": after[2] if after else "",

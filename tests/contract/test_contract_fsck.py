@@ -198,6 +198,18 @@ async def history_gap(p: Planter, h: Healthy, a: Adapter) -> str:
     return h.waiting
 
 
+async def undecodable_history(p: Planter, h: Healthy, a: Adapter) -> str:
+    if p.memory is not None:
+        pytest.skip("MemoryStore keeps decoded events: nothing stored can fail to decode")
+    await p.sql(
+        "UPDATE {S}.history SET event = '{\"type\": \"no_such_event\"}' "
+        "WHERE tenant_id = %(tid)s AND workflow_id = %(wid)s AND position = 2",
+        tid=p.kit.tenant,
+        wid=h.waiting,
+    )
+    return h.waiting
+
+
 async def cached_state(p: Planter, h: Healthy, a: Adapter) -> str:
     await p.set_row(h.waiting, next_seq=7)
     return h.waiting
@@ -268,6 +280,7 @@ DAMAGE: dict[str, Plant] = {
     "unscheduled-resolution": unscheduled_resolution,
     "seq-gap": seq_gap,
     "history-gap": history_gap,
+    "undecodable-history": undecodable_history,
     "cached-state": cached_state,
     "terminal-tasks": terminal_tasks,
     "expired-lease": expired_lease,
