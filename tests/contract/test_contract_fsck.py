@@ -202,7 +202,7 @@ async def undecodable_history(p: Planter, h: Healthy, a: Adapter) -> str:
     if p.memory is not None:
         pytest.skip("MemoryStore keeps decoded events: nothing stored can fail to decode")
     await p.sql(
-        "UPDATE {S}.history SET event = '{\"type\": \"no_such_event\"}' "
+        'UPDATE {S}.history SET event = \'{"type": "no_such_event"}\' '
         "WHERE tenant_id = %(tid)s AND workflow_id = %(wid)s AND position = 2",
         tid=p.kit.tenant,
         wid=h.waiting,
