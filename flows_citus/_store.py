@@ -28,10 +28,11 @@ from flows_core.events import Event, decode_events
 from flows_core.store import stored_event
 from flows_pg import _records
 from flows_pg._base import Batch, Rows, SqlStore, Step
+from flows_pg._fsck import FsckSqlStore
 from flows_pg._migrate import migrate
 from flows_pg._sql import list_params
 
-from . import _sql
+from . import _fsck_sql, _sql
 from ._client_ops import CitusOps, detect_op, layout_op
 from ._layout import CitusLayout
 
@@ -41,7 +42,7 @@ _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _keys_decoder: Final = msgspec.json.Decoder(list[tuple[str, str]] | None)
 
 
-class CitusStore(SqlStore):
+class CitusStore(FsckSqlStore):
     """Store on Citus (a coordinator and worker nodes).
 
     ``CitusStore(dsn_or_pool, schema="flows")`` takes the coordinator's DSN or pool, as
@@ -54,6 +55,7 @@ class CitusStore(SqlStore):
 
     CITUS = True
     SQL: ClassVar[ModuleType] = _sql
+    FSCK_SQL: ClassVar[ModuleType] = _fsck_sql
 
     PROBE_EVERY: Final = 0.2
     """Seconds between probes of every shard key while notifications name the keys."""
@@ -141,6 +143,9 @@ class CitusStore(SqlStore):
             have = target
         self._ops = CitusOps(self.statements, have)
         return applied
+
+    async def _fsck_keys(self, tenant_id: str | None) -> Sequence[str | None]:
+        return sorted((await self._ready()).tenant_keys(tenant_id))
 
     # -- plumbing --
 

@@ -13,6 +13,7 @@ import flows_core as flows
 
 from . import _commands as c
 from ._demo import cmd_demo
+from ._fsck_cmd import add_fsck_command
 from ._open import CliError
 from ._operate import cmd_ui
 from ._replay_cmd import add_replay_commands
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop.set_defaults(func=c.cmd_embedded_stop)
 
     add_replay_commands(sub)
+    add_fsck_command(sub)
     return parser
 
 

@@ -60,6 +60,10 @@ __all__ = [
     "CancelOutcome",
     "ClaimRequest",
     "EagerStart",
+    "FsckExpiredLease",
+    "FsckOrphan",
+    "FsckScan",
+    "FsckWorkflow",
     "ClaimedTask",
     "HeartbeatReply",
     "Lease",
@@ -596,6 +600,68 @@ class WorkflowCounts(Protocol):
         """``tenant_id``'s workflow rows per status value (statuses with none left out).
         Reads an index of the tenant's rows: its cost grows with the tenant's rows,
         not with the table."""
+        ...
+
+
+class FsckWorkflow(msgspec.Struct, frozen=True, kw_only=True):
+    """A workflow row as ``FsckScan.fsck_workflows`` reads it: the row and counts of the
+    rows stored under it."""
+
+    record: WorkflowRecord
+    workflow_tasks: int
+    activity_tasks: int
+    timer_tasks: int
+    inbox_rows: int
+    history_rows: int
+    history_last: int
+    """The highest history position (0 when there is none)."""
+
+
+class FsckOrphan(msgspec.Struct, frozen=True, kw_only=True):
+    """Inbox or task rows (``kind`` "inbox" or "task") of a workflow row that does not
+    exist."""
+
+    kind: str
+    tenant_id: str
+    workflow_id: str
+    shard_key: str
+    rows: int
+
+
+class FsckExpiredLease(msgspec.Struct, frozen=True, kw_only=True):
+    """A task still carrying a lease that expired at ``expired_at``."""
+
+    tenant_id: str
+    workflow_id: str
+    shard_key: str
+    task_id: str
+    kind: str
+    seq: int
+    owner: str | None
+    expired_at: datetime
+
+
+@runtime_checkable
+class FsckScan(Protocol):
+    """An OPTIONAL store capability: the read-only scans ``flows fsck`` checks a store
+    with (``flows_core.fsck``). Raw rows only; what is damage is decided in flows_core."""
+
+    async def fsck_workflows(
+        self, *, tenant_id: str | None, after: tuple[str, str, str] | None, limit: int
+    ) -> list[FsckWorkflow]:
+        """Up to ``limit`` workflow rows (of ``tenant_id``, or every tenant) ordered by
+        (shard_key, tenant_id, workflow_id), after the key ``after`` when given."""
+        ...
+
+    async def fsck_orphans(self, *, tenant_id: str | None, limit: int) -> list[FsckOrphan]:
+        """Up to ``limit`` groups of inbox or task rows whose workflow row is missing."""
+        ...
+
+    async def fsck_expired_leases(
+        self, *, tenant_id: str | None, older_than: timedelta, limit: int
+    ) -> list[FsckExpiredLease]:
+        """Up to ``limit`` tasks whose lease expired more than ``older_than`` ago (store
+        clock) and that nobody claimed or released since, oldest expiry first."""
         ...
 
 

@@ -48,6 +48,9 @@ from flows_core.store import (
     CancelOutcome,
     ClaimedTask,
     ClaimRequest,
+    FsckExpiredLease,
+    FsckOrphan,
+    FsckWorkflow,
     HeartbeatReply,
     Lease,
     ListQuery,
@@ -940,6 +943,74 @@ class MemoryStore:
             if wf.tenant_id == tenant_id:
                 counts[wf.status.value] = counts.get(wf.status.value, 0) + 1
         return counts
+
+    # -- consistency scans (flows_core.store.FsckScan) --
+
+    async def fsck_workflows(
+        self, *, tenant_id: str | None, after: tuple[str, str, str] | None, limit: int
+    ) -> list[FsckWorkflow]:
+        keyed = sorted(
+            ((wf.shard_key, wf.tenant_id, wf.workflow_id), wf)
+            for wf in self._workflows.values()
+            if tenant_id is None or wf.tenant_id == tenant_id
+        )
+        rows = [wf for key, wf in keyed if after is None or key > after][: max(0, limit)]
+        counts: dict[tuple[tuple[str, str], str], int] = {}
+        for task in self._tasks.values():
+            counts[task.key, task.kind] = counts.get((task.key, task.kind), 0) + 1
+        return [
+            FsckWorkflow(
+                record=self._record(wf),
+                workflow_tasks=counts.get(((wf.tenant_id, wf.workflow_id), "workflow"), 0),
+                activity_tasks=counts.get(((wf.tenant_id, wf.workflow_id), "activity"), 0),
+                timer_tasks=counts.get(((wf.tenant_id, wf.workflow_id), "timer"), 0),
+                inbox_rows=len(wf.inbox),
+                history_rows=len(wf.history),
+                history_last=len(wf.history),
+            )
+            for wf in rows
+        ]
+
+    async def fsck_orphans(self, *, tenant_id: str | None, limit: int) -> list[FsckOrphan]:
+        # The inbox lives in the workflow here, so only tasks can be orphaned.
+        groups: dict[tuple[str, str, str], int] = {}
+        for task in self._tasks.values():
+            if task.key not in self._workflows and tenant_id in (None, task.key[0]):
+                group = (task.key[0], task.key[1], task.shard_key)
+                groups[group] = groups.get(group, 0) + 1
+        return [
+            FsckOrphan(kind="task", tenant_id=t, workflow_id=w, shard_key=k, rows=n)
+            for (t, w, k), n in sorted(groups.items())[: max(0, limit)]
+        ]
+
+    async def fsck_expired_leases(
+        self, *, tenant_id: str | None, older_than: timedelta, limit: int
+    ) -> list[FsckExpiredLease]:
+        horizon = self._clock.now() - older_than
+        expired = sorted(
+            (
+                (task.lease_expires, task)
+                for task in self._tasks.values()
+                if task.token is not None
+                and task.lease_expires is not None
+                and task.lease_expires < horizon
+                and tenant_id in (None, task.key[0])
+            ),
+            key=lambda pair: (pair[0], pair[1].order),
+        )
+        return [
+            FsckExpiredLease(
+                tenant_id=task.key[0],
+                workflow_id=task.key[1],
+                shard_key=task.shard_key,
+                task_id=task.task_id,
+                kind=task.kind,
+                seq=task.seq,
+                owner=task.owner,
+                expired_at=when,
+            )
+            for when, task in expired[: max(0, limit)]
+        ]
 
     def row_counts(self) -> dict[str, int]:
         """Stored items per kind (test helper: retention keeps these bounded)."""

@@ -30,9 +30,10 @@ from flows_core.store import (
     stored_event,
 )
 
-from . import _sql
-from ._base import Batch, SqlStore, Step
+from . import _fsck_sql, _sql
+from ._base import Batch, Step
 from ._client_ops import ClientOps, PostgresOps
+from ._fsck import FsckSqlStore
 from ._migrate import migrate
 from ._records import (
     claimed_task,
@@ -54,7 +55,7 @@ def _sharded(template: str, sharded: bool) -> str:
     return template.replace("{shards}", _SHARDS_FILTER if sharded else "")
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(FsckSqlStore):
     """Store on PostgreSQL.
 
     ``PostgresStore(dsn)`` or ``PostgresStore(pool)``: see ``SqlStore`` for the pool,
@@ -65,10 +66,14 @@ class PostgresStore(SqlStore):
     """
 
     SQL: ClassVar[ModuleType] = _sql
+    FSCK_SQL: ClassVar[ModuleType] = _fsck_sql
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ops = PostgresOps(self.statements)
+
+    async def _fsck_keys(self, tenant_id: str | None) -> Sequence[str | None]:
+        return [None]
 
     async def _client_ops(self) -> ClientOps:
         return self._ops

@@ -13,8 +13,9 @@ The heartbeating workflow runs in a quiet window (no fault of any kind) so that 
 "runs exactly once" can be asserted strictly; everything else runs under fire.
 Then every workflow must have reached the state and output its parameters dictate,
 every history must pass ``assert_history_invariants`` and ``assert_record_matches``,
-every activity result must be recorded exactly once, no task may be left, and every
-worker that lived through a restart must have logged store errors and then committed.
+every activity result must be recorded exactly once, no task may be left, every
+worker that lived through a restart must have logged store errors and then committed,
+and ``flows fsck`` (``flows_core._fsck.fsck``) over the whole store must find nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import flows_core as flows
+from flows_core._fsck import fsck
 from flows_core.events import (
     ActivityCompleted,
     ActivityFailedEvent,
@@ -585,6 +588,15 @@ class Chaos:
         await self.check_tasks()
         self.check_latency(latencies)
         self.check_recovery(execs)
+        await self.check_fsck()
+
+    async def check_fsck(self) -> None:
+        """``flows fsck`` over the whole store: any finding fails the run."""
+        found = await fsck(self.store, lease=timedelta(seconds=self.cfg.lease))
+        self.stats.numbers["fsck: workflows checked"] = found.workflows
+        self.stats.numbers["fsck: findings"] = len(found.findings)
+        for finding in found.findings[:20]:
+            self.stats.fail(f"fsck: {finding.line()}")
 
     async def stored_history(self, tenant: str, wid: str) -> tuple[list[Any], list[str]]:
         """The history rows, read directly: positions must be 1..n; events decoded

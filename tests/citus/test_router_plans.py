@@ -4,11 +4,11 @@ A workload drives every store operation through its paths (start, eager start, s
 cancel, terminate, cancel of a parked workflow, reads and listings, claim with an inbox to
 move, commit with events, kept lease, dropped steps, new activity and timer tasks,
 heartbeat, retry, completion, timers fired, park, retry of a dead letter, failed workflow
-task, terminal commit, prune, stats, workers)
+task, terminal commit, the fsck scans, prune, stats, workers)
 while recording each statement with the parameters it was sent with. Then each one is
 EXPLAINed with those parameters. The NOTIFY statements touch no table: they must run in
-the coordinator's own session. Finally every statement flows_citus._sql defines must have
-been seen, so a statement added later cannot escape this test.
+the coordinator's own session. Finally every statement flows_citus._sql (and _fsck_sql) defines must
+have been seen, so a statement added later cannot escape this test.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from conftest_citus import drop_citus_store, make_citus_store
 
+import flows_citus._fsck_sql as citus_fsck_sql
 import flows_citus._sql as citus_sql
 from flows_core import ErrorInfo
 from flows_core.events import (
@@ -65,11 +66,12 @@ class Recorder:
 
 
 def every_statement(store: Any) -> dict[str, str]:
-    """Every statement flows_citus._sql defines (compiled for ``store``), by name; the
-    listings by their filters."""
+    """Every statement flows_citus._sql and flows_citus._fsck_sql define (compiled for
+    ``store``), by name; the listings by their filters."""
     statements = {
         name: store.statements(text)
-        for name, text in vars(citus_sql).items()
+        for module in (citus_sql, citus_fsck_sql)
+        for name, text in vars(module).items()
         if name.isupper() and not name.startswith("_") and isinstance(text, str) and "{S}" in text
     }
     for query in listings("t", "n"):
@@ -208,6 +210,10 @@ async def workload(store: Any, kit: Kit) -> None:
         )
     )
     assert (await store.get_workflow(kit.tenant, a.workflow_id)).status == "completed"
+    await store.fsck_workflows(tenant_id=None, after=None, limit=100)
+    await store.fsck_workflows(tenant_id=kit.tenant, after=(kit.shard, kit.tenant, ""), limit=1)
+    await store.fsck_orphans(tenant_id=None, limit=100)
+    await store.fsck_expired_leases(tenant_id=None, older_than=timedelta(0), limit=100)
     await store.prune(timedelta(0), 10)
     await store.stats()
     assert await store.count_workflows(kit.tenant)
