@@ -39,6 +39,7 @@ from ._errors import (
     WorkflowTerminated,
     WorkflowTimeout,
 )
+from ._fsck import FsckFinding, FsckReport, fsck
 from ._observe import CompositeObserver, Observer
 from ._public import publish
 from ._replay import WORKFLOW_CODE_ERRORS, RaceResult, Step, awaited_signals, replay
@@ -62,6 +63,7 @@ from .store import CancelOutcome, Store, StoreStats, TerminateOutcome, WorkflowS
 __all__ = [
     "load_history",
     "export_history",
+    "fsck",
     "check_histories",
     "Replayer",
     "ReplayResult",
@@ -69,6 +71,8 @@ __all__ = [
     "ReplayProblem",
     "PatchUsage",
     "ExportedHistory",
+    "FsckFinding",
+    "FsckReport",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",

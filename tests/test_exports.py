@@ -27,6 +27,7 @@ import flows_memory
 CORE = [
     "load_history",
     "export_history",
+    "fsck",
     "check_histories",
     "Replayer",
     "ReplayResult",
@@ -34,6 +35,8 @@ CORE = [
     "ReplayProblem",
     "PatchUsage",
     "ExportedHistory",
+    "FsckFinding",
+    "FsckReport",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",
