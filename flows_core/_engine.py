@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, overload
 
@@ -58,6 +58,7 @@ __all__ = ["Engine", "Planner", "Run", "WorkflowInfo", "WorkflowRegistry", "prun
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
+E = TypeVar("E")
 
 WORKER_LIVENESS = timedelta(seconds=60)
 
@@ -245,29 +246,13 @@ class Planner:
         """Validate a terminate request."""
         return WorkflowTerminatedEvent(reason=_reason(reason, "terminate"), at=self.clock.now())
 
-    def signal_request(
-        self, workflow_id: str, name: str, payload: Any, tenant_id: str | None
-    ) -> tuple[str, str, SignalReceived]:
-        """Tenant, workflow id and event of a signal request, checked in that order of
-        tenant, signal, workflow id (the first bad one is the error)."""
+    def request(
+        self, workflow_id: str, tenant_id: str | None, make: Callable[[], E]
+    ) -> tuple[str, str, E]:
+        """Tenant, workflow id and event (``make()``) of a request about one workflow,
+        checked in that order: tenant, event, workflow id (the first bad one is the error)."""
         tenant = self.tenant_for(tenant_id)
-        event = self.signal(name, payload)
-        return tenant, check_id(workflow_id, "workflow id"), event
-
-    def cancel_request(
-        self, workflow_id: str, reason: str, tenant_id: str | None
-    ) -> tuple[str, str, CancelRequested]:
-        """Tenant, workflow id and event of a cancel request (checked like a signal's)."""
-        tenant = self.tenant_for(tenant_id)
-        event = self.cancel(reason)
-        return tenant, check_id(workflow_id, "workflow id"), event
-
-    def terminate_request(
-        self, workflow_id: str, reason: str, tenant_id: str | None
-    ) -> tuple[str, str, WorkflowTerminatedEvent]:
-        """Tenant, workflow id and event of a terminate request (checked like a signal's)."""
-        tenant = self.tenant_for(tenant_id)
-        event = self.terminate(reason)
+        event = make()
         return tenant, check_id(workflow_id, "workflow id"), event
 
     @staticmethod
@@ -465,7 +450,9 @@ class Engine:
         tx: Any = None,
     ) -> None:
         """Send signal ``name`` with ``payload`` to a running workflow."""
-        tenant, wf_id, event = self.planner.signal_request(workflow_id, name, payload, tenant_id)
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.signal(name, payload)
+        )
         await self.store.signal_workflow(tenant, wf_id, event, tx=tx)
 
     async def cancel(
@@ -477,7 +464,9 @@ class Engine:
         tx: Any = None,
     ) -> CancelOutcome:
         """Ask a workflow to cancel. Says ALREADY_FINISHED (and does nothing) if it ended."""
-        tenant, wf_id, event = self.planner.cancel_request(workflow_id, reason, tenant_id)
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.cancel(reason)
+        )
         outcome = await self.store.cancel_workflow(tenant, wf_id, event, tx=tx)
         if outcome == CancelOutcome.CANCELLED:  # a dead letter, ended at once
             await self._ended(tenant, wf_id, WorkflowStatus.CANCELLED, tx)
@@ -494,7 +483,9 @@ class Engine:
         """End a running or dead-lettered workflow at once: no more of its code runs (no
         compensation), its pending steps, timers and signals are dropped, waiters get
         ``WorkflowTerminated``. Says ALREADY_FINISHED (and does nothing) if it ended."""
-        tenant, wf_id, event = self.planner.terminate_request(workflow_id, reason, tenant_id)
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.terminate(reason)
+        )
         outcome = await self.store.terminate_workflow(tenant, wf_id, event, tx=tx)
         if outcome == TerminateOutcome.TERMINATED:
             await self._ended(tenant, wf_id, WorkflowStatus.TERMINATED, tx)

@@ -111,7 +111,9 @@ class BaseSyncClient(ABC):
         tenant_id: str | None = None,
         tx: Any = None,
     ) -> None:
-        tenant, wf_id, event = self.planner.signal_request(workflow_id, name, payload, tenant_id)
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.signal(name, payload)
+        )
         self._run(tx, lambda ops: ops.signal(tenant, wf_id, event))
 
     def cancel(
@@ -122,7 +124,9 @@ class BaseSyncClient(ABC):
         tenant_id: str | None = None,
         tx: Any = None,
     ) -> CancelOutcome:
-        tenant, wf_id, event = self.planner.cancel_request(workflow_id, reason, tenant_id)
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.cancel(reason)
+        )
         outcome: CancelOutcome = self._run(tx, lambda ops: ops.cancel(tenant, wf_id, event))
         return outcome
 
@@ -135,7 +139,9 @@ class BaseSyncClient(ABC):
         tx: Any = None,
     ) -> TerminateOutcome:
         """End the workflow at once (see ``Engine.terminate``)."""
-        tenant, wf_id, event = self.planner.terminate_request(workflow_id, reason, tenant_id)
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.terminate(reason)
+        )
         outcome: TerminateOutcome = self._run(tx, lambda ops: ops.terminate(tenant, wf_id, event))
         return outcome
 
