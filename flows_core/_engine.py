@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, overload
 
@@ -58,6 +58,7 @@ __all__ = ["Engine", "Planner", "Run", "WorkflowInfo", "WorkflowRegistry", "prun
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
+E = TypeVar("E")
 
 WORKER_LIVENESS = timedelta(seconds=60)
 
@@ -146,6 +147,10 @@ class Planner:
                 )
             return DEFAULT_TENANT
         return check_id(tenant_id, "tenant id")
+
+    def target(self, workflow_id: str, tenant_id: str | None) -> tuple[str, str]:
+        """The tenant and the checked id of the workflow a request names."""
+        return self.tenant_for(tenant_id), check_id(workflow_id, "workflow id")
 
     def start(
         self,
@@ -240,6 +245,15 @@ class Planner:
     def terminate(self, reason: str) -> WorkflowTerminatedEvent:
         """Validate a terminate request."""
         return WorkflowTerminatedEvent(reason=_reason(reason, "terminate"), at=self.clock.now())
+
+    def request(
+        self, workflow_id: str, tenant_id: str | None, make: Callable[[], E]
+    ) -> tuple[str, str, E]:
+        """Tenant, workflow id and event (``make()``) of a request about one workflow,
+        checked in that order: tenant, event, workflow id (the first bad one is the error)."""
+        tenant = self.tenant_for(tenant_id)
+        event = make()
+        return tenant, check_id(workflow_id, "workflow id"), event
 
     @staticmethod
     def list_query(
@@ -436,9 +450,10 @@ class Engine:
         tx: Any = None,
     ) -> None:
         """Send signal ``name`` with ``payload`` to a running workflow."""
-        tenant = self.tenant_for(tenant_id)
-        event = self.planner.signal(name, payload)
-        await self.store.signal_workflow(tenant, check_id(workflow_id, "workflow id"), event, tx=tx)
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.signal(name, payload)
+        )
+        await self.store.signal_workflow(tenant, wf_id, event, tx=tx)
 
     async def cancel(
         self,
@@ -449,9 +464,9 @@ class Engine:
         tx: Any = None,
     ) -> CancelOutcome:
         """Ask a workflow to cancel. Says ALREADY_FINISHED (and does nothing) if it ended."""
-        tenant = self.tenant_for(tenant_id)
-        event = self.planner.cancel(reason)
-        wf_id = check_id(workflow_id, "workflow id")
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.cancel(reason)
+        )
         outcome = await self.store.cancel_workflow(tenant, wf_id, event, tx=tx)
         if outcome == CancelOutcome.CANCELLED:  # a dead letter, ended at once
             await self._ended(tenant, wf_id, WorkflowStatus.CANCELLED, tx)
@@ -468,9 +483,9 @@ class Engine:
         """End a running or dead-lettered workflow at once: no more of its code runs (no
         compensation), its pending steps, timers and signals are dropped, waiters get
         ``WorkflowTerminated``. Says ALREADY_FINISHED (and does nothing) if it ended."""
-        tenant = self.tenant_for(tenant_id)
-        event = self.planner.terminate(reason)
-        wf_id = check_id(workflow_id, "workflow id")
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.terminate(reason)
+        )
         outcome = await self.store.terminate_workflow(tenant, wf_id, event, tx=tx)
         if outcome == TerminateOutcome.TERMINATED:
             await self._ended(tenant, wf_id, WorkflowStatus.TERMINATED, tx)
@@ -545,8 +560,7 @@ class Engine:
         Raises WorkflowFailed or WorkflowCancelled, and TimeoutError after ``timeout``
         seconds (of the store's clock).
         """
-        tenant = self.tenant_for(tenant_id)
-        wf_id = check_id(workflow_id, "workflow id")
+        tenant, wf_id = self.planner.target(workflow_id, tenant_id)
         clock = self.store.clock
         deadline = None if timeout is None else clock.now() + timedelta(seconds=timeout)
         while True:
@@ -629,8 +643,7 @@ class Engine:
         """Put a dead-lettered workflow back to running, in place, after a code fix: its
         workflow task is claimable again (attempt count reset), history untouched.
         WorkflowNotDeadLettered if it is not dead-lettered."""
-        tenant = self.tenant_for(tenant_id)
-        wf_id = check_id(workflow_id, "workflow id")
+        tenant, wf_id = self.planner.target(workflow_id, tenant_id)
         if not await self.store.retry_workflow(tenant, wf_id):
             record = await self.store.get_workflow(tenant, wf_id)
             raise WorkflowNotDeadLettered(wf_id, record.status.value)

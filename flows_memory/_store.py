@@ -20,7 +20,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import uuid6
@@ -76,6 +76,8 @@ from flows_core.store import (
 )
 
 __all__ = ["FaultHook", "MemoryStore"]
+
+_E = TypeVar("_E", bound=Event)
 
 FaultHook = Callable[[str, Literal["before", "after"]], None]
 """Called around every write: raise from it to simulate a crash at that point."""
@@ -214,6 +216,15 @@ class MemoryStore:
         if wf is None:
             raise WorkflowNotFound(workflow_id, tenant_id)
         return wf
+
+    def _received(self, operation: str, event: _E, tx: Any) -> _E:
+        """The start of a client write: no caller transaction, the ``before`` fault, and
+        ``event`` as the store keeps it."""
+        _no_tx(tx)
+        self._fault(operation, "before")
+        kept = round_trip_event(event)
+        assert isinstance(kept, type(event))
+        return kept
 
     def _find(self, tenant_id: str, workflow_id: str) -> _Workflow | None:
         """The workflow, or None; ids a database could not even look up are refused."""
@@ -456,9 +467,7 @@ class MemoryStore:
     async def signal_workflow(
         self, tenant_id: str, workflow_id: str, event: SignalReceived, *, tx: Any = None
     ) -> None:
-        _no_tx(tx)
-        self._fault("signal_workflow", "before")
-        kept = round_trip_event(event)
+        kept = self._received("signal_workflow", event, tx)
         wf = self._find(tenant_id, workflow_id)
         signal_outcome(tenant_id, workflow_id, None if wf is None else wf.status)
         assert wf is not None
@@ -470,10 +479,7 @@ class MemoryStore:
     async def cancel_workflow(
         self, tenant_id: str, workflow_id: str, event: CancelRequested, *, tx: Any = None
     ) -> CancelOutcome:
-        _no_tx(tx)
-        self._fault("cancel_workflow", "before")
-        kept = round_trip_event(event)
-        assert isinstance(kept, CancelRequested)
+        kept = self._received("cancel_workflow", event, tx)
         wf = self._find(tenant_id, workflow_id)
         outcome = cancel_outcome(
             tenant_id,
@@ -504,10 +510,7 @@ class MemoryStore:
         *,
         tx: Any = None,
     ) -> TerminateOutcome:
-        _no_tx(tx)
-        self._fault("terminate_workflow", "before")
-        kept = round_trip_event(event)
-        assert isinstance(kept, WorkflowTerminatedEvent)
+        kept = self._received("terminate_workflow", event, tx)
         wf = self._find(tenant_id, workflow_id)
         outcome = terminate_outcome(tenant_id, workflow_id, None if wf is None else wf.status)
         if outcome == TerminateOutcome.ALREADY_FINISHED:

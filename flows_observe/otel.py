@@ -54,6 +54,17 @@ _FAILED_ATTEMPT: Final = frozenset(
 )
 
 
+def _workflow_attributes(
+    workflow_name: str, workflow_id: str, tenant_id: str
+) -> dict[str, str | int | bool]:
+    """The span attributes that name a workflow."""
+    return {
+        "flows.workflow.name": workflow_name,
+        "flows.workflow.id": workflow_id,
+        "flows.tenant.id": tenant_id,
+    }
+
+
 class OTelObserver(Observer):
     """Traces workflow starts, workflow tasks and activity attempts (see the module doc).
 
@@ -91,22 +102,14 @@ class OTelObserver(Observer):
             f"flows start {workflow_name}",
             None,
             SpanKind.PRODUCER,
-            {
-                "flows.workflow.name": workflow_name,
-                "flows.workflow.id": workflow_id,
-                "flows.tenant.id": tenant_id,
-            },
+            _workflow_attributes(workflow_name, workflow_id, tenant_id),
         ):
             yield self.inject()
 
     @contextmanager
     def workflow_task(self, task: WorkflowTask) -> Iterator[None]:
-        attributes: dict[str, str | int | bool] = {
-            "flows.workflow.name": task.workflow_name,
-            "flows.workflow.id": task.workflow_id,
-            "flows.tenant.id": task.tenant_id,
-            "flows.attempt": task.attempt,
-        }
+        attributes = _workflow_attributes(task.workflow_name, task.workflow_id, task.tenant_id)
+        attributes["flows.attempt"] = task.attempt
         parent = self.extract(task.trace_context)
         name = f"flows workflow_task {task.workflow_name}"
         with self._span(name, parent, SpanKind.CONSUMER, attributes) as span:
@@ -121,10 +124,9 @@ class OTelObserver(Observer):
 
     @contextmanager
     def activity_attempt(self, attempt: ActivityAttempt) -> Iterator[None]:
-        attributes: dict[str, str | int | bool] = {
-            "flows.workflow.name": attempt.workflow_name,
-            "flows.workflow.id": attempt.workflow_id,
-            "flows.tenant.id": attempt.tenant_id,
+        attributes = _workflow_attributes(
+            attempt.workflow_name, attempt.workflow_id, attempt.tenant_id
+        ) | {
             "flows.activity.name": attempt.activity_name,
             "flows.activity.seq": attempt.seq,
             "flows.activity.inline": attempt.inline,

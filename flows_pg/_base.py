@@ -214,13 +214,17 @@ class Statements:
             "wf_key": self.wf_key(tenant_id, workflow_id),
         }
 
+    def workflow_params(self, tenant_id: str, workflow_id: str) -> dict[str, Any]:
+        """The parameters that name one workflow (and its notifications)."""
+        params = self.notify_params(tenant_id, workflow_id)
+        params.update(tid=tenant_id, wid=workflow_id)
+        return params
+
     def lease_params(self, lease: Lease) -> dict[str, Any]:
         """The parameters of a lease holder's write (its fence)."""
-        params = self.notify_params(lease.tenant_id, lease.workflow_id)
+        params = self.workflow_params(lease.tenant_id, lease.workflow_id)
         params.update(
             sk=lease.shard_key,
-            tid=lease.tenant_id,
-            wid=lease.workflow_id,
             task_id=uuid_of(lease.task_id, "task id"),
             token=uuid_of(lease.token, "lease token"),
         )

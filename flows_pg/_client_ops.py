@@ -54,9 +54,7 @@ class ClientOps(ABC):
 
     def where(self, tenant_id: str, workflow_id: str) -> dict[str, Any]:
         """The parameters that name one workflow (and its notifications)."""
-        params = self.st.notify_params(tenant_id, workflow_id)
-        params.update(tid=tenant_id, wid=workflow_id)
-        return params
+        return self.st.workflow_params(tenant_id, workflow_id)
 
     def start_params(self, new: NewWorkflow) -> dict[str, Any]:
         """The parameters of a start (``wf_task_id``: a new task id)."""

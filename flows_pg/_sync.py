@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from flows_core._clock import SystemClock
-from flows_core._codec import DEFAULT_MAX_PAYLOAD_BYTES, check_id
+from flows_core._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from flows_core._definitions import Workflow
 from flows_core._engine import Engine, Planner, WorkflowInfo
 from flows_core._sharding import Sharder
@@ -111,9 +111,9 @@ class BaseSyncClient(ABC):
         tenant_id: str | None = None,
         tx: Any = None,
     ) -> None:
-        tenant = self.planner.tenant_for(tenant_id)
-        event = self.planner.signal(name, payload)
-        wf_id = check_id(workflow_id, "workflow id")
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.signal(name, payload)
+        )
         self._run(tx, lambda ops: ops.signal(tenant, wf_id, event))
 
     def cancel(
@@ -124,9 +124,9 @@ class BaseSyncClient(ABC):
         tenant_id: str | None = None,
         tx: Any = None,
     ) -> CancelOutcome:
-        tenant = self.planner.tenant_for(tenant_id)
-        event = self.planner.cancel(reason)
-        wf_id = check_id(workflow_id, "workflow id")
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.cancel(reason)
+        )
         outcome: CancelOutcome = self._run(tx, lambda ops: ops.cancel(tenant, wf_id, event))
         return outcome
 
@@ -139,17 +139,16 @@ class BaseSyncClient(ABC):
         tx: Any = None,
     ) -> TerminateOutcome:
         """End the workflow at once (see ``Engine.terminate``)."""
-        tenant = self.planner.tenant_for(tenant_id)
-        event = self.planner.terminate(reason)
-        wf_id = check_id(workflow_id, "workflow id")
+        tenant, wf_id, event = self.planner.request(
+            workflow_id, tenant_id, lambda: self.planner.terminate(reason)
+        )
         outcome: TerminateOutcome = self._run(tx, lambda ops: ops.terminate(tenant, wf_id, event))
         return outcome
 
     def query(
         self, workflow_id: str, *, tenant_id: str | None = None, tx: Any = None
     ) -> WorkflowInfo:
-        tenant = self.planner.tenant_for(tenant_id)
-        wf_id = check_id(workflow_id, "workflow id")
+        tenant, wf_id = self.planner.target(workflow_id, tenant_id)
         return Engine.info(self._run(tx, lambda ops: ops.get(tenant, wf_id)))
 
 

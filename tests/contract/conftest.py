@@ -1,4 +1,4 @@
-"""The ``adapter`` / ``store`` fixtures: every contract test runs once per adapter.
+"""The ``adapter`` / ``store`` / ``kit`` fixtures: every contract test runs once per adapter.
 
 The adapters and how to add one: ``tests/contract/adapters.py``.
 """
@@ -11,6 +11,7 @@ import pytest
 
 from flows_core import Store
 from tests.contract.adapters import ADAPTERS, Adapter, AdapterFactory
+from tests.contract.kit import Kit
 
 
 @pytest.fixture(params=ADAPTERS)
@@ -23,3 +24,8 @@ async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[Adapter]:
 @pytest.fixture
 def store(adapter: Adapter) -> Store:
     return adapter.store
+
+
+@pytest.fixture
+def kit(adapter: Adapter) -> Kit:
+    return Kit(adapter)

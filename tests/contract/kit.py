@@ -50,6 +50,21 @@ def canon(events: Any) -> Any:
     return msgspec.json.decode(msgspec.json.encode(events))
 
 
+class StoreProxy:
+    """A store wrapper for fault injection and counting: subclasses replace the
+    operations a test changes; ``clock`` and everything else go to the wrapped store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @property
+    def clock(self) -> Any:
+        return self._store.clock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 class Kit:
     """Per-test builders bound to one adapter's store."""
 

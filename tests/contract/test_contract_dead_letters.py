@@ -16,11 +16,6 @@ from tests.contract.kit import Kit, canon
 SHORT = timedelta(seconds=0.2)
 
 
-@pytest.fixture
-def kit(adapter: Adapter) -> Kit:
-    return Kit(adapter)
-
-
 async def test_claims_count_attempts_until_a_commit_resets_them(kit: Kit, adapter: Adapter) -> None:
     new = await kit.start()
     assert (await kit.claim_wf(lease=SHORT)).attempt == 1

@@ -26,7 +26,7 @@ from flows_core.store import (
 )
 from tests.contract.adapters import Adapter
 from tests.contract.checks import assert_history_invariants
-from tests.contract.kit import Kit, canon, raw
+from tests.contract.kit import Kit, StoreProxy, canon, raw
 from tests.contract.test_contract_engine import checked_history, result, running, worker
 
 LONG = timedelta(seconds=30)
@@ -318,20 +318,13 @@ async def test_an_eager_start_waiting_too_long_for_a_slot_goes_back_to_the_queue
         _gates.pop(key, None)
 
 
-class _CountingClaims:
+class _CountingClaims(StoreProxy):
     """The adapter's store, counting the ``claim`` calls that returned tasks, and those."""
 
     def __init__(self, store: Store) -> None:
-        self._store = store
+        super().__init__(store)
         self.claims = 0
         self.claimed = 0
-
-    @property
-    def clock(self) -> Any:
-        return self._store.clock
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     async def claim(self, request: Any) -> Any:
         got = await self._store.claim(request)

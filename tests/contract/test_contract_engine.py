@@ -41,28 +41,19 @@ from tests.contract.checks import (
     assert_record_matches,
     resolutions_of,
 )
+from tests.contract.kit import StoreProxy
 
 POLL = 0.02
 TIMEOUT = 10.0  # real seconds for anything to finish
 
 
-class FastTimers:
+class FastTimers(StoreProxy):
     """The adapter's store, with every durable timer due at once when committed.
 
     The order example sleeps an hour; a real store runs on the wall clock, so this
     shim compresses time for timers only (TimerStarted keeps its recorded fire_at;
     the timer task fires at once). Everything else goes to the real store unchanged.
     """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    @property
-    def clock(self) -> Any:
-        return self._store.clock
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Any]:
         now = self._store.clock.now()

@@ -26,6 +26,7 @@ from flows_core.store import (
     WorkflowTaskCommit,
 )
 from tests.contract.adapters import Adapter
+from tests.contract.kit import StoreProxy
 from tests.contract.test_contract_engine import (
     checked_history,
     eventually,
@@ -194,20 +195,13 @@ async def test_asyncio_timeout_in_workflow_code_does_not_rerun_the_activity_unco
     assert len(seen) <= 2
 
 
-class FailingCommits:
+class FailingCommits(StoreProxy):
     """The adapter's real store, with every workflow-task commit refused (fault
     injection: the store is unavailable for exactly that write)."""
 
     def __init__(self, store: Store) -> None:
-        self._store = store
+        super().__init__(store)
         self.commits = 0
-
-    @property
-    def clock(self) -> Any:
-        return self._store.clock
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Any]:
         self.commits += 1

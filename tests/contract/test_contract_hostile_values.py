@@ -47,11 +47,6 @@ ODD_IDS = ["ﬀ\u0301e\u0301", "😀" * 40, "é" * 200, "ج-ö-漢字", "%(tid)s
 BAD_IDS = ["a\x00b", "\x00", "\ud800", "a\udfffb"]
 
 
-@pytest.fixture
-def kit(adapter: Adapter) -> Kit:
-    return Kit(adapter)
-
-
 def error(message: str) -> ErrorInfo:
     return ErrorInfo(type="OSError", message=message, attempts=1)
 

@@ -27,11 +27,6 @@ from tests.contract.adapters import Adapter
 from tests.contract.kit import Kit
 
 
-@pytest.fixture
-def kit(adapter: Adapter) -> Kit:
-    return Kit(adapter)
-
-
 def keys(records: list[WorkflowRecord]) -> list[tuple[datetime, str]]:
     return [list_key(r) for r in records]
 

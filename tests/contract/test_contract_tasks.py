@@ -36,11 +36,6 @@ from tests.contract.kit import Kit, canon, decoded, raw
 SHORT = timedelta(seconds=0.3)
 
 
-@pytest.fixture
-def kit(adapter: Adapter) -> Kit:
-    return Kit(adapter)
-
-
 def close_to(a: datetime | None, b: datetime, tolerance: float = 0.002) -> bool:
     return a is not None and abs((a - b).total_seconds()) <= tolerance
 

@@ -39,11 +39,6 @@ from tests.contract.test_contract_engine import result, running, worker
 SHORT = timedelta(seconds=0.2)
 
 
-@pytest.fixture
-def kit(adapter: Adapter) -> Kit:
-    return Kit(adapter)
-
-
 def terminate_event(kit: Kit, reason: str = "operator: stuck") -> WorkflowTerminatedEvent:
     return WorkflowTerminatedEvent(reason=reason, at=kit.now())
 

@@ -30,11 +30,6 @@ from tests.contract.checks import assert_history_invariants, assert_record_match
 from tests.contract.kit import Kit, canon, decoded, raw
 
 
-@pytest.fixture
-def kit(adapter: Adapter) -> Kit:
-    return Kit(adapter)
-
-
 async def complete(kit: Kit, workflow_id: str, tenant: str | None = None) -> None:
     """Claim the workflow's task and commit it as completed with output "done"."""
     claim = await kit.claim_wf()

@@ -11,10 +11,12 @@ process after a crash) knows nothing but what the store gives it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import uuid6
@@ -282,3 +284,31 @@ def commit(
             for e in queued
         ],
     )
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 20.0) -> None:
+    """Wait until ``await condition()`` (or ``condition()``) is true; fail after
+    ``timeout`` seconds."""
+    for _ in range(int(timeout / 0.02)):
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition did not come true in time")
+
+
+class Faults:
+    """A MemoryStore fault hook: fail the next ``count`` calls of one operation."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, int] = {}
+
+    def fail(self, op: str, count: int = 1) -> None:
+        self.pending[op] = count
+
+    def __call__(self, op: str, when: Literal["before", "after"]) -> None:
+        if when == "before" and self.pending.get(op, 0) > 0:
+            self.pending[op] -= 1
+            raise ConnectionError(f"injected failure of {op}")

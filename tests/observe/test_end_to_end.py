@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -21,37 +20,11 @@ from flows_memory import MemoryStore
 from flows_observe.otel import OTelObserver
 from flows_observe.prometheus import PrometheusObserver, serve_metrics
 
+from .harness import Faults, eventually
+
 FAST_RETRY = flows.RetryPolicy(
     initial_interval=timedelta(milliseconds=10), max_interval=timedelta(milliseconds=10)
 )
-
-
-async def eventually(condition: Callable[[], Any], timeout: float = 20.0) -> None:
-    """Wait until ``await condition()`` (or ``condition()``) is true; fail after
-    ``timeout`` seconds."""
-    for _ in range(int(timeout / 0.02)):
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the condition did not come true in time")
-
-
-class Faults:
-    """A MemoryStore fault hook: fail the next ``count`` calls of one operation."""
-
-    def __init__(self) -> None:
-        self.pending: dict[str, int] = {}
-
-    def fail(self, op: str, count: int = 1) -> None:
-        self.pending[op] = count
-
-    def __call__(self, op: str, when: Literal["before", "after"]) -> None:
-        if when == "before" and self.pending.get(op, 0) > 0:
-            self.pending[op] -= 1
-            raise ConnectionError(f"injected failure of {op}")
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

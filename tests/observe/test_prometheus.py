@@ -7,9 +7,8 @@ import asyncio
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Literal
 
 import httpx
 import msgspec
@@ -24,37 +23,13 @@ from flows_core.store import StoreStats, WorkflowTaskClaim, WorkflowTaskCommit
 from flows_memory import MemoryStore, VirtualClock
 from flows_observe.prometheus import METRICS, PrometheusObserver, metrics_app, serve_metrics
 
-from .harness import ObservedClient, ObservedWorker, commit, schedule
+from .harness import Faults, ObservedClient, ObservedWorker, commit, eventually, schedule
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     """A sample's value; 0 when it was never set (a counter not yet incremented)."""
     found = registry.get_sample_value(name, labels)
     return 0.0 if found is None else found
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``condition()`` holds (polling); fail after ``timeout`` seconds."""
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the condition did not come true in time")
-
-
-class Faults:
-    """A MemoryStore fault hook: fail the next ``count`` calls of one operation."""
-
-    def __init__(self) -> None:
-        self.pending: dict[str, int] = {}
-
-    def fail(self, op: str, count: int = 1) -> None:
-        self.pending[op] = count
-
-    def __call__(self, op: str, when: Literal["before", "after"]) -> None:
-        if when == "before" and self.pending.get(op, 0) > 0:
-            self.pending[op] -= 1
-            raise ConnectionError(f"injected failure of {op}")
 
 
 async def test_counters_match_what_happened() -> None:
@@ -219,7 +194,9 @@ async def test_run_sampler_samples_until_stopped_and_counts_failures() -> None:
     stop = asyncio.Event()
     sampler = asyncio.ensure_future(run_sampler(observer, store, stop=stop))
 
-    await eventually(lambda: value(registry, "flows_queue_depth", shard="order-shard-0") == 1)
+    await eventually(
+        lambda: value(registry, "flows_queue_depth", shard="order-shard-0") == 1, timeout=10.0
+    )
 
     stop.set()
     await asyncio.wait_for(sampler, 10)
@@ -228,7 +205,9 @@ async def test_run_sampler_samples_until_stopped_and_counts_failures() -> None:
     sampler = asyncio.ensure_future(run_sampler(observer, StatsDown(), stop=stop))
 
     # it keeps going after a failure
-    await eventually(lambda: value(registry, "flows_store_errors_total", operation="stats") >= 2)
+    await eventually(
+        lambda: value(registry, "flows_store_errors_total", operation="stats") >= 2, timeout=10.0
+    )
     stop.set()
     await asyncio.wait_for(sampler, 10)
 

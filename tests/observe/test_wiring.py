@@ -6,7 +6,6 @@ attempt's trace context."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,6 +22,8 @@ from flows_core._observe import (
 from flows_core.events import WorkflowStarted
 from flows_core.store import WorkflowStatus
 from flows_memory import MemoryStore
+
+from .harness import eventually
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -63,17 +64,6 @@ class Recorder(flows.Observer):
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         return [c for c in self.calls if c[0] == kind]
-
-
-async def eventually(condition: Callable[[], Any], timeout: float = 20.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the condition did not come true in time")
 
 
 @flows.activity("wiring-echo")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,6 +15,8 @@ from flows_memory import TestEnvironment
 from .workflows import ACTIVITIES, BROKEN, FLAKY_FAILURES, WORKFLOWS
 
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
+LISTED_ID = re.compile(r'class="mono" href="[^"]*">([^<]+)</a>')
+NEXT_PAGE = re.compile(r'href="([^"]+)" rel="next"')
 
 
 @pytest.fixture(autouse=True)
@@ -44,3 +47,26 @@ async def csrf_token(client: httpx.AsyncClient, url: str) -> str:
     found = CSRF.search(page.text)
     assert found is not None, "no CSRF token on the page"
     return found.group(1)
+
+
+def listed_ids(page: str) -> list[str]:
+    """The workflow ids a listing page shows, in order."""
+    return LISTED_ID.findall(page)
+
+
+async def walk_pages(
+    client: httpx.AsyncClient, url: str, page_size: int | None = None
+) -> list[str]:
+    """The ids of every page of the listing at ``url``, following the next links; each
+    page answers 200 and shows at most ``page_size`` rows (when given)."""
+    seen: list[str] = []
+    while url:
+        page = await client.get(url)
+        assert page.status_code == 200
+        ids = listed_ids(page.text)
+        if page_size is not None:
+            assert len(ids) <= page_size
+        seen += ids
+        found = NEXT_PAGE.search(page.text)
+        url = html.unescape(found.group(1)) if found else ""
+    return seen

@@ -13,12 +13,8 @@ import flows_core as flows
 from flows_memory import TestEnvironment
 from flows_ui import create_app
 
-from .conftest import client_for
+from .conftest import client_for, listed_ids, walk_pages
 from .workflows import BROKEN, FLAKY_FAILURES, Approval, approval, chatty, fragile, greet, steps
-
-
-def _ids(page: str) -> list[str]:
-    return re.findall(r'class="mono" href="[^"]*">([^<]+)</a>', page)
 
 
 async def test_list_counts_and_workflow_page(env: TestEnvironment) -> None:
@@ -30,7 +26,7 @@ async def test_list_counts_and_workflow_page(env: TestEnvironment) -> None:
     async with client_for(create_app(env.engine)) as client:
         listing = await client.get("/workflows")
         assert listing.status_code == 200
-        assert _ids(listing.text) == ["approval-1", "greet-1"]  # newest first
+        assert listed_ids(listing.text) == ["approval-1", "greet-1"]  # newest first
         assert re.search(r'<span class="n">1</span> completed', listing.text)
         assert re.search(r'<span class="n">1</span> running', listing.text)
         assert re.search(r'<span class="n">2</span> all', listing.text)
@@ -89,7 +85,7 @@ async def test_dead_letters_workers_and_queues(env: TestEnvironment) -> None:
     async with client_for(create_app(env.engine)) as client:
         dead = await client.get("/dead-letters")
         assert dead.status_code == 200
-        assert _ids(dead.text) == ["fragile-1"]
+        assert listed_ids(dead.text) == ["fragile-1"]
         assert "NonDeterminismError" in dead.text
         assert "/actions/retry?" in dead.text
 
@@ -137,25 +133,16 @@ async def test_filters_and_keyset_paging(env: TestEnvironment) -> None:
     await env.wait_idle()
     app = create_app(env.engine, page_size=3)
     async with client_for(app) as client:
-        seen: list[str] = []
-        url = "/workflows?name=greet"
-        while url:
-            page = await client.get(url)
-            assert page.status_code == 200
-            ids = _ids(page.text)
-            assert len(ids) <= 3
-            seen += ids
-            found = re.search(r'href="([^"]+)" rel="next"', page.text)
-            url = html.unescape(found.group(1)) if found else ""
+        seen = await walk_pages(client, "/workflows?name=greet", page_size=3)
         expected = [f"refund-{n}" for n in (2, 1, 0)] + [f"order-{n}" for n in range(6, -1, -1)]
         assert seen == expected  # every greet workflow once, newest first, no duplicates
 
         prefix = await client.get("/workflows", params={"id": "order-", "name": "greet"})
-        assert _ids(prefix.text) == ["order-6", "order-5", "order-4"]
+        assert listed_ids(prefix.text) == ["order-6", "order-5", "order-4"]
         tenant = await client.get("/workflows", params={"tenant": "acme"})
-        assert _ids(tenant.text) == ["refund-2", "refund-1", "refund-0"]
+        assert listed_ids(tenant.text) == ["refund-2", "refund-1", "refund-0"]
         running = await client.get("/workflows", params={"status": "running"})
-        assert _ids(running.text) == ["order-approval"]
+        assert listed_ids(running.text) == ["order-approval"]
 
         # Time range: from order-2's start (inclusive) to order-5's (exclusive).
         start_2 = (await env.engine.query("order-2")).created_at
@@ -163,7 +150,7 @@ async def test_filters_and_keyset_paging(env: TestEnvironment) -> None:
         t_from = start_2.strftime("%Y-%m-%dT%H:%M:%S.%f")
         t_to = start_5.isoformat()
         window = await client.get("/workflows", params={"from": t_from, "to": t_to})
-        assert _ids(window.text) == ["order-4", "order-3", "order-2"]
+        assert listed_ids(window.text) == ["order-4", "order-3", "order-2"]
 
         bad = await client.get("/workflows", params={"status": "sleeping"})
         assert bad.status_code == 400
@@ -179,13 +166,13 @@ async def test_paging_does_not_repeat_rows_when_new_workflows_arrive(env: TestEn
         await env.advance(timedelta(seconds=1))
     async with client_for(create_app(env.engine, page_size=2)) as client:
         first = await client.get("/workflows")
-        assert _ids(first.text) == ["w-3", "w-2"]
+        assert listed_ids(first.text) == ["w-3", "w-2"]
         next_url = html.unescape(re.search(r'href="([^"]+)" rel="next"', first.text).group(1))  # type: ignore[union-attr]
         for n in range(2):  # newer workflows shift the offsets under the cursor
             await env.advance(timedelta(seconds=1))
             await env.engine.start(greet, "late", workflow_id=f"late-{n}")
         second = await client.get(next_url)
-        assert _ids(second.text) == ["w-1", "w-0"]
+        assert listed_ids(second.text) == ["w-1", "w-0"]
 
 
 async def test_mounted_under_a_prefix(env: TestEnvironment) -> None:

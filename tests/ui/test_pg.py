@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import re
 from collections.abc import AsyncIterator, Callable
 
@@ -16,7 +15,7 @@ from conftest_pg import drop_pg_store, make_pg_store
 import flows_core as flows
 from flows_ui import create_app
 
-from .conftest import client_for
+from .conftest import client_for, walk_pages
 from .test_actions import act
 from .workflows import ACTIVITIES, BROKEN, HOSTILE, WORKFLOWS, approval, fragile, greet, hostile
 
@@ -76,14 +75,7 @@ async def test_pages_and_actions_on_postgresql(pg_engine: flows.Engine) -> None:
 
     app = create_app(engine, page_size=2)
     async with client_for(app) as client:
-        seen: list[str] = []
-        url = "/workflows?id=order-"
-        while url:
-            page = await client.get(url)
-            assert page.status_code == 200
-            seen += re.findall(r'class="mono" href="[^"]*">([^<]+)</a>', page.text)
-            found = re.search(r'href="([^"]+)" rel="next"', page.text)
-            url = html.unescape(found.group(1)) if found else ""
+        seen = await walk_pages(client, "/workflows?id=order-")
         assert sorted(seen) == [f"order-{n}" for n in range(5)]
         assert len(seen) == 5
 
