@@ -53,5 +53,5 @@ def test_program_survives_store_faults(
         )
     )
     event(f"faults injected: {min(len(hook.log), 3)}{'+' if len(hook.log) >= 3 else ''}")
-    check_outcome(out, prog)
+    check_outcome(out, prog, faults=True)
     assert env.store.task_count() == 0, f"faults {hook.log}"
