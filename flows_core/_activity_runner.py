@@ -45,7 +45,7 @@ from .store import (
     WorkflowTaskCommit,
 )
 
-__all__ = ["ActivityRunner", "LeaseKeeper", "is_store_outage", "uncancel"]
+__all__ = ["ActivityRunner", "LeaseKeeper", "cancelled_from_outside", "is_store_outage"]
 
 log = logging.getLogger("flows.worker")
 
@@ -63,12 +63,14 @@ def is_store_outage(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and not isinstance(exc, FlowsError)
 
 
-def uncancel() -> None:
-    """Forget a cancellation of the current task that was not the worker's own (user
-    code raised CancelledError, or workflow code cancelled the worker's task)."""
+def cancelled_from_outside() -> bool:
+    """True when the current task itself was asked to cancel (``Worker.stop`` cutting
+    work, the application cancelling ``Worker.run``, the loop shutting down): the
+    CancelledError is then the worker's own and must propagate. User code that lets a
+    CancelledError escape raises it without any cancel request of this task: that is a
+    failed attempt (workflow code cannot cancel: asyncio is refused there)."""
     task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        task.uncancel()
+    return task is not None and task.cancelling() > 0
 
 
 class ActivityRunner:
@@ -144,9 +146,8 @@ class ActivityRunner:
                     self.running_now -= 1
                     keeper.touch()
         except asyncio.CancelledError as exc:
-            if self.stopping():
+            if self.stopping() or cancelled_from_outside():
                 raise
-            uncancel()
             return self._failed(activity, info, exc, None)
 
     async def _observed_attempt(
@@ -207,9 +208,8 @@ class ActivityRunner:
         try:
             result = await _run_once(activity, value, state, what, left)
         except asyncio.CancelledError as exc:
-            if self.stopping():
+            if self.stopping() or cancelled_from_outside():
                 raise
-            uncancel()
             return self._failed(activity, info, exc, deadline)
         except Exception as exc:
             return self._failed(activity, info, exc, deadline)
@@ -302,10 +302,9 @@ class ActivityRunner:
         except LeaseLost:
             raise
         except asyncio.CancelledError as exc:
-            if self.stopping():
+            if self.stopping() or cancelled_from_outside():
                 await asyncio.shield(self.fail_task(claim, activity, exc))
                 raise
-            uncancel()
             await self.fail_task(claim, activity, exc)
         except Exception as exc:
             await self.fail_task(claim, activity, exc)

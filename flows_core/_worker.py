@@ -294,6 +294,7 @@ class Worker:
                     await self._sleep_or_stop(backoff)
                     backoff = min(backoff * 2, 10.0)
         finally:
+            self._stopping.set()  # cancelled from outside: no longer running either
             if self.eager is not None:
                 self.eager.remove(self)
             await self._stop_pruner()

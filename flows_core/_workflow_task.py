@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ._activity_runner import ActivityRunner, LeaseKeeper, uncancel
+from ._activity_runner import ActivityRunner, LeaseKeeper, cancelled_from_outside
 from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
@@ -145,10 +145,9 @@ class WorkflowTaskRunner:
         except LeaseLost:
             raise
         except asyncio.CancelledError as exc:
-            if self.activities.stopping():
+            if self.activities.stopping() or cancelled_from_outside():
                 await asyncio.shield(self.fail(claim, exc, task, cut=True))
                 raise
-            uncancel()
             await self.fail(claim, exc, task)
         except Exception as exc:
             await self.fail(claim, exc, task)

@@ -422,3 +422,30 @@ async def test_due_timers_on_memory_do_not_wait_for_the_poll_interval() -> None:
     finally:
         await worker.stop()
         await running
+
+
+async def test_cancelling_worker_run_from_outside_ends_it_even_inside_user_code() -> None:
+    """An application that cancels the task running Worker.run (a TaskGroup, a shutdown)
+    while an activity runs in it: the cancel is the worker's own and ends run(); it was
+    taken for a CancelledError of user code, counted as a failed attempt and swallowed,
+    and run() went on forever."""
+    entered = asyncio.Event()
+
+    @flows.activity("blocks-until-cancelled")
+    async def blocks(_: None) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    @flows.workflow("runs-a-blocking-activity")
+    async def wf(ctx: flows.WorkflowContext, _: None) -> None:
+        await ctx.execute(blocks, None)
+
+    store = MemoryStore()
+    worker = flows.Worker(store, workflows=[wf], activities=[blocks], grace_period=0.05)
+    running = asyncio.ensure_future(worker.run())
+    await flows.Engine(store).start(wf, None)
+    await asyncio.wait_for(entered.wait(), 10)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, 10)
+    assert worker.running is False
