@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from urllib.parse import urlencode
 import httpx
 
 import flows_core as flows
+from flows_core.store import ListQuery
 
 TENANTS = 20
 NAMES = ("checkout", "invoice", "shipment", "refund", "signup")
@@ -178,6 +180,18 @@ async def time_page(client: httpx.AsyncClient, label: str, url: str, requests: i
     return timing
 
 
+async def time_call(label: str, call: Callable[[], Awaitable[object]], requests: int) -> Timing:
+    await call()
+    samples = []
+    for _ in range(requests):
+        began = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - began) * 1000)
+    timing = Timing(label, "(direct call)", statistics.median(samples), p95(samples), 0, 0)
+    log(f"  {label}: median {timing.median_ms:.1f} ms, p95 {timing.p95_ms:.1f} ms")
+    return timing
+
+
 async def bench(dsn: str, rows: int, requests: int) -> tuple[list[Timing], dict[str, str]]:
     import psycopg
 
@@ -188,7 +202,7 @@ async def bench(dsn: str, rows: int, requests: int) -> tuple[list[Timing], dict[
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         cur = await conn.execute("SHOW server_version")
         found = await cur.fetchone()
-        setup["PostgreSQL"] = str(found[0]) if found else "?"
+        setup["PostgreSQL version"] = str(found[0]) if found else "?"
     schema = "uibench"
     store = PostgresStore(dsn, schema=schema)
     await store.open()
@@ -251,6 +265,17 @@ async def bench(dsn: str, rows: int, requests: int) -> tuple[list[Timing], dict[
             ]
             for label, url in pages:
                 timings.append(await time_page(client, label, url, requests))
+        # What the pages spend in the store, without the app: stats() is called by every
+        # listing page and the queues page; a listing's own query is the rest.
+        timings.append(await time_call("store.stats() alone", store.stats, requests))
+        first_query = ListQuery(tenant_id=None, limit=51)
+        timings.append(
+            await time_call(
+                "store.list_workflows(), first page, alone",
+                lambda: store.list_workflows(first_query),
+                requests,
+            )
+        )
     finally:
         await store.close()
     return timings, setup
@@ -301,11 +326,12 @@ def main() -> None:
 
 Setup:
 - backlog: {args.rows:,} rows inserted with `INSERT ... SELECT generate_series` into
-  `workflows` ({TENANTS} tenants, names {", ".join(NAMES)}; 85% completed, 7% failed,
-  5% running, 2% cancelled, 1% parked; created_at uniform over the last 30 days),
+  `workflows` ({TENANTS} tenants, names {", ".join(NAMES)};
+  85% completed, 7% failed, 5% running, 2% cancelled, 1% parked;
+  created_at uniform over the last 30 days),
   then VACUUM ANALYZE; no history rows for them
 {setup_lines}
-- PostgreSQL: embedded, defaults, in a temp dir (Unix socket)
+- server: embedded PostgreSQL, default settings, in a temp dir (Unix socket)
 - app: `flows_ui.create_app(Engine(store))`, page size 50, requested in-process through
   `httpx.ASGITransport` from 127.0.0.1 (no token); each URL requested once to warm up,
   then {args.requests} times one after the other
