@@ -136,7 +136,7 @@ async def insert_backlog(dsn: str, schema: str, rows: int) -> float:
         await conn.execute("SET synchronous_commit = off")
         await conn.execute("SET maintenance_work_mem = '256MB'")
         await conn.execute(
-            statement,  # type: ignore[arg-type]
+            statement,
             {"rows": rows, "names": list(NAMES), "now": datetime.now(UTC)},
         )
         await conn.execute(sql.SQL("VACUUM ANALYZE {}.workflows").format(sql.Identifier(schema)))
