@@ -50,11 +50,14 @@ from ._errors import InvalidArgument, LeaseLost
 from ._observe import Observer, TraceContexts, run_sampler
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
+from ._schedules import Scheduler
+from ._sharding import HashSharder, Sharder
 from ._workflow_task import BlockingWatchdog, WorkflowTaskRunner, log_extra
 from .store import (
     ClaimedTask,
     ClaimRequest,
     NewWorkflow,
+    ScheduleStore,
     Store,
     WorkerInfo,
     WorkflowTaskClaim,
@@ -66,6 +69,8 @@ log = logging.getLogger("flows.worker")
 
 REGISTER_EVERY = 10.0
 TIMER_CHECK_EVERY = 0.05
+SCHEDULE_CHECK_EVERY = 1.0
+SCHEDULE_BATCH = 20
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,10 @@ class Worker:
     ``EagerStarts`` shared with the Engines of this process (eager start; None: none).
     ``observer``: told of every workflow task, activity attempt, lease loss, store error
     and dead letter, and asked to sample the store if it wants (see flows_observe);
-    the default does nothing.
+    the default does nothing. ``schedules``: fire the due ticks of durable schedules
+    (``Engine.schedule``) of this worker's shard keys, on stores that have them;
+    ``sharder`` places the workflows they start (default: the store's, else
+    ``HashSharder()``, as ``Engine`` does).
     """
 
     def __init__(
@@ -129,6 +137,8 @@ class Worker:
         workflow_task_deadlock: float | None = 2.0,
         eager: EagerStarts | None = None,
         observer: Observer | None = None,
+        schedules: bool = True,
+        sharder: Sharder | None = None,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument("Worker concurrency must be at least 1")
@@ -192,6 +202,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = True
         self._timers_at = 0.0
+        self._schedules_at = 0.0
         self._suspects = 0
         self.counters: dict[str, int] = {
             "workflow_tasks": 0,
@@ -218,6 +229,15 @@ class Worker:
             observer=self.observer,
             trace_contexts=TraceContexts(),
         )
+        self._scheduler: Scheduler | None = None
+        if schedules and isinstance(store, ScheduleStore):
+            self._scheduler = Scheduler(
+                store,
+                store.clock,
+                sharder or getattr(store, "sharder", None) or HashSharder(),
+                lease=lease,
+                started=self.observer.workflow_started,
+            )
         self._watchdog = (
             None if workflow_task_deadlock is None else BlockingWatchdog(workflow_task_deadlock)
         )
@@ -341,10 +361,14 @@ class Worker:
         assert self._stopping is not None
         timeout = self.poll_interval
         due = await self.store.next_due(self.shard_keys)
+        if self._scheduler is not None:
+            ticks = await self._scheduler.store.next_schedule_due(self.shard_keys)
+            if ticks is not None and (due is None or ticks < due):
+                due = ticks
         if due is not None:
             timeout = max(0.0, min(timeout, (due - self.store.clock.now()).total_seconds()))
         if timeout <= 0:
-            self._timers_at = 0.0
+            self._timers_at = self._schedules_at = 0.0
             return
         waiters = [
             asyncio.ensure_future(self.store.wait_for_work(timeout)),
@@ -361,7 +385,7 @@ class Worker:
         # claim (a signal resumes its workflow one transaction sooner).
         timed_out = time.monotonic() - started >= timeout * 0.99
         if timed_out or (due is not None and self.store.clock.now() >= due):
-            self._timers_at = 0.0
+            self._timers_at = self._schedules_at = 0.0
 
     async def _drain(self) -> None:
         if not self._inflight:
@@ -470,6 +494,11 @@ class Worker:
         if time.monotonic() >= self._timers_at:
             fired = await self.store.fire_due_timers(self.shard_keys, 100)
             self._timers_at = time.monotonic() + (0.0 if fired else TIMER_CHECK_EVERY)
+        if self._scheduler is not None and time.monotonic() >= self._schedules_at:
+            ticked = await self._scheduler.run_due(self.shard_keys, SCHEDULE_BATCH)
+            wait = 0.0 if ticked >= SCHEDULE_BATCH else SCHEDULE_CHECK_EVERY
+            self._schedules_at = time.monotonic() + wait
+            fired += ticked
         self._next_from_backlog()
         free = self.concurrency - len(self._inflight) - self._reserved - len(self._backlog)
         if free <= 0 or self._suspects:
