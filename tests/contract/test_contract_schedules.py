@@ -249,6 +249,7 @@ async def test_a_trigger_fires_once_through_a_worker(adapter: Adapter) -> None:
     assert workflow_id.startswith("yearly@")
     async with running(worker(adapter.store, workflows=[ticked])):
         await adapter.pass_time(0.01)
+        await eventually(lambda: ticks_of(engine, tenant, "yearly"), lambda ids: ids != [])
         out = await asyncio.wait_for(engine.wait_for_result(workflow_id, tenant_id=tenant), 20)
         assert out == "ran now"
         got = await eventually(
