@@ -71,6 +71,7 @@ REGISTER_EVERY = 10.0
 TIMER_CHECK_EVERY = 0.05
 SCHEDULE_CHECK_EVERY = 1.0
 SCHEDULE_BATCH = 20
+SCHEDULE_FAILURE_PAUSE = 5.0
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ class Worker:
         self._idle = True
         self._timers_at = 0.0
         self._schedules_at = 0.0
+        self._schedules_failed_until = 0.0
         self._suspects = 0
         self.counters: dict[str, int] = {
             "workflow_tasks": 0,
@@ -361,8 +363,12 @@ class Worker:
         assert self._stopping is not None
         timeout = self.poll_interval
         due = await self.store.next_due(self.shard_keys)
-        if self._scheduler is not None:
-            ticks = await self._scheduler.store.next_schedule_due(self.shard_keys)
+        if self._scheduler is not None and time.monotonic() >= self._schedules_failed_until:
+            try:
+                ticks = await self._scheduler.store.next_schedule_due(self.shard_keys)
+            except Exception as exc:
+                ticks = None
+                self._scheduler_failed(exc)
             if ticks is not None and (due is None or ticks < due):
                 due = ticks
         if due is not None:
@@ -494,8 +500,14 @@ class Worker:
         if time.monotonic() >= self._timers_at:
             fired = await self.store.fire_due_timers(self.shard_keys, 100)
             self._timers_at = time.monotonic() + (0.0 if fired else TIMER_CHECK_EVERY)
-        if self._scheduler is not None and time.monotonic() >= self._schedules_at:
-            ticked = await self._scheduler.run_due(self.shard_keys, SCHEDULE_BATCH)
+        if self._scheduler is not None and time.monotonic() >= max(
+            self._schedules_at, self._schedules_failed_until
+        ):
+            try:
+                ticked = await self._scheduler.run_due(self.shard_keys, SCHEDULE_BATCH)
+            except Exception as exc:
+                ticked = 0
+                self._scheduler_failed(exc)
             wait = 0.0 if ticked >= SCHEDULE_BATCH else SCHEDULE_CHECK_EVERY
             self._schedules_at = time.monotonic() + wait
             fired += ticked
@@ -543,6 +555,20 @@ class Worker:
         for c in suspects:
             await self.store.release(c.lease)
         return keep
+
+    def _scheduler_failed(self, exc: Exception) -> None:
+        """A failing scheduler (a store outage, a schema not yet migrated to schedules)
+        never stops the worker from running workflows: it is left alone for a while."""
+        self.counters["store_errors"] += 1
+        self.observer.store_error("schedules")
+        self._schedules_failed_until = time.monotonic() + SCHEDULE_FAILURE_PAUSE
+        log.warning(
+            "worker %s: firing schedules failed, retrying in %.0fs: %r",
+            self.worker_id,
+            SCHEDULE_FAILURE_PAUSE,
+            exc,
+            extra={"worker_id": self.worker_id},
+        )
 
     # -- eager start (Engine.start hands over a workflow task it started leased) --
 

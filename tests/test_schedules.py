@@ -4,17 +4,22 @@ policies. (The store contract and several workers: tests/contract/test_contract_
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 import flows_core as flows
 from flows_core._schedules import fire_time, jitter_offset, tick_workflow_id, ticks_after
-from flows_memory import TestEnvironment
+from flows_memory import MemoryStore, TestEnvironment
 
 PARIS = ZoneInfo("Europe/Paris")
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def local_ticks(spec: flows.ScheduleSpec, start: datetime, count: int) -> list[str]:
@@ -227,3 +232,35 @@ async def test_schedule_again_changes_nothing_and_an_update_recounts_ticks() -> 
         daily = await env.engine.update_schedule("s", spec=flows.ScheduleSpec(cron="@daily"))
         assert daily.input == "b"
         assert daily.next_fire_at == datetime(2030, 1, 2, tzinfo=UTC)
+
+
+async def test_the_readme_schedules_snippet_runs() -> None:
+    section = README.read_text().split("### Schedules\n", 1)[1].split("\n### ", 1)[0]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match, "no python snippet in the README's Schedules section"
+    namespace: dict[str, Any] = {}
+    exec(compile(match.group(1), "README.md", "exec"), namespace)
+    await namespace["main"]()
+
+
+class SchedulesBroken(MemoryStore):
+    """A store whose schedule statements fail (say, a schema not yet migrated)."""
+
+    async def claim_schedules(self, *args: Any, **kwargs: Any) -> list[Any]:
+        raise flows.StoreError('relation "schedules" does not exist')
+
+    async def next_schedule_due(self, *args: Any, **kwargs: Any) -> Any:
+        raise flows.StoreError('relation "schedules" does not exist')
+
+
+async def test_a_failing_scheduler_does_not_stop_the_worker() -> None:
+    store = SchedulesBroken()
+    worker = flows.Worker(store, workflows=[hello], poll_interval=0.05)
+    task = asyncio.ensure_future(worker.run())
+    try:
+        run = await flows.Engine(store, workflows=[hello]).start(hello, "still")
+        assert await run.result(timeout=10) == "hello still"
+        assert worker.counters["store_errors"] >= 1
+    finally:
+        await worker.stop()
+        await task
