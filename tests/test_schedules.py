@@ -70,24 +70,37 @@ def test_hourly_fires_every_real_hour_across_both_changes() -> None:
     assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise(gaps))
 
 
-async def test_a_day_of_a_dst_change_through_the_test_environment() -> None:
-    """Advancing the virtual clock over the spring-forward day fires each tick of a
-    02:30 daily and an hourly schedule once, at its time: 23 hourly ticks that day."""
-    start = datetime(2030, 3, 30, 23, 0, tzinfo=UTC)  # 00:00 in Paris, 2030-03-31
+@pytest.mark.parametrize(
+    ("midnight", "day", "daily_tick", "hourly_ticks"),
+    [
+        # spring forward: no 02:30 (fires at 03:00 CEST), 23 hours
+        (datetime(2030, 3, 30, 23, tzinfo=UTC), timedelta(hours=23), "2030-03-31T01:00:00Z", 23),
+        # fall back: 02:30 once (the first, CEST), 25 hours
+        (datetime(2030, 10, 26, 22, tzinfo=UTC), timedelta(hours=25), "2030-10-27T00:30:00Z", 25),
+    ],
+    ids=["spring-forward", "fall-back"],
+)
+async def test_a_day_of_a_dst_change_through_the_test_environment(
+    midnight: datetime, day: timedelta, daily_tick: str, hourly_ticks: int
+) -> None:
+    """Advancing the virtual clock over a DST-change day (Paris) fires each tick of a
+    02:30 daily and an hourly schedule once, at its time."""
+    start = midnight - timedelta(minutes=1)
     async with TestEnvironment(workflows=[hello], start=start) as env:
         daily = flows.ScheduleSpec(cron="30 2 * * *", timezone="Europe/Paris")
         hourly = flows.ScheduleSpec(cron="0 * * * *", timezone="Europe/Paris")
         await env.engine.schedule("daily", hello, "d", spec=daily)
         await env.engine.schedule("hourly", hello, "h", spec=hourly)
-        await env.advance(timedelta(hours=23, minutes=59))  # to 23:59 Paris time
+        await env.advance(day)  # from 23:59 the day before to 23:59 Paris time
         runs = await env.engine.list(limit=1000)
         daily_runs = sorted(r.workflow_id for r in runs if r.workflow_id.startswith("daily@"))
-        assert daily_runs == ["daily@2030-03-31T01:00:00Z"]  # 03:00 CEST
+        assert daily_runs == [f"daily@{daily_tick}"]
         hourly_runs = [r for r in runs if r.workflow_id.startswith("hourly@")]
-        assert len(hourly_runs) == 23
+        assert len(hourly_runs) == hourly_ticks
         assert all(r.status == flows.WorkflowStatus.COMPLETED for r in runs)
-        first = min(hourly_runs, key=lambda r: r.workflow_id)
-        assert first.created_at == datetime(2030, 3, 31, 0, 0, tzinfo=UTC)  # fired on time
+        for run in hourly_runs:  # each fired at its tick (the virtual clock stopped there)
+            tick = datetime.strptime(run.workflow_id.split("@")[1], "%Y-%m-%dT%H:%M:%SZ")
+            assert run.created_at == tick.replace(tzinfo=UTC)
 
 
 # -- catch-up, jitter, intervals --
