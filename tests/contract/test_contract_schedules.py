@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -344,3 +345,47 @@ async def test_overlap_skip_and_allow_all(adapter: Adapter) -> None:
         info = await engine.get_schedule(sid, tenant_id=tenant)
         assert info.last_workflow_id == ids[-1]
         assert (info.next_fire_times[0].month, info.next_fire_times[0].day) == (1, 1)
+
+
+class CountsStarts(StoreProxy):
+    """Counts every start attempt by workflow id."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.attempts: Counter[str] = Counter()
+
+    async def start_workflow(self, new: Any, *, tx: Any = None) -> None:
+        self.attempts[new.workflow_id] += 1
+        await self._store.start_workflow(new, tx=tx)
+
+
+async def test_racing_schedulers_never_start_a_tick_twice(adapter: Adapter) -> None:
+    """Five schedulers race over ten schedules, each 20 ticks behind: every tick is
+    started once (one start attempt: the claims never overlap), none is missed."""
+    ticked = make_workflow(adapter)
+    tenant = f"t-{adapter.ns}"
+    engine = flows.Engine(adapter.store, workflows=[ticked])
+    store = schedules(adapter)
+    spec = flows.ScheduleSpec(every=timedelta(seconds=1), overlap=flows.Overlap.ALLOW_ALL)
+    behind = adapter.store.clock.now().replace(microsecond=0) - timedelta(seconds=20)
+    sids = [f"r{n}" for n in range(10)]
+    for sid in sids:
+        await engine.schedule(sid, ticked, sid, spec=spec, tenant_id=tenant)
+        found = await store.get_schedule(tenant, sid)
+        late = msgspec.structs.replace(found, next_tick_at=behind, due_at=behind)
+        assert await store.put_schedule(late, expected_revision=found.revision)
+    counting = CountsStarts(adapter.store)
+    sharder = engine.planner.sharder
+    racers = [
+        Scheduler(counting, adapter.store.clock, sharder, lease=timedelta(seconds=30))  # type: ignore[arg-type]
+        for _ in range(5)
+    ]
+    for _ in range(10):
+        await asyncio.gather(*(r.run_due(None, 2) for r in racers))
+    assert counting.attempts, "nothing fired"
+    assert set(counting.attempts.values()) == {1}, counting.most_common(3)
+    for sid in sids:
+        ids = await ticks_of(engine, tenant, sid)
+        assert ids[0] == tick_workflow_id(sid, behind)
+        assert len(ids) >= 20
+        assert contiguous(ids, sid, timedelta(seconds=1)), ids
