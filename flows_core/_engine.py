@@ -750,7 +750,8 @@ class Engine:
         application may call it at every start); a changed spec counts its ticks anew
         from now. ``paused`` applies to a new schedule only (see ``pause_schedule``)."""
         store = schedule_store(self.store)
-        tenant, sid = self.planner.target(schedule_id, tenant_id)
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
+        check_id(tick_workflow_id(sid, self.store.clock.now()), "workflow id of a tick")
         spec = check_spec(spec)
         definition = self._scheduled(workflow)
         payload = encode_payload(
@@ -806,25 +807,40 @@ class Engine:
         input: Any = _UNCHANGED,
         tenant_id: str | None = None,
     ) -> ScheduleInfo:
-        """Change some of a schedule's spec, workflow and input (the others stay);
-        ScheduleNotFound if there is none."""
-        found = await self.get_schedule(schedule_id, tenant_id=tenant_id)
-        if workflow is None:
-            workflow = self.registry.get(found.workflow_name, found.workflow_version) or (
-                found.workflow_name
-            )
-        return await self.schedule(
-            found.schedule_id,
-            workflow,
-            found.input if input is _UNCHANGED else input,
-            spec=found.spec if spec is None else spec,
-            tenant_id=found.tenant_id,
-        )
+        """Change some of a schedule's spec, workflow and input (the others stay; a new
+        spec counts its ticks anew from now); ScheduleNotFound if there is none."""
+        store = schedule_store(self.store)
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
+        if spec is not None:
+            check_spec(spec)
+        chosen = None if workflow is None else self._scheduled(workflow)
+        while True:
+            found = await store.get_schedule(tenant, sid)
+            changes: dict[str, Any] = {}
+            definition = chosen
+            if chosen is not None:
+                changes.update(workflow_name=chosen.name, workflow_version=chosen.version)
+            else:
+                definition = self.registry.get(found.workflow_name, found.workflow_version)
+            if input is not _UNCHANGED:
+                changes["input"] = encode_payload(
+                    input,
+                    what=f"input of workflow {changes.get('workflow_name', found.workflow_name)!r}",
+                    expected_type=Any if definition is None else definition.input_type,
+                    max_bytes=self.planner.max_payload_bytes,
+                )
+            if spec is not None and spec != decode_spec(found.spec):
+                done = await self._replan(store, found, spec, **changes)
+            else:
+                row = msgspec.structs.replace(found, **changes)
+                done = await store.put_schedule(row, expected_revision=found.revision)
+            if done:
+                return schedule_info(await store.get_schedule(tenant, sid))
 
     async def get_schedule(self, schedule_id: str, *, tenant_id: str | None = None) -> ScheduleInfo:
         """A schedule: its spec, whether it is paused, its next fire times, its last tick
         and workflow. ScheduleNotFound if there is none."""
-        tenant, sid = self.planner.target(schedule_id, tenant_id)
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
         return schedule_info(await schedule_store(self.store).get_schedule(tenant, sid))
 
     async def list_schedules(
@@ -860,7 +876,7 @@ class Engine:
         (``f"{schedule_id}@{now:%Y-%m-%dT%H:%M:%SZ}"``: two triggers within one second
         are one)."""
         store = schedule_store(self.store)
-        tenant, sid = self.planner.target(schedule_id, tenant_id)
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
         while True:
             found = await store.get_schedule(tenant, sid)
             now = self.store.clock.now().replace(microsecond=0)
@@ -871,9 +887,12 @@ class Engine:
 
     async def delete_schedule(self, schedule_id: str, *, tenant_id: str | None = None) -> None:
         """Delete a schedule (workflows it started go on); ScheduleNotFound if none."""
-        tenant, sid = self.planner.target(schedule_id, tenant_id)
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
         if not await schedule_store(self.store).delete_schedule(tenant, sid):
             raise ScheduleNotFound(sid, tenant)
+
+    def _schedule_target(self, schedule_id: str, tenant_id: str | None) -> tuple[str, str]:
+        return self.tenant_for(tenant_id), check_id(schedule_id, "schedule id")
 
     def _scheduled(self, workflow: Workflow[Any, Any] | str) -> Workflow[Any, Any]:
         if isinstance(workflow, str):
@@ -892,7 +911,7 @@ class Engine:
         self, schedule_id: str, tenant_id: str | None, *, paused: bool
     ) -> ScheduleInfo:
         store = schedule_store(self.store)
-        tenant, sid = self.planner.target(schedule_id, tenant_id)
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
         while True:
             found = await store.get_schedule(tenant, sid)
             if found.paused == paused and found.next_tick_at is not None:

@@ -324,7 +324,7 @@ class Scheduler:
             tick, state.buffered = row.buffered_tick_at, None
             await state.start(tick)
         trigger = row.trigger_at
-        if trigger is not None and trigger <= now:
+        if trigger is not None:  # a request to fire now (its time, the client's, names it)
             await state.tick(trigger)
             trigger = None
         next_tick = row.next_tick_at

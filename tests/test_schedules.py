@@ -277,3 +277,26 @@ async def test_a_failing_scheduler_does_not_stop_the_worker() -> None:
     finally:
         await worker.stop()
         await task
+
+
+async def test_update_needs_no_definition_and_a_too_long_id_is_refused() -> None:
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    async with TestEnvironment(workflows=[hello], start=start, time_skipping=False) as env:
+        spec = flows.ScheduleSpec(cron="@daily")
+        await env.engine.schedule("s", hello, "a", spec=spec)
+        operator = flows.Engine(env.store)  # knows no workflow (a CLI, a dashboard)
+        updated = await operator.update_schedule("s", input="b")
+        assert updated.input == "b"
+        assert updated.workflow_name == "sched-hello"
+        assert updated.next_fire_at == datetime(2030, 1, 2, tzinfo=UTC)
+        hourly = await operator.update_schedule("s", spec=flows.ScheduleSpec(cron="@hourly"))
+        assert hourly.input == "b"
+        assert hourly.next_fire_at == datetime(2030, 1, 1, 1, tzinfo=UTC)
+        with pytest.raises(flows.PayloadError):
+            await env.engine.update_schedule("s", input=3)  # hello takes a str
+        with pytest.raises(flows.InvalidArgument, match="schedule id is 201 characters"):
+            await env.engine.schedule("x" * 201, hello, "a", spec=spec)
+        with pytest.raises(flows.InvalidArgument, match="workflow id of a tick is 211 char"):
+            await env.engine.schedule("x" * 190, hello, "a", spec=spec)
+        with pytest.raises(flows.ScheduleNotFound):
+            await operator.update_schedule("nope", input="b")
