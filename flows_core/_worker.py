@@ -41,7 +41,7 @@ from typing import Any
 
 import uuid6
 
-from ._activity_runner import ActivityRunner, retrieve
+from ._activity_runner import ActivityRunner, cancelled_from_outside, retrieve
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._commit import build_commit
 from ._definitions import Activity, Workflow
@@ -290,6 +290,11 @@ class Worker:
             self.eager.add(self)
         try:
             while not self._stopping.is_set():
+                if cancelled_from_outside():
+                    # A cancel of this task that an await below swallowed (CPython
+                    # 3.11's wait_for returns a result that arrived with the cancel,
+                    # bpo-42130; drivers wait with it) would leave run() going forever.
+                    raise asyncio.CancelledError
                 try:
                     if time.monotonic() - registered_at > REGISTER_EVERY:
                         await self.store.register_worker(self._info())
