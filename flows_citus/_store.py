@@ -27,8 +27,9 @@ from flows_core._errors import ErrorInfo, InvalidArgument
 from flows_core.events import Event, decode_events
 from flows_core.store import stored_event
 from flows_pg import _records
-from flows_pg._base import Batch, Rows, SqlStore, Step
+from flows_pg._base import Batch, Op, Rows, SqlStore, Step
 from flows_pg._fsck import FsckSqlStore
+from flows_pg._group_commit import GroupCommitSqlStore
 from flows_pg._migrate import migrate
 from flows_pg._sql import list_params
 
@@ -42,7 +43,7 @@ _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _keys_decoder: Final = msgspec.json.Decoder(list[tuple[str, str]] | None)
 
 
-class CitusStore(FsckSqlStore):
+class CitusStore(GroupCommitSqlStore, FsckSqlStore):
     """Store on Citus (a coordinator and worker nodes).
 
     ``CitusStore(dsn_or_pool, schema="flows")`` takes the coordinator's DSN or pool, as
@@ -264,6 +265,10 @@ class CitusStore(FsckSqlStore):
         return [_records.claimed_task(row) for row in (await self._run(steps))[3]]
 
     async def commit_workflow_task(self, commit: api.WorkflowTaskCommit) -> list[Event]:
+        return await self._drive(self._commit_op(commit))
+
+    def _commit_op(self, commit: api.WorkflowTaskCommit) -> Op[list[Event]]:
+        """The commit: its router statements, one pipeline (also a group commit item)."""
         acts = commit.activity_tasks
         terminal = commit.status in api.TERMINAL_STATUSES
         keep = commit.keep_lease is not None
@@ -294,7 +299,7 @@ class CitusStore(FsckSqlStore):
             steps.append(Step(_sql.NOTIFY_BOTH, params))
         elif new_work:
             steps.append(Step(_sql.NOTIFY_WORK, params))
-        results = await self._run(steps)
+        results = yield steps
         done = results[-2 if new_work else -1]
         if done:
             moved = done[0]["moved"]
@@ -312,6 +317,10 @@ class CitusStore(FsckSqlStore):
         await self._fenced(lease, steps, step=1)
 
     async def complete_activity(self, result: api.ActivityResult) -> None:
+        await self._drive(self._complete_op(result))
+
+    def _complete_op(self, result: api.ActivityResult) -> Op[None]:
+        """The activity result: its router statements (also a group commit item)."""
         lease = result.lease
         params = self.statements.lease_params(lease)
         params.update(event=stored_event(result.event), wf_task_id=uuid6.uuid7())
@@ -322,7 +331,15 @@ class CitusStore(FsckSqlStore):
             Step(self.statements(_sql.COMPLETE_FINISH), params),
             Step(_sql.NOTIFY_BOTH, params),
         ]
-        await self._fenced(lease, steps, step=3)
+        rows = (yield steps)[3]
+        if not rows or not rows[0]["done"]:
+            raise _records.lease_lost(lease)
+
+    def _group_of(self, key: tuple[str, str, str]) -> str:
+        """Only the items under one shard key share a transaction: a transaction across
+        shard keys would be a multi-shard (two-phase) one, which DESIGN.md idea 9 rules
+        out. Groups of different keys run at once, on separate connections."""
+        return key[0]
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
         if limit <= 0:
