@@ -24,6 +24,7 @@ import uuid6
 
 from flows_core import store as api
 from flows_core._errors import ErrorInfo, InvalidArgument
+from flows_core._group_commit import grouped
 from flows_core.events import Event, decode_events
 from flows_core.store import stored_event
 from flows_pg import _records
@@ -264,6 +265,7 @@ class CitusStore(GroupCommitSqlStore, FsckSqlStore):
         ]
         return [_records.claimed_task(row) for row in (await self._run(steps))[3]]
 
+    @grouped
     async def commit_workflow_task(self, commit: api.WorkflowTaskCommit) -> list[Event]:
         return await self._drive(self._commit_op(commit))
 
@@ -316,6 +318,7 @@ class CitusStore(GroupCommitSqlStore, FsckSqlStore):
         ]
         await self._fenced(lease, steps, step=1)
 
+    @grouped
     async def complete_activity(self, result: api.ActivityResult) -> None:
         await self._drive(self._complete_op(result))
 

@@ -32,7 +32,7 @@ from .store import (
     WorkflowTaskCommit,
 )
 
-__all__ = ["GroupCommitter", "StoreWrites", "batch_method", "group_writes"]
+__all__ = ["GroupCommitter", "StoreWrites", "batch_method", "group_writes", "grouped"]
 
 Item = TypeVar("Item")
 R = TypeVar("R")
@@ -135,8 +135,9 @@ class GroupCommitter(Generic[Item, R]):
 def batch_method(store: Any, single: str, batch: str) -> Callable[..., Any] | None:
     """``store``'s method ``batch`` if it writes what ``store.<single>`` writes: it is
     defined at least as close to ``store`` as ``single`` is (on the instance, or in the
-    same or a more derived class). None if the store has no such method, or if
-    ``single`` was replaced below it (a wrapper the batch would bypass)."""
+    same or a more derived class), or the closest ``single`` is marked ``grouped``.
+    None if the store has no such method, or if ``single`` was replaced below it (a
+    wrapper the batch would bypass)."""
     method: Callable[..., Any] | None = getattr(store, batch, None)
     if method is None or getattr(method, "__self__", None) is not store:
         return None  # missing, or forwarded to another object (a proxy)
@@ -149,8 +150,19 @@ def batch_method(store: Any, single: str, batch: str) -> Callable[..., Any] | No
         if batch in vars(klass):
             return method
         if single in vars(klass):
-            return None
+            return method if getattr(vars(klass)[single], "__grouped__", False) else None
     return None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def grouped(method: F) -> F:
+    """Mark a store's single write as one its group method (defined in a base class)
+    applies exactly, item by item: ``batch_method`` then groups it, unless something
+    replaces the single write again below it."""
+    method.__grouped__ = True  # type: ignore[attr-defined]
+    return method
 
 
 class StoreWrites:

@@ -17,6 +17,7 @@ import msgspec
 import uuid6
 
 from flows_core._errors import ErrorInfo
+from flows_core._group_commit import grouped
 from flows_core.events import Event, decode_events
 from flows_core.store import (
     ActivityResult,
@@ -119,6 +120,7 @@ class PostgresStore(GroupCommitSqlStore, FsckSqlStore):
         statement = self.statements(_sharded(_sql.CLAIM, request.shard_keys is not None))
         return [claimed_task(row) for row in await self._run_one(statement, params)]
 
+    @grouped
     async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Event]:
         return await self._drive(self._commit_op(commit))
 
@@ -141,6 +143,7 @@ class PostgresStore(GroupCommitSqlStore, FsckSqlStore):
         params["error"] = error_text(error)
         await self._fenced(lease, [Step(self.statements(_sql.PARK), params)])
 
+    @grouped
     async def complete_activity(self, result: ActivityResult) -> None:
         await self._drive(self._complete_op(result))
 
