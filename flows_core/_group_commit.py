@@ -40,17 +40,20 @@ R = TypeVar("R")
 MAX_BATCH = 64
 """Most items in one store call (bounds a transaction's size and its statement)."""
 
+MAX_IN_FLIGHT = 1
+"""Store calls of one kind in flight at once, per store (the classic group commit)."""
+
 
 class GroupCommitter(Generic[Item, R]):
     """Leader/follower group commit of one kind of write.
 
-    ``submit(item)`` with nothing in flight calls ``single(item)`` at once (the caller
-    leads). While a call is in flight, items queue; when it ends, a flush task sends
-    them, up to ``max_batch`` per call, through ``batch`` (a single one through
-    ``single``), until the queue is empty. ``batch`` returns one outcome per item, in
-    order: a value, or the exception that item raises to its submitter. An exception
-    raised by ``batch`` itself goes to every submitter of that call. A submitter
-    cancelled before its item was sent takes it out (it is not written)."""
+    ``submit(item)`` with fewer than ``max_in_flight`` calls in flight and nothing queued
+    calls ``single(item)`` at once (the caller leads). Otherwise the item queues; each
+    time a call ends, what is queued goes in the next one (up to ``max_batch`` items),
+    through ``batch`` (a single item through ``single``). ``batch`` returns one outcome
+    per item, in order: a value, or the exception that item raises to its submitter. An
+    exception raised by ``batch`` itself goes to every submitter of that call. A
+    submitter cancelled before its item was sent takes it out (it is not written)."""
 
     def __init__(
         self,
@@ -58,14 +61,16 @@ class GroupCommitter(Generic[Item, R]):
         batch: Callable[[list[Item]], Awaitable[Sequence[R | Exception]]],
         *,
         max_batch: int = MAX_BATCH,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._single = single
         self._batch = batch
         self.max_batch = max(1, max_batch)
+        self.max_in_flight = max(1, max_in_flight)
         self._queue: list[tuple[Item, asyncio.Future[R]]] = []
-        self._busy = False
+        self._in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._flusher: asyncio.Task[None] | None = None
+        self._senders: set[asyncio.Task[None]] = set()
         self.calls = 0
         """Store calls made (single and batched)."""
         self.batched = 0
@@ -74,49 +79,47 @@ class GroupCommitter(Generic[Item, R]):
     async def submit(self, item: Item) -> R:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use, or a new event loop (tests): start clean
-            self._loop, self._queue, self._busy, self._flusher = loop, [], False, None
-        if not self._busy:
-            self._busy = True
+            self._loop, self._queue, self._in_flight, self._senders = loop, [], 0, set()
+        if self._in_flight < self.max_in_flight and not self._queue:
+            self._in_flight += 1
             self.calls += 1
             try:
                 return await self._single(item)
             finally:
-                self._busy = False
+                self._in_flight -= 1
                 self._kick()
         fut: asyncio.Future[R] = loop.create_future()
         self._queue.append((item, fut))
         return await fut
 
     def _kick(self) -> None:
-        if self._queue and not self._busy:
-            self._busy = True
-            self._flusher = asyncio.ensure_future(self._flush())
+        """Send what is queued, while fewer than ``max_in_flight`` calls are in flight."""
+        while self._queue and self._in_flight < self.max_in_flight:
+            head, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            taken = [(item, fut) for item, fut in head if not fut.done()]
+            if taken:
+                self._in_flight += 1
+                sender = asyncio.ensure_future(self._flush(taken))
+                self._senders.add(sender)  # a strong reference while it runs
+                sender.add_done_callback(self._senders.discard)
 
-    async def _flush(self) -> None:
-        taken: list[tuple[Item, asyncio.Future[R]]] = []
+    async def _flush(self, taken: list[tuple[Item, asyncio.Future[R]]]) -> None:
         try:
-            while self._queue:
-                head, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                taken = [(item, fut) for item, fut in head if not fut.done()]
-                if not taken:
+            outcomes = await self._send([item for item, _ in taken])
+            for (_, fut), outcome in zip(taken, outcomes, strict=True):
+                if fut.done():
                     continue
-                outcomes = await self._send([item for item, _ in taken])
-                for (_, fut), outcome in zip(taken, outcomes, strict=True):
-                    if fut.done():
-                        continue
-                    if isinstance(outcome, BaseException):
-                        fut.set_exception(outcome)
-                    else:
-                        fut.set_result(outcome)
-                taken = []
+                if isinstance(outcome, BaseException):
+                    fut.set_exception(outcome)
+                else:
+                    fut.set_result(outcome)
         except BaseException:  # cancelled (the loop shuts down): nobody is left waiting
-            for _, fut in [*taken, *self._queue]:
+            for _, fut in taken:
                 fut.cancel()
-            self._queue = []
             raise
         finally:
-            self._busy = False
-            self._flusher = None
+            self._in_flight -= 1
+            self._kick()
 
     async def _send(self, items: list[Item]) -> Sequence[R | Exception]:
         self.calls += 1
