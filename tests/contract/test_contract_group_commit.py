@@ -402,3 +402,27 @@ async def test_a_group_the_database_rolls_back_commits_the_others_alone(kit: Kit
     assert len(await _history(kit, first.lease.workflow_id)) == 2
     record = await kit.store.get_workflow(kit.tenant, last.lease.workflow_id)
     assert record.status == WorkflowStatus.COMPLETED
+
+
+async def test_a_sql_group_is_one_transaction_per_group(kit: Kit) -> None:
+    """PostgreSQL: every item in one transaction; Citus: one per shard key (never a
+    transaction across shard keys)."""
+    store = _group(kit.store)
+    group = getattr(store, "_group", None)
+    if group is None:
+        pytest.skip("a store without a database has no transactions")
+    from flows_pg._base import Op, Rows, Step
+
+    def txid() -> Op[int]:
+        rows: list[Rows] = yield [Step("SELECT txid_current() AS x", {})]
+        return int(rows[0][0]["x"])
+
+    keys = [("k1", "t", "a"), ("k2", "t", "b"), ("k1", "t", "c"), ("k2", "t", "d")]
+    ids = await group([(key, txid()) for key in keys])
+    assert not [i for i in ids if isinstance(i, Exception)]
+    assert ids[0] == ids[2]
+    assert ids[1] == ids[3]
+    if hasattr(store, "sharder"):  # Citus: the two shard keys went apart
+        assert ids[0] != ids[1]
+    else:
+        assert ids[0] == ids[1]
