@@ -20,7 +20,7 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from .events import Event
 from .store import (
@@ -168,37 +168,62 @@ def grouped(method: F) -> F:
     return method
 
 
+_COMMITS: Final = (("commit_workflow_task",), "commit_workflow_tasks")
+_COMPLETES: Final = (("complete_activity",), "complete_activities")
+_STARTS: Final = (("start_workflow", "start_workflow_leased"), "start_workflows")
+
+
 class StoreWrites:
     """The writes of one store through its group committers (see the module doc). Each
-    method has the signature and meaning of the store's method of the same name."""
+    method has the signature and meaning of the store's method of the same name.
+
+    Whether a kind of write can be batched is looked up at each write and each batch
+    (``batch_method``), so that a single method replaced later (a test's fault, a
+    wrapper) is never bypassed."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        commits = batch_method(store, "commit_workflow_task", "commit_workflow_tasks")
-        completes = batch_method(store, "complete_activity", "complete_activities")
-        starts = batch_method(store, "start_workflow", "start_workflows")
-        if starts is not None and getattr(store, "start_workflow_leased", None) is not None:
-            # plain and leased starts share the committer: both must be batchable
-            starts = batch_method(store, "start_workflow_leased", "start_workflows")
-        self._commits = (
-            None
-            if commits is None
-            else GroupCommitter[WorkflowTaskCommit, list[Event]](
-                lambda commit: self.store.commit_workflow_task(commit), commits
-            )
+        self._commits = GroupCommitter[WorkflowTaskCommit, list[Event]](
+            self._commit_one, lambda items: self._grouped(items, _COMMITS, self._commit_one)
         )
-        self._completes = (
-            None
-            if completes is None
-            else GroupCommitter[ActivityResult, None](
-                lambda result: self.store.complete_activity(result), completes
-            )
+        self._completes = GroupCommitter[ActivityResult, None](
+            self._complete_one,
+            lambda items: self._grouped(items, _COMPLETES, self._complete_one),
         )
-        self._starts = (
-            None
-            if starts is None
-            else GroupCommitter[StartRequest, WorkflowTaskClaim | None](self._start_one, starts)
+        self._starts = GroupCommitter[StartRequest, WorkflowTaskClaim | None](
+            self._start_one, lambda items: self._grouped(items, _STARTS, self._start_one)
         )
+
+    def _batch(self, kind: tuple[tuple[str, ...], str]) -> Callable[..., Any] | None:
+        """The store's batch method for ``kind`` if it covers every single method of it
+        the store has (None: write one by one)."""
+        singles, batch = kind
+        method = None
+        for single in singles:
+            if single != singles[0] and getattr(self.store, single, None) is None:
+                continue  # an optional single write the store does not have
+            method = batch_method(self.store, single, batch)
+            if method is None:
+                return None
+        return method
+
+    async def _grouped(
+        self,
+        items: list[Item],
+        kind: tuple[tuple[str, ...], str],
+        one: Callable[[Item], Awaitable[R]],
+    ) -> Sequence[R | Exception]:
+        method = self._batch(kind)
+        if method is not None:
+            outcomes: Sequence[R | Exception] = await method(items)
+            return outcomes
+        return [await _outcome(one(item)) for item in items]  # replaced meanwhile
+
+    async def _commit_one(self, commit: WorkflowTaskCommit) -> list[Event]:
+        return await self.store.commit_workflow_task(commit)
+
+    async def _complete_one(self, result: ActivityResult) -> None:
+        await self.store.complete_activity(result)
 
     async def _start_one(self, start: StartRequest) -> WorkflowTaskClaim | None:
         if start.owner is None or start.lease is None:
@@ -208,36 +233,50 @@ class StoreWrites:
         return await leased(start.new, owner=start.owner, lease=start.lease)
 
     async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Event]:
-        if self._commits is None or getattr(commit, "tx", None) is not None:
-            return await self.store.commit_workflow_task(commit)
+        if getattr(commit, "tx", None) is not None or self._batch(_COMMITS) is None:
+            return await self._commit_one(commit)  # never grouped inside a caller's tx
         return await self._commits.submit(commit)
 
     async def complete_activity(self, result: ActivityResult) -> None:
-        if self._completes is None:
-            await self.store.complete_activity(result)
+        if self._batch(_COMPLETES) is None:
+            await self._complete_one(result)
             return
         await self._completes.submit(result)
 
     async def start_workflow(self, new: NewWorkflow) -> None:
-        if self._starts is None:
-            await self.store.start_workflow(new)
+        start = StartRequest(new=new)
+        if self._batch(_STARTS) is None:
+            await self._start_one(start)
             return
-        await self._starts.submit(StartRequest(new=new))
+        await self._starts.submit(start)
 
     async def start_workflow_leased(
         self, new: NewWorkflow, *, owner: str, lease: timedelta
     ) -> WorkflowTaskClaim:
-        if self._starts is None:
-            leased: Callable[..., Awaitable[WorkflowTaskClaim]] = self.store.start_workflow_leased  # type: ignore[attr-defined]
-            return await leased(new, owner=owner, lease=lease)
-        claim = await self._starts.submit(StartRequest(new=new, owner=owner, lease=lease))
+        start = StartRequest(new=new, owner=owner, lease=lease)
+        if self._batch(_STARTS) is None:
+            claim = await self._start_one(start)
+        else:
+            claim = await self._starts.submit(start)
         assert claim is not None
         return claim
 
     @property
     def committers(self) -> dict[str, GroupCommitter[Any, Any] | None]:
-        """The committers by kind (None: that kind goes through the single method)."""
-        return {"commits": self._commits, "completes": self._completes, "starts": self._starts}
+        """The committers by kind; None for a kind this store cannot batch now (it goes
+        through the single method)."""
+        return {
+            "commits": self._commits if self._batch(_COMMITS) else None,
+            "completes": self._completes if self._batch(_COMPLETES) else None,
+            "starts": self._starts if self._batch(_STARTS) else None,
+        }
+
+
+async def _outcome(write: Awaitable[R]) -> R | Exception:
+    try:
+        return await write
+    except Exception as exc:
+        return exc
 
 
 _writes: weakref.WeakKeyDictionary[Any, StoreWrites] = weakref.WeakKeyDictionary()

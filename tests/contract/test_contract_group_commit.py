@@ -381,6 +381,26 @@ async def test_a_replaced_single_write_is_never_bypassed(adapter: Adapter) -> No
         batch_method(Counting.__new__(Counting), "commit_workflow_task", "commit_workflow_tasks")
         is None
     )
+    # replaced on the instance after its writes were grouped: from then on, not grouped
+    writes = group_writes(store)
+    assert writes.committers["commits"] is not None
+    seen: list[WorkflowTaskCommit] = []
+    original = store.commit_workflow_task
+
+    async def watched(commit: WorkflowTaskCommit) -> Any:
+        seen.append(commit)
+        return await original(commit)
+
+    store.commit_workflow_task = watched  # type: ignore[method-assign]
+    try:
+        assert writes.committers["commits"] is None
+        kit = Kit(adapter)
+        claims = await _claims(kit, 3)
+        done = await asyncio.gather(*(writes.commit_workflow_task(_done(kit, c)) for c in claims))
+        assert done == [[], [], []]
+        assert len(seen) == 3, "every commit went through the replaced method"
+    finally:
+        del store.commit_workflow_task
 
 
 async def test_a_group_the_database_rolls_back_commits_the_others_alone(kit: Kit) -> None:
