@@ -363,6 +363,33 @@ async def test_committer_skips_items_whose_caller_gave_up() -> None:
     assert seen == [[1], [3]], "the cancelled item was never sent"
 
 
+async def test_committer_keeps_at_most_max_in_flight_calls() -> None:
+    gates = [asyncio.Event() for _ in range(3)]
+    calls: list[list[int]] = []
+
+    async def single(item: int) -> int:
+        calls.append([item])
+        await gates[len(calls) - 1].wait()
+        return item
+
+    async def batch(items: list[int]) -> list[int | Exception]:
+        calls.append(list(items))
+        await gates[len(calls) - 1].wait()
+        return list(items)
+
+    committer = GroupCommitter[int, int](single, batch, max_in_flight=2)
+    subs = [asyncio.ensure_future(committer.submit(i)) for i in (1, 2, 3, 4)]
+    await asyncio.sleep(0)
+    assert calls == [[1], [2]], "two go at once, alone; the rest wait"
+    gates[1].set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert calls == [[1], [2], [3, 4]], "the next call takes what waited"
+    gates[0].set()
+    gates[2].set()
+    assert await asyncio.gather(*subs) == [1, 2, 3, 4]
+
+
 async def test_a_replaced_single_write_is_never_bypassed(adapter: Adapter) -> None:
     """A proxy or a wrapper of the single method keeps every write (it would not see a
     batch): group commit is off for that method."""
