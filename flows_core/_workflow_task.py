@@ -36,6 +36,7 @@ from ._activity_runner import ActivityRunner, LeaseKeeper, cancelled_from_outsid
 from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
+from ._group_commit import group_writes
 from ._observe import Observer, TaskOutcome, WorkflowTask, trace_context_of
 from ._registry import WorkflowRegistry
 from ._replay import Activation, WorkflowInstance
@@ -375,7 +376,8 @@ class WorkflowTaskRunner:
             retries,
             keep_lease=self.lease if keep else None,
         )
-        moved = await self.activities.write_fenced(self.store.commit_workflow_task, commit)
+        write = group_writes(self.store).commit_workflow_task
+        moved = await self.activities.write_fenced(write, commit)
         self.counters["commits"] += 1
         if commit.status is not WorkflowStatus.RUNNING:  # once: the write is fenced
             self.observer.workflow_finished(

@@ -65,11 +65,13 @@ __all__ = [
     "FsckScan",
     "FsckWorkflow",
     "ClaimedTask",
+    "GroupCommit",
     "HeartbeatReply",
     "Lease",
     "ListQuery",
     "NewWorkflow",
     "Store",
+    "StartRequest",
     "StoreStats",
     "TERMINAL_STATUSES",
     "TerminateOutcome",
@@ -781,6 +783,52 @@ class ScheduleStore(Protocol):
         """The earliest time a row of ``shard_keys`` becomes claimable (its ``due_at``,
         or its lease expiry if later), among rows that are not paused or hold a trigger;
         None if none."""
+        ...
+
+
+class StartRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One start of ``GroupCommit.start_workflows``: ``start_workflow(new)``, or, with
+    ``owner`` and ``lease``, ``EagerStart.start_workflow_leased(new, owner=, lease=)``."""
+
+    new: NewWorkflow
+    owner: str | None = None
+    lease: timedelta | None = None
+
+
+@runtime_checkable
+class GroupCommit(Protocol):
+    """An OPTIONAL store capability: the writes of several workflows in one call (group
+    commit, DESIGN.md idea 7), for the commits that are ready at the same moment.
+
+    Each item is applied exactly as its single method applies it: the same fence, the
+    same effects, the same outcome. A store may put several items in one transaction
+    (PostgreSQL: all of them; Citus: those under one shard key, never a transaction
+    across shards). An item that fails (its fence refused: LeaseLost; a value the store
+    cannot keep: PayloadError, InvalidArgument; a taken id: WorkflowAlreadyExists; the
+    store unreachable: StoreUnavailable) writes nothing of itself and does not keep the
+    others from committing: its exception is returned in its place, in input order.
+    ``flows_core`` uses the capability through ``flows_core._group_commit``, only for
+    calls made while another of the same kind is in flight; a store without it works
+    unchanged.
+    """
+
+    async def commit_workflow_tasks(
+        self, commits: Sequence[WorkflowTaskCommit]
+    ) -> list[list[Event] | Exception]:
+        """``commit_workflow_task`` of each commit: its moved events, or its error."""
+        ...
+
+    async def complete_activities(
+        self, results: Sequence[ActivityResult]
+    ) -> list[Exception | None]:
+        """``complete_activity`` of each result: None, or its error."""
+        ...
+
+    async def start_workflows(
+        self, starts: Sequence[StartRequest]
+    ) -> list[WorkflowTaskClaim | Exception | None]:
+        """Each start: None (or, leased, its claim), or its error (WorkflowAlreadyExists
+        for an id taken before or earlier in the same call)."""
         ...
 
 

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -60,6 +60,7 @@ from flows_core.store import (
     ScheduleClaim,
     ScheduleLease,
     ScheduleRecord,
+    StartRequest,
     StoreStats,
     TerminateOutcome,
     WorkerInfo,
@@ -83,6 +84,7 @@ from flows_core.store import (
 __all__ = ["FaultHook", "MemoryStore"]
 
 _E = TypeVar("_E", bound=Event)
+_T = TypeVar("_T")
 
 FaultHook = Callable[[str, Literal["before", "after"]], None]
 """Called around every write: raise from it to simulate a crash at that point."""
@@ -174,6 +176,14 @@ class _Workflow:
             updated_at=now,
             history=[started],
         )
+
+
+async def _outcome(write: Awaitable[_T]) -> _T | Exception:
+    """What ``write`` returns, or the exception it raises (an item of a group commit)."""
+    try:
+        return await write
+    except Exception as exc:
+        return exc
 
 
 def _no_tx(tx: Any) -> None:
@@ -795,6 +805,30 @@ class MemoryStore:
         self._ensure_workflow_task(wf)
         self._changed(wf, work=True)
         self._fault("complete_activity", "after")
+
+    # -- group commit (flows_core.store.GroupCommit): each item on its own, in order --
+
+    async def commit_workflow_tasks(
+        self, commits: Sequence[WorkflowTaskCommit]
+    ) -> list[list[Event] | Exception]:
+        return [await _outcome(self.commit_workflow_task(commit)) for commit in commits]
+
+    async def complete_activities(
+        self, results: Sequence[ActivityResult]
+    ) -> list[Exception | None]:
+        return [await _outcome(self.complete_activity(result)) for result in results]
+
+    async def start_workflows(
+        self, starts: Sequence[StartRequest]
+    ) -> list[WorkflowTaskClaim | Exception | None]:
+        outcomes: list[WorkflowTaskClaim | Exception | None] = []
+        for start in starts:
+            if start.owner is None or start.lease is None:
+                outcomes.append(await _outcome(self.start_workflow(start.new)))
+            else:
+                leased = self.start_workflow_leased(start.new, owner=start.owner, lease=start.lease)
+                outcomes.append(await _outcome(leased))
+        return outcomes
 
     async def retry_activity(self, retry: ActivityRetry) -> None:
         self._fault("retry_activity", "before")
