@@ -254,6 +254,7 @@ class CitusStore(FsckSqlStore):
             "owner": request.owner,
             "lease": request.lease,
             "fresh_only": request.fresh_only,
+            **_records.cached_params(request.cached, key),
         }
         steps = [
             Step(self.statements(_sql.CLAIM_LEASE), params),

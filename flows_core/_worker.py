@@ -50,6 +50,7 @@ from ._errors import InvalidArgument, LeaseLost
 from ._observe import Observer, TraceContexts, run_sampler
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
+from ._sticky import StickyCache
 from ._workflow_task import BlockingWatchdog, WorkflowTaskRunner, log_extra
 from .store import (
     ClaimedTask,
@@ -104,7 +105,10 @@ class Worker:
     ``EagerStarts`` shared with the Engines of this process (eager start; None: none).
     ``observer``: told of every workflow task, activity attempt, lease loss, store error
     and dead letter, and asked to sample the store if it wants (see flows_observe);
-    the default does nothing.
+    the default does nothing. ``sticky_cache_size``: how many suspended workflows the
+    worker keeps in memory between their workflow tasks (the next task reads only the
+    events after what it holds and replays nothing; 0: every task replays the whole
+    history); ``sticky_max_events`` bounds the history events they hold together.
     """
 
     def __init__(
@@ -129,6 +133,8 @@ class Worker:
         workflow_task_deadlock: float | None = 2.0,
         eager: EagerStarts | None = None,
         observer: Observer | None = None,
+        sticky_cache_size: int = 1000,
+        sticky_max_events: int = 1_000_000,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument("Worker concurrency must be at least 1")
@@ -140,6 +146,10 @@ class Worker:
             raise InvalidArgument("Worker max_workflow_task_attempts must be at least 1")
         if workflow_task_deadlock is not None and not workflow_task_deadlock > 0:
             raise InvalidArgument("Worker workflow_task_deadlock must be positive or None")
+        if sticky_cache_size < 0 or sticky_max_events < 0:
+            raise InvalidArgument(
+                "Worker sticky_cache_size and sticky_max_events must not be negative"
+            )
         self.store = store
         self.observer = observer if observer is not None else Observer()
         if not isinstance(self.observer, Observer):
@@ -221,6 +231,9 @@ class Worker:
         self._watchdog = (
             None if workflow_task_deadlock is None else BlockingWatchdog(workflow_task_deadlock)
         )
+        self.sticky = StickyCache(sticky_cache_size, sticky_max_events, self.counters)
+        """Suspended workflow instances kept between their tasks (see flows_core._sticky);
+        its hits, misses and evictions are counted in ``counters``."""
         self._workflow_tasks = WorkflowTaskRunner(
             store,
             self.registry,
@@ -234,6 +247,7 @@ class Worker:
             worker_id=self.worker_id,
             watchdog=self._watchdog,
             observer=self.observer,
+            sticky=self.sticky if self.sticky.enabled else None,
         )
 
     # -- lifecycle --
@@ -305,6 +319,7 @@ class Worker:
                 await self.store.unregister_worker(self.worker_id)
             if self._watchdog is not None:
                 self._watchdog.stop()
+            self.sticky.clear()
             self._done.set()
 
     async def stop(self, grace_period: float | None = None) -> None:
@@ -491,8 +506,10 @@ class Worker:
                 lease=self.lease,
                 shard_keys=self.shard_keys,
                 fresh_only=bool(self._inflight),
+                cached=self.sticky.hints(),
             )
         )
+        self.sticky.pin(claimed)
         claimed = await self._isolate_suspects(claimed)
         self._idle = not claimed and not fired
         for task in claimed[:free]:
@@ -512,6 +529,7 @@ class Worker:
             keep = [suspects.pop(0)]  # nothing else here: run one suspect, alone
             self._suspects += 1
         for c in suspects:
+            self.sticky.unpin(c)
             await self.store.release(c.lease)
         return keep
 
@@ -569,6 +587,7 @@ class Worker:
                 break
         else:
             return
+        self.sticky.unpin(claim)
         task = asyncio.ensure_future(self.store.release(claim.lease))
         task.add_done_callback(retrieve)
 
@@ -587,6 +606,7 @@ class Worker:
         while self._backlog:
             claim, timer = self._backlog.popleft()
             timer.cancel()
+            self.sticky.unpin(claim)
             with contextlib.suppress(Exception):
                 await self.store.release(claim.lease)
 

@@ -4,7 +4,7 @@ need."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -16,6 +16,7 @@ from flows_core.events import decode_events
 from flows_core.store import (
     TERMINAL_STATUSES,
     ActivityTaskClaim,
+    CachedHistory,
     ClaimedTask,
     Lease,
     StoreStats,
@@ -29,6 +30,7 @@ from flows_core.store import (
 )
 
 __all__ = [
+    "cached_params",
     "claimed_task",
     "commit_params",
     "commit_refused",
@@ -95,6 +97,20 @@ def record_from_row(row: Mapping[str, Any]) -> WorkflowRecord:
     )
 
 
+def cached_params(
+    cached: Sequence[CachedHistory], shard_key: str | None = None
+) -> dict[str, list[Any]]:
+    """The claim's ``c_*`` array parameters: ``ClaimRequest.cached`` (only the entries
+    under ``shard_key`` when given)."""
+    entries = [c for c in cached if shard_key is None or c.shard_key == shard_key]
+    return {
+        "c_tenants": [c.tenant_id for c in entries],
+        "c_ids": [c.workflow_id for c in entries],
+        "c_lengths": [c.history_length for c in entries],
+        "c_seeds": [c.seed for c in entries],
+    }
+
+
 def claimed_task(row: Mapping[str, Any]) -> ClaimedTask:
     """A claimed task from a claim's row: the ``RECORD`` columns of its workflow plus
     task_kind, task_id, lease_token, lease_expires, task_seq, task_name, task_input,
@@ -114,6 +130,7 @@ def claimed_task(row: Mapping[str, Any]) -> ClaimedTask:
             workflow=record_from_row(row),
             history=[] if history is None else decode_events(history),
             attempt=row["task_attempt"],
+            history_from=row["history_from"],
         )
     scheduled = row["scheduled_at"]
     return ActivityTaskClaim(

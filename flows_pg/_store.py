@@ -36,6 +36,7 @@ from ._client_ops import ClientOps, PostgresOps
 from ._fsck import FsckSqlStore
 from ._migrate import migrate
 from ._records import (
+    cached_params,
     claimed_task,
     commit_params,
     commit_refused,
@@ -113,6 +114,7 @@ class PostgresStore(FsckSqlStore):
             "lease": request.lease,
             "shards": None if request.shard_keys is None else list(request.shard_keys),
             "fresh_only": request.fresh_only,
+            **cached_params(request.cached),
         }
         statement = self.statements(_sharded(_sql.CLAIM, request.shard_keys is not None))
         return [claimed_task(row) for row in await self._run_one(statement, params)]
