@@ -87,6 +87,8 @@ class WorkerStats:
     """Workflows per status."""
     counters: dict[str, int]
     """This worker's counters since it started (``Worker.counters``)."""
+    sticky_cached: int = 0
+    """Suspended workflows this worker holds in its sticky cache now."""
 
 
 class Worker:
@@ -471,6 +473,7 @@ class Worker:
             dead_letters=found.dead_letters,
             workflows=dict(found.workflows),
             counters=dict(self.counters),
+            sticky_cached=len(self.sticky),
         )
 
     # -- polling --

@@ -97,18 +97,29 @@ def record_from_row(row: Mapping[str, Any]) -> WorkflowRecord:
     )
 
 
-def cached_params(
-    cached: Sequence[CachedHistory], shard_key: str | None = None
-) -> dict[str, list[Any]]:
-    """The claim's ``c_*`` array parameters: ``ClaimRequest.cached`` (only the entries
-    under ``shard_key`` when given)."""
-    entries = [c for c in cached if shard_key is None or c.shard_key == shard_key]
+def cached_params(cached: Sequence[CachedHistory], shard_key: str | None = None) -> dict[str, str]:
+    """The claim's ``c_*`` parameters: ``ClaimRequest.cached`` (only the entries under
+    ``shard_key`` when given) as array literals, one per field. Sent as text: psycopg's
+    own dumping of lists costs the client several milliseconds per thousand entries."""
+    if shard_key is not None:
+        cached = [c for c in cached if c.shard_key == shard_key]
     return {
-        "c_tenants": [c.tenant_id for c in entries],
-        "c_ids": [c.workflow_id for c in entries],
-        "c_lengths": [c.history_length for c in entries],
-        "c_seeds": [c.seed for c in entries],
+        "c_tenants": _text_array([c.tenant_id for c in cached]),
+        "c_ids": _text_array([c.workflow_id for c in cached]),
+        "c_lengths": _int_array([c.history_length for c in cached]),
+        "c_seeds": _int_array([c.seed for c in cached]),
     }
+
+
+def _text_array(values: list[str]) -> str:
+    """A PostgreSQL array literal of ``values``: each element quoted, ``\\`` and ``"``
+    escaped (stored text has no NUL)."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
+
+
+def _int_array(values: list[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def claimed_task(row: Mapping[str, Any]) -> ClaimedTask:

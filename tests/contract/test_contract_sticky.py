@@ -259,3 +259,22 @@ async def test_workers_taking_turns_continue_each_others_histories(adapter: Adap
     # n=5 (continues B's n=4 task); B: n=1 (miss), n=4 (continues its n=1 entry).
     assert (a["sticky_hits"], a["sticky_misses"]) == (3, 1), a
     assert (b["sticky_hits"], b["sticky_misses"]) == (1, 1), b
+
+
+async def test_cached_entries_with_hostile_ids(kit: Kit) -> None:
+    """Ids with quotes, backslashes, braces, commas, spaces and non-ASCII text match
+    exactly, among many other entries."""
+    odd = ['a"b', "c\\d", "{e,f}", " g ", 'h\\"i', "ünï 💥", "NULL"]
+    for suffix in odd:
+        await kit.start(f"{kit.ns}-{suffix}")
+    for first in await kit.claim(acts=()):
+        assert isinstance(first, WorkflowTaskClaim)
+        events: list[Event] = [wait_event(1, kit)]
+        await kit.store.commit_workflow_task(kit.commit(first, events, next_seq=2))
+        await kit.store.signal_workflow(kit.tenant, first.lease.workflow_id, kit.signal("go"))
+    ids = [f"{kit.ns}-{suffix}" for suffix in odd]
+    near = [hint(kit, i + "x", 2) for i in ids] + [hint(kit, i.upper(), 2) for i in ids]
+    held = [hint(kit, i, 2) for i in ids[::2]]
+    got = await claim_cached(kit, [*near, *held])
+    froms = {c.lease.workflow_id: c.history_from for c in got if isinstance(c, WorkflowTaskClaim)}
+    assert froms == {i: (2 if n % 2 == 0 else 0) for n, i in enumerate(ids)}
