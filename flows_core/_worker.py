@@ -321,7 +321,6 @@ class Worker:
                 await self.store.unregister_worker(self.worker_id)
             if self._watchdog is not None:
                 self._watchdog.stop()
-            self.sticky.clear()
             self._done.set()
 
     async def stop(self, grace_period: float | None = None) -> None:
