@@ -172,3 +172,38 @@ async def test_a_failed_task_drops_the_entry_and_the_retry_replays() -> None:
         await e.engine.signal(run.workflow_id, "add", 2)
         assert await e.result(run) == [1, 2]
         assert worker.counters["sticky_hits"] == 2
+
+
+async def test_a_task_resumed_from_the_cache_keeps_the_workflows_trace() -> None:
+    """The trace context is stored in WorkflowStarted, which a continued claim does not
+    carry: the cache keeps it, so every task of the workflow stays under its start."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from flows_observe.otel import OTelObserver
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with TestEnvironment(
+        workflows=[counter], activities=[double], observer=OTelObserver(provider)
+    ) as e:
+        engine = flows.Engine(e.store, observer=OTelObserver(provider))
+        with provider.get_tracer("app").start_as_current_span("request"):
+            run = await engine.start(counter, 3)
+        for n in range(3):
+            await e.wait_idle()
+            await e.engine.signal(run.workflow_id, "add", n)
+        assert await e.result(run) == [0, 2, 4]
+        assert e.workers[0].counters["sticky_hits"] == 3
+    spans = exporter.get_finished_spans()
+    [start] = [s for s in spans if s.name == "flows start st-counter"]
+    tasks = [s for s in spans if s.name == "flows workflow_task st-counter"]
+    assert len(tasks) == 4
+    assert start.context is not None
+    for task in tasks:
+        assert task.parent is not None
+        assert task.parent.span_id == start.context.span_id
+    provider.shutdown()
