@@ -136,7 +136,7 @@ class Worker:
         eager: EagerStarts | None = None,
         observer: Observer | None = None,
         sticky_cache_size: int = 1000,
-        sticky_max_events: int = 1_000_000,
+        sticky_max_events: int = 250_000,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument("Worker concurrency must be at least 1")
