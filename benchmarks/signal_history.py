@@ -91,9 +91,13 @@ async def measure_point(
             await store.migrate()
             engine = flows.Engine(store)
             waiters = {mode: _waiter(f"sh-waiter-{mode}") for mode in modes}
+            # a store (pool and LISTEN connection) per worker, as in separate processes
+            stores = {mode: PostgresStore(dsn, schema=schema) for mode in modes}
+            for own in stores.values():
+                await own.open()
             workers = {
                 mode: flows.Worker(
-                    store,
+                    stores[mode],
                     workflows=[waiters[mode]],
                     activities=[mark],
                     concurrency=8,
@@ -134,6 +138,8 @@ async def measure_point(
                 for w in workers.values():
                     await w.stop()
                 await asyncio.gather(*running)
+                for own in stores.values():
+                    await own.close()
     finally:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             await conn.execute(
