@@ -30,9 +30,10 @@ from flows_pg import _records
 from flows_pg._base import Batch, Rows, SqlStore, Step
 from flows_pg._fsck import FsckSqlStore
 from flows_pg._migrate import migrate
+from flows_pg._schedules import ScheduleSqlStore
 from flows_pg._sql import list_params
 
-from . import _fsck_sql, _sql
+from . import _fsck_sql, _sql, _sql_schedules
 from ._client_ops import CitusOps, detect_op, layout_op
 from ._layout import CitusLayout
 
@@ -42,7 +43,7 @@ _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _keys_decoder: Final = msgspec.json.Decoder(list[tuple[str, str]] | None)
 
 
-class CitusStore(FsckSqlStore):
+class CitusStore(FsckSqlStore, ScheduleSqlStore):
     """Store on Citus (a coordinator and worker nodes).
 
     ``CitusStore(dsn_or_pool, schema="flows")`` takes the coordinator's DSN or pool, as
@@ -146,6 +147,22 @@ class CitusStore(FsckSqlStore):
 
     async def _fsck_keys(self, tenant_id: str | None) -> Sequence[str | None]:
         return sorted((await self._ready()).tenant_keys(tenant_id))
+
+    # -- schedules (flows_pg._schedules; every statement names its shard key) --
+
+    def _schedule_sql(self, name: str, shard_keys: Sequence[str] | None = None) -> str:
+        statement: str = getattr(_sql_schedules, name)
+        return self.statements(statement)
+
+    async def _schedule_key(self, tenant_id: str, schedule_id: str) -> dict[str, Any]:
+        return {"sk": (await self._ready()).locate(tenant_id, schedule_id)}
+
+    async def _schedule_scan(self, shard_keys: Sequence[str] | None) -> Sequence[dict[str, Any]]:
+        await self._ready()
+        return [{"sk": key} for key in self._rotated(list(self._keys(shard_keys)))]
+
+    async def _schedule_list_scan(self, tenant_id: str | None) -> Sequence[dict[str, Any]]:
+        return [{"sk": key} for key in (await self._ready()).tenant_keys(tenant_id)]
 
     # -- plumbing --
 

@@ -17,6 +17,7 @@ from ._fsck_cmd import add_fsck_command
 from ._open import CliError
 from ._operate import cmd_ui
 from ._replay_cmd import add_replay_commands
+from ._schedule_cmd import add_schedule_commands
 
 __all__ = ["build_parser", "main"]
 
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_replay_commands(sub)
     add_fsck_command(sub)
+    add_schedule_commands(sub)
     return parser
 
 

@@ -23,6 +23,7 @@ from ._errors import (
     NonDeterminismError,
     PayloadError,
     PayloadTooLarge,
+    ScheduleNotFound,
     ScheduleToCloseTimeout,
     StoreError,
     StoreUnavailable,
@@ -54,6 +55,7 @@ from ._replayer import (
     export_history,
     load_history,
 )
+from ._schedules import Overlap, ScheduleInfo, ScheduleSpec
 from ._sharding import DEFAULT_SHARDS, HashSharder, Sharder, TenantSharder
 from ._tenancy import DEFAULT_TENANT, current_tenant, tenant
 from ._worker import Worker, WorkerStats
@@ -102,6 +104,10 @@ __all__ = [
     "RaceResult",
     "RetryPolicy",
     "Run",
+    "Overlap",
+    "ScheduleInfo",
+    "ScheduleNotFound",
+    "ScheduleSpec",
     "ScheduleToCloseTimeout",
     "Sharder",
     "Step",

@@ -18,6 +18,7 @@ from ._eager import EagerStarts
 from ._errors import (
     ErrorInfo,
     InvalidArgument,
+    ScheduleNotFound,
     TenantRequired,
     WorkflowCancelled,
     WorkflowFailed,
@@ -29,6 +30,17 @@ from ._errors import (
 from ._observe import Observer, with_trace_context
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
+from ._schedules import (
+    ScheduleInfo,
+    ScheduleSpec,
+    check_spec,
+    decode_spec,
+    replanned,
+    schedule_store,
+    tick_workflow_id,
+)
+from ._schedules import info as schedule_info
+from ._schedules import new_record as new_schedule
 from ._sharding import HashSharder, Sharder, key_for
 from ._tenancy import DEFAULT_TENANT, current_tenant
 from .events import (
@@ -47,6 +59,8 @@ from .store import (
     CancelOutcome,
     ListQuery,
     NewWorkflow,
+    ScheduleRecord,
+    ScheduleStore,
     Store,
     TerminateOutcome,
     WorkerInfo,
@@ -61,6 +75,7 @@ O = TypeVar("O")  # noqa: E741
 E = TypeVar("E")
 
 WORKER_LIVENESS = timedelta(seconds=60)
+_UNCHANGED: Any = object()
 
 
 class WorkflowInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -715,6 +730,199 @@ class Engine:
             f"waiting for a worker that runs activity {missing[seq]!r} (step #{seq}); "
             f"no live worker serves it{others}"
         )
+
+    # -- schedules (flows_core._schedules) --
+
+    async def schedule(
+        self,
+        schedule_id: str,
+        workflow: Workflow[Any, Any] | str,
+        input: Any,
+        *,
+        spec: ScheduleSpec,
+        tenant_id: str | None = None,
+        paused: bool = False,
+    ) -> ScheduleInfo:
+        """Create the schedule ``schedule_id`` or update it (workflow, input, spec):
+        every tick of ``spec`` starts ``workflow`` with ``input`` as the workflow
+        ``f"{schedule_id}@{tick:%Y-%m-%dT%H:%M:%SZ}"``, once. The Workers fire the
+        ticks. Calling it again with the same arguments changes nothing (an
+        application may call it at every start); a changed spec counts its ticks anew
+        from now. ``paused`` applies to a new schedule only (see ``pause_schedule``)."""
+        store = schedule_store(self.store)
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
+        check_id(tick_workflow_id(sid, self.store.clock.now()), "workflow id of a tick")
+        spec = check_spec(spec)
+        definition = self._scheduled(workflow)
+        payload = encode_payload(
+            input,
+            what=f"input of workflow {definition.name!r}",
+            expected_type=definition.input_type,
+            max_bytes=self.planner.max_payload_bytes,
+        )
+        while True:
+            try:
+                found = await store.get_schedule(tenant, sid)
+            except ScheduleNotFound:
+                row = new_schedule(
+                    tenant_id=tenant,
+                    schedule_id=sid,
+                    shard_key=key_for(self.planner.sharder, definition.name, sid, tenant),
+                    workflow_name=definition.name,
+                    workflow_version=definition.version,
+                    input=payload,
+                    spec=spec,
+                    paused=paused,
+                    now=self.store.clock.now(),
+                )
+                if await store.put_schedule(row, expected_revision=None):
+                    return schedule_info(await store.get_schedule(tenant, sid))
+                continue
+            same = (
+                found.workflow_name == definition.name
+                and found.workflow_version == definition.version
+                and msgspec.json.decode(found.input) == msgspec.json.decode(payload)
+            )
+            if same and decode_spec(found.spec) == spec:
+                return schedule_info(found)
+            changes: dict[str, Any] = {
+                "workflow_name": definition.name,
+                "workflow_version": definition.version,
+                "input": payload,
+            }
+            if decode_spec(found.spec) == spec:  # same ticks
+                row = msgspec.structs.replace(found, **changes)
+                done = await store.put_schedule(row, expected_revision=found.revision)
+            else:
+                done = await self._replan(store, found, spec, **changes)
+            if done:
+                return schedule_info(await store.get_schedule(tenant, sid))
+
+    async def update_schedule(
+        self,
+        schedule_id: str,
+        *,
+        spec: ScheduleSpec | None = None,
+        workflow: Workflow[Any, Any] | str | None = None,
+        input: Any = _UNCHANGED,
+        tenant_id: str | None = None,
+    ) -> ScheduleInfo:
+        """Change some of a schedule's spec, workflow and input (the others stay; a new
+        spec counts its ticks anew from now); ScheduleNotFound if there is none."""
+        store = schedule_store(self.store)
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
+        if spec is not None:
+            check_spec(spec)
+        chosen = None if workflow is None else self._scheduled(workflow)
+        while True:
+            found = await store.get_schedule(tenant, sid)
+            changes: dict[str, Any] = {}
+            definition = chosen
+            if chosen is not None:
+                changes.update(workflow_name=chosen.name, workflow_version=chosen.version)
+            else:
+                definition = self.registry.get(found.workflow_name, found.workflow_version)
+            if input is not _UNCHANGED:
+                changes["input"] = encode_payload(
+                    input,
+                    what=f"input of workflow {changes.get('workflow_name', found.workflow_name)!r}",
+                    expected_type=Any if definition is None else definition.input_type,
+                    max_bytes=self.planner.max_payload_bytes,
+                )
+            if spec is not None and spec != decode_spec(found.spec):
+                done = await self._replan(store, found, spec, **changes)
+            else:
+                row = msgspec.structs.replace(found, **changes)
+                done = await store.put_schedule(row, expected_revision=found.revision)
+            if done:
+                return schedule_info(await store.get_schedule(tenant, sid))
+
+    async def get_schedule(self, schedule_id: str, *, tenant_id: str | None = None) -> ScheduleInfo:
+        """A schedule: its spec, whether it is paused, its next fire times, its last tick
+        and workflow. ScheduleNotFound if there is none."""
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
+        return schedule_info(await schedule_store(self.store).get_schedule(tenant, sid))
+
+    async def list_schedules(
+        self,
+        *,
+        tenant_id: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> builtins.list[ScheduleInfo]:
+        """This tenant's schedules ordered by id, after the id ``after``."""
+        tenant = self.tenant_for(tenant_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**31:
+            raise InvalidArgument(f"limit must be an integer from 0 to 2**31-1, got {limit!r}")
+        cursor = None if after is None else (check_id(after, "after"), tenant)
+        rows = await schedule_store(self.store).list_schedules(tenant, after=cursor, limit=limit)
+        return [schedule_info(row) for row in rows]
+
+    async def pause_schedule(
+        self, schedule_id: str, *, tenant_id: str | None = None
+    ) -> ScheduleInfo:
+        """Stop firing ticks until ``resume_schedule`` (ticks meanwhile are skipped)."""
+        return await self._set_paused(schedule_id, tenant_id, paused=True)
+
+    async def resume_schedule(
+        self, schedule_id: str, *, tenant_id: str | None = None
+    ) -> ScheduleInfo:
+        """Fire ticks again, from the first one after now."""
+        return await self._set_paused(schedule_id, tenant_id, paused=False)
+
+    async def trigger_schedule(self, schedule_id: str, *, tenant_id: str | None = None) -> str:
+        """Fire the schedule now, once, under its overlap policy (a Worker fires it at
+        its next poll, paused or not); returns the id its workflow gets
+        (``f"{schedule_id}@{now:%Y-%m-%dT%H:%M:%SZ}"``: two triggers within one second
+        are one)."""
+        store = schedule_store(self.store)
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
+        while True:
+            found = await store.get_schedule(tenant, sid)
+            now = self.store.clock.now().replace(microsecond=0)
+            due = now if found.due_at is None else min(found.due_at, now)
+            row = msgspec.structs.replace(found, trigger_at=now, due_at=due)
+            if await store.put_schedule(row, expected_revision=found.revision):
+                return tick_workflow_id(sid, now)
+
+    async def delete_schedule(self, schedule_id: str, *, tenant_id: str | None = None) -> None:
+        """Delete a schedule (workflows it started go on); ScheduleNotFound if none."""
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
+        if not await schedule_store(self.store).delete_schedule(tenant, sid):
+            raise ScheduleNotFound(sid, tenant)
+
+    def _schedule_target(self, schedule_id: str, tenant_id: str | None) -> tuple[str, str]:
+        return self.tenant_for(tenant_id), check_id(schedule_id, "schedule id")
+
+    def _scheduled(self, workflow: Workflow[Any, Any] | str) -> Workflow[Any, Any]:
+        if isinstance(workflow, str):
+            return self.registry.latest(check_name(workflow, "workflow name"))
+        if isinstance(workflow, Workflow):
+            return workflow
+        raise InvalidArgument(f"schedule() takes a Workflow or a workflow name, got {workflow!r}")
+
+    async def _replan(
+        self, store: ScheduleStore, found: ScheduleRecord, spec: ScheduleSpec, **changes: Any
+    ) -> bool:
+        row = replanned(found, spec, self.store.clock.now(), **changes)
+        return await store.put_schedule(row, expected_revision=found.revision)
+
+    async def _set_paused(
+        self, schedule_id: str, tenant_id: str | None, *, paused: bool
+    ) -> ScheduleInfo:
+        store = schedule_store(self.store)
+        tenant, sid = self._schedule_target(schedule_id, tenant_id)
+        while True:
+            found = await store.get_schedule(tenant, sid)
+            if found.paused == paused and found.next_tick_at is not None:
+                return schedule_info(found)
+            if paused:
+                row = msgspec.structs.replace(found, paused=True)
+                done = await store.put_schedule(row, expected_revision=found.revision)
+            else:
+                done = await self._replan(store, found, decode_spec(found.spec), paused=False)
+            if done:
+                return schedule_info(await store.get_schedule(tenant, sid))
 
 
 def pending_activities(history: builtins.list[Event]) -> dict[int, str]:

@@ -42,6 +42,7 @@ __all__ = [
     "ActivityTimeout",
     "Cancelled",
     "ErrorInfo",
+    "ScheduleNotFound",
     "FlowsError",
     "HeartbeatTimeout",
     "IllegalAwaitError",
@@ -210,6 +211,15 @@ class WorkflowAlreadyExists(FlowsError):
     def __init__(self, workflow_id: str) -> None:
         super().__init__(f"workflow {workflow_id!r} already exists")
         self.workflow_id = workflow_id
+
+
+class ScheduleNotFound(FlowsError):
+    """No schedule with this id exists for this tenant."""
+
+    def __init__(self, schedule_id: str, tenant_id: str | None = None) -> None:
+        super().__init__(f"schedule {schedule_id!r} not found")
+        self.schedule_id = schedule_id
+        self.tenant_id = tenant_id
 
 
 class WorkflowNotRegistered(FlowsError):

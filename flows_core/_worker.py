@@ -50,12 +50,15 @@ from ._errors import InvalidArgument, LeaseLost
 from ._observe import Observer, TraceContexts, run_sampler
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
+from ._schedules import Scheduler
+from ._sharding import HashSharder, Sharder
 from ._sticky import StickyCache
 from ._workflow_task import BlockingWatchdog, WorkflowTaskRunner, log_extra
 from .store import (
     ClaimedTask,
     ClaimRequest,
     NewWorkflow,
+    ScheduleStore,
     Store,
     WorkerInfo,
     WorkflowTaskClaim,
@@ -67,6 +70,9 @@ log = logging.getLogger("flows.worker")
 
 REGISTER_EVERY = 10.0
 TIMER_CHECK_EVERY = 0.05
+SCHEDULE_CHECK_EVERY = 1.0
+SCHEDULE_BATCH = 20
+SCHEDULE_FAILURE_PAUSE = 5.0
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,14 @@ class Worker:
     ``EagerStarts`` shared with the Engines of this process (eager start; None: none).
     ``observer``: told of every workflow task, activity attempt, lease loss, store error
     and dead letter, and asked to sample the store if it wants (see flows_observe);
-    the default does nothing. ``sticky_cache_size``: how many suspended workflows the
-    worker keeps in memory between their workflow tasks (the next task reads only the
-    events after what it holds and replays nothing; 0: every task replays the whole
-    history); ``sticky_max_events`` bounds the history events they hold together.
+    the default does nothing. ``schedules``: fire the due ticks of durable schedules
+    (``Engine.schedule``) of this worker's shard keys, on stores that have them;
+    ``sharder`` places the workflows they start (default: the store's, else
+    ``HashSharder()``, as ``Engine`` does). ``sticky_cache_size``: how many suspended
+    workflows the worker keeps in memory between their workflow tasks (the next task
+    reads only the events after what it holds and replays nothing; 0: every task
+    replays the whole history); ``sticky_max_events`` bounds the history events they
+    hold together.
     """
 
     def __init__(
@@ -135,6 +145,8 @@ class Worker:
         workflow_task_deadlock: float | None = 2.0,
         eager: EagerStarts | None = None,
         observer: Observer | None = None,
+        schedules: bool = True,
+        sharder: Sharder | None = None,
         sticky_cache_size: int = 1000,
         sticky_max_events: int = 250_000,
     ) -> None:
@@ -204,6 +216,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = True
         self._timers_at = 0.0
+        self._schedules_at = 0.0
+        self._schedules_failed_until = 0.0
         self._suspects = 0
         self.counters: dict[str, int] = {
             "workflow_tasks": 0,
@@ -230,6 +244,15 @@ class Worker:
             observer=self.observer,
             trace_contexts=TraceContexts(),
         )
+        self._scheduler: Scheduler | None = None
+        if schedules and isinstance(store, ScheduleStore):
+            self._scheduler = Scheduler(
+                store,
+                store.clock,
+                sharder or getattr(store, "sharder", None) or HashSharder(),
+                lease=lease,
+                started=self.observer.workflow_started,
+            )
         self._watchdog = (
             None if workflow_task_deadlock is None else BlockingWatchdog(workflow_task_deadlock)
         )
@@ -357,10 +380,18 @@ class Worker:
         assert self._stopping is not None
         timeout = self.poll_interval
         due = await self.store.next_due(self.shard_keys)
+        if self._scheduler is not None and time.monotonic() >= self._schedules_failed_until:
+            try:
+                ticks = await self._scheduler.store.next_schedule_due(self.shard_keys)
+            except Exception as exc:
+                ticks = None
+                self._scheduler_failed(exc)
+            if ticks is not None and (due is None or ticks < due):
+                due = ticks
         if due is not None:
             timeout = max(0.0, min(timeout, (due - self.store.clock.now()).total_seconds()))
         if timeout <= 0:
-            self._timers_at = 0.0
+            self._timers_at = self._schedules_at = 0.0
             return
         waiters = [
             asyncio.ensure_future(self.store.wait_for_work(timeout)),
@@ -377,7 +408,7 @@ class Worker:
         # claim (a signal resumes its workflow one transaction sooner).
         timed_out = time.monotonic() - started >= timeout * 0.99
         if timed_out or (due is not None and self.store.clock.now() >= due):
-            self._timers_at = 0.0
+            self._timers_at = self._schedules_at = 0.0
 
     async def _drain(self) -> None:
         if not self._inflight:
@@ -487,6 +518,17 @@ class Worker:
         if time.monotonic() >= self._timers_at:
             fired = await self.store.fire_due_timers(self.shard_keys, 100)
             self._timers_at = time.monotonic() + (0.0 if fired else TIMER_CHECK_EVERY)
+        if self._scheduler is not None and time.monotonic() >= max(
+            self._schedules_at, self._schedules_failed_until
+        ):
+            try:
+                ticked = await self._scheduler.run_due(self.shard_keys, SCHEDULE_BATCH)
+            except Exception as exc:
+                ticked = 0
+                self._scheduler_failed(exc)
+            wait = 0.0 if ticked >= SCHEDULE_BATCH else SCHEDULE_CHECK_EVERY
+            self._schedules_at = time.monotonic() + wait
+            fired += ticked
         self._next_from_backlog()
         free = self.concurrency - len(self._inflight) - self._reserved - len(self._backlog)
         if free <= 0 or self._suspects:
@@ -534,6 +576,20 @@ class Worker:
             self.sticky.unpin(c)
             await self.store.release(c.lease)
         return keep
+
+    def _scheduler_failed(self, exc: Exception) -> None:
+        """A failing scheduler (a store outage, a schema not yet migrated to schedules)
+        never stops the worker from running workflows: it is left alone for a while."""
+        self.counters["store_errors"] += 1
+        self.observer.store_error("schedules")
+        self._schedules_failed_until = time.monotonic() + SCHEDULE_FAILURE_PAUSE
+        log.warning(
+            "worker %s: firing schedules failed, retrying in %.0fs: %r",
+            self.worker_id,
+            SCHEDULE_FAILURE_PAUSE,
+            exc,
+            extra={"worker_id": self.worker_id},
+        )
 
     # -- eager start (Engine.start hands over a workflow task it started leased) --
 

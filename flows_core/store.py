@@ -88,6 +88,11 @@ __all__ = [
     "list_key",
     "parked_cancellation",
     "round_trip_event",
+    "ScheduleAdvance",
+    "ScheduleClaim",
+    "ScheduleLease",
+    "ScheduleRecord",
+    "ScheduleStore",
     "signal_outcome",
     "stored_error",
     "stored_event",
@@ -706,6 +711,120 @@ class FsckScan(Protocol):
     ) -> list[FsckExpiredLease]:
         """Up to ``limit`` tasks whose lease expired more than ``older_than`` ago (store
         clock) and that nobody claimed or released since, oldest expiry first."""
+        ...
+
+
+class ScheduleRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A schedule row (``ScheduleStore``), keyed by (tenant_id, schedule_id) and kept
+    under ``shard_key`` (chosen like a workflow's: on Citus it follows from the tenant and
+    the schedule id). ``spec`` is flows_core's JSON, opaque to stores; of the times, a
+    store reads only ``due_at`` (when the schedule wants a scheduler's attention)."""
+
+    tenant_id: str
+    schedule_id: str
+    shard_key: str
+    workflow_name: str
+    workflow_version: int
+    input: msgspec.Raw
+    spec: msgspec.Raw
+    paused: bool = False
+    next_tick_at: datetime | None = None
+    """The next nominal tick (None: the spec has no more)."""
+    due_at: datetime | None = None
+    """When a scheduler should claim the schedule next (None: never)."""
+    trigger_at: datetime | None = None
+    """A manual trigger waiting to fire (its time names the workflow)."""
+    last_tick_at: datetime | None = None
+    last_workflow_id: str | None = None
+    buffered_tick_at: datetime | None = None
+    revision: int = 0
+    """Bumped by every ``put_schedule``; written by the store."""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class ScheduleLease(msgspec.Struct, frozen=True, kw_only=True):
+    """A scheduler's claim on one schedule row until ``expires_at``."""
+
+    tenant_id: str
+    schedule_id: str
+    shard_key: str
+    token: str
+    expires_at: datetime
+
+
+class ScheduleClaim(msgspec.Struct, frozen=True, kw_only=True):
+    lease: ScheduleLease
+    schedule: ScheduleRecord
+
+
+class ScheduleAdvance(msgspec.Struct, frozen=True, kw_only=True):
+    """What a scheduler writes after firing a claimed schedule's due ticks (fenced by
+    its lease). The scheduler's own fields (last tick, last workflow, buffered tick)
+    are always written; the plan (next tick, due time, trigger) only if the row's
+    revision is still ``revision`` (a client's ``put_schedule`` meanwhile wins)."""
+
+    lease: ScheduleLease
+    revision: int
+    next_tick_at: datetime | None
+    due_at: datetime | None
+    trigger_at: datetime | None
+    last_tick_at: datetime | None
+    last_workflow_id: str | None
+    buffered_tick_at: datetime | None
+
+
+@runtime_checkable
+class ScheduleStore(Protocol):
+    """An OPTIONAL store capability: durable schedules (``Engine.schedule``). Memory,
+    PostgreSQL and Citus have it. Every method is one transaction on one shard key (the
+    row's); ``claim_schedules`` and ``next_schedule_due`` look at ``shard_keys`` (None:
+    all). Firing a tick is not done here: flows_core starts the tick's workflow (its
+    own transaction, an id derived from the tick) and then ``advance_schedule``."""
+
+    async def put_schedule(
+        self, schedule: ScheduleRecord, *, expected_revision: int | None
+    ) -> bool:
+        """Insert (``expected_revision`` None: only if no row has this tenant and id) or
+        replace the client's fields of the row whose revision is ``expected_revision``:
+        workflow, input, spec, paused, next tick, due time and trigger. The scheduler's
+        fields (last tick, last workflow, buffered tick) and any lease are kept.
+        The stored revision becomes 1 (insert) or ``expected_revision + 1``. False, and
+        nothing written, if the row exists (insert) or is missing or changed (update)."""
+        ...
+
+    async def get_schedule(self, tenant_id: str, schedule_id: str) -> ScheduleRecord:
+        """The row; ScheduleNotFound if there is none."""
+        ...
+
+    async def list_schedules(
+        self, tenant_id: str | None, *, after: tuple[str, str] | None, limit: int
+    ) -> list[ScheduleRecord]:
+        """Up to ``limit`` rows of ``tenant_id`` (None: every tenant), ordered by
+        (schedule_id, tenant_id) compared by code point, after the pair ``after``."""
+        ...
+
+    async def delete_schedule(self, tenant_id: str, schedule_id: str) -> bool:
+        """Delete the row; False if there was none."""
+        ...
+
+    async def claim_schedules(
+        self, shard_keys: Sequence[str] | None, *, limit: int, lease: timedelta
+    ) -> list[ScheduleClaim]:
+        """Lease up to ``limit`` rows that are not paused or hold a trigger, whose
+        ``due_at`` has come and whose lease (if any) ran out; earliest ``due_at``
+        first. Rows another claimant has locked are skipped, not waited for."""
+        ...
+
+    async def advance_schedule(self, advance: ScheduleAdvance) -> bool:
+        """Write ``advance`` (see ScheduleAdvance) and clear the lease, if the row still
+        holds ``advance.lease``'s token; False (nothing written) otherwise."""
+        ...
+
+    async def next_schedule_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
+        """The earliest time a row of ``shard_keys`` becomes claimable (its ``due_at``,
+        or its lease expiry if later), among rows that are not paused or hold a trigger;
+        None if none."""
         ...
 
 

@@ -29,6 +29,7 @@ from flows_core import (
     Clock,
     ErrorInfo,
     LeaseLost,
+    ScheduleNotFound,
     SystemClock,
     WorkflowAlreadyExists,
     WorkflowNotFound,
@@ -55,6 +56,10 @@ from flows_core.store import (
     Lease,
     ListQuery,
     NewWorkflow,
+    ScheduleAdvance,
+    ScheduleClaim,
+    ScheduleLease,
+    ScheduleRecord,
     StoreStats,
     TerminateOutcome,
     WorkerInfo,
@@ -89,6 +94,13 @@ _NULL = msgspec.Raw(b"null")
 
 _Queue = tuple[str, str, int]
 """A claim queue: ("w", workflow name, version), ("a", activity name, 0), ("t", "", 0)."""
+
+
+@dataclass
+class _Schedule:
+    record: ScheduleRecord
+    lease_token: str | None = None
+    lease_expires_at: datetime | None = None
 
 
 @dataclass
@@ -199,6 +211,7 @@ class MemoryStore:
         self._timer_due: dict[str, list[_Entry]] = {}
         """Per shard: due timers, keyed by (visible_at, order)."""
         self._pushes = 0
+        self._schedules: dict[tuple[str, str], _Schedule] = {}
         self.operations = 0
         """Number of write operations applied (a stand-in for transactions)."""
 
@@ -1020,6 +1033,159 @@ class MemoryStore:
             for when, task in expired[: max(0, limit)]
         ]
 
+    # -- schedules (flows_core.store.ScheduleStore) --
+
+    async def put_schedule(
+        self, schedule: ScheduleRecord, *, expected_revision: int | None
+    ) -> bool:
+        key = (stored_text(schedule.tenant_id, "tenant id"), schedule.schedule_id)
+        stored_text(schedule.schedule_id, "schedule id")
+        stored_text(schedule.workflow_name, "workflow name")
+        stored_payload(schedule.input, "schedule input")
+        self._fault("put_schedule", "before")
+        now = self._clock.now()
+        found = self._schedules.get(key)
+        if expected_revision is None:
+            if found is not None:
+                return False
+            record = msgspec.structs.replace(
+                schedule,
+                revision=1,
+                created_at=now,
+                updated_at=now,
+                last_tick_at=None,
+                last_workflow_id=None,
+                buffered_tick_at=None,
+            )
+            self._schedules[key] = _Schedule(record)
+        else:
+            if found is None or found.record.revision != expected_revision:
+                return False
+            old = found.record
+            found.record = msgspec.structs.replace(
+                schedule,
+                shard_key=old.shard_key,
+                revision=expected_revision + 1,
+                created_at=old.created_at,
+                updated_at=now,
+                last_tick_at=old.last_tick_at,
+                last_workflow_id=old.last_workflow_id,
+                buffered_tick_at=old.buffered_tick_at,
+            )
+        self.notify_work()
+        self._fault("put_schedule", "after")
+        return True
+
+    async def get_schedule(self, tenant_id: str, schedule_id: str) -> ScheduleRecord:
+        found = self._schedules.get((tenant_id, schedule_id))
+        if found is None:
+            stored_text(tenant_id, "tenant id")
+            stored_text(schedule_id, "schedule id")
+            raise ScheduleNotFound(schedule_id, tenant_id)
+        return found.record
+
+    async def list_schedules(
+        self, tenant_id: str | None, *, after: tuple[str, str] | None, limit: int
+    ) -> list[ScheduleRecord]:
+        rows = sorted(
+            (s.record for s in self._schedules.values()),
+            key=lambda r: (r.schedule_id, r.tenant_id),
+        )
+        return [
+            r
+            for r in rows
+            if (tenant_id is None or r.tenant_id == tenant_id)
+            and (after is None or (r.schedule_id, r.tenant_id) > after)
+        ][: max(0, limit)]
+
+    async def delete_schedule(self, tenant_id: str, schedule_id: str) -> bool:
+        self._fault("delete_schedule", "before")
+        found = self._schedules.pop((tenant_id, schedule_id), None)
+        self._fault("delete_schedule", "after")
+        return found is not None
+
+    def _schedule_claimable(self, s: _Schedule, now: datetime) -> bool:
+        due = s.record.due_at
+        return (
+            (not s.record.paused or s.record.trigger_at is not None)
+            and due is not None
+            and due <= now
+            and (s.lease_expires_at is None or s.lease_expires_at <= now)
+        )
+
+    async def claim_schedules(
+        self, shard_keys: Sequence[str] | None, *, limit: int, lease: timedelta
+    ) -> list[ScheduleClaim]:
+        now = self._clock.now()
+        keys = None if shard_keys is None else set(shard_keys)
+        due = [
+            s
+            for s in self._schedules.values()
+            if (keys is None or s.record.shard_key in keys) and self._schedule_claimable(s, now)
+        ]
+        if not due or limit <= 0:
+            return []
+        due.sort(key=lambda s: s.record.due_at or now)
+        self._fault("claim_schedules", "before")
+        claims = []
+        token = str(uuid6.uuid7())
+        for s in due[:limit]:
+            s.lease_token, s.lease_expires_at = token, now + lease
+            r = s.record
+            claims.append(
+                ScheduleClaim(
+                    lease=ScheduleLease(
+                        tenant_id=r.tenant_id,
+                        schedule_id=r.schedule_id,
+                        shard_key=r.shard_key,
+                        token=token,
+                        expires_at=now + lease,
+                    ),
+                    schedule=r,
+                )
+            )
+        self._fault("claim_schedules", "after")
+        return claims
+
+    async def advance_schedule(self, advance: ScheduleAdvance) -> bool:
+        lease = advance.lease
+        found = self._schedules.get((lease.tenant_id, lease.schedule_id))
+        if found is None or found.lease_token != lease.token:
+            return False
+        self._fault("advance_schedule", "before")
+        changes: dict[str, Any] = {
+            "last_tick_at": advance.last_tick_at,
+            "last_workflow_id": advance.last_workflow_id,
+            "buffered_tick_at": advance.buffered_tick_at,
+            "updated_at": self._clock.now(),
+        }
+        if found.record.revision == advance.revision:
+            changes.update(
+                next_tick_at=advance.next_tick_at,
+                due_at=advance.due_at,
+                trigger_at=advance.trigger_at,
+            )
+        found.record = msgspec.structs.replace(found.record, **changes)
+        found.lease_token = found.lease_expires_at = None
+        self._fault("advance_schedule", "after")
+        return True
+
+    async def next_schedule_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
+        keys = None if shard_keys is None else set(shard_keys)
+        best: datetime | None = None
+        for s in self._schedules.values():
+            r = s.record
+            if (r.paused and r.trigger_at is None) or r.due_at is None:
+                continue
+            if keys is not None and r.shard_key not in keys:
+                continue
+            when = r.due_at
+            if s.lease_expires_at is not None and s.lease_expires_at > when:
+                when = s.lease_expires_at
+            if best is None or when < best:
+                best = when
+        return best
+
     def row_counts(self) -> dict[str, int]:
         """Stored items per kind (test helper: retention keeps these bounded)."""
         return {
@@ -1042,7 +1208,7 @@ class MemoryStore:
             top = self._clean(heap)
             if top is not None and self._claimable(top[0][3], now):
                 return True
-        return False
+        return any(self._schedule_claimable(s, now) for s in self._schedules.values())
 
     def task_count(self) -> int:
         return len(self._tasks)

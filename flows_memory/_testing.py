@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
-from flows_core import Activity, Engine, Run, Worker, Workflow, WorkflowInfo
+from flows_core import Activity, Engine, InvalidArgument, Run, Worker, Workflow, WorkflowInfo
 
 from ._clock import VirtualClock
 from ._store import FaultHook, MemoryStore
@@ -115,11 +115,25 @@ class TestEnvironment:
         signalled reaches its sleep before time moves), then moves the clock, wakes the
         workers and waits until they are idle again. ``wait_idle=False`` moves the clock
         at once, under running workers (to let a lease expire mid-activity, say).
-        ``timeout`` bounds each wait, in real seconds.
+        ``timeout`` bounds each wait, in real seconds. With ``wait_idle``, the clock
+        stops at each time a durable schedule fires on the way (``Engine.schedule``),
+        so advancing by a day fires each tick of the day at its time, in order.
         """
+        if not isinstance(delta, timedelta):
+            delta = timedelta(seconds=delta)
+        if delta < timedelta(0):
+            raise InvalidArgument("a clock cannot go backwards")
+        target = self.clock.now() + delta
         if wait_idle:
             await self.wait_idle(timeout=timeout)
-        self.clock.advance(delta)
+            while True:
+                due = await self.store.next_schedule_due(None)
+                if due is None or due > target or due <= self.clock.now():
+                    break
+                self.clock.set(due)
+                self.store.notify_work()
+                await self.wait_idle(timeout=timeout)
+        self.clock.set(target)
         self.store.notify_work()
         if wait_idle:
             await self.wait_idle(timeout=timeout)
@@ -140,6 +154,10 @@ class TestEnvironment:
                 continue
             due = await self.store.next_due(None)
             if due is not None:
+                # never past a schedule's tick (but never only for one: time would run on)
+                ticks = await self.store.next_schedule_due(None)
+                if ticks is not None and ticks < due:
+                    due = ticks
                 self.clock.set(due)
                 self.store.notify_work()
             quiet = 0

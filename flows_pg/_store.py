@@ -45,10 +45,13 @@ from ._records import (
     store_stats,
     utc,
 )
+from ._schedules import ScheduleSqlStore
+from ._sql_schedules import schedule_statements
 
 __all__ = ["PostgresStore"]
 
 _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
+_SCHEDULE_SQL: Final = schedule_statements(sharded=False)
 _SHARDS_FILTER: Final = "AND t.shard_key = ANY(%(shards)s::text[])"
 
 
@@ -56,7 +59,7 @@ def _sharded(template: str, sharded: bool) -> str:
     return template.replace("{shards}", _SHARDS_FILTER if sharded else "")
 
 
-class PostgresStore(FsckSqlStore):
+class PostgresStore(FsckSqlStore, ScheduleSqlStore):
     """Store on PostgreSQL.
 
     ``PostgresStore(dsn)`` or ``PostgresStore(pool)``: see ``SqlStore`` for the pool,
@@ -75,6 +78,19 @@ class PostgresStore(FsckSqlStore):
 
     async def _fsck_keys(self, tenant_id: str | None) -> Sequence[str | None]:
         return [None]
+
+    def _schedule_sql(self, name: str, shard_keys: Sequence[str] | None = None) -> str:
+        filter_ = "AND s.shard_key = ANY(%(shards)s::text[])" if shard_keys is not None else ""
+        return self.statements(_SCHEDULE_SQL[name].replace("{shards}", filter_))
+
+    async def _schedule_key(self, tenant_id: str, schedule_id: str) -> dict[str, Any]:
+        return {}  # found by (tenant, id) through a unique index
+
+    async def _schedule_scan(self, shard_keys: Sequence[str] | None) -> Sequence[dict[str, Any]]:
+        return [{"shards": None if shard_keys is None else list(shard_keys)}]
+
+    async def _schedule_list_scan(self, tenant_id: str | None) -> Sequence[dict[str, Any]]:
+        return [{}]
 
     async def _client_ops(self) -> ClientOps:
         return self._ops

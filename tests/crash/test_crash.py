@@ -5,13 +5,14 @@ result recorded exactly once, no step scheduled twice."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -23,7 +24,7 @@ from conftest_pg import drop_pg_store, make_pg_store
 import flows_core as flows
 from flows_core.events import ActivityCompleted, ActivityScheduled
 
-from .crash_app import crash_wf, effect, effects_table, poison_wf
+from .crash_app import crash_wf, effect, effects_table, poison_wf, tick_wf
 
 pytestmark = [pytest.mark.slow]
 
@@ -237,3 +238,42 @@ async def test_poison_task_that_kills_workers_is_dead_lettered(dsn: str, store) 
     assert info.error.attempts == 3
     assert [d.workflow_id for d in await engine.dead_letters()] == [poison.workflow_id]
     assert len(await engine.history(poison.workflow_id)) == 1
+
+
+async def test_scheduler_killed_mid_tick_leaves_one_workflow_per_tick(dsn: str, store) -> None:  # type: ignore[no-untyped-def]
+    """A scheduler SIGKILLed after starting a tick's workflow and before advancing the
+    schedule: the next claimant fires that tick again (the same workflow id: a no-op) and
+    goes on; every tick from the first to the last has exactly one workflow."""
+    engine = flows.Engine(store, workflows=[tick_wf])
+    spec = flows.ScheduleSpec(every=timedelta(seconds=1), overlap=flows.Overlap.ALLOW_ALL)
+    await engine.schedule("crash-tick", tick_wf, "x", spec=spec)
+
+    async def tick_ids() -> list[str]:
+        found = await engine.list(id_prefix="crash-tick@", limit=1000)
+        return sorted(w.workflow_id for w in found)
+
+    victim = spawn(dsn, store, "die-in-tick")
+    victim.wait(60)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read() if victim.stderr else ""
+    fired_by_victim = await tick_ids()
+    assert fired_by_victim, "the victim started a tick's workflow before it died"
+    assert (await engine.get_schedule("crash-tick")).last_workflow_id is None  # not advanced
+    rescuer = spawn(dsn, store, "normal")
+    try:
+
+        async def went_on() -> bool:
+            info = await engine.get_schedule("crash-tick")
+            return info.last_workflow_id is not None and len(await tick_ids()) >= 4
+
+        await wait_for(went_on, 60, "the rescuer to fire the schedule's ticks")
+        await engine.pause_schedule("crash-tick")
+        await asyncio.sleep(1.5)  # a claim under way when paused ends
+        ids = await tick_ids()
+        for wf_id in ids:
+            assert await engine.wait_for_result(wf_id, timeout=60) == "tick of x"
+    finally:
+        kill(rescuer)
+    assert set(fired_by_victim) <= set(ids)
+    ticks = [datetime.strptime(i.split("@")[1], "%Y-%m-%dT%H:%M:%SZ") for i in ids]
+    assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(ticks)), ids
+    assert len(set(ids)) == len(ids)
