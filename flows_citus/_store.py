@@ -273,6 +273,7 @@ class CitusStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore):
             "owner": request.owner,
             "lease": request.lease,
             "fresh_only": request.fresh_only,
+            **_records.cached_params(request.cached, key),
         }
         steps = [
             Step(self.statements(_sql.CLAIM_LEASE), params),

@@ -69,6 +69,7 @@ from flows_core.store import (
     WorkflowTaskClaim,
     WorkflowTaskCommit,
     cancel_outcome,
+    continued_length,
     eager_start_claim,
     list_key,
     parked_cancellation,
@@ -629,6 +630,7 @@ class MemoryStore:
             heapq.heappush(self._ready[q], entry)
         claimed: list[ClaimedTask] = []
         expires = now + request.lease
+        cached = {(c.tenant_id, c.workflow_id): c for c in request.cached}
         for task, wf in candidates:
             if task.kind == "activity" and task.token is not None:
                 # the previous claimant's lease ran out with nothing recorded: its
@@ -650,12 +652,15 @@ class MemoryStore:
                 # task.attempt is the number the next claim gets (dead-letter accounting)
                 attempt = task.attempt
                 task.attempt += 1
+                record = self._flush(wf)
+                start = continued_length(cached.get(task.key), wf.history)
                 claimed.append(
                     WorkflowTaskClaim(
                         lease=lease,
-                        workflow=self._flush(wf),
-                        history=list(wf.history),
+                        workflow=record,
+                        history=wf.history[start:],
                         attempt=attempt,
+                        history_from=start,
                     )
                 )
             else:

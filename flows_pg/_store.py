@@ -38,6 +38,7 @@ from ._fsck import FsckSqlStore
 from ._group_commit import GroupCommitSqlStore
 from ._migrate import migrate
 from ._records import (
+    cached_params,
     claimed_task,
     commit_params,
     commit_refused,
@@ -132,6 +133,7 @@ class PostgresStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore):
             "lease": request.lease,
             "shards": None if request.shard_keys is None else list(request.shard_keys),
             "fresh_only": request.fresh_only,
+            **cached_params(request.cached),
         }
         statement = self.statements(_sharded(_sql.CLAIM, request.shard_keys is not None))
         return [claimed_task(row) for row in await self._run_one(statement, params)]
