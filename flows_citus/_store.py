@@ -31,6 +31,7 @@ from flows_pg._base import Batch, Rows, SqlStore, Step
 from flows_pg._fsck import FsckSqlStore
 from flows_pg._migrate import migrate
 from flows_pg._sql import list_params
+from flows_pg._txact import Outcome, TransactionalSqlStore, fenced_outcome
 
 from . import _fsck_sql, _sql
 from ._client_ops import CitusOps, detect_op, layout_op
@@ -42,7 +43,7 @@ _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _keys_decoder: Final = msgspec.json.Decoder(list[tuple[str, str]] | None)
 
 
-class CitusStore(FsckSqlStore):
+class CitusStore(TransactionalSqlStore, FsckSqlStore):
     """Store on Citus (a coordinator and worker nodes).
 
     ``CitusStore(dsn_or_pool, schema="flows")`` takes the coordinator's DSN or pool, as
@@ -263,7 +264,16 @@ class CitusStore(FsckSqlStore):
         ]
         return [_records.claimed_task(row) for row in (await self._run(steps))[3]]
 
-    async def commit_workflow_task(self, commit: api.WorkflowTaskCommit) -> list[Event]:
+    async def commit_workflow_task(
+        self, commit: api.WorkflowTaskCommit, *, tx: Any = None
+    ) -> list[Event]:
+        """``tx``: run it in that open transaction (a transactional activity's)."""
+        batch, outcome = self._commit_batch(commit)
+        return outcome(await self._run(batch, tx))
+
+    def _commit_batch(
+        self, commit: api.WorkflowTaskCommit
+    ) -> tuple[Batch, Outcome[list[Event]]]:
         acts = commit.activity_tasks
         terminal = commit.status in api.TERMINAL_STATUSES
         keep = commit.keep_lease is not None
@@ -294,12 +304,15 @@ class CitusStore(FsckSqlStore):
             steps.append(Step(_sql.NOTIFY_BOTH, params))
         elif new_work:
             steps.append(Step(_sql.NOTIFY_WORK, params))
-        results = await self._run(steps)
-        done = results[-2 if new_work else -1]
-        if done:
-            moved = done[0]["moved"]
-            return [] if moved is None else decode_events(moved)
-        raise _records.commit_refused(commit, results[0][0])
+
+        def outcome(results: list[Rows]) -> list[Event]:
+            done = results[-2 if new_work else -1]
+            if done:
+                moved = done[0]["moved"]
+                return [] if moved is None else decode_events(moved)
+            raise _records.commit_refused(commit, results[0][0])
+
+        return steps, outcome
 
     async def park_workflow(self, lease: api.Lease, error: ErrorInfo) -> None:
         params = self.statements.lease_params(lease)
@@ -311,7 +324,12 @@ class CitusStore(FsckSqlStore):
         ]
         await self._fenced(lease, steps, step=1)
 
-    async def complete_activity(self, result: api.ActivityResult) -> None:
+    async def complete_activity(self, result: api.ActivityResult, *, tx: Any = None) -> None:
+        """``tx``: run it in that open transaction (a transactional activity's)."""
+        batch, outcome = self._complete_batch(result)
+        outcome(await self._run(batch, tx))
+
+    def _complete_batch(self, result: api.ActivityResult) -> tuple[Batch, Outcome[None]]:
         lease = result.lease
         params = self.statements.lease_params(lease)
         params.update(event=stored_event(result.event), wf_task_id=uuid6.uuid7())
@@ -322,7 +340,7 @@ class CitusStore(FsckSqlStore):
             Step(self.statements(_sql.COMPLETE_FINISH), params),
             Step(_sql.NOTIFY_BOTH, params),
         ]
-        await self._fenced(lease, steps, step=3)
+        return steps, fenced_outcome(lease, 3)
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
         if limit <= 0:

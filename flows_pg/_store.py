@@ -31,7 +31,7 @@ from flows_core.store import (
 )
 
 from . import _fsck_sql, _sql
-from ._base import Batch, Step
+from ._base import Batch, Rows, Step
 from ._client_ops import ClientOps, PostgresOps
 from ._fsck import FsckSqlStore
 from ._migrate import migrate
@@ -44,6 +44,7 @@ from ._records import (
     store_stats,
     utc,
 )
+from ._txact import Outcome, TransactionalSqlStore, fenced_outcome
 
 __all__ = ["PostgresStore"]
 
@@ -55,7 +56,7 @@ def _sharded(template: str, sharded: bool) -> str:
     return template.replace("{shards}", _SHARDS_FILTER if sharded else "")
 
 
-class PostgresStore(FsckSqlStore):
+class PostgresStore(TransactionalSqlStore, FsckSqlStore):
     """Store on PostgreSQL.
 
     ``PostgresStore(dsn)`` or ``PostgresStore(pool)``: see ``SqlStore`` for the pool,
@@ -117,27 +118,45 @@ class PostgresStore(FsckSqlStore):
         statement = self.statements(_sharded(_sql.CLAIM, request.shard_keys is not None))
         return [claimed_task(row) for row in await self._run_one(statement, params)]
 
-    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Event]:
+    async def commit_workflow_task(
+        self, commit: WorkflowTaskCommit, *, tx: Any = None
+    ) -> list[Event]:
+        """``tx``: run it in that open transaction (a transactional activity's)."""
+        batch, outcome = self._commit_batch(commit)
+        return outcome(await self._run(batch, tx))
+
+    def _commit_batch(self, commit: WorkflowTaskCommit) -> tuple[Batch, Outcome[list[Event]]]:
         keep = commit.keep_lease is not None
         acts, timers, drops = commit.activity_tasks, commit.timers, commit.drop_seqs
         params = commit_params(commit, self.statements.lease_params(commit.lease))
         shape = {"activities": bool(acts), "timers": bool(timers), "drops": bool(drops)}
         statement = self.statements(_sql.commit_sql(keep=keep, **shape))
-        row = (await self._run_one(statement, params))[0]
-        if row["done"]:
-            moved = row["moved"]
-            return [] if moved is None else decode_events(moved)
-        raise commit_refused(commit, row)
+
+        def outcome(results: list[Rows]) -> list[Event]:
+            row = results[0][0]
+            if row["done"]:
+                moved = row["moved"]
+                return [] if moved is None else decode_events(moved)
+            raise commit_refused(commit, row)
+
+        return [Step(statement, params)], outcome
 
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
         params = self.statements.lease_params(lease)
         params["error"] = error_text(error)
         await self._fenced(lease, [Step(self.statements(_sql.PARK), params)])
 
-    async def complete_activity(self, result: ActivityResult) -> None:
+    async def complete_activity(self, result: ActivityResult, *, tx: Any = None) -> None:
+        """``tx``: run it in that open transaction (a transactional activity's)."""
+        batch, outcome = self._complete_batch(result)
+        outcome(await self._run(batch, tx))
+
+    def _complete_batch(self, result: ActivityResult) -> tuple[Batch, Outcome[None]]:
         params = self.statements.lease_params(result.lease)
         params.update(event=stored_event(result.event), wf_task_id=uuid6.uuid7())
-        await self._fenced(result.lease, [Step(self.statements(_sql.COMPLETE_ACTIVITY), params)])
+        return [Step(self.statements(_sql.COMPLETE_ACTIVITY), params)], fenced_outcome(
+            result.lease, 0
+        )
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
         if limit <= 0 or (shard_keys is not None and not shard_keys):

@@ -77,6 +77,7 @@ CORE = [
     "TenantRequired",
     "TenantSharder",
     "TerminalError",
+    "TransactionConflict",
     "TerminateOutcome",
     "Worker",
     "WorkerStats",
@@ -154,6 +155,8 @@ STORE = [
     "TERMINAL_STATUSES",
     "TerminateOutcome",
     "TimerTaskSpec",
+    "TransactionWrite",
+    "TransactionalActivities",
     "WorkerInfo",
     "WorkflowRecord",
     "WorkflowStatus",
@@ -174,7 +177,7 @@ STORE = [
     "terminated_error",
 ]
 
-MEMORY = ["FaultHook", "MemoryStore", "TestEnvironment", "VirtualClock"]
+MEMORY = ["FaultHook", "MemoryStore", "MemoryTransaction", "TestEnvironment", "VirtualClock"]
 
 PG = [
     "PostgresStore",
