@@ -145,6 +145,18 @@ class CitusStore(TransactionalSqlStore, FsckSqlStore):
         self._ops = CitusOps(self.statements, have)
         return applied
 
+    async def distribute_colocated(self, table: str, column: str = "shard_key") -> None:
+        """Distribute the application table ``table`` (``"schema.name"``, existing, a
+        ``text`` column ``column``) by ``column``, colocated with this store's tables:
+        a transactional activity that writes its rows under its workflow's shard key
+        (``flows.activity_info().shard_key``) then commits a one-shard (router)
+        transaction, without two-phase commit."""
+        await SqlStore.open(self)
+        await self._run_one(
+            "SELECT create_distributed_table(%(t)s, %(c)s, colocate_with => %(w)s)",
+            {"t": table, "c": column, "w": f"{self._ident}.workflows"},
+        )
+
     async def _fsck_keys(self, tenant_id: str | None) -> Sequence[str | None]:
         return sorted((await self._ready()).tenant_keys(tenant_id))
 

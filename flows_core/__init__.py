@@ -4,6 +4,7 @@ Import as ``import flows_core as flows``. See README.md for a tour.
 """
 
 from ._activity_context import ActivityInfo, activity_info, heartbeat
+from ._activity_runner import TRANSACTION_CONFLICT_RETRIES
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._context import WorkflowContext, gather, race
@@ -62,6 +63,7 @@ from .events import Event, event_summary
 from .store import CancelOutcome, Store, StoreStats, TerminateOutcome, WorkflowStatus
 
 __all__ = [
+    "TRANSACTION_CONFLICT_RETRIES",
     "load_history",
     "export_history",
     "fsck",

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -26,7 +26,7 @@ from flows_core._errors import InvalidArgument, TransactionConflict
 from flows_core.events import Event
 from flows_core.store import ActivityResult, Lease, TransactionWrite, WorkflowTaskCommit
 
-from ._base import Batch, Rows, _attempt_sync
+from ._base import Batch, Rows, Step, _attempt_sync
 from ._records import lease_lost
 
 __all__ = ["Outcome", "TransactionalSqlStore", "fenced_outcome"]
@@ -122,19 +122,27 @@ class TransactionalSqlStore:
     _checked_pools: dict[int, Any] | None = None
     _store_identity: _Identity | None = None
 
-    # provided by SqlStore and the variant
-    _conninfo: str
-    _conn_kwargs: dict[str, Any]
-    pool: Any
+    if TYPE_CHECKING:  # provided by SqlStore and the variant (this is a mixin over them)
+        _conninfo: str
+        _conn_kwargs: dict[str, Any]
+        pool: Any
 
-    def _commit_batch(self, commit: WorkflowTaskCommit) -> tuple[Batch, Outcome[list[Event]]]:
-        raise NotImplementedError
+        def _commit_batch(
+            self, commit: WorkflowTaskCommit
+        ) -> tuple[Batch, Outcome[list[Event]]]: ...
 
-    def _complete_batch(self, result: ActivityResult) -> tuple[Batch, Outcome[None]]:
-        raise NotImplementedError
+        def _complete_batch(self, result: ActivityResult) -> tuple[Batch, Outcome[None]]: ...
 
-    async def open(self) -> None:
-        raise NotImplementedError
+        async def open(self) -> None: ...
+
+        async def _run(
+            self,
+            batch: Sequence[Step],
+            tx: Any = None,
+            *,
+            transaction: bool = True,
+            read: bool = False,
+        ) -> list[Rows]: ...
 
     async def close(self) -> None:
         """Close the sync pool of transactional activities too (if one was opened)."""
@@ -250,7 +258,7 @@ class TransactionalSqlStore:
         async with pool.connection() as conn, conn.transaction():
             result = await body(conn)
             batch, outcome = self._write_batch(finish(result))
-            return _events(outcome(await self._run(batch, conn)))  # type: ignore[attr-defined]
+            return _events(outcome(await self._run(batch, conn)))
 
     def _write_batch(self, write: TransactionWrite) -> tuple[Batch, Outcome[Any]]:
         if isinstance(write, ActivityResult):

@@ -77,6 +77,7 @@ CORE = [
     "TenantRequired",
     "TenantSharder",
     "TerminalError",
+    "TRANSACTION_CONFLICT_RETRIES",
     "TransactionConflict",
     "TerminateOutcome",
     "Worker",
