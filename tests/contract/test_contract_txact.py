@@ -283,7 +283,9 @@ async def test_conflicts_past_the_bound_count_as_a_failed_attempt(adapter: Adapt
     bound = flows.TRANSACTION_CONFLICT_RETRIES
     assert w.counters["transaction_conflicts"] == bound
     assert await app.count("k5") == 0
-    failed = kinds(await adapter.store.get_history(run.tenant_id, run.workflow_id), ActivityFailedEvent)
+    failed = kinds(
+        await adapter.store.get_history(run.tenant_id, run.workflow_id), ActivityFailedEvent
+    )
     assert [f.error.attempts for f in failed] == [1]
 
 
@@ -342,9 +344,7 @@ async def test_gather_runs_each_in_its_own_transaction(adapter: Adapter) -> None
 
     @flows.workflow(wf_name)
     async def wf(ctx: flows.WorkflowContext, key: str) -> list[str]:
-        return list(
-            await flows.gather(*(ctx.execute(part, f"{key}-{i}") for i in range(3)))
-        )
+        return list(await flows.gather(*(ctx.execute(part, f"{key}-{i}") for i in range(3))))
 
     engine = flows.Engine(adapter.store, workflows=[wf])
     async with running(worker(adapter.store, workflows=[wf], activities=[part])):
@@ -360,7 +360,7 @@ async def test_gather_runs_each_in_its_own_transaction(adapter: Adapter) -> None
 
 async def test_an_application_pool_of_another_database_is_refused(adapter: Adapter) -> None:
     store = adapter.store
-    wf_name, tx_name = names(adapter, "wf", "pool")
+    (tx_name,) = names(adapter, "pool")
 
     @flows.activity(tx_name, transactional=True)
     async def noop(conn: Any, key: str) -> str:
