@@ -5,7 +5,9 @@ exactly once per step and every result is recorded once.
 
 The worker processes are forked from a preloaded fork server (multiprocessing
 "forkserver"), so a kill/restart cycle costs milliseconds of startup, not a fresh
-interpreter: the 200 cycles take about a minute.
+interpreter. Each kill aims at one of the four points (the process marks where it is
+in a shared integer; the kill follows 0-10 ms after it gets there), and the test reports
+where the kills landed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ KILLS = int(os.environ.get("FLOWS_TXACT_KILLS", "200"))
 LEASE = 0.4
 RUNNING = 6
 """Workflows kept in progress while the kills go on."""
+AIMED = [Phase.BEFORE_SQL, Phase.DURING_SQL, Phase.AFTER_SQL, Phase.COMMIT]
 
 
 @pytest.fixture(
@@ -89,7 +92,13 @@ async def test_sigkill_during_transactional_activities_never_doubles_an_effect(
         phase.value = Phase.OTHER
         proc = context.Process(target=run_worker, args=(dsn, schema, LEASE, phase, citus))
         proc.start()
-        await asyncio.sleep(rng.uniform(0.05, 0.8))
+        # Aim at a point of a transactional activity: wait until the process reaches
+        # it, then kill it a random moment (0-10 ms) later.
+        target = rng.choice(AIMED)
+        deadline = asyncio.get_running_loop().time() + 3.0
+        while phase.value != target and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(rng.uniform(0, 0.01))
         proc.kill()
         landed[Phase(phase.value).name] += 1
         await asyncio.to_thread(proc.join, 10)

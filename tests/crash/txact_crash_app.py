@@ -60,7 +60,7 @@ FAST = flows.RetryPolicy(initial_interval=timedelta(milliseconds=50), max_attemp
 
 
 @flows.activity("txcrash-async", transactional=True, retry=FAST)
-async def effect_async(conn: psycopg.AsyncConnection[Any], inp: EffectIn) -> int:
+async def effect_async(conn: psycopg.AsyncConnection, inp: EffectIn) -> int:
     mark(Phase.BEFORE_SQL)
     await asyncio.sleep(random.uniform(0, 0.02))
     mark(Phase.DURING_SQL)
@@ -73,7 +73,7 @@ async def effect_async(conn: psycopg.AsyncConnection[Any], inp: EffectIn) -> int
 
 
 @flows.activity("txcrash-sync", transactional=True, retry=FAST)
-def effect_sync(conn: psycopg.Connection[Any], inp: EffectIn) -> int:
+def effect_sync(conn: psycopg.Connection, inp: EffectIn) -> int:
     mark(Phase.BEFORE_SQL)
     time.sleep(random.uniform(0, 0.02))
     mark(Phase.DURING_SQL)
