@@ -119,6 +119,7 @@ class TransactionalSqlStore:
     mixin over ``SqlStore``): each variant gives the batches of its two writes."""
 
     _sync_pool: ConnectionPool[Any] | None = None
+    _sync_pool_lock: asyncio.Lock | None = None
     _checked_pools: dict[int, Any] | None = None
     _store_identity: _Identity | None = None
 
@@ -233,15 +234,24 @@ class TransactionalSqlStore:
                 "the same transaction, so its connection must reach that database"
             )
 
-    def _own_sync_pool(self) -> ConnectionPool[Any]:
+    async def _own_sync_pool(self) -> ConnectionPool[Any]:
+        """The store's sync pool, opened once (its ``open(wait=True)`` must not run
+        twice at once)."""
         pool = self._sync_pool
-        if pool is None:
-            kwargs = {**self._conn_kwargs, "autocommit": True}
-            pool = ConnectionPool(
-                self._conninfo, min_size=1, max_size=10, kwargs=kwargs, open=False
-            )
-            self._sync_pool = pool
-        return pool
+        if pool is not None:
+            return pool
+        lock = self._sync_pool_lock
+        if lock is None:
+            lock = self._sync_pool_lock = asyncio.Lock()
+        async with lock:
+            if self._sync_pool is None:
+                kwargs = {**self._conn_kwargs, "autocommit": True}
+                made = ConnectionPool(
+                    self._conninfo, min_size=1, max_size=10, kwargs=kwargs, open=False
+                )
+                await asyncio.to_thread(made.open, wait=True)
+                self._sync_pool = made
+            return self._sync_pool
 
     # -- async functions --
 
@@ -273,11 +283,10 @@ class TransactionalSqlStore:
         finish: Callable[[Any], TransactionWrite],
         pool: ConnectionPool[Any] | None,
     ) -> list[Event]:
-        chosen = pool if pool is not None else self._own_sync_pool()
+        chosen = pool if pool is not None else await self._own_sync_pool()
         run = _SyncRun()
 
         def work() -> list[Event]:
-            chosen.open(wait=True)  # no-op once open
             with chosen.connection() as conn:
                 with run.lock:
                     if run.abandoned:

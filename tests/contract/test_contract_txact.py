@@ -333,26 +333,40 @@ async def test_timeout_cancels_and_rolls_back(adapter: Adapter) -> None:
 # -- gather: each its own transaction --
 
 
-async def test_gather_runs_each_in_its_own_transaction(adapter: Adapter) -> None:
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_gather_runs_each_in_its_own_transaction(adapter: Adapter, kind: str) -> None:
+    """Several at once, sync ones too (their first use opens the store's sync pool once)."""
     app = await app_for(adapter)
     wf_name, tx_name = names(adapter, "wf", "part")
 
-    @flows.activity(tx_name, transactional=True)
-    async def part(conn: Any, key: str) -> str:
-        await app.insert(conn, key)
-        return key
+    if kind == "async":
+
+        @flows.activity(tx_name, transactional=True)
+        async def part(conn: Any, key: str) -> str:
+            await app.insert(conn, key)
+            return key
+
+    else:
+
+        @flows.activity(tx_name, transactional=True)
+        def part(conn: Any, key: str) -> str:
+            app.insert_sync(conn, key)
+            return key
 
     @flows.workflow(wf_name)
     async def wf(ctx: flows.WorkflowContext, key: str) -> list[str]:
-        return list(await flows.gather(*(ctx.execute(part, f"{key}-{i}") for i in range(3))))
+        return list(await flows.gather(*(ctx.execute(part, f"{key}-{i}") for i in range(4))))
 
     engine = flows.Engine(adapter.store, workflows=[wf])
-    async with running(worker(adapter.store, workflows=[wf], activities=[part])):
+    w = worker(adapter.store, workflows=[wf], activities=[part])
+    async with running(w):
         run = await engine.start(wf, "k7", tenant_id=f"t-{adapter.ns}")
-        assert await result(run) == ["k7-0", "k7-1", "k7-2"]
-    for i in range(3):
+        assert await result(run) == [f"k7-{i}" for i in range(4)]
+    for i in range(4):
         assert await app.count(f"k7-{i}") == 1
-    assert len(await completed_steps(adapter, run)) == 3
+    steps = await completed_steps(adapter, run)
+    assert [s.attempt for s in steps] == [1, 1, 1, 1], "no attempt failed"
+    assert w.counters["activity_tasks"] == 4, "each through the queue, in its own transaction"
 
 
 # -- the application's pool --
