@@ -10,6 +10,7 @@ colocated case).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -292,24 +293,37 @@ async def test_conflicts_past_the_bound_count_as_a_failed_attempt(adapter: Adapt
 # -- timeout --
 
 
-async def test_timeout_cancels_and_rolls_back(adapter: Adapter) -> None:
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_timeout_cancels_and_rolls_back(adapter: Adapter, kind: str) -> None:
     app = await app_for(adapter)
     wf_name, tx_name = names(adapter, "wf", "slow")
     memory = isinstance(adapter.store, MemoryStore)
+    options: dict[str, Any] = {
+        "transactional": True,
+        "timeout": timedelta(seconds=0.3),
+        "retry": flows.RetryPolicy(max_attempts=1),
+    }
+    if kind == "async":
 
-    @flows.activity(
-        tx_name,
-        transactional=True,
-        timeout=timedelta(seconds=0.3),
-        retry=flows.RetryPolicy(max_attempts=1),
-    )
-    async def slow(conn: Any, key: str) -> str:
-        await app.insert(conn, key)
-        if memory:
-            await asyncio.sleep(30)
-        else:
-            await conn.execute("SELECT pg_sleep(30)")
-        return key
+        @flows.activity(tx_name, **options)
+        async def slow(conn: Any, key: str) -> str:
+            await app.insert(conn, key)
+            if memory:
+                await asyncio.sleep(30)
+            else:
+                await conn.execute("SELECT pg_sleep(30)")
+            return key
+
+    else:
+
+        @flows.activity(tx_name, **options)
+        def slow(conn: Any, key: str) -> str:
+            app.insert_sync(conn, key)
+            if memory:
+                time.sleep(1.0)  # a thread cannot be stopped; it can no longer commit
+            else:
+                conn.execute("SELECT pg_sleep(30)")  # cancelled by the timeout
+            return key
 
     @flows.workflow(wf_name)
     async def wf(ctx: flows.WorkflowContext, key: str) -> str:
@@ -322,12 +336,18 @@ async def test_timeout_cancels_and_rolls_back(adapter: Adapter) -> None:
     async with running(worker(adapter.store, workflows=[wf], activities=[slow])):
         run = await engine.start(wf, "k6", tenant_id=f"t-{adapter.ns}")
         assert await result(run) == "ActivityTimeout"
+    if memory and kind == "sync":
+        await asyncio.sleep(1.2)  # the thread has finished: it could not commit
     assert await app.count("k6") == 0
     if not memory:  # the query was cancelled, not left running
-        rows = await app.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"
-        )
-        assert rows[0][0] == 0
+
+        async def sleeping() -> int:
+            rows = await app.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"
+            )
+            return int(rows[0][0])
+
+        await eventually(sleeping, lambda n: n == 0, timeout=5)
 
 
 # -- gather: each its own transaction --
