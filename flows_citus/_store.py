@@ -283,9 +283,7 @@ class CitusStore(TransactionalSqlStore, FsckSqlStore):
         batch, outcome = self._commit_batch(commit)
         return outcome(await self._run(batch, tx))
 
-    def _commit_batch(
-        self, commit: api.WorkflowTaskCommit
-    ) -> tuple[Batch, Outcome[list[Event]]]:
+    def _commit_batch(self, commit: api.WorkflowTaskCommit) -> tuple[Batch, Outcome[list[Event]]]:
         acts = commit.activity_tasks
         terminal = commit.status in api.TERMINAL_STATUSES
         keep = commit.keep_lease is not None

@@ -112,4 +112,3 @@ async def test_a_crash_at_the_commit_leaves_no_double_effect(
     assert fired == [1]
     assert env.store.app_tables.table("payments") == {"inv-1": {"paid": True}}
     assert len([e for e in history if isinstance(e, ActivityCompleted)]) == 1
-

@@ -45,8 +45,7 @@ class EffectsApp:
             return
         await self.execute(
             sql.SQL(
-                "CREATE TABLE {} (key text NOT NULL, shard_key text NOT NULL DEFAULT '', "
-                "note text)"
+                "CREATE TABLE {} (key text NOT NULL, shard_key text NOT NULL DEFAULT '', note text)"
             ).format(self.table)
         )
 
