@@ -229,7 +229,8 @@ class TransactionalSqlStore:
             theirs = await asyncio.to_thread(read)
         if theirs != mine:
             raise InvalidArgument(
-                f"transaction_pool reaches {theirs}, but the store {self!r} is in {mine}: "
+                f"transaction_pool reaches {theirs}, but the store "
+                f"{type(self).__name__}(schema={getattr(self, 'schema', '?')!r}) is in {mine}: "
                 "a transactional activity records its result in the store's database, in "
                 "the same transaction, so its connection must reach that database"
             )
