@@ -4,6 +4,7 @@ Import as ``import flows_core as flows``. See README.md for a tour.
 """
 
 from ._activity_context import ActivityInfo, activity_info, heartbeat
+from ._activity_runner import TRANSACTION_CONFLICT_RETRIES
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._context import WorkflowContext, gather, race
@@ -29,6 +30,7 @@ from ._errors import (
     StoreUnavailable,
     TenantRequired,
     TerminalError,
+    TransactionConflict,
     WorkflowAlreadyExists,
     WorkflowCancelled,
     WorkflowCodeError,
@@ -63,6 +65,7 @@ from .events import Event, event_summary
 from .store import CancelOutcome, Store, StoreStats, TerminateOutcome, WorkflowStatus
 
 __all__ = [
+    "TRANSACTION_CONFLICT_RETRIES",
     "load_history",
     "export_history",
     "fsck",
@@ -119,6 +122,7 @@ __all__ = [
     "TenantRequired",
     "TenantSharder",
     "TerminalError",
+    "TransactionConflict",
     "TerminateOutcome",
     "Worker",
     "WorkerStats",

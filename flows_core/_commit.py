@@ -41,6 +41,9 @@ class AttemptOutcome:
     output: msgspec.Raw | None = None
     error: ErrorInfo | None = None
     retry_in: timedelta | None = None
+    recorded: list[Event] | None = None
+    """Set when the output was already recorded, in a transactional activity's own
+    transaction: the inbox events that write moved into the history (inline), or []."""
 
 
 def resolution(

@@ -25,6 +25,8 @@
     ├── Cancelled                  raised inside a workflow at the await a cancel interrupts
     ├── TerminalError              raise from an activity to stop retrying at once
     ├── LeaseLost                  a fenced write from a claimant whose lease is gone
+    ├── TransactionConflict        a transactional activity's transaction hit a serialization
+    │                              failure or deadlock (retried without counting an attempt)
     ├── StoreError                 the store failed (the driver's exception is __cause__)
     │   └── StoreUnavailable       ... because it cannot be reached (connection refused, lost)
     └── TenantRequired             a call without tenant on an engine that requires one
@@ -56,6 +58,7 @@ __all__ = [
     "StoreUnavailable",
     "TenantRequired",
     "TerminalError",
+    "TransactionConflict",
     "WorkflowAlreadyExists",
     "WorkflowCancelled",
     "WorkflowCodeError",
@@ -332,6 +335,15 @@ class TerminalError(FlowsError):
 
 class LeaseLost(FlowsError):
     """The task's lease expired or was taken by another worker; the write was refused."""
+
+
+class TransactionConflict(FlowsError):
+    """A transactional activity's transaction was aborted by the database for a reason
+    that is not its code's fault: a serialization failure or a deadlock (SQLSTATE 40001,
+    40P01; the memory stand-in's write conflict). The worker rolls back and runs the
+    function again at once, up to ``TRANSACTION_CONFLICT_RETRIES`` times, without
+    counting an attempt; past that bound the conflict is a failed attempt. Code may raise
+    it itself to ask for the same treatment."""
 
 
 class StoreError(FlowsError):

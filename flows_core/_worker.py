@@ -60,6 +60,7 @@ from .store import (
     NewWorkflow,
     ScheduleStore,
     Store,
+    TransactionalActivities,
     WorkerInfo,
     WorkflowTaskClaim,
 )
@@ -120,7 +121,11 @@ class Worker:
     workflows the worker keeps in memory between their workflow tasks (the next task
     reads only the events after what it holds and replays nothing; 0: every task
     replays the whole history); ``sticky_max_events`` bounds the history events they
-    hold together.
+    hold together. ``transaction_pool``: the application's psycopg pool
+    (``AsyncConnectionPool`` for async transactional activities, ``ConnectionPool`` for
+    sync ones, or a tuple of both) that transactional activities take their connection
+    from; it must reach the store's database (checked when ``run`` starts). None: the
+    store's own connections.
     """
 
     def __init__(
@@ -149,6 +154,7 @@ class Worker:
         sharder: Sharder | None = None,
         sticky_cache_size: int = 1000,
         sticky_max_events: int = 250_000,
+        transaction_pool: Any = None,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument("Worker concurrency must be at least 1")
@@ -181,6 +187,21 @@ class Worker:
             self.activities[act.name] = act
         if not self.registry.keys() and not self.activities:
             raise InvalidArgument("a Worker needs at least one workflow or activity")
+        transactional = sorted(a.name for a in self.activities.values() if a.transactional)
+        if transactional and not isinstance(store, TransactionalActivities):
+            raise InvalidArgument(
+                f"activities {transactional} are transactional but "
+                f"{type(store).__name__} cannot run transactional activities (memory, "
+                "PostgreSQL and Citus stores can)"
+            )
+        if transaction_pool is not None and not isinstance(store, TransactionalActivities):
+            raise InvalidArgument(
+                f"transaction_pool= was given but {type(store).__name__} cannot run "
+                "transactional activities"
+            )
+        self.transaction_pool = transaction_pool
+        """The application's connection pool transactional activities use (checked at
+        ``run()``: same database as the store), or None for the store's own."""
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.lease = lease
@@ -230,6 +251,7 @@ class Worker:
             "workflow_task_failures": 0,
             "eager_starts": 0,
             "activity_task_failures": 0,
+            "transaction_conflicts": 0,
         }
         self.eager = eager
         self._activity_runner = ActivityRunner(
@@ -243,6 +265,7 @@ class Worker:
             stopping=self._cutting_work,
             observer=self.observer,
             trace_contexts=TraceContexts(),
+            transaction_pool=transaction_pool,
         )
         self._scheduler: Scheduler | None = None
         if schedules and isinstance(store, ScheduleStore):
@@ -290,6 +313,8 @@ class Worker:
         """Poll and process until ``stop()``; survives store outages with backoff."""
         if self._stopping is not None:
             raise RuntimeError("this Worker is already running")
+        if self.transaction_pool is not None and isinstance(self.store, TransactionalActivities):
+            await self.store.check_transaction_pool(self.transaction_pool)
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
         backoff = 0.05

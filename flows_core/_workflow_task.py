@@ -43,8 +43,15 @@ from ._observe import Observer, TaskOutcome, TraceContext, WorkflowTask, trace_c
 from ._registry import WorkflowRegistry
 from ._replay import Activation, WorkflowInstance
 from ._sticky import CachedWorkflow, StickyCache
-from .events import ActivityScheduled, Event
-from .store import ActivityTaskSpec, Lease, Store, WorkflowStatus, WorkflowTaskClaim
+from .events import ActivityCompleted, ActivityScheduled, Event
+from .store import (
+    ActivityTaskSpec,
+    Lease,
+    Store,
+    WorkflowStatus,
+    WorkflowTaskClaim,
+    WorkflowTaskCommit,
+)
 
 __all__ = ["BlockingWatchdog", "WorkflowTaskRunner"]
 
@@ -293,6 +300,10 @@ class WorkflowTaskRunner:
         try:
             while activation.park_error is None and budget > 0:
                 inline = self._inline_candidates(instance, fresh)[:budget]
+                if len(inline) > 1:
+                    # Parallel transactional steps take the queue: each its own
+                    # transaction, fenced by its own task's lease.
+                    inline = [e for e in inline if not self._transactional(e)]
                 if not inline:
                     break
                 split = pending.index(inline[0])
@@ -311,7 +322,20 @@ class WorkflowTaskRunner:
                         continue
                 budget -= len(inline)
                 self.counters["inline_activities"] += len(inline)
-                outcomes = await self._run_inline(claim, inline, keeper, task)
+                if self._transactional(inline[0]):
+                    outcome, recorded = await self._run_transactional(
+                        claim, progress, instance, pending, retries, inline[0], keeper, task
+                    )
+                    keeper.check()
+                    if recorded:
+                        # Its transaction recorded everything pending and its result.
+                        activation = self._apply(instance, recorded, clock.now())
+                        pending, retries, settled = list(activation.new_events), {}, 0
+                        fresh = activation.new_events
+                        continue
+                    outcomes = [outcome]
+                else:
+                    outcomes = await self._run_inline(claim, inline, keeper, task)
                 keeper.check()
                 now = clock.now()
                 resolutions: list[Event] = []
@@ -374,6 +398,63 @@ class WorkflowTaskRunner:
         if len(attempts) == 1:  # the common case runs in this task: no task to create
             return [await attempts[0]]
         return await _all(attempts)
+
+    def _transactional(self, scheduled: ActivityScheduled) -> bool:
+        return self.activities.activities[scheduled.name].transactional
+
+    async def _run_transactional(
+        self,
+        claim: WorkflowTaskClaim,
+        progress: _Progress,
+        instance: WorkflowInstance,
+        pending: list[Event],
+        retries: dict[int, ActivityTaskSpec],
+        scheduled: ActivityScheduled,
+        keeper: LeaseKeeper,
+        task: WorkflowTask | None,
+    ) -> tuple[AttemptOutcome, list[Event]]:
+        """Attempt 1 of a transactional step run inline. On success its transaction
+        committed ``pending`` and the step's ActivityCompleted, keeping the workflow
+        task's lease (fenced by it); returns that event and the inbox events the commit
+        moved, to apply in that order. Else returns [] and the outcome to handle as any
+        inline attempt's (nothing was written)."""
+        wf = claim.workflow
+        runner = self.activities
+        written: list[Event] = []
+        lease_for = self.lease
+
+        def record(output: msgspec.Raw) -> WorkflowTaskCommit:
+            done = ActivityCompleted(
+                seq=scheduled.seq, output=output, attempt=1, at=self.store.clock.now()
+            )
+            written[:] = [*pending, done]
+            return build_commit(
+                progress.lease,
+                progress.history_length,
+                progress.next_seq,
+                instance.next_seq,
+                written,
+                retries,
+                keep_lease=lease_for,
+            )
+
+        outcome = await runner.attempt(
+            runner.activities[scheduled.name],
+            scheduled.input,
+            keeper,
+            runner.info(claim.lease, wf.name, scheduled.name, scheduled.seq, 1),
+            scheduled.at,
+            inline=True,
+            trace_context=None if task is None else task.trace_context,
+            record=record,
+        )
+        if outcome.recorded is None:
+            return outcome, []
+        self.counters["commits"] += 1
+        moved = outcome.recorded
+        progress.history_length += len(written) + len(moved)
+        progress.next_seq = instance.next_seq
+        return outcome, [written[-1], *moved]
 
     def _inline_candidates(
         self, instance: WorkflowInstance, fresh: list[Event]

@@ -25,7 +25,7 @@ decides what to append and which tasks to create.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, Protocol, runtime_checkable
@@ -78,6 +78,8 @@ __all__ = [
     "TERMINAL_STATUSES",
     "TerminateOutcome",
     "TimerTaskSpec",
+    "TransactionalActivities",
+    "TransactionWrite",
     "WorkerInfo",
     "WorkflowRecord",
     "WorkflowStatus",
@@ -873,6 +875,52 @@ class GroupCommit(Protocol):
     ) -> list[WorkflowTaskClaim | Exception | None]:
         """Each start: None (or, leased, its claim), or its error (WorkflowAlreadyExists
         for an id taken before or earlier in the same call)."""
+        ...
+
+
+TransactionWrite = WorkflowTaskCommit | ActivityResult
+"""What a transactional activity's transaction records: the workflow task's commit
+(the step ran inline, fenced by the workflow task's lease; ``keep_lease`` set) or the
+queued activity task's result (fenced by the activity task's lease)."""
+
+
+@runtime_checkable
+class TransactionalActivities(Protocol):
+    """An OPTIONAL store capability: run a transactional activity's function and record
+    its result in ONE transaction of the store's database (exactly-once effects).
+
+    Memory (a stand-in: ``flows_memory.MemoryTransaction``), PostgreSQL and Citus have
+    it. A Worker serving a transactional activity refuses a store without it.
+    """
+
+    async def run_transaction(
+        self,
+        body: Callable[[Any], Any],
+        finish: Callable[[Any], TransactionWrite],
+        *,
+        sync: bool,
+        pool: Any = None,
+    ) -> list[Event]:
+        """Open a transaction (on a connection of ``pool``, an application pool of the
+        same database, or of the store), call ``body(conn)`` (``sync``: in a thread, on a
+        sync connection; else awaited), pass its return value to ``finish`` and write
+        what it returns on the same connection, fenced by that write's lease, then commit
+        once. Returns what the write returns (``commit_workflow_task``: the inbox events
+        moved into the history; ``complete_activity``: []).
+
+        Nothing is committed when anything fails, and the exception propagates after the
+        rollback: ``body``'s or ``finish``'s own exception; LeaseLost when the fence
+        refuses the write (another claimant took over); TransactionConflict (its driver
+        error as ``__cause__``) when the database aborted the transaction with a
+        serialization failure or a deadlock; a cancellation of the call (a timeout)
+        cancels the running query and rolls back. A cancellation that arrives once the
+        write has started waits for the commit to end (its outcome is kept either way:
+        the fences decide)."""
+        ...
+
+    async def check_transaction_pool(self, pool: Any) -> None:
+        """Refuse (InvalidArgument, naming both) an application pool that is not of a
+        kind this store takes or that points at another database than the store's."""
         ...
 
 

@@ -28,6 +28,7 @@ import uuid6
 from flows_core import (
     Clock,
     ErrorInfo,
+    InvalidArgument,
     LeaseLost,
     ScheduleNotFound,
     SystemClock,
@@ -63,6 +64,7 @@ from flows_core.store import (
     StartRequest,
     StoreStats,
     TerminateOutcome,
+    TransactionWrite,
     WorkerInfo,
     WorkflowRecord,
     WorkflowStatus,
@@ -81,6 +83,8 @@ from flows_core.store import (
     terminate_outcome,
     terminated_error,
 )
+
+from ._transaction import AppTables, MemoryTransaction
 
 __all__ = ["FaultHook", "MemoryStore"]
 
@@ -224,6 +228,10 @@ class MemoryStore:
         self._schedules: dict[tuple[str, str], _Schedule] = {}
         self.operations = 0
         """Number of write operations applied (a stand-in for transactions)."""
+        self.app_tables = AppTables()
+        """The application's rows of the transactional-activity stand-in
+        (``MemoryTransaction``); ``app_tables.table(name)`` reads one table."""
+        self._committing: MemoryTransaction | None = None
 
     @property
     def clock(self) -> Clock:
@@ -749,6 +757,7 @@ class MemoryStore:
                 self._delete(task)
                 wf.workflow_task = None
         self._changed(wf, work=True)
+        self._commit_transaction()
         self._fault("commit_workflow_task", "after")
         return moved
 
@@ -809,6 +818,7 @@ class MemoryStore:
         self._delete(task)
         self._ensure_workflow_task(wf)
         self._changed(wf, work=True)
+        self._commit_transaction()
         self._fault("complete_activity", "after")
 
     # -- group commit (flows_core.store.GroupCommit): each item on its own, in order --
@@ -834,6 +844,62 @@ class MemoryStore:
                 leased = self.start_workflow_leased(start.new, owner=start.owner, lease=start.lease)
                 outcomes.append(await _outcome(leased))
         return outcomes
+
+    # -- transactional activities (flows_core.store.TransactionalActivities) --
+
+    async def run_transaction(
+        self,
+        body: Callable[[Any], Any],
+        finish: Callable[[Any], TransactionWrite],
+        *,
+        sync: bool,
+        pool: Any = None,
+    ) -> list[Event]:
+        """The stand-in transaction: ``body`` gets a ``MemoryTransaction`` whose writes
+        are applied in the same step as the fenced write of ``finish``'s result (inside
+        ``commit_workflow_task`` / ``complete_activity``, before their "after" fault
+        point: a fault there is a crash after the commit), or dropped."""
+        if pool is not None:
+            await self.check_transaction_pool(pool)
+        tx = MemoryTransaction(self.app_tables)
+        try:
+            result = await asyncio.to_thread(body, tx) if sync else await body(tx)
+            write = finish(result)
+            tx.check()
+            self._committing = tx
+            if isinstance(write, ActivityResult):
+                await self.complete_activity(write)
+                return []
+            return await self.commit_workflow_task(write)
+        finally:
+            self._committing = None
+            tx.end()
+
+    async def transaction(self, work: Callable[[MemoryTransaction], Any]) -> Any:
+        """Run ``work(tx)`` and commit its writes to the application tables on their
+        own (the application's own transaction, outside any activity); returns what
+        ``work`` returns. TransactionConflict if a row it touched changed meanwhile."""
+        tx = MemoryTransaction(self.app_tables)
+        try:
+            result = work(tx)
+            tx.check()
+            tx.apply()
+            return result
+        finally:
+            tx.end()
+
+    async def check_transaction_pool(self, pool: Any) -> None:
+        raise InvalidArgument(
+            f"MemoryStore takes no transaction_pool (got {type(pool).__name__}): its "
+            "transactional activities get a flows_memory.MemoryTransaction stand-in"
+        )
+
+    def _commit_transaction(self) -> None:
+        """Apply the staged writes of the transactional activity whose result is being
+        written (in the same step as that write)."""
+        tx, self._committing = self._committing, None
+        if tx is not None:
+            tx.apply()
 
     async def retry_activity(self, retry: ActivityRetry) -> None:
         self._fault("retry_activity", "before")

@@ -81,6 +81,8 @@ CORE = [
     "TenantRequired",
     "TenantSharder",
     "TerminalError",
+    "TRANSACTION_CONFLICT_RETRIES",
+    "TransactionConflict",
     "TerminateOutcome",
     "Worker",
     "WorkerStats",
@@ -161,6 +163,8 @@ STORE = [
     "TERMINAL_STATUSES",
     "TerminateOutcome",
     "TimerTaskSpec",
+    "TransactionWrite",
+    "TransactionalActivities",
     "WorkerInfo",
     "WorkflowRecord",
     "WorkflowStatus",
@@ -187,7 +191,7 @@ STORE = [
     "ScheduleStore",
 ]
 
-MEMORY = ["FaultHook", "MemoryStore", "TestEnvironment", "VirtualClock"]
+MEMORY = ["FaultHook", "MemoryStore", "MemoryTransaction", "TestEnvironment", "VirtualClock"]
 
 PG = [
     "PostgresStore",
