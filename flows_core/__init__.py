@@ -6,7 +6,7 @@ Import as ``import flows_core as flows``. See README.md for a tour.
 from ._activity_context import ActivityInfo, activity_info, heartbeat
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
-from ._context import WorkflowContext, gather, race
+from ._context import ChildHandle, WorkflowContext, gather, race
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
 from ._eager import EagerStarts
 from ._engine import Engine, Run, WorkflowInfo
@@ -14,6 +14,8 @@ from ._errors import (
     ActivityFailed,
     ActivityTimeout,
     Cancelled,
+    ChildWorkflowCancelled,
+    ChildWorkflowFailed,
     ErrorInfo,
     FlowsError,
     HeartbeatTimeout,
@@ -83,6 +85,9 @@ __all__ = [
     "ActivityTimeout",
     "CancelOutcome",
     "Cancelled",
+    "ChildHandle",
+    "ChildWorkflowCancelled",
+    "ChildWorkflowFailed",
     "Clock",
     "CompositeObserver",
     "EagerStarts",

@@ -6,7 +6,7 @@ import builtins
 import secrets
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import msgspec
 import uuid6
@@ -19,6 +19,7 @@ from ._errors import (
     ErrorInfo,
     InvalidArgument,
     TenantRequired,
+    WorkflowAlreadyExists,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotDeadLettered,
@@ -47,6 +48,7 @@ from .store import (
     CancelOutcome,
     ListQuery,
     NewWorkflow,
+    Outbox,
     Store,
     TerminateOutcome,
     WorkerInfo,
@@ -61,6 +63,9 @@ O = TypeVar("O")  # noqa: E741
 E = TypeVar("E")
 
 WORKER_LIVENESS = timedelta(seconds=60)
+
+IfExists = Literal["error", "return"]
+"""What ``Engine.start`` does when the workflow id is taken."""
 
 
 class WorkflowInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -383,6 +388,7 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        if_exists: IfExists = "error",
     ) -> Run[O]: ...
     @overload
     async def start(
@@ -394,6 +400,7 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        if_exists: IfExists = "error",
     ) -> Run[Any]: ...
     async def start(
         self,
@@ -404,6 +411,7 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        if_exists: IfExists = "error",
     ) -> Run[Any]:
         """Start a workflow; returns at once with a ``Run`` handle.
 
@@ -415,10 +423,30 @@ class Engine:
         ``tx`` is the caller's open transaction where the store supports one (the
         observer counts the start when this call returns, even if the caller then rolls
         the transaction back).
+        ``if_exists``: when ``workflow_id`` is taken, ``"error"`` (the default) raises
+        WorkflowAlreadyExists; ``"return"`` returns the handle of the workflow already
+        there (whatever its status), so a retried request starts it once. A workflow of
+        another name under that id is an error either way.
         """
+        if if_exists not in ("error", "return"):
+            raise InvalidArgument(f"if_exists must be 'error' or 'return', got {if_exists!r}")
         new, definition = self.planner.start(
             workflow, input, tenant_id, workflow_id, execution_timeout
         )
+        if if_exists == "error":
+            return await self._start(new, definition, tx)
+        try:
+            return await self._start(new, definition, tx)
+        except WorkflowAlreadyExists:
+            record = await self.store.get_workflow(new.tenant_id, new.workflow_id, tx=tx)
+            if record.name != new.name:
+                raise WorkflowAlreadyExists(new.workflow_id) from InvalidArgument(
+                    f"workflow {new.workflow_id!r} exists as a {record.name!r} workflow, "
+                    f"not {new.name!r}"
+                )
+            return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
+
+    async def _start(self, new: NewWorkflow, definition: Workflow[Any, Any], tx: Any) -> Run[Any]:
         observer = self.observer
         if type(observer) is Observer:  # the no-op: no context manager per start
             if tx is not None or not await self._start_eagerly(new):
@@ -448,12 +476,28 @@ class Engine:
         *,
         tenant_id: str | None = None,
         tx: Any = None,
-    ) -> None:
-        """Send signal ``name`` with ``payload`` to a running workflow."""
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Send signal ``name`` with ``payload`` to a running workflow. True if it was
+        delivered now.
+
+        ``idempotency_key``: the signal is delivered once per (tenant, workflow, key),
+        however often it is sent (a retried HTTP handler): a repeat does nothing and
+        returns False, even once the workflow has finished. Keys are kept with the
+        workflow and deleted with it (``prune``, retention)."""
         tenant, wf_id, event = self.planner.request(
             workflow_id, tenant_id, lambda: self.planner.signal(name, payload)
         )
-        await self.store.signal_workflow(tenant, wf_id, event, tx=tx)
+        if idempotency_key is None:
+            await self.store.signal_workflow(tenant, wf_id, event, tx=tx)
+            return True
+        key = check_name(idempotency_key, "idempotency key")
+        if not isinstance(self.store, Outbox):
+            raise InvalidArgument(
+                f"{type(self.store).__name__} cannot deliver once (no deliver_once): "
+                "signal without idempotency_key"
+            )
+        return await self.store.deliver_once(tenant, wf_id, event, f"signal:{key}", tx=tx)
 
     async def cancel(
         self,

@@ -53,6 +53,8 @@ from ._definitions import Workflow
 from ._errors import (
     ActivityFailed,
     Cancelled,
+    ChildWorkflowCancelled,
+    ChildWorkflowFailed,
     ErrorInfo,
     FlowsError,
     IllegalAwaitError,
@@ -67,7 +69,13 @@ from .events import (
     ActivityFailedEvent,
     ActivityScheduled,
     CancelRequested,
+    ChildCancelRequested,
+    ChildSignalRequested,
+    ChildStartRequested,
+    ChildWorkflowEnded,
     Event,
+    ParentClosePolicy,
+    ParentRef,
     PatchMarker,
     SideEffectKind,
     SideEffectRecorded,
@@ -97,9 +105,25 @@ __all__ = [
 
 T = TypeVar("T")
 
-_CommandEvent = ActivityScheduled | TimerStarted | SignalWaitStarted | SideEffectRecorded
+_CommandEvent = (
+    ActivityScheduled
+    | TimerStarted
+    | SignalWaitStarted
+    | SideEffectRecorded
+    | ChildStartRequested
+    | ChildSignalRequested
+    | ChildCancelRequested
+)
 _TerminalEvent = WorkflowCompleted | WorkflowFailedEvent | WorkflowCancelledEvent
-_COMMAND_TYPES = (ActivityScheduled, TimerStarted, SignalWaitStarted, SideEffectRecorded)
+_COMMAND_TYPES = (
+    ActivityScheduled,
+    TimerStarted,
+    SignalWaitStarted,
+    SideEffectRecorded,
+    ChildStartRequested,
+    ChildSignalRequested,
+    ChildCancelRequested,
+)
 _TERMINAL_TYPES = (WorkflowCompleted, WorkflowFailedEvent, WorkflowCancelledEvent)
 PatchPath = Literal["old", "new", "new_unrecorded"]
 """How a run went through a ``ctx.patched`` check: ``"old"`` (the history has steps past
@@ -487,6 +511,13 @@ class WorkflowInstance:
         self._patches: dict[str, bool] = {}
         self.patch_paths: dict[str, PatchPath] = {}
         """The patch ids this run checked, and how it went through each."""
+        self.parent: ParentRef | None = None
+        """This workflow's parent, if it is a child workflow (from WorkflowStarted)."""
+        self.children: dict[int, ChildStartRequested] = {}
+        """Every child this run started, by step seq."""
+        self.open_children: dict[int, ChildStartRequested] = {}
+        """Children started and neither ended nor given up (their step cancelled)."""
+        self._child_types: dict[int, Any] = {}
 
     # -- driving --
 
@@ -542,6 +573,8 @@ class WorkflowInstance:
                 self._resolve_activity(event.seq, event)
             case ActivityFailedEvent():
                 self._resolve_activity(event.seq, event)
+            case ChildWorkflowEnded():
+                self._resolve_child(event)
             case TimerFired():
                 self._fire_timer(event.seq)
             case SignalReceived():
@@ -609,6 +642,7 @@ class WorkflowInstance:
             )
             return
         self.workflow_id, self.tenant_id, self.seed = event.workflow_id, event.tenant_id, event.seed
+        self.parent = event.parent
         from ._context import WorkflowContext
 
         ctx = WorkflowContext(self)
@@ -659,6 +693,37 @@ class WorkflowInstance:
             self._wake(
                 step._resolve(exc=ActivityFailed(name, error.type, error.message, error.attempts))
             )
+
+    def _resolve_child(self, event: ChildWorkflowEnded) -> None:
+        seq = event.seq
+        self.open_children.pop(seq, None)
+        entry = self._unpend(seq)
+        if entry is None:
+            if not isinstance(self._issued.get(seq), ChildStartRequested):
+                self._violation(
+                    NonDeterminismError(
+                        f"history has a child result for step #{seq}, which the code did "
+                        "not take as a child workflow"
+                    ),
+                    Divergence(seq, event, None),
+                )
+            return
+        step = entry[0]
+        if event.status == "completed":
+            try:
+                result = decode_payload(
+                    event.output,
+                    self._child_types.get(seq, Any),
+                    what=f"output of child workflow {event.workflow_id!r}",
+                )
+            except PayloadError as exc:
+                self._wake(step._resolve(exc=exc))
+                return
+            self._wake(step._resolve(result))
+            return
+        cause = event.error or ErrorInfo(type="Unknown", message="")
+        error_type = ChildWorkflowCancelled if event.status == "cancelled" else ChildWorkflowFailed
+        self._wake(step._resolve(exc=error_type(event.workflow_id, event.status, cause)))
 
     def _fire_timer(self, seq: int) -> None:
         wait = self._waits.pop(seq, None)
@@ -735,6 +800,7 @@ class WorkflowInstance:
         step, _ = self._pending[seq]
         self._unpend(seq)
         self._waits.pop(seq, None)
+        self.open_children.pop(seq, None)
         self._drop(seq, reason)
         self._wake(step._resolve(exc=Cancelled(reason)))
 
@@ -883,6 +949,19 @@ class WorkflowInstance:
         elif same and isinstance(taken, SideEffectRecorded):
             assert isinstance(recorded, SideEffectRecorded)
             same = taken.kind == recorded.kind
+        elif same and isinstance(taken, ChildStartRequested):
+            assert isinstance(recorded, ChildStartRequested)
+            same = (
+                taken.name == recorded.name
+                and taken.workflow_id == recorded.workflow_id
+                and same_payload(taken.input, recorded.input, self._input_types.get(seq, Any))
+            )
+        elif same and isinstance(taken, ChildSignalRequested):
+            assert isinstance(recorded, ChildSignalRequested)
+            same = taken.name == recorded.name and taken.workflow_id == recorded.workflow_id
+        elif same and isinstance(taken, ChildCancelRequested):
+            assert isinstance(recorded, ChildCancelRequested)
+            same = taken.workflow_id == recorded.workflow_id
         if not same:
             self._violation(
                 NonDeterminismError(
@@ -985,6 +1064,60 @@ class WorkflowInstance:
         assert isinstance(recorded, SideEffectRecorded)
         return recorded.value
 
+    def start_child(
+        self,
+        name: str,
+        version: int,
+        workflow_id: str | None,
+        payload: msgspec.Raw,
+        policy: ParentClosePolicy,
+        output_type: Any,
+        input_type: Any = Any,
+    ) -> tuple[str, Step[Any]]:
+        """Take a child-workflow step: its id (``workflow_id``, or derived from this
+        workflow's id and the step) and the step its end resolves."""
+        assert self.now is not None
+        seq = self._next_seq()
+        child_id = workflow_id if workflow_id is not None else f"{self.workflow_id}/child-{seq}"
+        self._input_types[seq] = input_type
+        event = ChildStartRequested(
+            seq=seq,
+            name=name,
+            version=version,
+            workflow_id=child_id,
+            input=payload,
+            parent_close_policy=policy,
+            at=self.now,
+        )
+        self._take(event)
+        recorded = self._issued[seq]
+        assert isinstance(recorded, ChildStartRequested)
+        self._owner[seq] = self._running
+        step: Step[Any] = Step(seq, f"child workflow {name!r} {recorded.workflow_id!r}")
+        self._child_types[seq] = output_type
+        self._pending[seq] = (step, f"child {name}")
+        self.children[seq] = recorded
+        self.open_children[seq] = recorded
+        return recorded.workflow_id, step
+
+    def signal_child(self, workflow_id: str, name: str, payload: msgspec.Raw) -> None:
+        """Take a step that signals child ``workflow_id`` (done at once: sent on commit)."""
+        assert self.now is not None
+        seq = self._next_seq()
+        self._take(
+            ChildSignalRequested(
+                seq=seq, workflow_id=workflow_id, name=name, payload=payload, at=self.now
+            )
+        )
+
+    def cancel_child(self, workflow_id: str, reason: str) -> None:
+        """Take a step that asks child ``workflow_id`` to cancel (sent on commit)."""
+        assert self.now is not None
+        seq = self._next_seq()
+        self._take(
+            ChildCancelRequested(seq=seq, workflow_id=workflow_id, reason=reason, at=self.now)
+        )
+
     def spawn(self, coro: Coroutine[Any, Any, T]) -> Step[T]:
         step: Step[T] = Step(0, "gather branch")
         task = _Task(self, coro, step, parent=self._running)
@@ -1054,6 +1187,15 @@ def _describe(event: _CommandEvent) -> str:
             return f"a wait for signal {event.name!r}"
         case SideEffectRecorded():
             return f"{event.kind}()"
+        case ChildStartRequested():
+            return (
+                f"child workflow {event.name!r} {event.workflow_id!r} with input "
+                f"{_json_text(event.input)}"
+            )
+        case ChildSignalRequested():
+            return f"signal {event.name!r} to child {event.workflow_id!r}"
+        case ChildCancelRequested():
+            return f"cancel of child {event.workflow_id!r}"
     return type(event).__name__
 
 

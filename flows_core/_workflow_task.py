@@ -33,12 +33,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ._activity_runner import ActivityRunner, LeaseKeeper, cancelled_from_outside
+from ._children import deliver_all, outbox_for, records_of
 from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
 from ._observe import Observer, TaskOutcome, WorkflowTask, trace_context_of
 from ._registry import WorkflowRegistry
 from ._replay import Activation, WorkflowInstance
+from ._sharding import HashSharder, Sharder
 from .events import ActivityScheduled, Event
 from .store import ActivityTaskSpec, Lease, Store, WorkflowStatus, WorkflowTaskClaim
 
@@ -102,6 +104,8 @@ class WorkflowTaskRunner:
         """Told of every workflow task (``workflow_task``, around all of it), terminal
         commits and dead letters."""
         self.observed = type(self.observer) is not Observer
+        self.sharder: Sharder = getattr(store, "sharder", None) or HashSharder()
+        """Where child workflows go (the store's own placement, if it imposes one)."""
 
     async def run(self, claim: WorkflowTaskClaim) -> None:
         """Run a claimed workflow task to its commit, or count the attempt (see the
@@ -270,7 +274,12 @@ class WorkflowTaskRunner:
                     # Record what came before these activities first, keeping the lease,
                     # so a crash during them repeats nothing that had finished.
                     moved = await self._commit(
-                        progress, pending[:split], retries, keep=True, next_seq=inline[0].seq
+                        progress,
+                        pending[:split],
+                        retries,
+                        keep=True,
+                        next_seq=inline[0].seq,
+                        instance=instance,
                     )
                     pending, retries = pending[split:], {}
                     if moved:
@@ -307,11 +316,18 @@ class WorkflowTaskRunner:
                 # recorded first, so a retry after the fix does not run them again.
                 done = pending[:settled]
                 await self._commit(
-                    progress, done, retries, keep=True, next_seq=_next_seq(done, progress)
+                    progress,
+                    done,
+                    retries,
+                    keep=True,
+                    next_seq=_next_seq(done, progress),
+                    instance=instance,
                 )
             await self.park(claim, ErrorInfo.from_exception(error, attempts=claim.attempt), task)
             return
-        await self._commit(progress, pending, retries, keep=False, next_seq=instance.next_seq)
+        await self._commit(
+            progress, pending, retries, keep=False, next_seq=instance.next_seq, instance=instance
+        )
 
     async def _run_inline(
         self,
@@ -364,8 +380,12 @@ class WorkflowTaskRunner:
         *,
         keep: bool,
         next_seq: int,
+        instance: WorkflowInstance,
     ) -> list[Event]:
-        """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back."""
+        """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back.
+        Messages to other workflows (child workflows) go into the outbox in the same
+        commit and are delivered from here at once (see flows_core._children)."""
+        outbox = outbox_for(events, instance, progress.lease, self.sharder, self.lease)
         commit = build_commit(
             progress.lease,
             progress.history_length,
@@ -374,8 +394,13 @@ class WorkflowTaskRunner:
             events,
             retries,
             keep_lease=self.lease if keep else None,
+            outbox=outbox,
         )
         moved = await self.activities.write_fenced(self.store.commit_workflow_task, commit)
+        if outbox:
+            self.counters["outbox_delivered"] += await deliver_all(
+                self.store, records_of(progress.lease, outbox)
+            )
         self.counters["commits"] += 1
         if commit.status is not WorkflowStatus.RUNNING:  # once: the write is fenced
             self.observer.workflow_finished(
