@@ -440,10 +440,7 @@ class Engine:
         except WorkflowAlreadyExists:
             record = await self.store.get_workflow(new.tenant_id, new.workflow_id, tx=tx)
             if record.name != new.name:
-                raise WorkflowAlreadyExists(new.workflow_id) from InvalidArgument(
-                    f"workflow {new.workflow_id!r} exists as a {record.name!r} workflow, "
-                    f"not {new.name!r}"
-                )
+                raise taken_by_another(new.workflow_id, record.name, new.name) from None
             return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
 
     async def _start(self, new: NewWorkflow, definition: Workflow[Any, Any], tx: Any) -> Run[Any]:
@@ -770,6 +767,16 @@ def pending_activities(history: builtins.list[Event]) -> dict[int, str]:
         elif isinstance(event, ActivityCompleted | ActivityFailedEvent | StepCancelled):
             pending.pop(event.seq, None)
     return pending
+
+
+def taken_by_another(workflow_id: str, existing: str, wanted: str) -> WorkflowAlreadyExists:
+    """The error of ``start(..., if_exists="return")`` when the id is another workflow's."""
+    error = WorkflowAlreadyExists(workflow_id)
+    error.args = (
+        f"workflow {workflow_id!r} already exists as a {existing!r} workflow, not {wanted!r} "
+        "(if_exists='return' returns only a workflow of the same name)",
+    )
+    return error
 
 
 def _reason(reason: str, what: str) -> str:

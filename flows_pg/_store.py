@@ -24,13 +24,14 @@ from flows_core.store import (
     ClaimRequest,
     Lease,
     ListQuery,
+    OutboxRecord,
     StoreStats,
     WorkflowRecord,
     WorkflowTaskCommit,
     stored_event,
 )
 
-from . import _fsck_sql, _sql
+from . import _fsck_sql, _sql, _sql_children
 from ._base import Batch, Step
 from ._client_ops import ClientOps, PostgresOps
 from ._fsck import FsckSqlStore
@@ -40,6 +41,7 @@ from ._records import (
     commit_params,
     commit_refused,
     error_text,
+    outbox_record,
     record_from_row,
     store_stats,
     utc,
@@ -123,7 +125,12 @@ class PostgresStore(FsckSqlStore):
         params = commit_params(commit, self.statements.lease_params(commit.lease))
         shape = {"activities": bool(acts), "timers": bool(timers), "drops": bool(drops)}
         statement = self.statements(_sql.commit_sql(keep=keep, **shape))
-        row = (await self._run_one(statement, params))[0]
+        if commit.outbox:  # its messages first, under the same fence, in one transaction
+            params.update(_sql_children.outbox_params(commit))
+            outbox = Step(self.statements(_sql_children.COMMIT_OUTBOX), params)
+            row = (await self._run([outbox, Step(statement, params)]))[1][0]
+        else:
+            row = (await self._run_one(statement, params))[0]
         if row["done"]:
             moved = row["moved"]
             return [] if moved is None else decode_events(moved)
@@ -166,7 +173,32 @@ class PostgresStore(FsckSqlStore):
         if limit <= 0:
             return 0
         params = {"age": max(older_than, timedelta(0)), "limit": limit}
-        return int((await self._run_one(self.statements(_sql.PRUNE), params))[0]["pruned"])
+        batch = [
+            Step(self.statements(_sql.PRUNE), params),
+            Step(self.statements(_sql_children.PRUNE_KEYS), params),
+        ]
+        return int((await self._run(batch))[0][0]["pruned"])
+
+    # -- the outbox (flows_core.store.Outbox; see flows_core._children) --
+
+    async def claim_outbox(
+        self, shard_keys: Sequence[str] | None, limit: int, lease: timedelta
+    ) -> list[OutboxRecord]:
+        if limit <= 0 or (shard_keys is not None and not shard_keys):
+            return []
+        filtered = "AND o.shard_key = ANY(%(shards)s::text[])" if shard_keys is not None else ""
+        statement = self.statements(_sql_children.CLAIM_OUTBOX.replace("{shards}", filtered))
+        params = {
+            "limit": limit,
+            "lease": lease,
+            "shards": None if shard_keys is None else list(shard_keys),
+        }
+        return [outbox_record(row) for row in await self._run_one(statement, params)]
+
+    async def delete_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        if records:
+            params = _sql_children.delete_params(list(records))
+            await self._run_one(self.statements(_sql_children.DELETE_OUTBOX), params)
 
     async def count_workflows(self, tenant_id: str) -> dict[str, int]:
         """``tenant_id``'s workflows per status (``flows_core.store.WorkflowCounts``)."""

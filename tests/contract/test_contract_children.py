@@ -289,7 +289,7 @@ async def test_start_if_exists_return(adapter: Adapter) -> None:
     )
     assert (again.workflow_id, again.tenant_id) == (first.workflow_id, first.tenant_id)
     assert len(await engine.list(tenant_id=tenant)) == 1
-    with pytest.raises(flows.WorkflowAlreadyExists, match="once"):
+    with pytest.raises(flows.WorkflowAlreadyExists, match="already exists as a"):
         await engine.start(
             wfs["ship"], Order("a", 1), tenant_id=tenant, workflow_id="once", if_exists="return"
         )
