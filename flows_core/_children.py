@@ -101,6 +101,14 @@ _decoder: Final = msgspec.json.Decoder(Body)
 DELIVERY_CONCURRENCY: Final = 32
 """Deliveries a worker runs at once (each is one transaction on its target)."""
 
+NOT_FOUND_PATIENCE: Final = timedelta(minutes=10)
+"""How long a signal, cancel or terminate for a workflow that does not exist is kept and
+retried: its start may still be on its way (an earlier message whose delivery failed)."""
+
+
+class TargetNotYetThere(Exception):
+    """A message's target does not exist (yet): the message is left for a later claim."""
+
 
 def outbox_of(store: Store) -> Outbox | None:
     """The store's outbox capability, or None if it has none."""
@@ -223,21 +231,30 @@ async def deliver(store: Store, outbox: Outbox, record: OutboxRecord) -> None:
     A target that is gone or finished takes nothing: the message is done."""
     body = _decoder.decode(record.body)
     try:
-        match body:
-            case StartChild(new=new):
-                await _start_child(store, outbox, new, record)
-            case SignalTarget():
-                await outbox.deliver_once(body.tenant_id, body.workflow_id, body.event, body.key)
-            case CancelTarget():
-                await store.cancel_workflow(body.tenant_id, body.workflow_id, body.event)
-            case TerminateTarget():
-                await store.terminate_workflow(body.tenant_id, body.workflow_id, body.event)
-            case NotifyParent():
-                await outbox.deliver_once(
-                    body.tenant_id, body.workflow_id, body.event, notice_key(body)
-                )
-    except (WorkflowNotFound, WorkflowNotRunning):
+        return await _deliver(store, outbox, body, record)
+    except WorkflowNotFound:
+        if isinstance(body, StartChild | NotifyParent):
+            return  # a parent that is gone takes no notice
+        if store.clock.now() - body.event.at < NOT_FOUND_PATIENCE:
+            raise TargetNotYetThere(body.workflow_id) from None
+    except WorkflowNotRunning:
         pass
+
+
+async def _deliver(store: Store, outbox: Outbox, body: Body, record: OutboxRecord) -> None:
+    match body:
+        case StartChild(new=new):
+            await _start_child(store, outbox, new, record)
+        case SignalTarget():
+            await outbox.deliver_once(body.tenant_id, body.workflow_id, body.event, body.key)
+        case CancelTarget():
+            await store.cancel_workflow(body.tenant_id, body.workflow_id, body.event)
+        case TerminateTarget():
+            await store.terminate_workflow(body.tenant_id, body.workflow_id, body.event)
+        case NotifyParent():
+            await outbox.deliver_once(
+                body.tenant_id, body.workflow_id, body.event, notice_key(body)
+            )
 
 
 async def _start_child(
@@ -275,28 +292,43 @@ async def deliver_all(store: Store, records: Sequence[OutboxRecord]) -> int:
         return 0
     gate = asyncio.Semaphore(DELIVERY_CONCURRENCY)
     done: list[OutboxRecord] = []
+    # Messages to one target go in order (a child's start before its signal), each
+    # target's after the previous one was delivered; targets concurrently.
+    by_target: dict[tuple[str, str], list[OutboxRecord]] = {}
+    for record in records:
+        by_target.setdefault(target_of(record), []).append(record)
 
-    async def one(record: OutboxRecord) -> None:
+    async def in_order(group: list[OutboxRecord]) -> None:
         async with gate:
-            try:
-                await deliver(store, outbox, record)
-            except Exception as exc:
-                log.warning(
-                    "outbox message %s of workflow %s not delivered (a worker retries it): %r",
-                    record.message_id,
-                    record.workflow_id,
-                    exc,
-                )
-                return
-            done.append(record)
+            for record in group:
+                try:
+                    await deliver(store, outbox, record)
+                except Exception as exc:
+                    log.warning(
+                        "outbox message %s of workflow %s not delivered (a worker retries it): %r",
+                        record.message_id,
+                        record.workflow_id,
+                        exc,
+                    )
+                    return
+                done.append(record)
 
-    if len(records) == 1:
-        await one(records[0])
+    groups = list(by_target.values())
+    if len(groups) == 1:
+        await in_order(groups[0])
     else:
-        await asyncio.gather(*(one(r) for r in records))
+        await asyncio.gather(*(in_order(g) for g in groups))
     if done:
         await outbox.delete_outbox(done)
     return len(done)
+
+
+def target_of(record: OutboxRecord) -> tuple[str, str]:
+    """The (tenant, workflow id) a message is for."""
+    body = _decoder.decode(record.body)
+    if isinstance(body, StartChild):
+        return body.new.tenant_id, body.new.workflow_id
+    return body.tenant_id, body.workflow_id
 
 
 def records_of(lease: Lease, messages: Sequence[OutboxMessage]) -> list[OutboxRecord]:

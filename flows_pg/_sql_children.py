@@ -57,7 +57,7 @@ WITH c AS MATERIALIZED (
   SELECT o.shard_key, o.tenant_id, o.message_id
   FROM {S}.outbox o
   WHERE o.visible_at <= now() {shards}
-  ORDER BY o.visible_at
+  ORDER BY o.visible_at, o.message_id
   LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
 )
