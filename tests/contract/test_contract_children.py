@@ -103,8 +103,12 @@ def setup(
     return engine, worker(store, workflows=list(wfs.values())), wfs, f"t-{adapter.ns}"
 
 
-async def status_of(engine: flows.Engine, workflow_id: str, tenant: str) -> WorkflowStatus:
-    return (await engine.query(workflow_id, tenant_id=tenant)).status
+async def status_of(engine: flows.Engine, workflow_id: str, tenant: str) -> WorkflowStatus | None:
+    """The workflow's status; None while it does not exist (its start may be on its way)."""
+    try:
+        return (await engine.query(workflow_id, tenant_id=tenant)).status
+    except flows.WorkflowNotFound:
+        return None
 
 
 async def test_child_result_is_typed_and_recorded(adapter: Adapter) -> None:
@@ -144,7 +148,9 @@ async def test_child_handle_signal_and_cancel(adapter: Adapter) -> None:
         out = await result(run)
     second = f"{run.workflow_id}-second"
     assert out == ["hello", f"cancelled:{second}"]
-    assert await status_of(engine, second, tenant) == WorkflowStatus.CANCELLED
+    await eventually(
+        lambda: status_of(engine, second, tenant), lambda s: s == WorkflowStatus.CANCELLED
+    )
     first = await engine.history(f"{run.workflow_id}/child-1", tenant_id=tenant)
     signals = [e for e in first if isinstance(e, SignalReceived)]
     assert [s.name for s in signals] == ["go"]
@@ -162,7 +168,9 @@ async def test_parent_close_policies(adapter: Adapter) -> None:
             lambda: status_of(engine, terminated, tenant),
             lambda s: s == WorkflowStatus.TERMINATED,
         )
-        assert await status_of(engine, abandoned, tenant) == WorkflowStatus.RUNNING
+        await eventually(
+            lambda: status_of(engine, abandoned, tenant), lambda s: s == WorkflowStatus.RUNNING
+        )
         await engine.signal(abandoned, "go", "still here", tenant_id=tenant)
         assert await engine.wait_for_result(abandoned, tenant_id=tenant, timeout=10) == "still here"
 
