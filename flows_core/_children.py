@@ -34,6 +34,7 @@ from ._sharding import Sharder, key_for
 from .events import (
     CancelRequested,
     ChildCancelRequested,
+    ChildEndStatus,
     ChildSignalRequested,
     ChildStartRequested,
     ChildWorkflowEnded,
@@ -249,8 +250,10 @@ async def _deliver(store: Store, outbox: Outbox, body: Body, record: OutboxRecor
             await outbox.deliver_once(body.tenant_id, body.workflow_id, body.event, body.key)
         case CancelTarget():
             await store.cancel_workflow(body.tenant_id, body.workflow_id, body.event)
+            await close_ended(store, body.tenant_id, body.workflow_id)
         case TerminateTarget():
             await store.terminate_workflow(body.tenant_id, body.workflow_id, body.event)
+            await close_ended(store, body.tenant_id, body.workflow_id)
         case NotifyParent():
             await outbox.deliver_once(
                 body.tenant_id, body.workflow_id, body.event, notice_key(body)
@@ -321,6 +324,61 @@ async def deliver_all(store: Store, records: Sequence[OutboxRecord]) -> int:
     if done:
         await outbox.delete_outbox(done)
     return len(done)
+
+
+def closing_bodies(history: Sequence[Event], tenant: str, workflow_id: str) -> list[Body]:
+    """What a workflow ended from outside (terminated; a parked one cancelled) owes the
+    others, from its final history: the notice to its parent and the parent-close policy
+    of its open children. Nothing for a workflow that ended by its own commit (which
+    sent them) or has not ended."""
+    if not history or not isinstance(history[-1], WorkflowTerminatedEvent | WorkflowCancelledEvent):
+        return []
+    end = history[-1]
+    if isinstance(end, WorkflowCancelledEvent) and not (
+        len(history) > 1 and isinstance(history[-2], CancelRequested)
+    ):
+        return []  # cancelled by its own code: its commit sent everything
+    first = history[0]
+    open_children: dict[int, ChildStartRequested] = {}
+    for event in history:
+        if isinstance(event, ChildStartRequested):
+            open_children[event.seq] = event
+        elif isinstance(event, ChildWorkflowEnded | StepCancelled):
+            open_children.pop(event.seq, None)
+    reason = f"parent {workflow_id!r} ended"
+    bodies = [b for c in open_children.values() if (b := _close(c, tenant, reason, end.at))]
+    parent = first.parent if isinstance(first, WorkflowStarted) else None
+    if parent is not None:
+        if isinstance(end, WorkflowTerminatedEvent):
+            error = ErrorInfo(type="WorkflowTerminated", message=end.reason)
+            status: ChildEndStatus = "terminated"
+        else:
+            error = end.error or ErrorInfo(type="Cancelled", message="cancelled")
+            status = "cancelled"
+        ended = ChildWorkflowEnded(
+            seq=parent.seq, workflow_id=workflow_id, status=status, error=error, at=end.at
+        )
+        bodies.append(NotifyParent(tenant_id=tenant, workflow_id=parent.workflow_id, event=ended))
+    return bodies
+
+
+async def close_ended(store: Store, tenant_id: str, workflow_id: str) -> None:
+    """After a workflow may have been ended from outside: deliver what it owes its
+    parent and children (``closing_bodies``). Idempotent; the Engine calls it after
+    ``terminate`` and ``cancel``, deliveries after a terminate or cancel message."""
+    outbox = outbox_of(store)
+    if outbox is None:
+        return
+    history = await store.get_history(tenant_id, workflow_id)
+    for body in closing_bodies(history, tenant_id, workflow_id):
+        record = OutboxRecord(
+            tenant_id=tenant_id,
+            workflow_id=workflow_id,
+            shard_key="",
+            message_id="",
+            body=msgspec.Raw(_encoder.encode(body)),
+        )
+        await deliver(store, outbox, record)
 
 
 def target_of(record: OutboxRecord) -> tuple[str, str]:

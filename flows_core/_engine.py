@@ -11,6 +11,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 import msgspec
 import uuid6
 
+from ._children import close_ended
 from ._clock import Clock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, check_id, check_name, decode_payload, encode_payload
 from ._definitions import Workflow
@@ -511,6 +512,8 @@ class Engine:
         outcome = await self.store.cancel_workflow(tenant, wf_id, event, tx=tx)
         if outcome == CancelOutcome.CANCELLED:  # a dead letter, ended at once
             await self._ended(tenant, wf_id, WorkflowStatus.CANCELLED, tx)
+            if tx is None:
+                await close_ended(self.store, tenant, wf_id)
         return outcome
 
     async def terminate(
@@ -530,6 +533,8 @@ class Engine:
         outcome = await self.store.terminate_workflow(tenant, wf_id, event, tx=tx)
         if outcome == TerminateOutcome.TERMINATED:
             await self._ended(tenant, wf_id, WorkflowStatus.TERMINATED, tx)
+        if tx is None:  # again on a repeated terminate: it may finish what a crash cut
+            await close_ended(self.store, tenant, wf_id)
         return outcome
 
     async def _ended(self, tenant: str, workflow_id: str, status: WorkflowStatus, tx: Any) -> None:

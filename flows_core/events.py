@@ -30,6 +30,7 @@ __all__ = [
     "ActivityScheduled",
     "CancelRequested",
     "ChildCancelRequested",
+    "ChildEndStatus",
     "ChildSignalRequested",
     "ChildStartRequested",
     "ChildWorkflowEnded",

@@ -328,3 +328,30 @@ async def test_signal_idempotency_key_delivers_once(adapter: Adapter) -> None:
     assert await engine.signal(other.workflow_id, "go", "x", tenant_id=tenant, idempotency_key="k1")
     with pytest.raises(flows.WorkflowNotFound):
         await engine.signal("missing", "go", "x", tenant_id=tenant, idempotency_key="k9")
+
+
+async def test_terminating_a_child_fails_its_parent_and_a_parent_closes_its_children(
+    adapter: Adapter,
+) -> None:
+    """Ended from outside (terminate): a child's parent is told (ChildWorkflowFailed,
+    status terminated); a parent's open children get its parent-close policy."""
+    engine, w, wfs, tenant = setup(adapter)
+    async with running(w):
+        waiting = await engine.start(wfs["awaiter"], "cancel", tenant_id=tenant)
+        child = f"{waiting.workflow_id}/child-1"
+        await eventually(lambda: status_of(engine, child, tenant), lambda s: s is not None)
+        await engine.terminate(child, reason="ops", tenant_id=tenant)
+        with pytest.raises(flows.WorkflowFailed, match="ChildWorkflowFailed"):
+            await result(waiting)
+        parent = await engine.start(wfs["awaiter"], "terminate", tenant_id=tenant)
+        child = f"{parent.workflow_id}/child-1"
+        await eventually(lambda: status_of(engine, child, tenant), lambda s: s is not None)
+        await engine.terminate(parent.workflow_id, reason="ops", tenant_id=tenant)
+        await eventually(
+            lambda: status_of(engine, child, tenant), lambda s: s == WorkflowStatus.TERMINATED
+        )
+    history = await engine.history(waiting.workflow_id, tenant_id=tenant)
+    (ended,) = [e for e in history if isinstance(e, ChildWorkflowEnded)]
+    assert ended.status == "terminated"
+    assert ended.error is not None
+    assert ended.error.type == "WorkflowTerminated"
