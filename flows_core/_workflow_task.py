@@ -398,9 +398,8 @@ class WorkflowTaskRunner:
         )
         moved = await self.activities.write_fenced(self.store.commit_workflow_task, commit)
         if outbox:
-            self.counters["outbox_delivered"] += await deliver_all(
-                self.store, records_of(progress.lease, outbox)
-            )
+            delivered = await deliver_all(self.store, records_of(progress.lease, outbox))
+            self.counters["outbox_delivered"] += delivered
         self.counters["commits"] += 1
         if commit.status is not WorkflowStatus.RUNNING:  # once: the write is fenced
             self.observer.workflow_finished(
