@@ -141,8 +141,9 @@ class _Workflow:
     cancel_requested: bool = False
     workflow_task: _Task | None = None
     step_tasks: dict[int, _Task] = field(default_factory=dict)
-    delivered: set[str] = field(default_factory=set)
-    """Keys of ``deliver_once`` deliveries (kept with the workflow, gone with it)."""
+    delivered: dict[str, datetime] = field(default_factory=dict)
+    """Keys of ``deliver_once`` deliveries and when they came (gone with the workflow, or
+    at a ``prune`` whose age they passed)."""
 
     @classmethod
     def new(cls, new: NewWorkflow, now: datetime) -> _Workflow:
@@ -492,7 +493,7 @@ class MemoryStore:
             return False
         signal_outcome(tenant_id, workflow_id, None if wf is None else wf.status)
         assert wf is not None
-        wf.delivered.add(key)
+        wf.delivered[key] = self._clock.now()
         wf.inbox.append(kept)
         self._ensure_workflow_task(wf)
         self._changed(wf, work=True)
@@ -973,6 +974,9 @@ class MemoryStore:
             for task in [t for t in self._tasks.values() if t.key == key]:
                 self._delete(task)
             del self._workflows[(wf.tenant_id, wf.workflow_id)]
+        for wf in self._workflows.values():
+            if wf.delivered:
+                wf.delivered = {k: at for k, at in wf.delivered.items() if at >= horizon}
         if old:
             self.operations += 1
         self._fault("prune", "after")

@@ -355,3 +355,21 @@ async def test_terminating_a_child_fails_its_parent_and_a_parent_closes_its_chil
     assert ended.status == "terminated"
     assert ended.error is not None
     assert ended.error.type == "WorkflowTerminated"
+
+
+async def test_idempotency_keys_are_kept_until_prune_passes_their_age(adapter: Adapter) -> None:
+    """The dedup window: a key is remembered until a prune whose age it has passed."""
+    from datetime import timedelta
+
+    wfs = make(adapter.ns)
+    tenant = f"t-{adapter.ns}"
+    engine = flows.Engine(adapter.store, workflows=list(wfs.values()))
+    run = await engine.start(wfs["waiter"], None, tenant_id=tenant)
+    assert await engine.signal(run.workflow_id, "go", "a", tenant_id=tenant, idempotency_key="k")
+    await engine.prune(timedelta(hours=1))
+    assert not await engine.signal(
+        run.workflow_id, "go", "b", tenant_id=tenant, idempotency_key="k"
+    )
+    await adapter.pass_time(0.05)
+    await engine.prune(timedelta(0))
+    assert await engine.signal(run.workflow_id, "go", "c", tenant_id=tenant, idempotency_key="k")
