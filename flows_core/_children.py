@@ -56,6 +56,7 @@ __all__ = [
     "SignalTarget",
     "StartChild",
     "TerminateTarget",
+    "INLINE_DELIVERIES",
     "deliver",
     "deliver_all",
     "outbox_for",
@@ -98,6 +99,11 @@ Body = StartChild | SignalTarget | CancelTarget | TerminateTarget | NotifyParent
 
 _encoder: Final = msgspec.json.Encoder()
 _decoder: Final = msgspec.json.Decoder(Body)
+
+INLINE_DELIVERIES: Final = 64
+"""Messages of one commit its worker delivers itself, at once; a bigger fan-out's others
+are claimable at once by any worker of the shard (``claim_outbox``), which spreads
+the delivery of 10,000 child starts over every worker."""
 
 DELIVERY_CONCURRENCY: Final = 32
 """Deliveries a worker runs at once (each is one transaction on its target)."""
@@ -197,7 +203,10 @@ def outbox_for(
                     bodies.append(_notice(tenant, parent_id, instance.parent, e))
             case _:
                 pass
-    return [_message(body, delay) for body in bodies]
+    return [
+        _message(body, delay if i < INLINE_DELIVERIES else timedelta(0))
+        for i, body in enumerate(bodies)
+    ]
 
 
 def _notice(

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ._activity_runner import ActivityRunner, LeaseKeeper, cancelled_from_outside
-from ._children import deliver_all, outbox_for, records_of
+from ._children import INLINE_DELIVERIES, deliver_all, outbox_for, records_of
 from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
@@ -398,7 +398,8 @@ class WorkflowTaskRunner:
         )
         moved = await self.activities.write_fenced(self.store.commit_workflow_task, commit)
         if outbox:
-            delivered = await deliver_all(self.store, records_of(progress.lease, outbox))
+            inline = records_of(progress.lease, outbox[:INLINE_DELIVERIES])
+            delivered = await deliver_all(self.store, inline)
             self.counters["outbox_delivered"] += delivered
         self.counters["commits"] += 1
         if commit.status is not WorkflowStatus.RUNNING:  # once: the write is fenced
