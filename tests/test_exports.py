@@ -116,6 +116,7 @@ EVENTS = [
     "ActivityScheduled",
     "CancelRequested",
     "ChildCancelRequested",
+    "ChildEndStatus",
     "ChildSignalRequested",
     "ChildStartRequested",
     "ChildWorkflowEnded",
