@@ -241,6 +241,10 @@ class Worker:
             watchdog=self._watchdog,
             observer=self.observer,
         )
+        self._workflow_tasks.outbox_left = self._look_at_outbox
+
+    def _look_at_outbox(self) -> None:
+        self._outbox_at = 0.0
 
     # -- lifecycle --
 

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -106,6 +106,9 @@ class WorkflowTaskRunner:
         self.observed = type(self.observer) is not Observer
         self.sharder: Sharder = getattr(store, "sharder", None) or HashSharder()
         """Where child workflows go (the store's own placement, if it imposes one)."""
+        self.outbox_left: Callable[[], None] = lambda: None
+        """Called when a commit left messages for claims (beyond INLINE_DELIVERIES): the
+        Worker then looks at the outbox at once."""
 
     async def run(self, claim: WorkflowTaskClaim) -> None:
         """Run a claimed workflow task to its commit, or count the attempt (see the
@@ -398,6 +401,8 @@ class WorkflowTaskRunner:
         )
         moved = await self.activities.write_fenced(self.store.commit_workflow_task, commit)
         if outbox:
+            if len(outbox) > INLINE_DELIVERIES:
+                self.outbox_left()
             inline = records_of(progress.lease, outbox[:INLINE_DELIVERIES])
             delivered = await deliver_all(self.store, inline)
             self.counters["outbox_delivered"] += delivered
