@@ -186,7 +186,7 @@ class Step(Generic[T]):
         self._done = False
         self._result: Any = None
         self._exc: BaseException | None = None
-        self._waiters: list[_Task | _Combinator] = []
+        self._waiters: list[_Task | _Combinator | _ChildDone] = []
 
     @property
     def done(self) -> bool:
@@ -194,7 +194,7 @@ class Step(Generic[T]):
 
     def _resolve(
         self, result: Any = None, exc: BaseException | None = None
-    ) -> list[_Task | _Combinator]:
+    ) -> list[_Task | _Combinator | _ChildDone]:
         self._done, self._result, self._exc = True, result, exc
         waiters, self._waiters = self._waiters, []
         return waiters
@@ -300,6 +300,20 @@ class _Task:
             self.coro.close()
 
 
+class _ChildDone:
+    """Wakes a combinator when its step at ``index`` resolves; the instance marks the
+    step done in it at once (``_wake``), so a gather over n steps costs O(n) to follow,
+    not O(n) per resolution."""
+
+    __slots__ = ("combinator", "index")
+
+    def __init__(self, combinator: _Combinator, index: int) -> None:
+        self.combinator, self.index = combinator, index
+
+    def step(self) -> None:
+        self.combinator.step()
+
+
 class _Combinator:
     """``flows.gather`` (``first=False``) or ``flows.race`` (``first=True``) over steps.
 
@@ -312,7 +326,9 @@ class _Combinator:
 
     __slots__ = (
         "children",
+        "done_count",
         "first",
+        "first_failed",
         "future",
         "instance",
         "outcome",
@@ -334,10 +350,23 @@ class _Combinator:
         self.outcome: tuple[Any, BaseException | None] | None = None
         self.future: Step[Any] = Step(0, "flows.race" if first else "flows.gather")
         instance._combinators[self.future] = self
-        for child in children:
-            if not child.done:
-                child._waiters.append(self)
+        self.done_count = 0
+        self.first_failed: int | None = None
+        """The lowest index of a step done with an Exception."""
+        for index, child in enumerate(children):
+            if child.done:
+                self.mark(index)
+            else:
+                child._waiters.append(_ChildDone(self, index))
         instance._ready.append(self)
+
+    def mark(self, index: int) -> None:
+        """Step ``index`` is done (called as it resolves)."""
+        self.done_count += 1
+        if isinstance(self.children[index]._exc, Exception) and (
+            self.first_failed is None or index < self.first_failed
+        ):
+            self.first_failed = index
 
     def step(self) -> None:
         if self.future.done:
@@ -349,7 +378,7 @@ class _Combinator:
             reason, result, exc = decided
             self.outcome = (result, exc)
             self.cancel(reason)
-        if all(child.done for child in self.children):
+        if self.done_count == len(self.children):
             result, exc = self.outcome
             del self.instance._combinators[self.future]
             self.instance._wake(self.future._resolve(result, exc))
@@ -368,11 +397,10 @@ class _Combinator:
         return None
 
     def _gather(self) -> tuple[str, Any, BaseException | None] | None:
-        if not self.return_exceptions:
-            for child in self.children:
-                if child.done and isinstance(child._exc, Exception):
-                    return "another step of the gather failed", None, child._exc
-        if all(child.done for child in self.children):
+        if not self.return_exceptions and self.first_failed is not None:
+            failed = self.children[self.first_failed]._exc
+            return "another step of the gather failed", None, failed
+        if self.done_count == len(self.children):
             results = tuple(
                 child._exc if child._exc is not None else child._result for child in self.children
             )
@@ -483,7 +511,7 @@ class WorkflowInstance:
         self._live: dict[_Task, None] = {}
         """Tasks not finished, in the order they were created (replay must not depend
         on hashes)."""
-        self._ready: deque[_Task | _Combinator] = deque()
+        self._ready: deque[_Task | _Combinator | _ChildDone] = deque()
         self._main: Step[Any] | None = None
         self._expected: dict[int, _CommandEvent] = {}
         self._expected_cancels: set[int] = set()
@@ -609,10 +637,12 @@ class WorkflowInstance:
         if main is not None and main.done and not self.finished and self._violation_error is None:
             self._finish(main)
 
-    def _wake(self, tasks: list[_Task | _Combinator]) -> None:
+    def _wake(self, tasks: list[_Task | _Combinator | _ChildDone]) -> None:
         for task in tasks:
             if isinstance(task, _Task):
                 task.waiting_on = None
+            elif isinstance(task, _ChildDone):
+                task.combinator.mark(task.index)
             self._ready.append(task)
 
     def _violation(self, error: FlowsError, divergence: Divergence | None = None) -> None:
@@ -780,7 +810,9 @@ class WorkflowInstance:
                 return
         self._buffered.setdefault(event.name, deque()).append(event)
 
-    def _decoded(self, wait: _SignalWait, event: SignalReceived) -> list[_Task | _Combinator]:
+    def _decoded(
+        self, wait: _SignalWait, event: SignalReceived
+    ) -> list[_Task | _Combinator | _ChildDone]:
         try:
             value = decode_payload(event.payload, wait.type_, what=f"signal {event.name!r}")
         except PayloadError as exc:
