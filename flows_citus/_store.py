@@ -32,11 +32,13 @@ from flows_pg._base import Batch, Op, Rows, SqlStore, Step
 from flows_pg._fsck import FsckSqlStore
 from flows_pg._group_commit import GroupCommitSqlStore
 from flows_pg._migrate import migrate
+from flows_pg._records import outbox_record, uuid_of
 from flows_pg._schedules import ScheduleSqlStore
 from flows_pg._sql import list_params
+from flows_pg._sql_children import outbox_params
 from flows_pg._txact import Outcome, TransactionalSqlStore, fenced_outcome
 
-from . import _fsck_sql, _sql, _sql_schedules
+from . import _fsck_sql, _sql, _sql_children, _sql_schedules
 from ._client_ops import CitusOps, detect_op, layout_op
 from ._layout import CitusLayout
 
@@ -334,6 +336,9 @@ class CitusStore(
             if keep
             else _sql.COMMIT_FINISH_END
         )
+        if commit.outbox:  # the messages, under the same guard, in the same transaction
+            params.update(outbox_params(commit))
+            steps.append(Step(self.statements(_sql_children.COMMIT_OUTBOX), params))
         steps.append(Step(self.statements(finish), params))
         # Workers need a wake-up for new tasks, or when the released workflow task has
         # events waiting; waiters (wait_for_result) when a workflow task ends.
@@ -449,9 +454,53 @@ class CitusStore(
             if pruned >= limit:
                 break
             params = {"sk": key, "age": max(older_than, timedelta(0)), "limit": limit - pruned}
-            rows = await self._run_one(self.statements(_sql.PRUNE), params)
-            pruned += int(rows[0]["pruned"])
+            batch = [
+                Step(self.statements(_sql.PRUNE), params),
+                Step(self.statements(_sql_children.PRUNE_KEYS), params),
+            ]
+            pruned += int((await self._run(batch))[0][0]["pruned"])
         return pruned
+
+    # -- the outbox (flows_core.store.Outbox; see flows_core._children) --
+
+    async def claim_outbox(
+        self, shard_keys: Sequence[str] | None, limit: int, lease: timedelta
+    ) -> list[api.OutboxRecord]:
+        """Due messages of the keys that have some (one pipelined probe of every key),
+        each key's claim a router statement of its own."""
+        if limit <= 0:
+            return []
+        await self._ready()
+        keys = self._keys(shard_keys)
+        probes = await self._each_key(self.statements(_sql_children.OUTBOX_PROBE), keys, {})
+        due = [key for key, rows in zip(keys, probes, strict=True) if rows[0]["found"]]
+        claimed: list[api.OutboxRecord] = []
+        for key in self._rotated(due):
+            if len(claimed) >= limit:
+                break
+            params = {"sk": key, "limit": limit - len(claimed), "lease": lease}
+            rows = await self._run_one(self.statements(_sql_children.CLAIM_OUTBOX), params)
+            claimed += [outbox_record(row) for row in rows]
+        return claimed
+
+    async def delete_outbox(self, records: Sequence[api.OutboxRecord]) -> None:
+        """One router DELETE per sender shard key, pipelined, each its own transaction."""
+        by_key: dict[str, list[api.OutboxRecord]] = {}
+        for record in records:
+            by_key.setdefault(record.shard_key, []).append(record)
+        steps = [
+            Step(
+                self.statements(_sql_children.DELETE_OUTBOX),
+                {
+                    "sk": key,
+                    "o_tenants": [r.tenant_id for r in group],
+                    "o_ids": [uuid_of(r.message_id, "outbox message id") for r in group],
+                },
+            )
+            for key, group in by_key.items()
+        ]
+        if steps:
+            await self._run(steps, transaction=False)
 
     async def count_workflows(self, tenant_id: str) -> dict[str, int]:
         """``tenant_id``'s workflows per status (``flows_core.store.WorkflowCounts``):

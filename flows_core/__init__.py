@@ -7,7 +7,7 @@ from ._activity_context import ActivityInfo, activity_info, heartbeat
 from ._activity_runner import TRANSACTION_CONFLICT_RETRIES
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
-from ._context import WorkflowContext, gather, race
+from ._context import ChildHandle, WorkflowContext, gather, race
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
 from ._eager import EagerStarts
 from ._engine import Engine, Run, WorkflowInfo
@@ -15,6 +15,8 @@ from ._errors import (
     ActivityFailed,
     ActivityTimeout,
     Cancelled,
+    ChildWorkflowCancelled,
+    ChildWorkflowFailed,
     ErrorInfo,
     FlowsError,
     HeartbeatTimeout,
@@ -88,6 +90,9 @@ __all__ = [
     "ActivityTimeout",
     "CancelOutcome",
     "Cancelled",
+    "ChildHandle",
+    "ChildWorkflowCancelled",
+    "ChildWorkflowFailed",
     "Clock",
     "CompositeObserver",
     "EagerStarts",

@@ -25,6 +25,7 @@ from .events import (
 from .store import (
     ActivityTaskSpec,
     Lease,
+    OutboxMessage,
     TimerTaskSpec,
     WorkflowStatus,
     WorkflowTaskCommit,
@@ -84,6 +85,7 @@ def build_commit(
     retries: dict[int, ActivityTaskSpec] | None = None,
     *,
     keep_lease: timedelta | None = None,
+    outbox: list[OutboxMessage] | None = None,
 ) -> WorkflowTaskCommit:
     """Turn the events a workflow task produced into the store writes that record them."""
     retries = retries or {}
@@ -134,4 +136,5 @@ def build_commit(
         activity_tasks=activity_tasks,
         timers=timers,
         drop_seqs=sorted(cancelled - new_seqs),
+        outbox=outbox or [],
     )

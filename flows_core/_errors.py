@@ -19,6 +19,8 @@
     │   └── IllegalAwaitError      workflow awaited something that is not a Flows step
     ├── WorkflowCodeError          a bug (TypeError...) escaped workflow code: it parks
     ├── ActivityFailed             raised inside a workflow when an activity fails for good
+    ├── ChildWorkflowFailed        raised inside a parent when its child failed (has .cause)
+    │   └── ChildWorkflowCancelled ... was cancelled
     ├── ActivityTimeout            an activity attempt ran past its timeout (retryable)
     │   ├── HeartbeatTimeout       ... or sent no heartbeat within its heartbeat_timeout
     │   └── ScheduleToCloseTimeout the step ran past its schedule_to_close (not retried)
@@ -43,6 +45,8 @@ __all__ = [
     "ActivityFailed",
     "ActivityTimeout",
     "Cancelled",
+    "ChildWorkflowCancelled",
+    "ChildWorkflowFailed",
     "ErrorInfo",
     "ScheduleNotFound",
     "FlowsError",
@@ -306,6 +310,23 @@ class ActivityFailed(FlowsError):
         self.error_type = error_type
         self.message = message
         self.attempts = attempts
+
+
+class ChildWorkflowFailed(FlowsError):
+    """A child workflow did not complete: raised in the parent where it awaits the
+    child. ``cause`` is the child's recorded error (type ``WorkflowTerminated`` when it
+    was terminated, ``ChildWorkflowAlreadyExists`` when its id was taken by a workflow
+    that is not this parent's child); ``status`` how it ended."""
+
+    def __init__(self, workflow_id: str, status: str, cause: ErrorInfo) -> None:
+        super().__init__(f"child workflow {workflow_id!r} {status}: {cause}")
+        self.workflow_id = workflow_id
+        self.status = status
+        self.cause = cause
+
+
+class ChildWorkflowCancelled(ChildWorkflowFailed):
+    """The child workflow ended cancelled (``cause``: its cancellation)."""
 
 
 class ActivityTimeout(FlowsError):

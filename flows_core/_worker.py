@@ -42,6 +42,7 @@ from typing import Any
 import uuid6
 
 from ._activity_runner import ActivityRunner, cancelled_from_outside, retrieve
+from ._children import deliver_all, outbox_of
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._commit import build_commit
 from ._definitions import Activity, Workflow
@@ -74,6 +75,9 @@ TIMER_CHECK_EVERY = 0.05
 SCHEDULE_CHECK_EVERY = 1.0
 SCHEDULE_BATCH = 20
 SCHEDULE_FAILURE_PAUSE = 5.0
+OUTBOX_CHECK_EVERY = 1.0
+"""How often a worker looks for outbox messages left undelivered (their sender's worker
+crashed or failed to deliver them; see flows_core._children)."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,7 @@ class Worker:
         self._timers_at = 0.0
         self._schedules_at = 0.0
         self._schedules_failed_until = 0.0
+        self._outbox_at = 0.0
         self._suspects = 0
         self.counters: dict[str, int] = {
             "workflow_tasks": 0,
@@ -252,6 +257,7 @@ class Worker:
             "eager_starts": 0,
             "activity_task_failures": 0,
             "transaction_conflicts": 0,
+            "outbox_delivered": 0,
         }
         self.eager = eager
         self._activity_runner = ActivityRunner(
@@ -297,6 +303,10 @@ class Worker:
             observer=self.observer,
             sticky=self.sticky if self.sticky.enabled else None,
         )
+        self._workflow_tasks.outbox_left = self._look_at_outbox
+
+    def _look_at_outbox(self) -> None:
+        self._outbox_at = 0.0
 
     # -- lifecycle --
 
@@ -559,6 +569,8 @@ class Worker:
             wait = 0.0 if ticked >= SCHEDULE_BATCH else SCHEDULE_CHECK_EVERY
             self._schedules_at = time.monotonic() + wait
             fired += ticked
+        if time.monotonic() >= self._outbox_at:
+            fired += await self.deliver_outbox()
         self._next_from_backlog()
         free = self.concurrency - len(self._inflight) - self._reserved - len(self._backlog)
         if free <= 0 or self._suspects:
@@ -591,6 +603,20 @@ class Worker:
         for task in claimed[free:]:
             self._wait_for_slot(task)
         return bool(claimed or fired)
+
+    async def deliver_outbox(self, limit: int = 100) -> int:
+        """Deliver outbox messages left over in this worker's shards (their delay
+        passed); returns how many were delivered. Looked at every OUTBOX_CHECK_EVERY
+        seconds, at once again while it finds some."""
+        outbox = outbox_of(self.store)
+        if outbox is None:
+            self._outbox_at = float("inf")
+            return 0
+        records = await outbox.claim_outbox(self.shard_keys, limit, self.lease)
+        delivered = await deliver_all(self.store, records)
+        self.counters["outbox_delivered"] += delivered
+        self._outbox_at = time.monotonic() + (0.0 if records else OUTBOX_CHECK_EVERY)
+        return delivered
 
     async def _isolate_suspects(self, claimed: list[ClaimedTask]) -> list[ClaimedTask]:
         """Workflow tasks a previous claimant did not finish (attempt > 1) may be poison

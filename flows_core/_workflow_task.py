@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 
 from ._activity_runner import ActivityRunner, LeaseKeeper, cancelled_from_outside
+from ._children import INLINE_DELIVERIES, deliver_all, outbox_for, records_of
 from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
@@ -42,11 +43,13 @@ from ._group_commit import group_writes
 from ._observe import Observer, TaskOutcome, TraceContext, WorkflowTask, trace_context_of
 from ._registry import WorkflowRegistry
 from ._replay import Activation, WorkflowInstance
+from ._sharding import HashSharder, Sharder
 from ._sticky import CachedWorkflow, StickyCache
 from .events import ActivityCompleted, ActivityScheduled, Event
 from .store import (
     ActivityTaskSpec,
     Lease,
+    OutboxMessage,
     Store,
     WorkflowStatus,
     WorkflowTaskClaim,
@@ -116,6 +119,11 @@ class WorkflowTaskRunner:
         self.observed = type(self.observer) is not Observer
         self.sticky = sticky
         """Suspended instances kept between tasks (None: every task replays)."""
+        self.sharder: Sharder = getattr(store, "sharder", None) or HashSharder()
+        """Where child workflows go (the store's own placement, if it imposes one)."""
+        self.outbox_left: Callable[[], None] = lambda: None
+        """Called when a commit left messages for claims (beyond INLINE_DELIVERIES): the
+        Worker then looks at the outbox at once."""
 
     async def run(self, claim: WorkflowTaskClaim) -> None:
         """Run a claimed workflow task to its commit, or count the attempt (see the
@@ -311,7 +319,12 @@ class WorkflowTaskRunner:
                     # Record what came before these activities first, keeping the lease,
                     # so a crash during them repeats nothing that had finished.
                     moved = await self._commit(
-                        progress, pending[:split], retries, keep=True, next_seq=inline[0].seq
+                        progress,
+                        pending[:split],
+                        retries,
+                        keep=True,
+                        next_seq=inline[0].seq,
+                        instance=instance,
                     )
                     pending, retries = pending[split:], {}
                     if moved:
@@ -361,11 +374,18 @@ class WorkflowTaskRunner:
                 # recorded first, so a retry after the fix does not run them again.
                 done = pending[:settled]
                 await self._commit(
-                    progress, done, retries, keep=True, next_seq=_next_seq(done, progress)
+                    progress,
+                    done,
+                    retries,
+                    keep=True,
+                    next_seq=_next_seq(done, progress),
+                    instance=instance,
                 )
             await self.park(claim, ErrorInfo.from_exception(error, attempts=claim.attempt), task)
             return
-        await self._commit(progress, pending, retries, keep=False, next_seq=instance.next_seq)
+        await self._commit(
+            progress, pending, retries, keep=False, next_seq=instance.next_seq, instance=instance
+        )
         if self.sticky is not None and not instance.finished:
             context = _trace_context(claim, cached)
             self.sticky.keep(claim, instance, progress.history_length, context)
@@ -421,6 +441,7 @@ class WorkflowTaskRunner:
         wf = claim.workflow
         runner = self.activities
         written: list[Event] = []
+        outbox: list[OutboxMessage] = []
         lease_for = self.lease
 
         def record(output: msgspec.Raw) -> WorkflowTaskCommit:
@@ -428,6 +449,7 @@ class WorkflowTaskRunner:
                 seq=scheduled.seq, output=output, attempt=1, at=self.store.clock.now()
             )
             written[:] = [*pending, done]
+            outbox[:] = outbox_for(written, instance, progress.lease, self.sharder, lease_for)
             return build_commit(
                 progress.lease,
                 progress.history_length,
@@ -436,6 +458,7 @@ class WorkflowTaskRunner:
                 written,
                 retries,
                 keep_lease=lease_for,
+                outbox=outbox,
             )
 
         outcome = await runner.attempt(
@@ -450,6 +473,7 @@ class WorkflowTaskRunner:
         )
         if outcome.recorded is None:
             return outcome, []
+        await self._deliver(progress.lease, outbox)
         self.counters["commits"] += 1
         moved = outcome.recorded
         progress.history_length += len(written) + len(moved)
@@ -478,8 +502,12 @@ class WorkflowTaskRunner:
         *,
         keep: bool,
         next_seq: int,
+        instance: WorkflowInstance,
     ) -> list[Event]:
-        """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back."""
+        """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back.
+        Messages to other workflows (child workflows) go into the outbox in the same
+        commit and are delivered from here at once (see flows_core._children)."""
+        outbox = outbox_for(events, instance, progress.lease, self.sharder, self.lease)
         commit = build_commit(
             progress.lease,
             progress.history_length,
@@ -488,9 +516,11 @@ class WorkflowTaskRunner:
             events,
             retries,
             keep_lease=self.lease if keep else None,
+            outbox=outbox,
         )
         write = group_writes(self.store).commit_workflow_task
         moved = await self.activities.write_fenced(write, commit)
+        await self._deliver(progress.lease, outbox)
         self.counters["commits"] += 1
         if commit.status is not WorkflowStatus.RUNNING:  # once: the write is fenced
             self.observer.workflow_finished(
@@ -499,6 +529,15 @@ class WorkflowTaskRunner:
         progress.history_length += len(events) + len(moved)
         progress.next_seq = next_seq
         return moved
+
+    async def _deliver(self, lease: Lease, outbox: list[OutboxMessage]) -> None:
+        """Deliver the first messages a commit just wrote (the rest go to claims)."""
+        if not outbox:
+            return
+        if len(outbox) > INLINE_DELIVERIES:
+            self.outbox_left()
+        inline = records_of(lease, outbox[:INLINE_DELIVERIES])
+        self.counters["outbox_delivered"] += await deliver_all(self.store, inline)
 
 
 def _trace_context(claim: WorkflowTaskClaim, cached: CachedWorkflow | None) -> TraceContext | None:

@@ -72,6 +72,9 @@ __all__ = [
     "Lease",
     "ListQuery",
     "NewWorkflow",
+    "Outbox",
+    "OutboxMessage",
+    "OutboxRecord",
     "Store",
     "StartRequest",
     "StoreStats",
@@ -304,6 +307,28 @@ class TimerTaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     fire_at: datetime
 
 
+class OutboxMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A message to another workflow, written into the sender's outbox (on the sender's
+    shard key) in the sender's own commit; ``body`` is flows_core's (the store keeps it
+    as JSON and knows nothing of it). ``delay``: ``claim_outbox`` leaves it alone this
+    long (the committing worker delivers it itself first)."""
+
+    message_id: str
+    """A UUID, unique per message."""
+    body: msgspec.Raw
+    delay: timedelta = timedelta(0)
+
+
+class OutboxRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored outbox message and its sender (``shard_key`` is the sender's)."""
+
+    tenant_id: str
+    workflow_id: str
+    shard_key: str
+    message_id: str
+    body: msgspec.Raw
+
+
 class WorkflowTaskCommit(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome of one workflow task, applied atomically.
 
@@ -334,6 +359,9 @@ class WorkflowTaskCommit(msgspec.Struct, frozen=True, kw_only=True):
     of ``keep_lease`` to run as it is (PostgreSQL does: the row update is then
     heap-only); the claim's attempt count is reset either way. Such a commit need not
     move the row's ``updated_at`` either."""
+    outbox: list[OutboxMessage] = []
+    """Messages to other workflows, written in the same transaction into the outbox
+    under the lease's shard key (``Outbox``); only if the commit is written."""
 
 
 class ActivityResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -639,6 +667,40 @@ class EagerStart(Protocol):
         attempt 1, the row as written and the history ``[new.started]``. A later claim
         of the task after the lease expires counts as attempt 2 (the claimant crashed).
         No work notification is needed (nothing is claimable)."""
+        ...
+
+
+@runtime_checkable
+class Outbox(Protocol):
+    """A store capability every adapter has (memory, PostgreSQL, Citus): the per-shard
+    outbox that carries messages between workflows (child starts, signals and cancels
+    to children, completion notices to parents), and once-only inbox delivery.
+
+    A sender writes its messages in its own commit (``WorkflowTaskCommit.outbox``); a
+    worker delivers each one with ordinary single-workflow writes on the target, each
+    idempotent, then deletes it. A crash between the two repeats the delivery, which
+    changes nothing. Nothing here spans two workflows' rows in one transaction."""
+
+    async def claim_outbox(
+        self, shard_keys: Sequence[str] | None, limit: int, lease: timedelta
+    ) -> list[OutboxRecord]:
+        """Up to ``limit`` messages due (their ``delay`` passed, no live claim) under
+        ``shard_keys`` (None: any), oldest first, each hidden from other claims for
+        ``lease``, skipping rows another transaction holds."""
+        ...
+
+    async def delete_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        """Delete delivered messages (those already gone are ignored)."""
+        ...
+
+    async def deliver_once(
+        self, tenant_id: str, workflow_id: str, event: Event, key: str, *, tx: Any = None
+    ) -> bool:
+        """Put ``event`` (a SignalReceived or ChildWorkflowEnded) in the inbox and
+        ensure a workflow task, in one transaction, unless ``key`` was delivered to this
+        workflow before: then nothing is written and False is returned. The keys are
+        kept with the workflow and deleted with it (``prune``). WorkflowNotFound, or
+        WorkflowNotRunning if terminal and the key is new."""
         ...
 
 

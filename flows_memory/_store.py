@@ -57,6 +57,7 @@ from flows_core.store import (
     Lease,
     ListQuery,
     NewWorkflow,
+    OutboxRecord,
     ScheduleAdvance,
     ScheduleClaim,
     ScheduleLease,
@@ -159,6 +160,9 @@ class _Workflow:
     cancel_requested: bool = False
     workflow_task: _Task | None = None
     step_tasks: dict[int, _Task] = field(default_factory=dict)
+    delivered: dict[str, datetime] = field(default_factory=dict)
+    """Keys of ``deliver_once`` deliveries and when they came (gone with the workflow, or
+    at a ``prune`` whose age they passed)."""
 
     @classmethod
     def new(cls, new: NewWorkflow, now: datetime) -> _Workflow:
@@ -224,6 +228,8 @@ class MemoryStore:
         """Per shard: timers not yet due at the last look, keyed by (visible_at, order)."""
         self._timer_due: dict[str, list[_Entry]] = {}
         """Per shard: due timers, keyed by (visible_at, order)."""
+        self._outbox: dict[tuple[str, str], tuple[datetime, OutboxRecord]] = {}
+        """(shard key, message id) -> (due at, message): the per-shard outbox."""
         self._pushes = 0
         self._schedules: dict[tuple[str, str], _Schedule] = {}
         self.operations = 0
@@ -508,6 +514,57 @@ class MemoryStore:
         self._changed(wf, work=True)
         self._fault("signal_workflow", "after")
 
+    async def deliver_once(
+        self, tenant_id: str, workflow_id: str, event: Event, key: str, *, tx: Any = None
+    ) -> bool:
+        """``flows_core.store.Outbox.deliver_once``."""
+        kept = self._received("deliver_once", event, tx)
+        stored_text(key, "delivery key")
+        wf = self._find(tenant_id, workflow_id)
+        if wf is not None and key in wf.delivered:
+            return False
+        signal_outcome(tenant_id, workflow_id, None if wf is None else wf.status)
+        assert wf is not None
+        wf.delivered[key] = self._clock.now()
+        wf.inbox.append(kept)
+        self._ensure_workflow_task(wf)
+        self._changed(wf, work=True)
+        self._fault("deliver_once", "after")
+        return True
+
+    async def claim_outbox(
+        self, shard_keys: Sequence[str] | None, limit: int, lease: timedelta
+    ) -> list[OutboxRecord]:
+        """``flows_core.store.Outbox.claim_outbox``."""
+        if limit <= 0:
+            return []
+        self._fault("claim_outbox", "before")
+        now = self._clock.now()
+        shards = None if shard_keys is None else set(shard_keys)
+        due = sorted(
+            (when, key)
+            for key, (when, _) in self._outbox.items()
+            if when <= now and (shards is None or key[0] in shards)
+        )[:limit]
+        claimed = []
+        for _, key in due:
+            record = self._outbox[key][1]
+            self._outbox[key] = (now + lease, record)
+            claimed.append(record)
+        self._fault("claim_outbox", "after")
+        return claimed
+
+    async def delete_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        """``flows_core.store.Outbox.delete_outbox``."""
+        self._fault("delete_outbox", "before")
+        for record in records:
+            self._outbox.pop((record.shard_key, record.message_id), None)
+        self._fault("delete_outbox", "after")
+
+    def outbox_size(self) -> int:
+        """Messages in the outbox (test helper)."""
+        return len(self._outbox)
+
     async def cancel_workflow(
         self, tenant_id: str, workflow_id: str, event: CancelRequested, *, tx: Any = None
     ) -> CancelOutcome:
@@ -716,6 +773,18 @@ class MemoryStore:
             stored_payload(spec.input, "activity input")
             if spec.last_error is not None:
                 stored_error(spec.last_error, "activity error")
+        for message in commit.outbox:
+            stored_payload(message.body, "outbox message")
+            self._outbox[(wf.shard_key, message.message_id)] = (
+                now + message.delay,
+                OutboxRecord(
+                    tenant_id=wf.tenant_id,
+                    workflow_id=wf.workflow_id,
+                    shard_key=wf.shard_key,
+                    message_id=message.message_id,
+                    body=message.body,
+                ),
+            )
         grew = bool(wf.inbox)
         wf.history.extend(events)
         wf.next_seq = commit.next_seq
@@ -1023,6 +1092,9 @@ class MemoryStore:
             for task in [t for t in self._tasks.values() if t.key == key]:
                 self._delete(task)
             del self._workflows[(wf.tenant_id, wf.workflow_id)]
+        for wf in self._workflows.values():
+            if wf.delivered:
+                wf.delivered = {k: at for k, at in wf.delivered.items() if at >= horizon}
         if old:
             self.operations += 1
         self._fault("prune", "after")

@@ -25,13 +25,14 @@ from flows_core.store import (
     ClaimRequest,
     Lease,
     ListQuery,
+    OutboxRecord,
     StoreStats,
     WorkflowRecord,
     WorkflowTaskCommit,
     stored_event,
 )
 
-from . import _fsck_sql, _sql
+from . import _fsck_sql, _sql, _sql_children
 from ._base import Batch, Op, Rows, Step
 from ._client_ops import ClientOps, PostgresOps
 from ._fsck import FsckSqlStore
@@ -43,6 +44,7 @@ from ._records import (
     commit_params,
     commit_refused,
     error_text,
+    outbox_record,
     record_from_row,
     store_stats,
     utc,
@@ -159,15 +161,19 @@ class PostgresStore(
         params = commit_params(commit, self.statements.lease_params(commit.lease))
         shape = {"activities": bool(acts), "timers": bool(timers), "drops": bool(drops)}
         statement = self.statements(_sql.commit_sql(keep=keep, **shape))
+        steps = [Step(statement, params)]
+        if commit.outbox:  # its messages first, under the same fence, in one transaction
+            params.update(_sql_children.outbox_params(commit))
+            steps.insert(0, Step(self.statements(_sql_children.COMMIT_OUTBOX), params))
 
         def outcome(results: list[Rows]) -> list[Event]:
-            row = results[0][0]
+            row = results[-1][0]
             if row["done"]:
                 moved = row["moved"]
                 return [] if moved is None else decode_events(moved)
             raise commit_refused(commit, row)
 
-        return [Step(statement, params)], outcome
+        return steps, outcome
 
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
         params = self.statements.lease_params(lease)
@@ -218,7 +224,32 @@ class PostgresStore(
         if limit <= 0:
             return 0
         params = {"age": max(older_than, timedelta(0)), "limit": limit}
-        return int((await self._run_one(self.statements(_sql.PRUNE), params))[0]["pruned"])
+        batch = [
+            Step(self.statements(_sql.PRUNE), params),
+            Step(self.statements(_sql_children.PRUNE_KEYS), params),
+        ]
+        return int((await self._run(batch))[0][0]["pruned"])
+
+    # -- the outbox (flows_core.store.Outbox; see flows_core._children) --
+
+    async def claim_outbox(
+        self, shard_keys: Sequence[str] | None, limit: int, lease: timedelta
+    ) -> list[OutboxRecord]:
+        if limit <= 0 or (shard_keys is not None and not shard_keys):
+            return []
+        filtered = "AND o.shard_key = ANY(%(shards)s::text[])" if shard_keys is not None else ""
+        statement = self.statements(_sql_children.CLAIM_OUTBOX.replace("{shards}", filtered))
+        params = {
+            "limit": limit,
+            "lease": lease,
+            "shards": None if shard_keys is None else list(shard_keys),
+        }
+        return [outbox_record(row) for row in await self._run_one(statement, params)]
+
+    async def delete_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        if records:
+            params = _sql_children.delete_params(list(records))
+            await self._run_one(self.statements(_sql_children.DELETE_OUTBOX), params)
 
     async def count_workflows(self, tenant_id: str) -> dict[str, int]:
         """``tenant_id``'s workflows per status (``flows_core.store.WorkflowCounts``)."""
