@@ -29,8 +29,10 @@ from flows_core.store import stored_event
 from flows_pg import _records
 from flows_pg._base import Batch, Rows, SqlStore, Step
 from flows_pg._fsck import FsckSqlStore
+from flows_pg._limits import SqlLimits
 from flows_pg._migrate import migrate
 from flows_pg._sql import list_params
+from flows_pg._sql_limits import WAITING_SHARD
 
 from . import _fsck_sql, _sql
 from ._client_ops import CitusOps, detect_op, layout_op
@@ -42,7 +44,7 @@ _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _keys_decoder: Final = msgspec.json.Decoder(list[tuple[str, str]] | None)
 
 
-class CitusStore(FsckSqlStore):
+class CitusStore(SqlLimits, FsckSqlStore):
     """Store on Citus (a coordinator and worker nodes).
 
     ``CitusStore(dsn_or_pool, schema="flows")`` takes the coordinator's DSN or pool, as
@@ -55,6 +57,7 @@ class CitusStore(FsckSqlStore):
 
     CITUS = True
     SQL: ClassVar[ModuleType] = _sql
+    WAITING_SHARD = WAITING_SHARD
     FSCK_SQL: ClassVar[ModuleType] = _fsck_sql
 
     PROBE_EVERY: Final = 0.2

@@ -35,6 +35,7 @@ from ._errors import (
     ScheduleToCloseTimeout,
     StoreError,
 )
+from ._limits import LimitGate
 from ._observe import ActivityAttempt, Observer, TraceContext, TraceContexts
 from .store import (
     ActivityResult,
@@ -92,6 +93,8 @@ class ActivityRunner:
         trace_contexts: TraceContexts | None = None,
     ) -> None:
         self.store = store
+        self.gate = LimitGate(store)
+        """Flow control of limited activities (flows_core._limits)."""
         self.activities = activities
         self.lease = lease
         self.max_payload_bytes = max_payload_bytes
@@ -310,6 +313,18 @@ class ActivityRunner:
             await self.fail_task(claim, activity, exc)
 
     async def _run_task(self, claim: ActivityTaskClaim, activity: Activity[Any, Any]) -> None:
+        if activity.limits is None:
+            await self._run_admitted(claim, activity)
+            return
+        held = await self.gate.admit_activity(claim, activity.limits, activity.input_type)
+        if held is None:
+            return  # deferred, uncounted: no slot or rate token now
+        try:
+            await self._run_admitted(claim, activity)
+        finally:
+            await self.gate.leave(held)
+
+    async def _run_admitted(self, claim: ActivityTaskClaim, activity: Activity[Any, Any]) -> None:
         info = self.info(
             claim.lease, claim.workflow_name, claim.activity_name, claim.seq, claim.attempt
         )

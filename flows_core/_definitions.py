@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from ._codec import check_name
 from ._errors import InvalidArgument, TerminalError
+from ._limits import ActivityLimits, check_max_running
 
 if TYPE_CHECKING:
     from ._context import WorkflowContext
@@ -91,6 +92,7 @@ class Activity(Generic[I, O]):
         "heartbeat_timeout",
         "input_type",
         "is_async",
+        "limits",
         "name",
         "output_type",
         "retry",
@@ -107,9 +109,15 @@ class Activity(Generic[I, O]):
         timeout: timedelta | None = None,
         heartbeat_timeout: timedelta | None = None,
         schedule_to_close: timedelta | None = None,
+        max_concurrent: int | None = None,
+        concurrency_key: Callable[[I], Any] | None = None,
+        rate_limit: str | None = None,
+        rate_key: Callable[[I], Any] | None = None,
     ) -> None:
         self.name = check_name(name, "activity name")
         self.fn = fn
+        self.limits = ActivityLimits.of(name, max_concurrent, concurrency_key, rate_limit, rate_key)
+        """Flow control (flows_core._limits): None when the activity has none."""
         self.retry = retry or RetryPolicy()
         for value, what in (
             (timeout, "timeout"),
@@ -147,7 +155,15 @@ class Activity(Generic[I, O]):
 class Workflow(Generic[I, O]):
     """A named, versioned durable function ``async def f(ctx, input) -> output``."""
 
-    __slots__ = ("failure_exceptions", "fn", "input_type", "name", "output_type", "version")
+    __slots__ = (
+        "failure_exceptions",
+        "fn",
+        "input_type",
+        "max_running",
+        "name",
+        "output_type",
+        "version",
+    )
 
     def __init__(
         self,
@@ -156,8 +172,11 @@ class Workflow(Generic[I, O]):
         *,
         version: int = 1,
         failure_exceptions: Sequence[type[BaseException]] = (),
+        max_running: int | None = None,
     ) -> None:
         self.name = check_name(name, "workflow name")
+        self.max_running = check_max_running(name, max_running)
+        """At most this many workflows of this name run at once (None: no limit)."""
         if "-shard-" in name:
             raise InvalidArgument(f"workflow name {name!r} must not contain '-shard-'")
         _check_version(version)
@@ -182,6 +201,10 @@ def activity(
     timeout: timedelta | None = ...,
     heartbeat_timeout: timedelta | None = ...,
     schedule_to_close: timedelta | None = ...,
+    max_concurrent: int | None = ...,
+    concurrency_key: Callable[[Any], Any] | None = ...,
+    rate_limit: str | None = ...,
+    rate_key: Callable[[Any], Any] | None = ...,
 ) -> _ActivityDecorator: ...
 @overload
 def activity(name: str, **kwargs: Any) -> _ActivityDecorator: ...
@@ -192,6 +215,10 @@ def activity(
     timeout: timedelta | None = None,
     heartbeat_timeout: timedelta | None = None,
     schedule_to_close: timedelta | None = None,
+    max_concurrent: int | None = None,
+    concurrency_key: Callable[[Any], Any] | None = None,
+    rate_limit: str | None = None,
+    rate_key: Callable[[Any], Any] | None = None,
     **kwargs: Any,
 ) -> _ActivityDecorator:
     """Declare an activity: ``@flows.activity("charge", retry=RetryPolicy(...))``.
@@ -200,15 +227,21 @@ def activity(
     the time between ``flows.heartbeat()`` calls (HeartbeatTimeout, retried), and
     ``schedule_to_close`` the whole step from when it was first scheduled, retries
     included (ScheduleToCloseTimeout, not retried).
+
+    Flow control, enforced in the store across every worker: ``max_concurrent`` attempts
+    at once (per value of ``concurrency_key(input)`` when given; 1 if only the key is),
+    ``rate_limit`` ("100/s", "5/m", "1000/h") starts (per ``rate_key(input)`` when
+    given). A limited activity always runs through the queue.
     """
     if kwargs:
         raise InvalidArgument(f"activity(): unknown option(s) {sorted(kwargs)}")
     check_name(name, "activity name")
-    return _ActivityDecorator(name, retry, timeout, heartbeat_timeout, schedule_to_close)
+    limits = ActivityLimits.of(name, max_concurrent, concurrency_key, rate_limit, rate_key)
+    return _ActivityDecorator(name, retry, timeout, heartbeat_timeout, schedule_to_close, limits)
 
 
 class _ActivityDecorator:
-    __slots__ = ("heartbeat_timeout", "name", "retry", "schedule_to_close", "timeout")
+    __slots__ = ("heartbeat_timeout", "limits", "name", "retry", "schedule_to_close", "timeout")
 
     def __init__(
         self,
@@ -217,17 +250,19 @@ class _ActivityDecorator:
         timeout: timedelta | None,
         heartbeat_timeout: timedelta | None,
         schedule_to_close: timedelta | None = None,
+        limits: ActivityLimits | None = None,
     ) -> None:
         self.name, self.retry, self.timeout = name, retry, timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.schedule_to_close = schedule_to_close
+        self.limits = limits
 
     @overload
     def __call__(self, fn: Callable[[I], Awaitable[O]]) -> Activity[I, O]: ...
     @overload
     def __call__(self, fn: Callable[[I], O]) -> Activity[I, O]: ...
     def __call__(self, fn: Callable[[I], Any]) -> Activity[I, Any]:
-        return Activity(
+        made = Activity(
             self.name,
             fn,
             retry=self.retry,
@@ -235,6 +270,8 @@ class _ActivityDecorator:
             heartbeat_timeout=self.heartbeat_timeout,
             schedule_to_close=self.schedule_to_close,
         )
+        made.limits = self.limits
+        return made
 
 
 def _check_duration(value: object, what: str) -> None:
@@ -261,7 +298,11 @@ def _check_exception_types(types: object, workflow_name: str) -> tuple[type[Base
 
 
 def workflow(
-    name: str, *, version: int = 1, failure_exceptions: Sequence[type[BaseException]] = ()
+    name: str,
+    *,
+    version: int = 1,
+    failure_exceptions: Sequence[type[BaseException]] = (),
+    max_running: int | None = None,
 ) -> Callable[[Callable[[WorkflowContext, I], Awaitable[O]]], Workflow[I, O]]:
     """Declare a workflow: ``@flows.workflow("order-workflow", version=1)``.
 
@@ -269,12 +310,22 @@ def workflow(
     ``flows.WORKFLOW_CODE_ERRORS`` (TypeError, AttributeError, NameError...), which park
     it so that a code fix and ``engine.retry()`` resume it. Exception types listed in
     ``failure_exceptions`` fail the workflow even when they are in that set.
+
+    ``max_running``: at most this many workflows of this name run at once, across every
+    worker; the others wait for a slot before their code starts (enforced in the store).
     """
     check_name(name, "workflow name")
     _check_version(version)
     _check_exception_types(failure_exceptions, name)
+    check_max_running(name, max_running)
 
     def decorate(fn: Callable[[WorkflowContext, I], Awaitable[O]]) -> Workflow[I, O]:
-        return Workflow(name, fn, version=version, failure_exceptions=failure_exceptions)
+        return Workflow(
+            name,
+            fn,
+            version=version,
+            failure_exceptions=failure_exceptions,
+            max_running=max_running,
+        )
 
     return decorate

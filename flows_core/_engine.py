@@ -45,6 +45,7 @@ from .events import (
 from .store import (
     TERMINAL_STATUSES,
     CancelOutcome,
+    FlowLimits,
     ListQuery,
     NewWorkflow,
     Store,
@@ -685,6 +686,10 @@ class Engine:
             )
         if record.status != WorkflowStatus.RUNNING:
             return None
+        if isinstance(self.store, FlowLimits):  # a slot, a rate token (flows_core._limits)
+            deferred = await self.store.waiting_reason(record.tenant_id, record.workflow_id)
+            if deferred is not None:
+                return deferred
         horizon = self.store.clock.now() - WORKER_LIVENESS
         workers = [w for w in await self.store.list_workers() if w.heartbeat_at >= horizon]
         if not record.workflow_task_pending:

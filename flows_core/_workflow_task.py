@@ -66,6 +66,8 @@ class _Progress:
     workflow_name: str
     history_length: int
     next_seq: int
+    limited: bool = False
+    """The workflow holds a ``max_running`` slot (given back when it ends)."""
 
 
 class WorkflowTaskRunner:
@@ -141,6 +143,12 @@ class WorkflowTaskRunner:
             )
             return
         try:
+            if definition.max_running is not None and not await self.activities.gate.admit_workflow(
+                claim, definition.max_running
+            ):
+                if task is not None:
+                    task.outcome = TaskOutcome.RELEASED
+                return  # deferred, uncounted: it waits for a running slot
             await self._run(claim, definition, task)
         except LeaseLost:
             raise
@@ -252,7 +260,13 @@ class WorkflowTaskRunner:
         instance = WorkflowInstance(definition, max_payload_bytes=self.max_payload_bytes)
         instance.workflow_id = wf.workflow_id  # for the watchdog's log before the start
         activation = self._apply(instance, claim.history, clock.now())
-        progress = _Progress(claim.lease, wf.name, len(claim.history), wf.next_seq)
+        progress = _Progress(
+            claim.lease,
+            wf.name,
+            len(claim.history),
+            wf.next_seq,
+            limited=definition.max_running is not None,
+        )
         pending: list[Event] = list(activation.new_events)
         fresh: list[Event] = list(activation.new_events)
         settled = 0
@@ -353,6 +367,7 @@ class WorkflowTaskRunner:
             for e in fresh
             if isinstance(e, ActivityScheduled)
             and e.name in self.activities.activities
+            and self.activities.activities[e.name].limits is None  # limited: queued
             and instance.is_pending(e.seq)
         ]
 
@@ -381,6 +396,8 @@ class WorkflowTaskRunner:
             self.observer.workflow_finished(
                 progress.workflow_name, progress.lease.tenant_id, commit.status
             )
+            if progress.limited:
+                await self.activities.gate.workflow_ended(progress.lease, progress.workflow_name)
         progress.history_length += len(events) + len(moved)
         progress.next_seq = next_seq
         return moved

@@ -75,6 +75,8 @@ from flows_core.store import (
     terminated_error,
 )
 
+from ._limits import MemoryLimits, _Limit
+
 __all__ = ["FaultHook", "MemoryStore"]
 
 _E = TypeVar("_E", bound=Event)
@@ -172,7 +174,7 @@ def _no_tx(tx: Any) -> None:
         )
 
 
-class MemoryStore:
+class MemoryStore(MemoryLimits):
     """In-memory Store. Not shared between processes; everything is lost on exit."""
 
     def __init__(self, *, clock: Clock | None = None, fault_hook: FaultHook | None = None) -> None:
@@ -197,6 +199,10 @@ class MemoryStore:
         """Per shard: timers not yet due at the last look, keyed by (visible_at, order)."""
         self._timer_due: dict[str, list[_Entry]] = {}
         """Per shard: due timers, keyed by (visible_at, order)."""
+        self._limits: dict[tuple[str, str], _Limit] = {}
+        """Flow control (flows_memory._limits): slots, waiters, rate tokens per limit."""
+        self._waiting: dict[str, tuple[str, datetime]] = {}
+        """task id -> (reason, visible_at) of tasks deferred by ``defer_task``."""
         self._pushes = 0
         self.operations = 0
         """Number of write operations applied (a stand-in for transactions)."""
@@ -294,6 +300,7 @@ class MemoryStore:
     def _delete(self, task: _Task) -> None:
         if self._tasks.get(task.task_id) is task:
             del self._tasks[task.task_id]
+            self._waiting.pop(task.task_id, None)
         task.gen += 1
 
     # -- indexes --

@@ -34,6 +34,7 @@ from . import _fsck_sql, _sql
 from ._base import Batch, Step
 from ._client_ops import ClientOps, PostgresOps
 from ._fsck import FsckSqlStore
+from ._limits import SqlLimits
 from ._migrate import migrate
 from ._records import (
     claimed_task,
@@ -55,7 +56,7 @@ def _sharded(template: str, sharded: bool) -> str:
     return template.replace("{shards}", _SHARDS_FILTER if sharded else "")
 
 
-class PostgresStore(FsckSqlStore):
+class PostgresStore(SqlLimits, FsckSqlStore):
     """Store on PostgreSQL.
 
     ``PostgresStore(dsn)`` or ``PostgresStore(pool)``: see ``SqlStore`` for the pool,
