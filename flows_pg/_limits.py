@@ -4,7 +4,7 @@ both SQL stores share, over the router statements of ``flows_pg._sql_limits``.""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from flows_core.store import Lease, LimitUsage, SlotGrant, SlotHolder
@@ -67,15 +67,20 @@ class SqlLimits:
     ) -> SlotGrant:
         params = _holder_params(bucket, limit_key, holder)
         params["cap"] = capacity
-        acquire = self.statements(_sql.ACQUIRE)
+        acquire = [
+            Step(self.statements(statement), params)
+            for statement in (_sql.ACQUIRE_TAKE, _sql.ACQUIRE_UNWAIT, _sql.ACQUIRE_WAIT, _sql.HELD)
+        ]
         retry_at: datetime | None = None
         for _ in range(3):
-            row = (await self._run_one(acquire, params))[0]
-            if row["acquired"]:
+            if (await self._run(acquire))[-1][0]["acquired"]:
                 return SlotGrant(acquired=True)
             slots = await self._run_one(self.statements(_sql.SLOTS), params)
-            if len(slots) < capacity or any(s["holder_kind"] is None for s in slots):
-                continue  # rows just made, or a slot freed meanwhile: try again
+            if len(slots) < capacity:  # first use, or a raised capacity: make the rows
+                await self._run_one(self.statements(_sql.ensure_slots_sql(capacity)), params)
+                continue
+            if any(s["holder_kind"] is None for s in slots):
+                continue  # a slot freed meanwhile: try again
             freed = False
             for slot in slots:
                 if slot["expired"]:
@@ -138,23 +143,33 @@ class SqlLimits:
             "bucket": bucket,
             "lk": limit_key,
             "task": uuid_of(task_id, "task id"),
-            "interval": interval,
-            "horizon": horizon,
+            "interval": interval.total_seconds(),
+            "horizon": horizon.total_seconds(),
         }
-        statement = self.statements(_sql.TAKE_TOKEN)
-        row = (await self._run_one(statement, params))[0]
-        now = utc(row["now"])
-        if row["reserved"] is not None:
-            reserved = utc(row["reserved"])
+        rows = await self._run_one(self.statements(_sql.RESERVED), params)
+        if rows:
+            reserved, now = utc(rows[0]["ready_at"]), utc(rows[0]["now"])
+            if reserved > now:
+                return reserved
+            await self._run_one(self.statements(_sql.USE_RESERVED), params)
             if reserved > now - interval:
-                return None if row["used"] else reserved
-            # came too late for its token (it would crowd the next ones): deleted, a new one
-            row = (await self._run_one(statement, params))[0]
-            now = utc(row["now"])
-        if row["start"] is None:  # beyond the horizon: when it would be within reach
-            return max(now, utc(row["look_again"]))
-        start = utc(row["start"])
-        return None if start <= now else start
+                return None
+            # came too late for its token (it would crowd the next ones): a new one
+        take = [
+            Step(self.statements(statement), params)
+            for statement in (_sql.RATE_ROW, _sql.RATE_TAKE, _sql.RATE_LOOK)
+        ]
+        _, taken, look = await self._run(take)
+        now_s = float(look[0]["now"])
+        if taken:
+            start_s = float(taken[0]["start"])
+            if start_s <= now_s:
+                return None
+            params["start"] = start = datetime.fromtimestamp(start_s, UTC)
+            await self._run_one(self.statements(_sql.RESERVE), params)
+            return start
+        # beyond the horizon: nothing reserved; when its token would be within reach
+        return datetime.fromtimestamp(max(now_s, float(look[0]["look_again"])), UTC)
 
     async def defer_task(self, lease: Lease, visible_at: datetime, reason: str) -> None:
         params = self.statements.lease_params(lease)

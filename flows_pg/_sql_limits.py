@@ -3,13 +3,14 @@ and Citus: every statement on the limit tables filters on one ``bucket`` (the Ci
 distribution column of those tables) and every statement on tasks or workflows on one
 ``shard_key``, so each is a router query; each runs in a transaction of its own.
 
-Slots: ``ACQUIRE`` takes a free slot below the capacity (rows made on first use) with
-SKIP LOCKED, or says the holder holds one already; it remembers the holder's task as a
-waiter otherwise. A slot held past its expiry is checked by the caller against its
-holder (``TASK_ALIVE`` / ``WORKFLOW_ALIVE``, on the holder's shard) and then extended
-or freed (``EXTEND_SLOT`` / ``FREE_SLOT``, both conditional on the holder being
-unchanged). ``RELEASE`` frees the holder's slots and pops the oldest waiter, which
-``WAKE`` makes visible if it still waits where ``DEFER`` left it.
+Slots: ``ACQUIRE_*`` take a free slot below the capacity (rows made on first use by
+``ensure_slots_sql``) with SKIP LOCKED, or find the holder holding one already; they
+remember the holder's task as a waiter otherwise. A slot held past its expiry is
+checked by the caller against its holder (``TASK_ALIVE`` / ``WORKFLOW_ALIVE``, on the
+holder's shard) and then extended or freed (``EXTEND_SLOT`` / ``FREE_SLOT``, both
+conditional on the holder being unchanged). ``RELEASE`` frees the holder's slots and
+``POP_WAITER`` takes the oldest waiter, which ``WAKE`` makes visible if it still waits
+where ``DEFER`` left it.
 """
 
 from __future__ import annotations
@@ -22,42 +23,46 @@ _HOLDER: Final = """holder_kind = %(kind)s AND CASE WHEN %(kind)s = 'workflow'
     THEN holder_tenant = %(tid)s AND holder_workflow = %(wid)s
     ELSE holder_task = %(task)s AND holder_token = %(token)s END"""
 
-ACQUIRE: Final = f"""
-WITH mine AS (
+# ACQUIRE_TAKE, ACQUIRE_UNWAIT, ACQUIRE_WAIT and HELD run in one transaction (one
+# pipeline): each a single router statement (Citus splits a statement with several
+# data-modifying CTEs into subplans), each seeing what the ones before it wrote.
+ACQUIRE_TAKE: Final = f"""
+WITH mine AS MATERIALIZED (
   SELECT slot FROM {{S}}.limit_slots WHERE {_LIMIT} AND {_HOLDER}
-), ensure AS (
-  INSERT INTO {{S}}.limit_slots (bucket, limit_key, slot)
-  SELECT %(bucket)s, %(lk)s, n FROM generate_series(0, %(cap)s - 1) AS n
-  ON CONFLICT DO NOTHING
-), pick AS (
+), pick AS MATERIALIZED (
   SELECT slot FROM {{S}}.limit_slots
   WHERE {_LIMIT} AND slot < %(cap)s AND holder_kind IS NULL
     AND NOT EXISTS (SELECT 1 FROM mine)
   ORDER BY slot LIMIT 1
   FOR UPDATE SKIP LOCKED
-), took AS (
-  UPDATE {{S}}.limit_slots s
-  SET holder_kind = %(kind)s, holder_tenant = %(tid)s, holder_shard = %(sk)s,
-      holder_workflow = %(wid)s, holder_task = %(task)s, holder_token = %(token)s,
-      acquired_at = now(), expires_at = %(expires)s
-  FROM pick
-  WHERE s.bucket = %(bucket)s AND s.limit_key = %(lk)s AND s.slot = pick.slot
-  RETURNING s.slot
-), unwait AS (
-  DELETE FROM {{S}}.limit_waiters
-  WHERE {_LIMIT} AND task_id = %(task)s
-    AND (EXISTS (SELECT 1 FROM mine) OR EXISTS (SELECT 1 FROM took))
-  RETURNING 1
-), wait AS (
-  INSERT INTO {{S}}.limit_waiters (bucket, limit_key, task_id, tenant_id, shard_key)
-  SELECT %(bucket)s, %(lk)s, %(task)s, %(tid)s, %(sk)s
-  WHERE NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM took)
-  ON CONFLICT DO NOTHING
-  RETURNING 1
 )
-SELECT (SELECT count(*) FROM mine) + (SELECT count(*) FROM took) AS acquired,
-       (SELECT count(*) FROM unwait) + (SELECT count(*) FROM wait) AS waiters_changed
+UPDATE {{S}}.limit_slots s
+SET holder_kind = %(kind)s, holder_tenant = %(tid)s, holder_shard = %(sk)s,
+    holder_workflow = %(wid)s, holder_task = %(task)s, holder_token = %(token)s,
+    acquired_at = now(), expires_at = %(expires)s
+FROM pick
+WHERE s.bucket = %(bucket)s AND s.limit_key = %(lk)s AND s.slot = pick.slot
 """
+
+_HELD: Final = f"SELECT 1 FROM {{S}}.limit_slots h WHERE h.{_LIMIT} AND h.{_HOLDER}"
+
+ACQUIRE_UNWAIT: Final = f"""
+DELETE FROM {{S}}.limit_waiters
+WHERE {_LIMIT} AND task_id = %(task)s AND EXISTS ({_HELD})
+"""
+
+# (an INSERT .. SELECT from the colocated limit_slots, distribution column to
+# distribution column: pushed down to the one shard)
+ACQUIRE_WAIT: Final = f"""
+INSERT INTO {{S}}.limit_waiters (bucket, limit_key, task_id, tenant_id, shard_key)
+SELECT s.bucket, s.limit_key, %(task)s, %(tid)s, %(sk)s
+FROM {{S}}.limit_slots s
+WHERE s.bucket = %(bucket)s AND s.limit_key = %(lk)s AND s.slot = 0
+  AND NOT EXISTS ({_HELD})
+ON CONFLICT DO NOTHING
+"""
+
+HELD: Final = f"SELECT EXISTS ({_HELD}) AS acquired"
 
 SLOTS: Final = f"""
 SELECT slot, holder_kind, holder_tenant, holder_shard, holder_workflow,
@@ -127,32 +132,46 @@ RETURNING true AS done
 
 NOTIFY_WORK: Final = "SELECT pg_notify(%(ch_work)s, %(sk)s)"
 
-TAKE_TOKEN: Final = f"""
-WITH res AS (
-  SELECT ready_at FROM {{S}}.limit_waiters
-  WHERE {_LIMIT} AND task_id = %(task)s AND ready_at IS NOT NULL
-), used AS (
-  DELETE FROM {{S}}.limit_waiters
-  WHERE {_LIMIT} AND task_id = %(task)s AND ready_at IS NOT NULL AND ready_at <= now()
-  RETURNING 1
-), rate AS (
-  INSERT INTO {{S}}.limit_rates AS r (bucket, limit_key, tat)
-  SELECT %(bucket)s, %(lk)s, now() + %(interval)s::interval
-  WHERE NOT EXISTS (SELECT 1 FROM res)
-  ON CONFLICT (bucket, limit_key) DO UPDATE
-  SET tat = greatest(r.tat, now()) + %(interval)s::interval
-  WHERE greatest(r.tat, now()) <= now() + %(horizon)s::interval
-  RETURNING r.tat - %(interval)s::interval AS start
-), reserve AS (
-  INSERT INTO {{S}}.limit_waiters (bucket, limit_key, task_id, tenant_id, shard_key, ready_at)
-  SELECT %(bucket)s, %(lk)s, %(task)s, '', '', rate.start FROM rate WHERE rate.start > now()
-  RETURNING 1
-)
-SELECT (SELECT ready_at FROM res) AS reserved, (SELECT count(*) FROM used) AS used,
-       (SELECT start FROM rate) AS start, (SELECT count(*) FROM reserve) AS reserved_now,
-       (SELECT greatest(tat, now()) - %(horizon)s::interval FROM {{S}}.limit_rates
-        WHERE {_LIMIT}) AS look_again,
-       now() AS now
+# Rate tokens. Token times are seconds since the epoch: Citus refuses now() in ON
+# CONFLICT DO UPDATE and stable operators (timestamptz + interval) on columns in an
+# UPDATE. RESERVED reads a task's reservation; USE_RESERVED deletes it once due; a new
+# token is RATE_ROW (made on first use) then RATE_TAKE (moves the next token's time on,
+# unless it is beyond the horizon) and RATE_LOOK (the database's time), in one
+# transaction; RESERVE notes the
+# token for the task that will come back for it.
+_NOW_S: Final = "extract(epoch FROM now())::float8"
+
+RESERVED: Final = f"""
+SELECT ready_at, now() AS now FROM {{S}}.limit_waiters
+WHERE {_LIMIT} AND task_id = %(task)s AND ready_at IS NOT NULL
+"""
+
+USE_RESERVED: Final = f"""
+DELETE FROM {{S}}.limit_waiters
+WHERE {_LIMIT} AND task_id = %(task)s AND ready_at IS NOT NULL AND ready_at <= now()
+"""
+
+RATE_ROW: Final = f"""
+INSERT INTO {{S}}.limit_rates (bucket, limit_key, tat) VALUES (%(bucket)s, %(lk)s, {_NOW_S})
+ON CONFLICT DO NOTHING
+"""
+
+RATE_TAKE: Final = f"""
+UPDATE {{S}}.limit_rates
+SET tat = greatest(tat, {_NOW_S}) + %(interval)s
+WHERE {_LIMIT} AND greatest(tat, {_NOW_S}) <= {_NOW_S} + %(horizon)s
+RETURNING tat - %(interval)s AS start
+"""
+
+RATE_LOOK: Final = f"""
+SELECT greatest(tat, {_NOW_S}) - %(horizon)s AS look_again, {_NOW_S} AS now
+FROM {{S}}.limit_rates WHERE {_LIMIT}
+"""
+
+RESERVE: Final = """
+INSERT INTO {S}.limit_waiters (bucket, limit_key, task_id, tenant_id, shard_key, ready_at)
+VALUES (%(bucket)s, %(lk)s, %(task)s, '', '', %(start)s)
+ON CONFLICT DO NOTHING
 """
 
 DEFER: Final = """
@@ -187,11 +206,23 @@ FROM {S}.limit_waiters WHERE bucket = %(bucket)s GROUP BY limit_key
 """
 
 USAGE_RATES: Final = """
-SELECT limit_key, tat FROM {S}.limit_rates WHERE bucket = %(bucket)s
+SELECT limit_key, to_timestamp(tat) AS tat FROM {S}.limit_rates WHERE bucket = %(bucket)s
 """
 
+
+def ensure_slots_sql(capacity: int) -> str:
+    """Make slot rows 0..capacity-1 of a limit (one VALUES list: a router INSERT)."""
+    rows = ", ".join(f"(%(bucket)s, %(lk)s, {n})" for n in range(capacity))
+    return f"""INSERT INTO {{S}}.limit_slots (bucket, limit_key, slot) VALUES {rows}
+ON CONFLICT DO NOTHING"""
+
+
 ROUTER_STATEMENTS: Final = {
-    "ACQUIRE": ACQUIRE,
+    "ACQUIRE_TAKE": ACQUIRE_TAKE,
+    "ACQUIRE_UNWAIT": ACQUIRE_UNWAIT,
+    "ACQUIRE_WAIT": ACQUIRE_WAIT,
+    "HELD": HELD,
+    "ENSURE_SLOTS (capacity 1)": ensure_slots_sql(1),
     "SLOTS": SLOTS,
     "TASK_ALIVE": TASK_ALIVE,
     "WORKFLOW_ALIVE": WORKFLOW_ALIVE,
@@ -200,7 +231,12 @@ ROUTER_STATEMENTS: Final = {
     "RELEASE": RELEASE,
     "POP_WAITER": POP_WAITER,
     "WAKE": WAKE,
-    "TAKE_TOKEN": TAKE_TOKEN,
+    "RESERVED": RESERVED,
+    "USE_RESERVED": USE_RESERVED,
+    "RATE_ROW": RATE_ROW,
+    "RATE_TAKE": RATE_TAKE,
+    "RATE_LOOK": RATE_LOOK,
+    "RESERVE": RESERVE,
     "DEFER": DEFER,
     "WAITING_REASON": WAITING_REASON.replace("{shard}", WAITING_SHARD),
     "USAGE_SLOTS": USAGE_SLOTS,

@@ -45,7 +45,9 @@ BEGIN
     CREATE TABLE IF NOT EXISTS {schema}.limit_rates (
         bucket    text        NOT NULL,
         limit_key text        NOT NULL,
-        tat       timestamptz NOT NULL,
+        -- the next free token's time, in seconds since the epoch (float arithmetic:
+        -- Citus refuses timestamptz + interval on a column in an UPDATE)
+        tat       double precision NOT NULL,
         PRIMARY KEY (bucket, limit_key)
     );
     ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS waiting text;
