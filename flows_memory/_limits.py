@@ -55,14 +55,13 @@ def _same(a: SlotHolder, b: SlotHolder) -> bool:
 class MemoryLimits:
     """The FlowLimits half of MemoryStore."""
 
-    _limits: dict[_Key, _Limit]
-    _waiting: dict[str, tuple[str, datetime]]
-    _tasks: dict[str, _Task]
-    _workflows: dict[tuple[str, str], _Workflow]
-    _clock: Clock
-    operations: int
-
-    if TYPE_CHECKING:
+    if TYPE_CHECKING:  # what MemoryStore has
+        _limits: dict[_Key, _Limit]
+        _waiting: dict[str, tuple[str, datetime]]
+        _tasks: dict[str, _Task]
+        _workflows: dict[tuple[str, str], _Workflow]
+        _clock: Clock
+        operations: int
 
         def _touch(self, task: _Task) -> None: ...
         def notify_work(self) -> None: ...
