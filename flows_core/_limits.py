@@ -34,6 +34,7 @@ from .store import (
     ActivityTaskClaim,
     FlowLimits,
     Lease,
+    LimitUsage,
     SlotHolder,
     Store,
     WorkflowTaskClaim,
@@ -45,6 +46,7 @@ __all__ = [
     "LimitGate",
     "Rate",
     "activity_bucket",
+    "limit_usage",
     "parse_rate",
     "workflow_bucket",
 ]
@@ -304,3 +306,14 @@ def workflow_holder(lease: Lease) -> SlotHolder:
 def workflows_with_limits(workflows: Iterable[Any]) -> list[Any]:
     """The workflow definitions among ``workflows`` that have ``max_running``."""
     return [wf for wf in workflows if getattr(wf, "max_running", None) is not None]
+
+
+async def limit_usage(store: Store) -> list[LimitUsage]:
+    """The usage of the limits of what live workers serve (their registered activity
+    and workflow names): [] for a store without FlowLimits."""
+    if not isinstance(store, FlowLimits):
+        return []
+    workers = await store.list_workers()
+    buckets = {activity_bucket(name) for w in workers for name in w.activity_names}
+    buckets |= {workflow_bucket(name) for w in workers for name, _ in w.workflow_types}
+    return await store.limit_usage(sorted(buckets))

@@ -698,11 +698,15 @@ class LimitUsage(msgspec.Struct, frozen=True, kw_only=True):
     limit_key: str
     """``c`` / ``c:<key>`` (concurrency), ``r`` / ``r:<key>`` (rate)."""
     held: int = 0
-    """Slots held by a live holder now."""
+    """Slots held now (by a holder alive, or one not yet found dead)."""
+    slots: int = 0
+    """Slot rows: the largest capacity a worker asked for (a lowered limit keeps them)."""
     waiting: int = 0
     """Tasks waiting for a slot, or holding a reserved rate token."""
     next_token_at: datetime | None = None
     """Rate limits: when the next token is free."""
+    every: timedelta | None = None
+    """Rate limits: one token every this long (as the last taker asked)."""
 
 
 @runtime_checkable

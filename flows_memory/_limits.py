@@ -42,6 +42,7 @@ class _Limit:
     """task id -> (tenant id, reserved token time (rate limits) or None), oldest first."""
     tat: datetime | None = None
     """Rate limits: when the next token is free (the theoretical arrival time)."""
+    every: timedelta | None = None
 
 
 def _same(a: SlotHolder, b: SlotHolder) -> bool:
@@ -160,6 +161,7 @@ class MemoryLimits:
         limit = self._limit(bucket, limit_key)
         now = self._clock.now()
         self.operations += 1
+        limit.every = interval
         reserved = limit.waiters.get(task_id)
         if reserved is not None and reserved[1] is not None:
             if reserved[1] > now:
@@ -213,8 +215,10 @@ class MemoryLimits:
                     bucket=bucket,
                     limit_key=limit_key,
                     held=sum(1 for s in limit.slots.values() if s.holder is not None),
+                    slots=len(limit.slots),
                     waiting=len(limit.waiters),
                     next_token_at=limit.tat,
+                    every=limit.every,
                 )
             )
         return found

@@ -192,6 +192,12 @@ class SqlLimits:
             ]
             slots, waiters, rates = await self._run(steps, transaction=False, read=True)
             held = {r["limit_key"]: int(r["held"]) for r in slots}
+            rows = {r["limit_key"]: int(r["slots"]) for r in slots}
+            every = {
+                r["limit_key"]: timedelta(seconds=r["every"])
+                for r in rates
+                if r["every"] is not None
+            }
             waiting = {r["limit_key"]: int(r["waiting"]) for r in waiters}
             tat = {r["limit_key"]: utc(r["tat"]) for r in rates}
             for key in sorted(held.keys() | waiting.keys() | tat.keys()):
@@ -200,8 +206,10 @@ class SqlLimits:
                         bucket=bucket,
                         limit_key=key,
                         held=held.get(key, 0),
+                        slots=rows.get(key, 0),
                         waiting=waiting.get(key, 0),
                         next_token_at=tat.get(key),
+                        every=every.get(key),
                     )
                 )
         return found

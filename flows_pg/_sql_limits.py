@@ -158,7 +158,7 @@ ON CONFLICT DO NOTHING
 
 RATE_TAKE: Final = f"""
 UPDATE {{S}}.limit_rates
-SET tat = greatest(tat, {_NOW_S}) + %(interval)s
+SET tat = greatest(tat, {_NOW_S}) + %(interval)s, every = %(interval)s
 WHERE {_LIMIT} AND greatest(tat, {_NOW_S}) <= {_NOW_S} + %(horizon)s
 RETURNING tat - %(interval)s AS start
 """
@@ -196,7 +196,7 @@ ORDER BY t.visible_at LIMIT 1
 WAITING_SHARD: Final = "AND w.shard_key = %(sk)s AND t.shard_key = %(sk)s"
 
 USAGE_SLOTS: Final = """
-SELECT limit_key, count(*) FILTER (WHERE holder_kind IS NOT NULL) AS held
+SELECT limit_key, count(*) FILTER (WHERE holder_kind IS NOT NULL) AS held, count(*) AS slots
 FROM {S}.limit_slots WHERE bucket = %(bucket)s GROUP BY limit_key
 """
 
@@ -206,7 +206,7 @@ FROM {S}.limit_waiters WHERE bucket = %(bucket)s GROUP BY limit_key
 """
 
 USAGE_RATES: Final = """
-SELECT limit_key, to_timestamp(tat) AS tat FROM {S}.limit_rates WHERE bucket = %(bucket)s
+SELECT limit_key, to_timestamp(tat) AS tat, every FROM {S}.limit_rates WHERE bucket = %(bucket)s
 """
 
 

@@ -48,6 +48,7 @@ BEGIN
         -- the next free token's time, in seconds since the epoch (float arithmetic:
         -- Citus refuses timestamptz + interval on a column in an UPDATE)
         tat       double precision NOT NULL,
+        every     double precision,  -- seconds per token, as the last taker asked
         PRIMARY KEY (bucket, limit_key)
     );
     ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS waiting text;
