@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from ._codec import check_name
 from ._errors import InvalidArgument, TerminalError
-from ._limits import ActivityLimits, check_max_running
+from ._limits import ACTIVITY_PRIORITIES, ActivityLimits, check_max_running, check_priority
 
 if TYPE_CHECKING:
     from ._context import WorkflowContext
@@ -95,6 +95,7 @@ class Activity(Generic[I, O]):
         "limits",
         "name",
         "output_type",
+        "priority",
         "retry",
         "schedule_to_close",
         "timeout",
@@ -113,9 +114,14 @@ class Activity(Generic[I, O]):
         concurrency_key: Callable[[I], Any] | None = None,
         rate_limit: str | None = None,
         rate_key: Callable[[I], Any] | None = None,
+        priority: int = 0,
     ) -> None:
         self.name = check_name(name, "activity name")
         self.fn = fn
+        self.priority = check_priority(priority, f"activity {name!r}")
+        if priority:
+            ACTIVITY_PRIORITIES[self.name] = priority
+        """Queued tasks of this activity go this many seconds ahead in the claim order."""
         self.limits = ActivityLimits.of(name, max_concurrent, concurrency_key, rate_limit, rate_key)
         """Flow control (flows_core._limits): None when the activity has none."""
         self.retry = retry or RetryPolicy()
@@ -205,6 +211,7 @@ def activity(
     concurrency_key: Callable[[Any], Any] | None = ...,
     rate_limit: str | None = ...,
     rate_key: Callable[[Any], Any] | None = ...,
+    priority: int = ...,
 ) -> _ActivityDecorator: ...
 @overload
 def activity(name: str, **kwargs: Any) -> _ActivityDecorator: ...
@@ -219,6 +226,7 @@ def activity(
     concurrency_key: Callable[[Any], Any] | None = None,
     rate_limit: str | None = None,
     rate_key: Callable[[Any], Any] | None = None,
+    priority: int = 0,
     **kwargs: Any,
 ) -> _ActivityDecorator:
     """Declare an activity: ``@flows.activity("charge", retry=RetryPolicy(...))``.
@@ -231,17 +239,30 @@ def activity(
     Flow control, enforced in the store across every worker: ``max_concurrent`` attempts
     at once (per value of ``concurrency_key(input)`` when given; 1 if only the key is),
     ``rate_limit`` ("100/s", "5/m", "1000/h") starts (per ``rate_key(input)`` when
-    given). A limited activity always runs through the queue.
+    given). A limited activity always runs through the queue. ``priority`` (0 to 1000):
+    its queued tasks are claimed before tasks that have waited less than that many
+    seconds (inline attempts run at once anyway).
     """
     if kwargs:
         raise InvalidArgument(f"activity(): unknown option(s) {sorted(kwargs)}")
     check_name(name, "activity name")
     limits = ActivityLimits.of(name, max_concurrent, concurrency_key, rate_limit, rate_key)
-    return _ActivityDecorator(name, retry, timeout, heartbeat_timeout, schedule_to_close, limits)
+    check_priority(priority, f"activity {name!r}")
+    return _ActivityDecorator(
+        name, retry, timeout, heartbeat_timeout, schedule_to_close, limits, priority
+    )
 
 
 class _ActivityDecorator:
-    __slots__ = ("heartbeat_timeout", "limits", "name", "retry", "schedule_to_close", "timeout")
+    __slots__ = (
+        "heartbeat_timeout",
+        "limits",
+        "name",
+        "priority",
+        "retry",
+        "schedule_to_close",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -251,8 +272,10 @@ class _ActivityDecorator:
         heartbeat_timeout: timedelta | None,
         schedule_to_close: timedelta | None = None,
         limits: ActivityLimits | None = None,
+        priority: int = 0,
     ) -> None:
         self.name, self.retry, self.timeout = name, retry, timeout
+        self.priority = priority
         self.heartbeat_timeout = heartbeat_timeout
         self.schedule_to_close = schedule_to_close
         self.limits = limits
@@ -269,6 +292,7 @@ class _ActivityDecorator:
             timeout=self.timeout,
             heartbeat_timeout=self.heartbeat_timeout,
             schedule_to_close=self.schedule_to_close,
+            priority=self.priority,
         )
         made.limits = self.limits
         return made

@@ -26,6 +26,7 @@ from ._errors import (
     WorkflowTimeout,
     error_class,
 )
+from ._limits import prioritize, priority_offset
 from ._observe import Observer, with_trace_context
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
@@ -384,6 +385,7 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        priority: int = 0,
     ) -> Run[O]: ...
     @overload
     async def start(
@@ -395,6 +397,7 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        priority: int = 0,
     ) -> Run[Any]: ...
     async def start(
         self,
@@ -405,6 +408,7 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        priority: int = 0,
     ) -> Run[Any]:
         """Start a workflow; returns at once with a ``Run`` handle.
 
@@ -416,7 +420,10 @@ class Engine:
         ``tx`` is the caller's open transaction where the store supports one (the
         observer counts the start when this call returns, even if the caller then rolls
         the transaction back).
+        ``priority`` (0 to 1000, higher first): its first workflow task is claimed before
+        the tasks that have waited less than ``priority`` seconds (flows_core._limits).
         """
+        ahead = priority_offset(priority)
         new, definition = self.planner.start(
             workflow, input, tenant_id, workflow_id, execution_timeout
         )
@@ -424,12 +431,16 @@ class Engine:
         if type(observer) is Observer:  # the no-op: no context manager per start
             if tx is not None or not await self._start_eagerly(new):
                 await self.store.start_workflow(new, tx=tx)
+                if ahead:
+                    await prioritize(self.store, new, ahead, tx)
             return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
         with observer.workflow_start(new.name, new.tenant_id, new.workflow_id) as context:
             # stamped before the eager path, which writes ``new.started`` too
             new = with_trace_context(new, context)
             if tx is not None or not await self._start_eagerly(new):
                 await self.store.start_workflow(new, tx=tx)
+                if ahead:
+                    await prioritize(self.store, new, ahead, tx)
         observer.workflow_started(new.name, new.tenant_id)
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
 

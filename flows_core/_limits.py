@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+import msgspec
+
 from ._codec import decode_payload
 from ._errors import InvalidArgument
 from .store import (
@@ -38,6 +40,7 @@ from .store import (
     SlotHolder,
     Store,
     WorkflowTaskClaim,
+    WorkflowTaskCommit,
 )
 
 __all__ = [
@@ -317,3 +320,60 @@ async def limit_usage(store: Store) -> list[LimitUsage]:
     buckets = {activity_bucket(name) for w in workers for name in w.activity_names}
     buckets |= {workflow_bucket(name) for w in workers for name, _ in w.workflow_types}
     return await store.limit_usage(sorted(buckets))
+
+
+# -- priorities --
+
+PRIORITY_STEP: Final = timedelta(seconds=1)
+"""One priority level is worth this much waiting: a task of priority p is claimed before
+the tasks of priority 0 that became claimable less than p x PRIORITY_STEP before it,
+and after those that waited longer (aging: nothing waits forever behind a stream of
+urgent work)."""
+
+MAX_PRIORITY: Final = 1000
+
+
+ACTIVITY_PRIORITIES: Final[dict[str, int]] = {}
+"""Activity name -> priority, of every activity defined in this process with one (the
+worker that schedules a step may not serve the activity itself)."""
+
+
+def check_priority(priority: object, what: str) -> int:
+    if (
+        not isinstance(priority, int)
+        or isinstance(priority, bool)
+        or not 0 <= priority <= MAX_PRIORITY
+    ):
+        raise InvalidArgument(
+            f"{what} priority must be an integer from 0 (the default) to {MAX_PRIORITY} "
+            f"(more urgent), got {priority!r}"
+        )
+    return priority
+
+
+def priority_offset(priority: object) -> timedelta:
+    """How far ahead in the claim order a task of ``priority`` goes."""
+    return PRIORITY_STEP * check_priority(priority, "start")
+
+
+async def prioritize(store: Store, new: Any, ahead: timedelta, tx: Any) -> None:
+    """Move a just-started workflow's first task ``ahead`` in the claim order."""
+    if not isinstance(store, FlowLimits):
+        raise InvalidArgument(f"{type(store).__name__} does not support priorities")
+    await store.prioritize(new.tenant_id, new.workflow_id, ahead, tx=tx)
+
+
+def prioritized(commit: WorkflowTaskCommit) -> WorkflowTaskCommit:
+    """``commit`` with the new tasks of activities that have a priority moved ahead in
+    the claim order (claimable at once: their ``visible_at`` is in the past)."""
+    specs = commit.activity_tasks
+    if not ACTIVITY_PRIORITIES or not any(s.name in ACTIVITY_PRIORITIES for s in specs):
+        return commit
+    moved = []
+    for spec in specs:
+        priority = ACTIVITY_PRIORITIES.get(spec.name, 0)
+        if priority and spec.visible_at is None and spec.scheduled_at is not None:
+            ahead = spec.scheduled_at - PRIORITY_STEP * priority
+            spec = msgspec.structs.replace(spec, visible_at=ahead)
+        moved.append(spec)
+    return msgspec.structs.replace(commit, activity_tasks=moved)

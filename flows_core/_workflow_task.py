@@ -36,6 +36,7 @@ from ._activity_runner import ActivityRunner, LeaseKeeper, cancelled_from_outsid
 from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
+from ._limits import prioritized
 from ._observe import Observer, TaskOutcome, WorkflowTask, trace_context_of
 from ._registry import WorkflowRegistry
 from ._replay import Activation, WorkflowInstance
@@ -390,6 +391,7 @@ class WorkflowTaskRunner:
             retries,
             keep_lease=self.lease if keep else None,
         )
+        commit = prioritized(commit)
         moved = await self.activities.write_fenced(self.store.commit_workflow_task, commit)
         self.counters["commits"] += 1
         if commit.status is not WorkflowStatus.RUNNING:  # once: the write is fenced

@@ -14,6 +14,8 @@ from ._base import Rows, Statements, Step
 from ._records import utc, uuid_of
 
 if TYPE_CHECKING:
+    from flows_core import Clock
+
     from ._client_ops import ClientOps
 
 __all__ = ["HOLDER_CHECK", "SqlLimits"]
@@ -58,6 +60,9 @@ class SqlLimits:
         ) -> Rows: ...
 
         async def _client_ops(self) -> ClientOps: ...
+
+        @property
+        def clock(self) -> Clock: ...
 
     WAITING_SHARD: str = ""
     """The shard filter of ``waiting_reason`` (Citus: the workflow's shard key)."""
@@ -181,6 +186,14 @@ class SqlLimits:
         statement = _sql.WAITING_REASON.replace("{shard}", self.WAITING_SHARD)
         rows = await self._run_one(self.statements(statement), params, read=True)
         return None if not rows else str(rows[0]["waiting"])
+
+    async def prioritize(
+        self, tenant_id: str, workflow_id: str, ahead: timedelta, *, tx: Any = None
+    ) -> None:
+        params = (await self._client_ops()).where(tenant_id, workflow_id)
+        params["visible_at"] = self.clock.now() - ahead
+        statement = _sql.PRIORITIZE.replace("{shard}", self.WAITING_SHARD)
+        await self._run([Step(self.statements(statement), params)], tx)
 
     async def limit_usage(self, buckets: Sequence[str]) -> list[LimitUsage]:
         found: list[LimitUsage] = []

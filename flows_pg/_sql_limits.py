@@ -195,6 +195,17 @@ ORDER BY t.visible_at LIMIT 1
 
 WAITING_SHARD: Final = "AND w.shard_key = %(sk)s AND t.shard_key = %(sk)s"
 
+# (least(), not visible_at - interval: Citus refuses a stable operator on a column in
+# an UPDATE; the caller passes its clock's now minus the priority's offset)
+PRIORITIZE: Final = """
+UPDATE {S}.tasks t
+SET visible_at = least(t.visible_at, %(visible_at)s)
+FROM {S}.workflows w
+WHERE w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s {shard}
+  AND t.shard_key = w.shard_key AND t.tenant_id = w.tenant_id
+  AND t.workflow_id = w.workflow_id AND t.kind = 'workflow' AND t.lease_token IS NULL
+"""
+
 USAGE_SLOTS: Final = """
 SELECT limit_key, count(*) FILTER (WHERE holder_kind IS NOT NULL) AS held, count(*) AS slots
 FROM {S}.limit_slots WHERE bucket = %(bucket)s GROUP BY limit_key
@@ -239,6 +250,7 @@ ROUTER_STATEMENTS: Final = {
     "RESERVE": RESERVE,
     "DEFER": DEFER,
     "WAITING_REASON": WAITING_REASON.replace("{shard}", WAITING_SHARD),
+    "PRIORITIZE": PRIORITIZE.replace("{shard}", WAITING_SHARD),
     "USAGE_SLOTS": USAGE_SLOTS,
     "USAGE_WAITERS": USAGE_WAITERS,
     "USAGE_RATES": USAGE_RATES,

@@ -345,3 +345,82 @@ async def test_rate_limit_spaces_starts_on_the_virtual_clock(adapter: Adapter) -
     for i in range(len(starts) - 5):
         assert (starts[i + 5] - starts[i]).total_seconds() >= 1.0 - 1e-6, starts
     assert (starts[-1] - starts[0]).total_seconds() >= 11 * 0.25 - 0.25
+
+
+# -- priorities --
+
+
+async def test_higher_priority_is_claimed_first_and_ages_in(adapter: Adapter) -> None:
+    order: list[str] = []
+
+    @flows.workflow(f"prio-{adapter.ns}")
+    async def prio(ctx: flows.WorkflowContext, label: str) -> str:
+        order.append(label)
+        return label
+
+    engine = flows.Engine(adapter.store)
+    for i in range(4):
+        await engine.start(prio, f"plain-{i}")
+    await engine.start(prio, "urgent", priority=5)
+    await engine.start(prio, "less-urgent", priority=2)
+    with pytest.raises(InvalidArgument, match="priority must be an integer from 0"):
+        await engine.start(prio, "x", priority=-1)
+    async with ticking(adapter), running(worker(adapter.store, workflows=[prio], concurrency=1)):
+        for _ in range(2000):
+            if len(order) == 6:
+                break
+            await asyncio.sleep(0.01)
+    assert order == ["urgent", "less-urgent", "plain-0", "plain-1", "plain-2", "plain-3"]
+
+
+async def test_priority_is_aging_not_starvation(adapter: Adapter) -> None:
+    """A task that has waited longer than a newer one's priority offset goes first."""
+    order: list[str] = []
+
+    @flows.workflow(f"aging-{adapter.ns}")
+    async def aging(ctx: flows.WorkflowContext, label: str) -> str:
+        order.append(label)
+        return label
+
+    engine = flows.Engine(adapter.store)
+    await engine.start(aging, "old")
+    await adapter.pass_time(1.2)  # the old task has waited more than one level
+    await engine.start(aging, "urgent-1", priority=1)
+    async with ticking(adapter), running(worker(adapter.store, workflows=[aging], concurrency=1)):
+        for _ in range(2000):
+            if len(order) == 2:
+                break
+            await asyncio.sleep(0.01)
+    assert order == ["old", "urgent-1"]
+
+
+async def test_activity_priority_orders_queued_steps(adapter: Adapter) -> None:
+    order: list[str] = []
+
+    async def record(label: str) -> str:
+        order.append(label)
+        return label
+
+    plain = flows.activity(f"plain-{adapter.ns}")(record)
+    urgent = flows.activity(f"urgent-{adapter.ns}", priority=10)(record)
+
+    @flows.workflow(f"steps-{adapter.ns}")
+    async def steps(ctx: flows.WorkflowContext, n: int) -> int:
+        calls = [ctx.execute(plain, f"plain-{i}") for i in range(n)]
+        calls.append(ctx.execute(urgent, "urgent"))
+        return len(await flows.gather(*calls))
+
+    engine = flows.Engine(adapter.store)
+    run = await engine.start(steps, 3)
+    # the workflow's worker runs no activity: they are queued
+    async with ticking(adapter), running(worker(adapter.store, workflows=[steps])):
+        for _ in range(2000):
+            if (await engine.query(run.workflow_id)).history_length >= 5:
+                break
+            await asyncio.sleep(0.01)
+    async with ticking(adapter), running(
+        worker(adapter.store, workflows=[steps], activities=[plain, urgent], concurrency=1)
+    ):
+        assert await result(run) == 4
+    assert order[0] == "urgent"
+    assert sorted(order[1:]) == ["plain-0", "plain-1", "plain-2"]
