@@ -30,7 +30,7 @@ from flows_core.store import (
     stored_event,
 )
 
-from . import _fsck_sql, _sql
+from . import _fsck_sql, _sql, _sql_fair
 from ._base import Batch, Step
 from ._client_ops import ClientOps, PostgresOps
 from ._fsck import FsckSqlStore
@@ -69,9 +69,12 @@ class PostgresStore(SqlLimits, FsckSqlStore):
     SQL: ClassVar[ModuleType] = _sql
     FSCK_SQL: ClassVar[ModuleType] = _fsck_sql
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fair_tenants: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ops = PostgresOps(self.statements)
+        self.fair_tenants = fair_tenants
+        """Claims take tasks in turns per tenant, the oldest of each first
+        (flows_pg._sql_fair), instead of the oldest overall."""
 
     async def _fsck_keys(self, tenant_id: str | None) -> Sequence[str | None]:
         return [None]
@@ -115,7 +118,8 @@ class PostgresStore(SqlLimits, FsckSqlStore):
             "shards": None if request.shard_keys is None else list(request.shard_keys),
             "fresh_only": request.fresh_only,
         }
-        statement = self.statements(_sharded(_sql.CLAIM, request.shard_keys is not None))
+        claim = _sql_fair.FAIR_CLAIM if self.fair_tenants else _sql.CLAIM
+        statement = self.statements(_sharded(claim, request.shard_keys is not None))
         return [claimed_task(row) for row in await self._run_one(statement, params)]
 
     async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Event]:

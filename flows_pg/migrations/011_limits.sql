@@ -13,7 +13,7 @@
 -- tasks.waiting / waiting_until: why a task was deferred, valid while visible_at is
 -- still waiting_until (engine.query().waiting_reason).
 --
--- Additive only (new tables, two nullable columns): workers of the previous version
+-- Additive only (new tables, two nullable columns, an index): workers of the previous version
 -- run on unchanged. One DO block (Citus propagates each statement of it on its own).
 
 DO $migration$
@@ -51,6 +51,10 @@ BEGIN
         every     double precision,  -- seconds per token, as the last taker asked
         PRIMARY KEY (bucket, limit_key)
     );
+    -- the tenant-fair claim (PostgresStore(fair_tenants=True), flows_pg._sql_fair)
+    -- walks the tenants with claimable work and takes each one's oldest tasks
+    CREATE INDEX IF NOT EXISTS tasks_tenant_claim_idx
+        ON {schema}.tasks (tenant_id, visible_at) WHERE queue IS NOT NULL;
     ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS waiting text;
     ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS waiting_until timestamptz;
 END

@@ -251,7 +251,8 @@ async def limits_workload(store: Any, kit: Kit) -> None:
     live and dead holders (task and workflow), given back with a waiter woken; a task
     deferred and its reason read; rate tokens; usage."""
     await kit.start()
-    await kit.start()
+    urgent = await kit.start()
+    await store.prioritize(urgent.tenant_id, urgent.workflow_id, timedelta(seconds=5))
     first, second = await kit.claim(acts=(), limit=2)
     held = _holder(kit, first.lease, past=True)
     assert (await store.acquire_slot("a:x", "c", 1, held)).acquired  # rows made, then taken
@@ -266,12 +267,13 @@ async def limits_workload(store: Any, kit: Kit) -> None:
     wf_holder = _holder(kit, first.lease, kind="workflow", past=True)
     assert (await store.acquire_slot("w:x", "c", 1, wf_holder)).acquired
     assert not (await store.acquire_slot("w:x", "c", 1, _holder(kit))).acquired
-    every, horizon = timedelta(seconds=0.05), timedelta(minutes=1)
-    first_task, second_task = str(uuid6.uuid7()), str(uuid6.uuid7())
-    assert await store.take_rate_token("a:r", "r", every, first_task, horizon) is None
-    assert await store.take_rate_token("a:r", "r", every, second_task, horizon) is not None
-    await asyncio.sleep(0.1)  # its reserved token comes due
-    assert await store.take_rate_token("a:r", "r", every, second_task, horizon) is None
+    every, horizon = timedelta(seconds=0.2), timedelta(minutes=1)
+    reserved = None
+    while reserved is None:  # tokens until one is reserved ahead (the next is taken)
+        task = str(uuid6.uuid7())
+        reserved = await store.take_rate_token("a:r", "r", every, task, horizon)
+    await asyncio.sleep((reserved - datetime.now(UTC)).total_seconds() + 0.01)
+    await store.take_rate_token("a:r", "r", every, task, horizon)  # its token, due now
     assert await store.limit_usage(["a:x", "a:r"])
 
 
