@@ -65,6 +65,7 @@ __all__ = [
     "FsckScan",
     "FsckWorkflow",
     "FlowLimits",
+    "RATE_GRACE",
     "LimitUsage",
     "SlotGrant",
     "SlotHolder",
@@ -709,6 +710,12 @@ class LimitUsage(msgspec.Struct, frozen=True, kw_only=True):
     """Rate limits: one token every this long (as the last taker asked)."""
 
 
+RATE_GRACE: Final = timedelta(seconds=0.25)
+"""A task may use the rate token reserved for it up to max(interval, RATE_GRACE) after
+the token's time (``FlowLimits.take_rate_token``): claims come a little late, and a
+reservation dropped for lateness sends its task to the back of the line."""
+
+
 @runtime_checkable
 class FlowLimits(Protocol):
     """An OPTIONAL store capability: concurrency slots and rate tokens shared by every
@@ -737,9 +744,9 @@ class FlowLimits(Protocol):
     ) -> datetime | None:
         """One token of a limit that gives one every ``interval`` (no burst): None if
         ``task_id`` may run now (a token free now, or one reserved for it earlier whose
-        time is now within one ``interval``; a reservation come later than that is
-        dropped and a new token taken, so starts never crowd: at most one more than
-        the rate allows in any window). Else the time of the token now reserved for
+        time is now within max(``interval``, ``RATE_GRACE``); a reservation come later
+        than that is dropped and a new token taken, so late starts crowd a window by
+        at most that grace's worth of tokens). Else the time of the token now reserved for
         it (at most ``horizon`` ahead; beyond it, nothing is reserved and the time
         returned is when its token would be within ``horizon``)."""
         ...

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from flows_core.store import (
+    RATE_GRACE,
     TERMINAL_STATUSES,
     Lease,
     LimitUsage,
@@ -167,7 +168,7 @@ class MemoryLimits:
             if reserved[1] > now:
                 return reserved[1]
             del limit.waiters[task_id]
-            if now < reserved[1] + interval:
+            if now < reserved[1] + max(interval, RATE_GRACE):
                 return None
             # came too late for its token (it would crowd the next ones): a new one
         start = now if limit.tat is None else max(limit.tat, now)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from flows_core.store import Lease, LimitUsage, SlotGrant, SlotHolder
+from flows_core.store import RATE_GRACE, Lease, LimitUsage, SlotGrant, SlotHolder
 
 from . import _sql_limits as _sql
 from ._base import Rows, Statements, Step
@@ -87,18 +87,24 @@ class SqlLimits:
             if any(s["holder_kind"] is None for s in slots):
                 continue  # a slot freed meanwhile: try again
             freed = False
+            expiries: list[datetime] = []
             for slot in slots:
-                if slot["expired"]:
-                    freed = await self._check_holder(params, slot) or freed
+                if not slot["expired"]:
+                    expiries.append(utc(slot["expires_at"]))
+                    continue
+                until = await self._check_holder(params, slot)
+                if until is None:
+                    freed = True
+                else:
+                    expiries.append(until)
             if not freed:
-                expiries = [utc(s["expires_at"]) for s in slots if s["expires_at"] is not None]
                 retry_at = min(expiries, default=None)
                 break
         return SlotGrant(acquired=False, retry_at=retry_at)
 
-    async def _check_holder(self, params: dict[str, Any], slot: dict[str, Any]) -> bool:
+    async def _check_holder(self, params: dict[str, Any], slot: dict[str, Any]) -> datetime | None:
         """Extend the expired slot of a holder still alive, free it otherwise (both only
-        if its holder did not change meanwhile). True if it was freed."""
+        if its holder did not change meanwhile). The new expiry, or None if freed."""
         held = {
             "bucket": params["bucket"],
             "lk": params["lk"],
@@ -115,10 +121,11 @@ class SqlLimits:
         alive = _sql.WORKFLOW_ALIVE if slot["holder_kind"] == "workflow" else _sql.TASK_ALIVE
         rows = await self._run_one(self.statements(alive), held)
         if rows:
-            held["until"] = rows[0]["until"]
+            held["until"] = until = utc(rows[0]["until"])
             await self._run_one(self.statements(_sql.EXTEND_SLOT), held)
-            return False
-        return bool(await self._run_one(self.statements(_sql.FREE_SLOT), held))
+            return until
+        await self._run_one(self.statements(_sql.FREE_SLOT), held)
+        return None  # freed (or changed hands meanwhile: look again either way)
 
     async def release_slot(self, bucket: str, limit_key: str, holder: SlotHolder) -> None:
         params = _holder_params(bucket, limit_key, holder)
@@ -157,7 +164,7 @@ class SqlLimits:
             if reserved > now:
                 return reserved
             await self._run_one(self.statements(_sql.USE_RESERVED), params)
-            if reserved > now - interval:
+            if reserved > now - max(interval, RATE_GRACE):
                 return None
             # came too late for its token (it would crowd the next ones): a new one
         take = [

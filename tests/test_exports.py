@@ -146,6 +146,7 @@ STORE = [
     "FsckScan",
     "FsckWorkflow",
     "FlowLimits",
+    "RATE_GRACE",
     "LimitUsage",
     "SlotGrant",
     "SlotHolder",
