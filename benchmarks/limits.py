@@ -6,13 +6,13 @@ cost of limits, and tenant fairness under a 100,000-task backlog.
 Without ``--dsn`` an embedded PostgreSQL 18 runs in a temporary directory (stopped and
 deleted at the end). Every case uses a fresh schema.
 
-* rate: a backlog of activity tasks with ``rate_limit="<rate>/s"`` worked by two
+* rate: a backlog of workflows of one step with ``rate_limit="<rate>/s"`` worked by two
   workers (each its own store and pool) for ``--seconds``; the achieved rate is the
   completions per second between the first and the last start, and the largest number
   of starts in any one-second window is reported against the limit (+1 allowed).
-* overhead: the same workflows (one activity each) with no limit and with a
-  ``max_concurrent`` too large to bind (the slot transactions are the cost), started
-  as a backlog and worked by one worker; workflows per second for each.
+* overhead: the same workflows (one activity each) with no limit (inline, and queued to
+  a second worker) and with a ``max_concurrent`` too large to bind (queued, plus the
+  slot transactions), started as a backlog; workflows per second for each.
 * fairness: 100,000 queued workflow tasks of one tenant, then one of a quiet tenant:
   is the quiet one in the next claim batch (10), and what does that claim cost, with
   the fair claim and with the plain (first in, first out) one.
@@ -75,8 +75,8 @@ async def case_rate(dsn: str, seconds: float, rate: int) -> dict[str, Any]:
     act = flows.activity("bench-rate", rate_limit=f"{rate}/s")(call)
 
     @flows.workflow("bench-rate-wf")
-    async def wf(ctx: flows.WorkflowContext, n: int) -> int:
-        return len(await flows.gather(*(ctx.execute(act, i) for i in range(n))))
+    async def wf(ctx: flows.WorkflowContext, i: int) -> int:
+        return await ctx.execute(act, i)
 
     backlog = int(rate * seconds * 1.5)  # more than the window can take
     async with fresh_store(dsn) as store:
@@ -84,7 +84,8 @@ async def case_rate(dsn: str, seconds: float, rate: int) -> dict[str, Any]:
         await other.open()
         try:
             engine = flows.Engine(store)
-            await engine.start(wf, backlog)
+            for i in range(backlog):  # one step each: no workflow replays a large fan-out
+                await engine.start(wf, i)
             workers = [
                 flows.Worker(
                     store, workflows=[wf], activities=[act], concurrency=20, poll_interval=0.2
@@ -115,17 +116,35 @@ async def case_rate(dsn: str, seconds: float, rate: int) -> dict[str, Any]:
 
 
 async def case_overhead(dsn: str, count: int) -> dict[str, Any]:
+    """Workflows of one activity each: unlimited (run inline by the workflow's worker),
+    unlimited but queued (the activity served by a second worker only), and limited
+    (queued too: a limited step never runs inline, plus its slot transactions)."""
     results: dict[str, Any] = {}
-    for label, kwargs in (("no limit", {}), ("max_concurrent=10000", {"max_concurrent": 10000})):
-        act, wf = _one_step(f"bench-{len(results)}", kwargs)
+    cases: list[tuple[str, dict[str, Any], bool]] = [
+        ("no limit, inline", {}, False),
+        ("no limit, queued", {}, True),
+        ("max_concurrent=10000", {"max_concurrent": 10000}, False),
+    ]
+    for label, limits, queued in cases:
+        act, wf = _one_step(f"bench-{len(results)}", limits)
         async with fresh_store(dsn) as store:
             engine = flows.Engine(store)
             runs = [await engine.start(wf, i) for i in range(count)]
-            worker = flows.Worker(
-                store, workflows=[wf], activities=[act], concurrency=20, poll_interval=0.05
-            )
+            workers = [
+                flows.Worker(
+                    store,
+                    workflows=[wf],
+                    activities=[] if queued else [act],
+                    concurrency=20,
+                    poll_interval=0.05,
+                )
+            ]
+            if queued:
+                workers.append(
+                    flows.Worker(store, activities=[act], concurrency=20, poll_interval=0.05)
+                )
             started = time.monotonic()
-            async with running(worker):
+            async with running(*workers):
                 for run in runs:
                     await run.result(timeout=300)
             elapsed = time.monotonic() - started
@@ -134,8 +153,9 @@ async def case_overhead(dsn: str, count: int) -> dict[str, Any]:
             "seconds": round(elapsed, 2),
             "per_s": round(count / elapsed, 1),
         }
-    base = results["no limit"]["per_s"]
-    results["limited_vs_unlimited"] = round(results["max_concurrent=10000"]["per_s"] / base, 3)
+    limited = results["max_concurrent=10000"]["per_s"]
+    results["limited_vs_inline"] = round(limited / results["no limit, inline"]["per_s"], 3)
+    results["limited_vs_queued"] = round(limited / results["no limit, queued"]["per_s"], 3)
     return results
 
 
@@ -218,7 +238,7 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--dsn", default=os.environ.get("FLOWS_BENCH_DSN"))
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rate", type=int, default=50)
+    parser.add_argument("--rate", type=int, default=10)
     args = parser.parse_args()
     if args.dsn:
         asyncio.run(main(args.dsn, args.seconds, args.rate))
