@@ -129,8 +129,9 @@ class SqlLimits:
 
     async def release_slot(self, bucket: str, limit_key: str, holder: SlotHolder) -> None:
         params = _holder_params(bucket, limit_key, holder)
-        row = (await self._run_one(self.statements(_sql.RELEASE), params))[0]
-        if not row["freed"]:
+        release = [Step(self.statements(s), params) for s in (_sql.RELEASE, _sql.WAITERS)]
+        freed, waiting = await self._run(release)
+        if not freed[0]["freed"] or not waiting[0]["waiting"]:
             return
         for _ in range(5):  # the oldest waiter still waiting where it was deferred
             popped = await self._run_one(self.statements(_sql.POP_WAITER), params)

@@ -112,6 +112,11 @@ WITH freed AS (
 SELECT count(*) AS freed FROM freed
 """
 
+WAITERS: Final = f"""
+SELECT EXISTS (
+  SELECT 1 FROM {{S}}.limit_waiters WHERE {_LIMIT} AND ready_at IS NULL) AS waiting
+"""
+
 POP_WAITER: Final = f"""
 DELETE FROM {{S}}.limit_waiters w
 WHERE w.bucket = %(bucket)s AND w.limit_key = %(lk)s AND w.task_id = (
@@ -240,6 +245,7 @@ ROUTER_STATEMENTS: Final = {
     "EXTEND_SLOT": EXTEND_SLOT,
     "FREE_SLOT": FREE_SLOT,
     "RELEASE": RELEASE,
+    "WAITERS": WAITERS,
     "POP_WAITER": POP_WAITER,
     "WAKE": WAKE,
     "RESERVED": RESERVED,
