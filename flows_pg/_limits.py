@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from flows_core.store import RATE_GRACE, Lease, LimitUsage, SlotGrant, SlotHolder
 
 from . import _sql_limits as _sql
@@ -27,6 +29,7 @@ HOLDER_CHECK: Final = timedelta(seconds=60)
 def _holder_params(bucket: str, limit_key: str, holder: SlotHolder) -> dict[str, Any]:
     workflow = holder.kind == "workflow"
     return {
+        "hid": holder_id(holder),
         "bucket": bucket,
         "lk": limit_key,
         "kind": holder.kind,
@@ -37,6 +40,16 @@ def _holder_params(bucket: str, limit_key: str, holder: SlotHolder) -> dict[str,
         "token": None if workflow else uuid_of(holder.token, "lease token"),
         "expires": holder.expires_at,
     }
+
+
+def holder_id(holder: SlotHolder) -> str:
+    """The ``limit_slots.holder_id`` of a holder (see migration 011)."""
+    if holder.kind == "workflow":
+        return "w:" + _json.encode([holder.tenant_id, holder.workflow_id]).decode()
+    return f"t:{holder.task_id}:{holder.token}"
+
+
+_json: Final = msgspec.json.Encoder()
 
 
 class SqlLimits:
@@ -110,6 +123,7 @@ class SqlLimits:
             "lk": params["lk"],
             "slot": slot["slot"],
             "old_expires": slot["expires_at"],
+            "hid": slot["holder_id"],
             "kind": slot["holder_kind"],
             "wid": slot["holder_workflow"],
             "token": slot["holder_token"],

@@ -19,9 +19,7 @@ from typing import Final
 
 _LIMIT: Final = "bucket = %(bucket)s AND limit_key = %(lk)s"
 
-_HOLDER: Final = """holder_kind = %(kind)s AND CASE WHEN %(kind)s = 'workflow'
-    THEN holder_tenant = %(tid)s AND holder_workflow = %(wid)s
-    ELSE holder_task = %(task)s AND holder_token = %(token)s END"""
+_HOLDER: Final = "holder_id = %(hid)s"
 
 # ACQUIRE_TAKE, ACQUIRE_UNWAIT, ACQUIRE_WAIT and HELD run in one transaction (one
 # pipeline): each a single router statement (Citus splits a statement with several
@@ -37,7 +35,7 @@ WITH mine AS MATERIALIZED (
   FOR UPDATE SKIP LOCKED
 )
 UPDATE {{S}}.limit_slots s
-SET holder_kind = %(kind)s, holder_tenant = %(tid)s, holder_shard = %(sk)s,
+SET holder_kind = %(kind)s, holder_id = %(hid)s, holder_tenant = %(tid)s, holder_shard = %(sk)s,
     holder_workflow = %(wid)s, holder_task = %(task)s, holder_token = %(token)s,
     acquired_at = now(), expires_at = %(expires)s
 FROM pick
@@ -65,7 +63,7 @@ ON CONFLICT DO NOTHING
 HELD: Final = f"SELECT EXISTS ({_HELD}) AS acquired"
 
 SLOTS: Final = f"""
-SELECT slot, holder_kind, holder_tenant, holder_shard, holder_workflow,
+SELECT slot, holder_kind, holder_id, holder_tenant, holder_shard, holder_workflow,
        holder_task::text AS holder_task, holder_token::text AS holder_token, expires_at,
        expires_at <= now() AS expired
 FROM {{S}}.limit_slots
@@ -85,9 +83,7 @@ WHERE shard_key = %(sk)s AND tenant_id = %(tid)s AND workflow_id = %(wid)s
 """
 
 _SAME_HOLDER: Final = f"""{_LIMIT} AND slot = %(slot)s AND expires_at = %(old_expires)s
-  AND holder_kind IS NOT DISTINCT FROM %(kind)s
-  AND holder_workflow IS NOT DISTINCT FROM %(wid)s
-  AND holder_token IS NOT DISTINCT FROM %(token)s"""
+  AND holder_id IS NOT DISTINCT FROM %(hid)s"""
 
 EXTEND_SLOT: Final = f"""
 UPDATE {{S}}.limit_slots SET expires_at = %(until)s WHERE {_SAME_HOLDER} RETURNING slot
@@ -95,8 +91,9 @@ UPDATE {{S}}.limit_slots SET expires_at = %(until)s WHERE {_SAME_HOLDER} RETURNI
 
 FREE_SLOT: Final = f"""
 UPDATE {{S}}.limit_slots
-SET holder_kind = NULL, holder_tenant = NULL, holder_shard = NULL, holder_workflow = NULL,
-    holder_task = NULL, holder_token = NULL, acquired_at = NULL, expires_at = NULL
+SET holder_kind = NULL, holder_id = NULL, holder_tenant = NULL, holder_shard = NULL,
+    holder_workflow = NULL, holder_task = NULL, holder_token = NULL, acquired_at = NULL,
+    expires_at = NULL
 WHERE {_SAME_HOLDER}
 RETURNING slot
 """
@@ -104,8 +101,9 @@ RETURNING slot
 RELEASE: Final = f"""
 WITH freed AS (
   UPDATE {{S}}.limit_slots
-  SET holder_kind = NULL, holder_tenant = NULL, holder_shard = NULL, holder_workflow = NULL,
-      holder_task = NULL, holder_token = NULL, acquired_at = NULL, expires_at = NULL
+  SET holder_kind = NULL, holder_id = NULL, holder_tenant = NULL, holder_shard = NULL,
+      holder_workflow = NULL, holder_task = NULL, holder_token = NULL, acquired_at = NULL,
+      expires_at = NULL
   WHERE {_LIMIT} AND {_HOLDER}
   RETURNING slot
 )

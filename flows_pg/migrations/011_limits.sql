@@ -23,6 +23,9 @@ BEGIN
         limit_key       text        NOT NULL,
         slot            integer     NOT NULL CHECK (slot >= 0),
         holder_kind     text        CHECK (holder_kind IN ('task', 'workflow')),
+        -- who holds it, as one value: 't:<task id>:<lease token>' or 'w:["<tenant>",
+        -- "<workflow id>"]' (the slot of a holder is found through the index below)
+        holder_id       text,
         holder_tenant   text,
         holder_shard    text,
         holder_workflow text,
@@ -32,6 +35,8 @@ BEGIN
         expires_at      timestamptz,
         PRIMARY KEY (bucket, limit_key, slot)
     );
+    CREATE INDEX IF NOT EXISTS limit_slots_holder_idx
+        ON {schema}.limit_slots (bucket, limit_key, holder_id) WHERE holder_id IS NOT NULL;
     CREATE TABLE IF NOT EXISTS {schema}.limit_waiters (
         bucket      text        NOT NULL,
         limit_key   text        NOT NULL,
