@@ -418,8 +418,11 @@ async def test_activity_priority_orders_queued_steps(adapter: Adapter) -> None:
             if (await engine.query(run.workflow_id)).history_length >= 5:
                 break
             await asyncio.sleep(0.01)
-    async with ticking(adapter), running(
-        worker(adapter.store, workflows=[steps], activities=[plain, urgent], concurrency=1)
+    async with (
+        ticking(adapter),
+        running(
+            worker(adapter.store, workflows=[steps], activities=[plain, urgent], concurrency=1)
+        ),
     ):
         assert await result(run) == 4
     assert order[0] == "urgent"
