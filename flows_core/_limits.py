@@ -232,6 +232,33 @@ class LimitGate:
                 return None
         return held
 
+    async def admit_inline(
+        self,
+        lease: Lease,
+        name: str,
+        seq: int,
+        payload: msgspec.Raw,
+        limits: ActivityLimits,
+        input_type: Any,
+    ) -> _Held | None:
+        """A slot for step ``seq`` of activity ``name`` to run inline under the workflow
+        task's ``lease`` (only concurrency limits: a rate-limited step is queued); None
+        when there is none free now (the step then goes through the queue) or its key
+        cannot be computed (its queued attempt reports why)."""
+        assert limits.max_concurrent is not None
+        assert limits.rate is None
+        key = None
+        if limits.concurrency_key is not None:
+            try:
+                value = decode_payload(payload, input_type, what=f"input of activity {name!r}")
+                key = limits.concurrency_key(value)
+            except Exception:
+                return None
+        bucket, limit_key = activity_bucket(name), _keyed("c", key)
+        holder = msgspec.structs.replace(task_holder(lease), part=str(seq))
+        grant = await self._api().acquire_slot(bucket, limit_key, limits.max_concurrent, holder)
+        return _Held(bucket, limit_key, holder) if grant.acquired else None
+
     async def leave(self, held: list[_Held]) -> None:
         for h in held:
             try:
@@ -377,3 +404,9 @@ def prioritized(commit: WorkflowTaskCommit) -> WorkflowTaskCommit:
             spec = msgspec.structs.replace(spec, visible_at=ahead)
         moved.append(spec)
     return msgspec.structs.replace(commit, activity_tasks=moved)
+
+
+def runs_inline(limits: ActivityLimits | None) -> bool:
+    """Whether a step of an activity with these limits may run inline (after taking its
+    slot): no limit, or only a concurrency limit."""
+    return limits is None or limits.rate is None

@@ -36,7 +36,7 @@ from ._activity_runner import ActivityRunner, LeaseKeeper, cancelled_from_outsid
 from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
-from ._limits import prioritized
+from ._limits import prioritized, runs_inline
 from ._observe import Observer, TaskOutcome, WorkflowTask, trace_context_of
 from ._registry import WorkflowRegistry
 from ._replay import Activation, WorkflowInstance
@@ -278,6 +278,7 @@ class WorkflowTaskRunner:
         try:
             while activation.park_error is None and budget > 0:
                 inline = self._inline_candidates(instance, fresh)[:budget]
+                inline, held = await self._take_slots(claim, inline)
                 if not inline:
                     break
                 split = pending.index(inline[0])
@@ -296,7 +297,10 @@ class WorkflowTaskRunner:
                         continue
                 budget -= len(inline)
                 self.counters["inline_activities"] += len(inline)
-                outcomes = await self._run_inline(claim, inline, keeper, task)
+                try:
+                    outcomes = await self._run_inline(claim, inline, keeper, task)
+                finally:
+                    await self.activities.gate.leave(held)
                 keeper.check()
                 now = clock.now()
                 resolutions: list[Event] = []
@@ -357,6 +361,35 @@ class WorkflowTaskRunner:
             return [await attempts[0]]
         return await _all(attempts)
 
+    async def _take_slots(
+        self, claim: WorkflowTaskClaim, inline: list[ActivityScheduled]
+    ) -> tuple[list[ActivityScheduled], list[Any]]:
+        """The candidates that may run inline now, and the slots taken for them: a step
+        with a concurrency limit runs inline only with a slot (taken under the workflow
+        task's lease, one per step); without one it is left to the queue."""
+        activities = self.activities.activities
+        if all(activities[e.name].limits is None for e in inline):
+            return inline, []
+        admitted: list[ActivityScheduled] = []
+        held: list[Any] = []
+        try:
+            for e in inline:
+                act = activities[e.name]
+                if act.limits is None:
+                    admitted.append(e)
+                    continue
+                gate = self.activities.gate
+                slot = await gate.admit_inline(
+                    claim.lease, e.name, e.seq, e.input, act.limits, act.input_type
+                )
+                if slot is not None:
+                    admitted.append(e)
+                    held.append(slot)
+        except BaseException:
+            await self.activities.gate.leave(held)
+            raise
+        return admitted, held
+
     def _inline_candidates(
         self, instance: WorkflowInstance, fresh: list[Event]
     ) -> list[ActivityScheduled]:
@@ -368,7 +401,7 @@ class WorkflowTaskRunner:
             for e in fresh
             if isinstance(e, ActivityScheduled)
             and e.name in self.activities.activities
-            and self.activities.activities[e.name].limits is None  # limited: queued
+            and runs_inline(self.activities.activities[e.name].limits)
             and instance.is_pending(e.seq)
         ]
 

@@ -674,7 +674,9 @@ class SlotHolder(msgspec.Struct, frozen=True, kw_only=True):
     """Who holds a concurrency slot (``FlowLimits``). ``kind`` "task": the lease
     (``task_id``, ``token``) of a task, alive while the task holds that lease; "workflow":
     the workflow (``tenant_id``, ``workflow_id``), alive until it ends. ``task_id`` is
-    also the task woken when a slot frees, and ``expires_at`` the holder's lease expiry."""
+    also the task woken when a slot frees, and ``expires_at`` the holder's lease expiry.
+    ``part`` tells apart several slots held under one lease (the activities a workflow
+    task runs inline: one per step)."""
 
     kind: str
     tenant_id: str
@@ -683,6 +685,7 @@ class SlotHolder(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str
     token: str
     expires_at: datetime
+    part: str = ""
 
 
 class SlotGrant(msgspec.Struct, frozen=True, kw_only=True):

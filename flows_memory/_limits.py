@@ -51,7 +51,7 @@ def _same(a: SlotHolder, b: SlotHolder) -> bool:
         return False
     if a.kind == "workflow":
         return (a.tenant_id, a.workflow_id) == (b.tenant_id, b.workflow_id)
-    return (a.task_id, a.token) == (b.task_id, b.token)
+    return (a.task_id, a.token, a.part) == (b.task_id, b.token, b.part)
 
 
 class MemoryLimits:

@@ -46,7 +46,8 @@ def holder_id(holder: SlotHolder) -> str:
     """The ``limit_slots.holder_id`` of a holder (see migration 011)."""
     if holder.kind == "workflow":
         return "w:" + _json.encode([holder.tenant_id, holder.workflow_id]).decode()
-    return f"t:{holder.task_id}:{holder.token}"
+    part = f":{holder.part}" if holder.part else ""
+    return f"t:{holder.task_id}:{holder.token}{part}"
 
 
 _json: Final = msgspec.json.Encoder()

@@ -23,7 +23,7 @@ BEGIN
         limit_key       text        NOT NULL,
         slot            integer     NOT NULL CHECK (slot >= 0),
         holder_kind     text        CHECK (holder_kind IN ('task', 'workflow')),
-        -- who holds it, as one value: 't:<task id>:<lease token>' or 'w:["<tenant>",
+        -- who holds it, as one value: 't:<task id>:<lease token>[:<step>]' or 'w:["<tenant>",
         -- "<workflow id>"]' (the slot of a holder is found through the index below)
         holder_id       text,
         holder_tenant   text,

@@ -249,6 +249,9 @@ async def test_max_concurrent_holds_across_workers(adapter: Adapter) -> None:
         assert await result(run) == [i * 10 for i in range(10)]
     assert seen["runs"] == 10
     assert 1 <= seen["max"] <= 2
+    # with a slot, a step runs inline under its workflow task; without one, queued
+    assert workers[0].counters["inline_activities"] >= 1
+    assert sum(w.counters["activity_tasks"] for w in workers) >= 1
 
 
 async def test_concurrency_key_limits_each_key(adapter: Adapter) -> None:
