@@ -239,9 +239,9 @@ def activity(
     Flow control, enforced in the store across every worker: ``max_concurrent`` attempts
     at once (per value of ``concurrency_key(input)`` when given; 1 if only the key is),
     ``rate_limit`` ("100/s", "5/m", "1000/h") starts (per ``rate_key(input)`` when
-    given). A limited activity always runs through the queue. ``priority`` (0 to 1000):
-    its queued tasks are claimed before tasks that have waited less than that many
-    seconds (inline attempts run at once anyway).
+    given). A step runs inline only when it gets its slot (rate-limited: always
+    queued). ``priority`` (0 to 1000): its queued tasks are claimed before tasks that
+    have waited less than that many seconds (inline attempts run at once anyway).
     """
     if kwargs:
         raise InvalidArgument(f"activity(): unknown option(s) {sorted(kwargs)}")

@@ -5,9 +5,11 @@ Definitions carry the limits (``@flows.activity(..., max_concurrent=, concurrenc
 rate_limit=, rate_key=)``, ``@flows.workflow(..., max_running=)``): nothing is stored
 about a limit but its usage, so a changed limit takes effect with the next claim.
 
-A limited activity never runs inline: it goes through the queue, and the worker that
-claims its task asks the store (``flows_core.store.FlowLimits``) for a slot (and a rate
-token) before running it, in a short transaction of its own. A slot is held by the
+A step with only a concurrency limit runs inline when the worker that scheduled it gets
+a slot for it (held under the workflow task's lease, one per step); otherwise, and
+always for a rate-limited step, it goes through the queue, and the worker that claims
+its task asks the store (``flows_core.store.FlowLimits``) for a slot (and a rate token)
+before running it. Each of these is a short transaction of its own. A slot is held by the
 task's lease: it is given back when the attempt ends, and a slot whose holder's lease
 ran out (the worker died) is taken over by the next claimant that finds the limit full.
 A task that gets no slot or token is deferred (``defer_task``: uncounted, like a
