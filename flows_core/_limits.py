@@ -258,7 +258,9 @@ class LimitGate:
                 return None
         bucket, limit_key = activity_bucket(name), _keyed("c", key)
         holder = msgspec.structs.replace(task_holder(lease), part=str(seq))
-        grant = await self._api().acquire_slot(bucket, limit_key, limits.max_concurrent, holder)
+        grant = await self._api().acquire_slot(
+            bucket, limit_key, limits.max_concurrent, holder, wait=False
+        )
         return _Held(bucket, limit_key, holder) if grant.acquired else None
 
     async def leave(self, held: list[_Held]) -> None:

@@ -727,14 +727,14 @@ class FlowLimits(Protocol):
     rows never cross shards). Limits themselves are not stored: callers pass them."""
 
     async def acquire_slot(
-        self, bucket: str, limit_key: str, capacity: int, holder: SlotHolder
+        self, bucket: str, limit_key: str, capacity: int, holder: SlotHolder, *, wait: bool = True
     ) -> SlotGrant:
         """Take one of slots 0..capacity-1 of (bucket, limit_key) for ``holder``;
         acquired at once if the holder already holds one. A slot is free when unheld
         or when its holder is no longer alive (see SlotHolder; a held slot past its
         expiry is checked against the holder's task or workflow and extended or freed).
         Not acquired: the holder's task is remembered as a waiter (woken, oldest first,
-        by ``release_slot``)."""
+        by ``release_slot``), unless ``wait`` is False."""
         ...
 
     async def release_slot(self, bucket: str, limit_key: str, holder: SlotHolder) -> None:

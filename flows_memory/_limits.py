@@ -89,7 +89,7 @@ class MemoryLimits:
         return task.lease_expires
 
     async def acquire_slot(
-        self, bucket: str, limit_key: str, capacity: int, holder: SlotHolder
+        self, bucket: str, limit_key: str, capacity: int, holder: SlotHolder, *, wait: bool = True
     ) -> SlotGrant:
         limit = self._limit(bucket, limit_key)
         now = self._clock.now()
@@ -110,7 +110,8 @@ class MemoryLimits:
                 slot.holder, slot.expires_at = holder, holder.expires_at
                 limit.waiters.pop(holder.task_id, None)
                 return SlotGrant(acquired=True)
-        limit.waiters.setdefault(holder.task_id, (holder.tenant_id, None))
+        if wait:
+            limit.waiters.setdefault(holder.task_id, (holder.tenant_id, None))
         expiries = [
             s.expires_at
             for n, s in limit.slots.items()

@@ -82,13 +82,14 @@ class SqlLimits:
     """The shard filter of ``waiting_reason`` (Citus: the workflow's shard key)."""
 
     async def acquire_slot(
-        self, bucket: str, limit_key: str, capacity: int, holder: SlotHolder
+        self, bucket: str, limit_key: str, capacity: int, holder: SlotHolder, *, wait: bool = True
     ) -> SlotGrant:
         params = _holder_params(bucket, limit_key, holder)
         params["cap"] = capacity
         acquire = [
             Step(self.statements(statement), params)
             for statement in (_sql.ACQUIRE_TAKE, _sql.ACQUIRE_UNWAIT, _sql.ACQUIRE_WAIT, _sql.HELD)
+            if wait or statement is not _sql.ACQUIRE_WAIT
         ]
         retry_at: datetime | None = None
         for _ in range(3):

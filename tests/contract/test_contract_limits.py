@@ -118,7 +118,12 @@ async def test_slots_up_to_capacity_and_given_back(adapter: Adapter) -> None:
     assert not (await api.acquire_slot("a:x", "c", 1, b)).acquired  # slot 0 is c's
     usage = {(u.bucket, u.limit_key): u for u in await api.limit_usage(["a:x"])}
     assert usage[("a:x", "c")].held == 2
-    assert usage[("a:x", "c")].waiting >= 1
+    waiting = usage[("a:x", "c")].waiting
+    assert waiting >= 1
+    # wait=False (an inline attempt that would rather queue): not remembered as a waiter
+    assert not (await api.acquire_slot("a:x", "c", 1, holder(far), wait=False)).acquired
+    usage = {(u.bucket, u.limit_key): u for u in await api.limit_usage(["a:x"])}
+    assert usage[("a:x", "c")].waiting == waiting
 
 
 async def test_a_dead_holder_loses_its_slot_a_live_one_keeps_it(adapter: Adapter) -> None:
