@@ -48,6 +48,7 @@ from ._commit import build_commit
 from ._definitions import Activity, Workflow
 from ._eager import EagerStarts
 from ._errors import InvalidArgument, LeaseLost
+from ._limits import workflows_with_limits
 from ._observe import Observer, TraceContexts, run_sampler
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
@@ -282,6 +283,11 @@ class Worker:
                 lease=lease,
                 started=self.observer.workflow_started,
             )
+        for act in self.activities.values():
+            if act.limits is not None:
+                self._activity_runner.gate.check_supported(f"activity {act.name!r}")
+        for wf_def in workflows_with_limits(self.registry):
+            self._activity_runner.gate.check_supported(f"workflow {wf_def.name!r}")
         self._watchdog = (
             None if workflow_task_deadlock is None else BlockingWatchdog(workflow_task_deadlock)
         )
