@@ -6,10 +6,10 @@ Import as ``import flows_core as flows``. See README.md for a tour.
 from ._activity_context import ActivityInfo, activity_info, heartbeat
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
-from ._context import WorkflowContext, gather, race
+from ._context import MAX_STATUS_BYTES, WorkflowContext, gather, race
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
 from ._eager import EagerStarts
-from ._engine import Engine, Run, WorkflowInfo
+from ._engine import Engine, Run, RunInfo, WorkflowInfo
 from ._errors import (
     ActivityFailed,
     ActivityTimeout,
@@ -76,6 +76,7 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",
+    "MAX_STATUS_BYTES",
     "WORKFLOW_CODE_ERRORS",
     "Activity",
     "ActivityFailed",
@@ -102,6 +103,7 @@ __all__ = [
     "RaceResult",
     "RetryPolicy",
     "Run",
+    "RunInfo",
     "ScheduleToCloseTimeout",
     "Sharder",
     "Step",

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ._activity_runner import ActivityRunner, LeaseKeeper, cancelled_from_outside
-from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
+from ._commit import AttemptOutcome, build_commit, next_run, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
 from ._observe import Observer, TaskOutcome, WorkflowTask, trace_context_of
@@ -66,6 +66,10 @@ class _Progress:
     workflow_name: str
     history_length: int
     next_seq: int
+    instance: WorkflowInstance | None = None
+    run_number: int = 1
+    published: bytes | None = None
+    """The status stored on the row (as claimed, then as this task committed it)."""
 
 
 class WorkflowTaskRunner:
@@ -252,7 +256,15 @@ class WorkflowTaskRunner:
         instance = WorkflowInstance(definition, max_payload_bytes=self.max_payload_bytes)
         instance.workflow_id = wf.workflow_id  # for the watchdog's log before the start
         activation = self._apply(instance, claim.history, clock.now())
-        progress = _Progress(claim.lease, wf.name, len(claim.history), wf.next_seq)
+        progress = _Progress(
+            claim.lease,
+            wf.name,
+            len(claim.history),
+            wf.next_seq,
+            instance,
+            wf.run_number,
+            None if wf.status_value is None else bytes(wf.status_value),
+        )
         pending: list[Event] = list(activation.new_events)
         fresh: list[Event] = list(activation.new_events)
         settled = 0
@@ -365,7 +377,16 @@ class WorkflowTaskRunner:
         keep: bool,
         next_seq: int,
     ) -> list[Event]:
-        """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back."""
+        """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back.
+        The status the code published goes with it if it changed; the run's end by
+        continue-as-new goes with the final commit."""
+        instance = progress.instance
+        published = None if instance is None else instance.published
+        if published is not None and bytes(published) == progress.published:
+            published = None
+        continued = None
+        if not keep and instance is not None and events:
+            continued = next_run(instance, progress.run_number, events[-1])
         commit = build_commit(
             progress.lease,
             progress.history_length,
@@ -374,6 +395,8 @@ class WorkflowTaskRunner:
             events,
             retries,
             keep_lease=self.lease if keep else None,
+            status_value=published,
+            continue_as_new=continued,
         )
         moved = await self.activities.write_fenced(self.store.commit_workflow_task, commit)
         self.counters["commits"] += 1
@@ -383,6 +406,9 @@ class WorkflowTaskRunner:
             )
         progress.history_length += len(events) + len(moved)
         progress.next_seq = next_seq
+        if published is not None:
+            progress.published = bytes(published)
+
         return moved
 
 

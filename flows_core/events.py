@@ -40,6 +40,7 @@ __all__ = [
     "TimerStarted",
     "WorkflowCancelledEvent",
     "WorkflowCompleted",
+    "WorkflowContinuedAsNew",
     "WorkflowFailedEvent",
     "WorkflowStarted",
     "WorkflowTerminatedEvent",
@@ -73,6 +74,9 @@ class WorkflowStarted(_Base, tag="workflow_started", frozen=True, omit_defaults=
     written by the Engine's observer, e.g. ``flows_observe.otel``): every workflow task
     and activity attempt is traced as a descendant of it, in any worker, after any
     crash. None when the start was not traced."""
+    run_number: int = 1
+    """Which run of the workflow id this is: 1, then one more after every
+    ``ctx.continue_as_new`` (the run it continues is ``run_number - 1``)."""
 
 
 class ActivityScheduled(_Base, tag="activity_scheduled", frozen=True):
@@ -160,6 +164,14 @@ class WorkflowCancelledEvent(_Base, tag="workflow_cancelled", frozen=True):
     """What the workflow returned after the cancel request, if it returned (else null)."""
 
 
+class WorkflowContinuedAsNew(_Base, tag="workflow_continued_as_new", frozen=True):
+    """``ctx.continue_as_new(input)``: this run ended here and the next run of the same
+    workflow id starts with ``input`` and a fresh history (its WorkflowStarted has the
+    next ``run_number``). The last event of a continued run."""
+
+    input: msgspec.Raw
+
+
 class WorkflowTerminatedEvent(_Base, tag="workflow_terminated", frozen=True):
     """``Engine.terminate``: the workflow was ended at once, from outside; no code of it
     ran for this, its pending tasks, timers and inbox were dropped."""
@@ -184,6 +196,7 @@ Event = (
     | WorkflowFailedEvent
     | WorkflowCancelledEvent
     | WorkflowTerminatedEvent
+    | WorkflowContinuedAsNew
 )
 
 _encoder: Final = msgspec.json.Encoder()
@@ -219,7 +232,8 @@ def event_summary(event: Event) -> str:
     match event:
         case WorkflowStarted():
             limit = f" timeout={event.execution_timeout}" if event.execution_timeout else ""
-            return f"started {event.name} v{event.version} input={_short(event.input)}{limit}"
+            run = f" (run {event.run_number})" if event.run_number != 1 else ""
+            return f"started {event.name} v{event.version}{run} input={_short(event.input)}{limit}"
         case ActivityScheduled():
             return f"#{event.seq} activity {event.name} scheduled input={_short(event.input)}"
         case ActivityCompleted():
@@ -256,5 +270,7 @@ def event_summary(event: Event) -> str:
             return f"failed: {event.error}"
         case WorkflowCancelledEvent():
             return "cancelled" + (f": {event.error}" if event.error else "")
+        case WorkflowContinuedAsNew():
+            return f"continued as new input={_short(event.input)}"
         case WorkflowTerminatedEvent():
             return "terminated" + (f": {event.reason}" if event.reason else "")
