@@ -30,9 +30,11 @@ from flows_pg import _records
 from flows_pg._base import Batch, Rows, SqlStore, Step
 from flows_pg._fsck import FsckSqlStore
 from flows_pg._migrate import migrate
+from flows_pg._runs import RunArchiveMixin
+from flows_pg._sql_runs import commit_steps
 from flows_pg._sql import list_params
 
-from . import _fsck_sql, _sql
+from . import _fsck_sql, _sql, _sql_runs
 from ._client_ops import CitusOps, detect_op, layout_op
 from ._layout import CitusLayout
 
@@ -42,7 +44,7 @@ _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _keys_decoder: Final = msgspec.json.Decoder(list[tuple[str, str]] | None)
 
 
-class CitusStore(FsckSqlStore):
+class CitusStore(RunArchiveMixin, FsckSqlStore):
     """Store on Citus (a coordinator and worker nodes).
 
     ``CitusStore(dsn_or_pool, schema="flows")`` takes the coordinator's DSN or pool, as
@@ -56,6 +58,7 @@ class CitusStore(FsckSqlStore):
     CITUS = True
     SQL: ClassVar[ModuleType] = _sql
     FSCK_SQL: ClassVar[ModuleType] = _fsck_sql
+    RUN_READS: ClassVar[tuple[str, str]] = (_sql_runs.LIST_RUNS, _sql_runs.RUN_HISTORY)
 
     PROBE_EVERY: Final = 0.2
     """Seconds between probes of every shard key while notifications name the keys."""
@@ -269,6 +272,8 @@ class CitusStore(FsckSqlStore):
         keep = commit.keep_lease is not None
         params = _records.commit_params(commit, self.statements.lease_params(commit.lease))
         steps = [Step(self.statements(_sql.FENCE_LOCK), params)]
+        before, after = commit_steps(self.statements, commit, params)
+        steps += before
         if commit.events:
             steps.append(Step(self.statements(_sql.COMMIT_EVENTS), params))
         if keep:
@@ -287,6 +292,8 @@ class CitusStore(FsckSqlStore):
             else _sql.COMMIT_FINISH_END
         )
         steps.append(Step(self.statements(finish), params))
+        finished_at = len(steps) - 1
+        steps += after
         # Workers need a wake-up for new tasks, or when the released workflow task has
         # events waiting; waiters (wait_for_result) when a workflow task ends.
         new_work = bool((acts or commit.timers) and not terminal) or not keep
@@ -295,7 +302,7 @@ class CitusStore(FsckSqlStore):
         elif new_work:
             steps.append(Step(_sql.NOTIFY_WORK, params))
         results = await self._run(steps)
-        done = results[-2 if new_work else -1]
+        done = results[finished_at]
         if done:
             moved = done[0]["moved"]
             return [] if moved is None else decode_events(moved)

@@ -30,11 +30,12 @@ from flows_core.store import (
     stored_event,
 )
 
-from . import _fsck_sql, _sql
+from . import _fsck_sql, _sql, _sql_runs
 from ._base import Batch, Step
 from ._client_ops import ClientOps, PostgresOps
 from ._fsck import FsckSqlStore
 from ._migrate import migrate
+from ._runs import RunArchiveMixin
 from ._records import (
     claimed_task,
     commit_params,
@@ -49,13 +50,14 @@ __all__ = ["PostgresStore"]
 
 _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _SHARDS_FILTER: Final = "AND t.shard_key = ANY(%(shards)s::text[])"
+_NOTIFY_WORK: Final = "SELECT pg_notify(%(ch_work)s, '')"
 
 
 def _sharded(template: str, sharded: bool) -> str:
     return template.replace("{shards}", _SHARDS_FILTER if sharded else "")
 
 
-class PostgresStore(FsckSqlStore):
+class PostgresStore(RunArchiveMixin, FsckSqlStore):
     """Store on PostgreSQL.
 
     ``PostgresStore(dsn)`` or ``PostgresStore(pool)``: see ``SqlStore`` for the pool,
@@ -67,6 +69,7 @@ class PostgresStore(FsckSqlStore):
 
     SQL: ClassVar[ModuleType] = _sql
     FSCK_SQL: ClassVar[ModuleType] = _fsck_sql
+    RUN_READS: ClassVar[tuple[str, str]] = (_sql_runs.LIST_RUNS, _sql_runs.RUN_HISTORY)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -123,7 +126,14 @@ class PostgresStore(FsckSqlStore):
         params = commit_params(commit, self.statements.lease_params(commit.lease))
         shape = {"activities": bool(acts), "timers": bool(timers), "drops": bool(drops)}
         statement = self.statements(_sql.commit_sql(keep=keep, **shape))
-        row = (await self._run_one(statement, params))[0]
+        before, after = _sql_runs.commit_steps(self.statements, commit, params)
+        if before:
+            if after:  # the next run's workflow task: a wake-up for the workers
+                after.append(Step(_NOTIFY_WORK, params))
+            results = await self._run([*before, Step(statement, params), *after])
+            row = results[len(before)][0]
+        else:
+            row = (await self._run_one(statement, params))[0]
         if row["done"]:
             moved = row["moved"]
             return [] if moved is None else decode_events(moved)
