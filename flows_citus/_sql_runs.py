@@ -31,5 +31,5 @@ COMMIT_RUN_DROP_STEPS: Final = _sql_runs.COMMIT_RUN_DROP_STEPS
 COMMIT_RUN_TASK: Final = _sql_runs.COMMIT_RUN_TASK
 COMMIT_RUN_RESET: Final = _sql_runs.COMMIT_RUN_RESET
 LIST_RUNS, RUN_HISTORY = _sql_runs.reads(
-    "w.shard_key = %(sk)s AND w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s"
+    "w.shard_key = %(sk)s AND w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s", "%(sk)s"
 )

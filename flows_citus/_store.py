@@ -31,8 +31,8 @@ from flows_pg._base import Batch, Rows, SqlStore, Step
 from flows_pg._fsck import FsckSqlStore
 from flows_pg._migrate import migrate
 from flows_pg._runs import RunArchiveMixin
-from flows_pg._sql_runs import commit_steps
 from flows_pg._sql import list_params
+from flows_pg._sql_runs import commit_steps
 
 from . import _fsck_sql, _sql, _sql_runs
 from ._client_ops import CitusOps, detect_op, layout_op

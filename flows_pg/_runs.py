@@ -3,6 +3,7 @@ mixin of ``PostgresStore`` and ``CitusStore`` (statements in ``flows_pg._sql_run
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -32,7 +33,7 @@ class RunArchiveMixin:
         async def _client_ops(self) -> ClientOps: ...
 
         async def _run_one(
-            self, statement: str, params: dict[str, Any], *, read: bool = False
+            self, statement: str, params: Mapping[str, Any], *, read: bool = False
         ) -> Rows: ...
 
     async def list_runs(self, tenant_id: str, workflow_id: str) -> list[RunRecord]:

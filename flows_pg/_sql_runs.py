@@ -27,7 +27,7 @@ import uuid6
 
 from flows_core.store import WorkflowStatus, WorkflowTaskCommit, stored_event
 
-from ._base import Step, Statements
+from ._base import Statements, Step
 from ._records import text
 
 __all__ = [
@@ -111,22 +111,22 @@ FROM {{S}}.workflows w, unnest(%(run_events)s::text[]) WITH ORDINALITY AS e(ev, 
 WHERE {_ENDED_HERE}
 """
 
+# Every task of the ended run, its workflow task too (COMMIT_RUN_TASK makes a new one).
 COMMIT_RUN_DROP_STEPS: Final = f"""
 DELETE FROM {{S}}.tasks t
 USING {{S}}.workflows w
-WHERE {_ENDED_HERE} AND {_same("t", "w")} AND t.kind <> 'workflow'
+WHERE {_ENDED_HERE} AND {_same("t", "w")}
 """
 
-# The workflow task: pending now, unleased (inserted if the commit deleted it).
+# The next run's workflow task: pending now, unleased, attempt 1.
 COMMIT_RUN_TASK: Final = f"""
-INSERT INTO {{S}}.tasks AS t
+INSERT INTO {{S}}.tasks
   (shard_key, tenant_id, task_id, workflow_id, kind, queue, name, visible_at)
 SELECT w.shard_key, w.tenant_id, %(wf_task_id)s, w.workflow_id, 'workflow',
        'w:' || w.name || ':' || w.version, w.name, now()
 FROM {{S}}.workflows w
 WHERE {_ENDED_HERE}
-ON CONFLICT (shard_key, tenant_id, workflow_id) WHERE kind = 'workflow'
-DO UPDATE SET lease_token = NULL, lease_owner = NULL, visible_at = now(), attempt = 1
+ON CONFLICT (shard_key, tenant_id, workflow_id) WHERE kind = 'workflow' DO NOTHING
 """
 
 # Last (it moves run_number on, which ends the mark): the row of the next run, and the
@@ -163,7 +163,7 @@ _LIST_RUNS: Final = """
 SELECT w.workflow_id AS found, r.run_number, r.status, r.input::text AS input, r.started_at,
        r.ended_at, r.history_length
 FROM {S}.workflows w
-LEFT JOIN {S}.runs r ON """ + _same("r", "w") + """
+LEFT JOIN {S}.runs r ON {same_r}
 WHERE {key}
 ORDER BY r.run_number
 """
@@ -172,7 +172,7 @@ _RUN_HISTORY: Final = """
 SELECT (
   SELECT json_agg(h.event ORDER BY h.position)::text
   FROM {S}.run_history h
-  WHERE """ + _same("h", "w") + """ AND h.run_number = %(run_number)s
+  WHERE {same_h} AND h.run_number = %(run_number)s
 ) AS history
 FROM {S}.workflows w
 WHERE {key}
@@ -180,13 +180,24 @@ WHERE {key}
 
 _BY_ID: Final = "w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s"
 
-LIST_RUNS: Final = _LIST_RUNS.replace("{key}", _BY_ID)
-RUN_HISTORY: Final = _RUN_HISTORY.replace("{key}", _BY_ID)
+
+def reads(key: str, shard: str) -> tuple[str, str]:
+    """(LIST_RUNS, RUN_HISTORY) finding the workflow row ``w`` by ``key``, and its runs
+    under the shard key ``shard``."""
+
+    def same(alias: str) -> str:
+        return (
+            f"{alias}.shard_key = {shard} AND {alias}.tenant_id = w.tenant_id "
+            f"AND {alias}.workflow_id = w.workflow_id"
+        )
+
+    return (
+        _LIST_RUNS.replace("{key}", key).replace("{same_r}", same("r")),
+        _RUN_HISTORY.replace("{key}", key).replace("{same_h}", same("h")),
+    )
 
 
-def reads(key: str) -> tuple[str, str]:
-    """(LIST_RUNS, RUN_HISTORY) finding the workflow row ``w`` by ``key``."""
-    return _LIST_RUNS.replace("{key}", key), _RUN_HISTORY.replace("{key}", key)
+LIST_RUNS, RUN_HISTORY = reads(_BY_ID, "w.shard_key")
 
 
 def commit_steps(

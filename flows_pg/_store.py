@@ -35,7 +35,6 @@ from ._base import Batch, Step
 from ._client_ops import ClientOps, PostgresOps
 from ._fsck import FsckSqlStore
 from ._migrate import migrate
-from ._runs import RunArchiveMixin
 from ._records import (
     claimed_task,
     commit_params,
@@ -45,6 +44,7 @@ from ._records import (
     store_stats,
     utc,
 )
+from ._runs import RunArchiveMixin
 
 __all__ = ["PostgresStore"]
 

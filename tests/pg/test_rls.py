@@ -28,7 +28,7 @@ from flows_pg import PostgresStore, SyncClient, migrate, set_tenant, set_tenant_
 
 pytestmark = pytest.mark.pg
 
-TENANT_TABLES = ("workflows", "history", "inbox", "tasks")
+TENANT_TABLES = ("workflows", "history", "inbox", "tasks", "runs", "run_history")
 T = TypeVar("T")
 
 
@@ -68,7 +68,7 @@ def app_role(pg_dsn: str) -> Iterator[str]:
 async def rls_store(pg_dsn: str, app_role: str) -> AsyncIterator[PostgresStore]:
     store: PostgresStore = await make_pg_store(pg_dsn)
     try:
-        assert await store.migrate(rls=True) == [100]
+        assert await store.migrate(rls=True) == [100, 102]
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             s, r = sql.Identifier(store.schema), sql.Identifier(app_role)
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r))
@@ -119,8 +119,8 @@ def tenants_seen(conn: psycopg.Connection[Any], schema: str, table: str) -> list
 async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -> None:
     schema = fresh_schema("rls")
     try:
-        assert await migrate(pg_dsn, schema) == [1, 3, 4]
-        assert await migrate(pg_dsn, schema, rls=True) == [100]
+        assert await migrate(pg_dsn, schema) == [1, 3, 4, 7]
+        assert await migrate(pg_dsn, schema, rls=True) == [100, 102]
         assert await migrate(pg_dsn, schema, rls=True) == []
         assert await migrate(pg_dsn, schema) == []
         with psycopg.connect(pg_dsn) as conn:
@@ -140,7 +140,7 @@ async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -
         other = fresh_schema("rls")
         try:
             results = await asyncio.gather(*(migrate(pg_dsn, other, rls=True) for _ in range(5)))
-            assert sorted(v for r in results for v in r) == [1, 3, 4, 100]
+            assert sorted(v for r in results for v in r) == [1, 3, 4, 7, 100, 102]
         finally:
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(other)))
@@ -164,7 +164,7 @@ async def test_cli_migrate_rls(pg_dsn: str) -> None:
                     sql.Identifier(schema)
                 )
             ).fetchall()
-        assert [v[0] for v in versions] == [1, 3, 4, 100]
+        assert [v[0] for v in versions] == [1, 3, 4, 7, 100, 102]
         store = PostgresStore(pg_dsn, schema=schema)
         async with store:
             assert await store.is_migrated()
