@@ -137,7 +137,7 @@ async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -
             policies = conn.execute(
                 "SELECT tablename FROM pg_policies WHERE schemaname = %s", (schema,)
             ).fetchall()
-            assert sorted(p[0] for p in policies) == sorted(TENANT_TABLES)
+            assert sorted(p[0] for p in policies) == sorted(TENANT_TABLES + RUN_TABLES)
         # Concurrent runners on a fresh schema: each migration applied once.
         other = fresh_schema("rls")
         try:
