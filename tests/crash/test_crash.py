@@ -23,7 +23,7 @@ from conftest_pg import drop_pg_store, make_pg_store
 import flows_core as flows
 from flows_core.events import ActivityCompleted, ActivityScheduled
 
-from .crash_app import crash_wf, effect, effects_table, poison_wf
+from .crash_app import Tally, crash_entity, crash_wf, effect, effects_table, poison_wf
 
 pytestmark = [pytest.mark.slow]
 
@@ -151,6 +151,36 @@ async def test_worker_killed_during_commit(dsn: str, store, delay: float) -> Non
     rescuer = spawn(dsn, store, "normal")
     try:
         await assert_all_done_exactly_once(engine, ids)
+    finally:
+        kill(rescuer)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.01])
+async def test_worker_killed_around_the_continue_as_new_commit(  # type: ignore[no-untyped-def]
+    dsn: str, store, delay: float
+) -> None:
+    """Killed right after sending a commit that continues as new (before, during or
+    after it reaches the database): another worker goes on, and each workflow has
+    exactly one new run per continue, every signal consumed once, in order."""
+    engine = flows.Engine(store)
+    ids = [(await engine.start(crash_entity, Tally(every=2))).workflow_id for _ in range(4)]
+    for wf_id in ids:
+        for value in (1, 2, 3, 4, 5, -1):
+            await engine.signal(wf_id, "add", value)
+    victim = spawn(dsn, store, f"die-in-continue:{delay}")
+    victim.wait(60)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read() if victim.stderr else ""
+    rescuer = spawn(dsn, store, "normal")
+    try:
+        for wf_id in ids:
+            assert await engine.wait_for_result(wf_id, timeout=60) == [1, 2, 3, 4, 5]
+            runs = await engine.runs(wf_id)
+            assert [r.run_number for r in runs] == [1, 2, 3]
+            assert [r.status for r in runs] == ["continued", "continued", "completed"]
+            for info in runs:
+                history = await engine.history(wf_id, run_number=info.run_number)
+                assert_history_invariants(history)
+                assert len(history) == info.history_length
     finally:
         kill(rescuer)
 
