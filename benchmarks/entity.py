@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -47,8 +47,8 @@ class EntityState(msgspec.Struct, frozen=True):
 class _Probe:
     """Where the activity reports each latency (one benchmark at a time)."""
 
-    latencies: list[float] = []
-    ran = asyncio.Event()
+    latencies: ClassVar[list[float]] = []
+    ran: ClassVar[asyncio.Event] = asyncio.Event()
 
 
 @flows.activity("bench-entity-mark")
