@@ -156,26 +156,14 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-bucket", type=int, default=500)
     parser.add_argument("--dsn", default=None, help="a PostgreSQL server instead of embedded")
     args = parser.parse_args(argv)
-    out = []
     for adapter in args.adapters.split(","):
         latencies = await measure(adapter, args.dsn, args.signals, args.every)
-        out.append(
-            table(
-                f"{adapter}: {args.signals:,} signals, continue-as-new every {args.every}",
-                buckets(latencies, args.bucket),
-            )
-        )
+        title = f"{adapter}: {args.signals:,} signals, continue-as-new every {args.every}"
+        print(table(title, buckets(latencies, args.bucket)) + "\n", flush=True)
         if args.baseline:
             latencies = await measure(adapter, args.dsn, args.baseline, 0)
-            out.append(
-                table(
-                    f"{adapter}: {args.baseline:,} signals, no continue-as-new",
-                    buckets(latencies, args.baseline_bucket),
-                )
-            )
-        print("\n\n".join(out[-2:]), flush=True)
-    print()
-    print("\n\n".join(out))
+            title = f"{adapter}: {args.baseline:,} signals, no continue-as-new"
+            print(table(title, buckets(latencies, args.baseline_bucket)) + "\n", flush=True)
     return 0
 
 
