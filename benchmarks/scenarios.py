@@ -401,15 +401,23 @@ async def _claim_rate(store: Any, limit: int, calls: int, seconds: float) -> tup
         limit=limit,
         lease=timedelta(minutes=10),
     )
-    done = tasks = 0
-    t0 = time.perf_counter()
-    while done < calls and time.perf_counter() - t0 < seconds:
-        got = await store.claim(request)
-        done += 1
-        tasks += len(got)
-        if not got:
-            break
-    return done / (time.perf_counter() - t0), tasks
+    # Five bursts of calls / 5 claims each: the best burst's rate (a burst of a few
+    # milliseconds on memory is easily hit by a pause of the shared machine).
+    tasks = 0
+    best = 0.0
+    t_end = time.perf_counter() + seconds
+    for _ in range(5):
+        done = 0
+        t0 = time.perf_counter()
+        while done < calls // 5 and time.perf_counter() < t_end:
+            got = await store.claim(request)
+            done += 1
+            tasks += len(got)
+            if not got:
+                break
+        if done:
+            best = max(best, done / (time.perf_counter() - t0))
+    return best, tasks
 
 
 async def claim_rate(target: Target, backlogs: list[int], seconds: float) -> list[Row]:
