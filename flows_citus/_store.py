@@ -8,6 +8,17 @@ listing, pruning and stats go shard key by shard key: Citus refuses ``FOR UPDATE
 LOCKED`` without an equality filter on the distribution column. A cheap probe of every
 key (one pipelined round trip) tells which keys have work; claims start from a rotating
 key, so a shard full of one tenant's tasks cannot starve the others.
+
+Through the coordinator a read of every key costs one statement per key (32 by
+default), tens of milliseconds on a small cluster. So while the LISTEN connection stays
+on, the store keeps what ``next_due`` read of each key (its next due time) and skips
+the reads whose answer it already knows: a key has new claimable work only when a
+notification names it (every write that makes work sends one, from the coordinator in
+the writer's transaction), when this process wrote to it, or when its due time comes
+(a timer, a retry's backoff, a lease running out). ``next_due``, ``fire_due_timers`` and
+``claim`` then read only the keys written, notified or come due since; all keys again
+after ``RESCAN_EVERY`` seconds, or whenever the listener was off (notifications may
+have been missed).
 """
 
 from __future__ import annotations
@@ -60,12 +71,23 @@ class CitusStore(FsckSqlStore):
     PROBE_EVERY: Final = 0.2
     """Seconds between probes of every shard key while notifications name the keys."""
 
+    RESCAN_EVERY: Final = 5.0
+    """Seconds the per-key due times read by ``next_due`` are trusted (module doc)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ops: CitusOps | None = None
         self._rotation = itertools.count()
         self._probed_at = float("-inf")
         self._carry: dict[str, None] = {}
+        self._due: dict[str, datetime | None] = {}
+        """Per shard key, its next due time as ``next_due`` last read it (None: none)."""
+        self._due_epoch: tuple[int, float] | None = None
+        """(listener's LISTEN count, monotonic time) of the last read of every key."""
+        self._stale: set[str] = set()
+        """Keys written or notified since ``_due`` read them."""
+        self._hinted: dict[str, None] = {}
+        """Keys notified, or given work by this process, not yet claimed from."""
 
     # -- layout --
 
@@ -149,6 +171,46 @@ class CitusStore(FsckSqlStore):
 
     # -- plumbing --
 
+    async def _execute(self, batch: Sequence[Step], tx: Any, transaction: bool) -> list[Rows]:
+        if transaction:
+            claiming = bool(batch) and batch[0].statement == self.statements(_sql.CLAIM_LEASE)
+            for step in batch:
+                key = step.params.get("sk")
+                if isinstance(key, str):
+                    self._stale.add(key)
+                    if not claiming:  # a start, signal, commit, fire... may make work
+                        self._hinted[key] = None
+        return await super()._execute(batch, tx, transaction)
+
+    def _take_hints(self) -> None:
+        for key in self._listener.take_work_hints():
+            self._stale.add(key)
+            self._hinted[key] = None
+
+    def _known(self) -> bool:
+        """Whether ``_due`` (with ``_stale``) still tells where work can be (module doc)."""
+        epoch = self._due_epoch
+        return (
+            epoch is not None
+            and self._listener.listening
+            and self._listener.listens == epoch[0]
+            and time.monotonic() - epoch[1] < self.RESCAN_EVERY
+        )
+
+    def _unsure(self, keys: Sequence[str]) -> list[str]:
+        """Of ``keys``, those whose state ``_due`` does not tell: written or notified
+        since, never read, or come due."""
+        now = self._clock.now()
+        out = []
+        for key in keys:
+            if key in self._stale or key not in self._due:
+                out.append(key)
+                continue
+            due = self._due[key]
+            if due is not None and due <= now:
+                out.append(key)
+        return out
+
     def _notified(self, template: str, params: dict[str, Any], *, workflow: bool) -> Batch:
         notify = _sql.NOTIFY_BOTH if workflow else _sql.NOTIFY_WORK
         return [Step(self.statements(template), params), Step(notify, params)]
@@ -203,13 +265,29 @@ class CitusStore(FsckSqlStore):
         # no notification (a retry's backoff or a lease running out) waits that long.
         allowed = set(keys)
         carried, self._carry = self._carry, {}
-        hinted = [
-            key
-            for key in dict.fromkeys([*carried, *self._listener.take_work_hints()])
-            if key in allowed
-        ]
+        self._take_hints()
+        notified, self._hinted = self._hinted, {}
+        hinted = [key for key in dict.fromkeys([*carried, *notified]) if key in allowed]
         now = time.monotonic()
-        if hinted and now - self._probed_at < self.PROBE_EVERY:
+        if self._known():
+            # Only keys notified or come due can have work (module doc): no probe.
+            due = self._clock.now()
+            come_due = [
+                key
+                for key in keys
+                if key not in notified
+                and key not in self._stale  # re-read by the next next_due
+                and (d := self._due.get(key)) is not None
+                and d <= due
+            ]
+            unread = [key for key in keys if key not in self._due]
+            if unread:
+                probes = await self._each_key(
+                    self.statements(_sql.CLAIM_PROBE), unread, {"queues": queues}
+                )
+                come_due += [k for k, rows in zip(unread, probes, strict=True) if rows[0]["found"]]
+            busy = hinted + [key for key in self._rotated(come_due) if key not in set(hinted)]
+        elif hinted and now - self._probed_at < self.PROBE_EVERY:
             busy = hinted
         else:
             probes = await self._each_key(
@@ -329,6 +407,9 @@ class CitusStore(FsckSqlStore):
             return 0
         await self._ready()
         keys = self._keys(shard_keys)
+        self._take_hints()
+        if self._known():
+            keys = self._unsure(keys)  # the others have no timer due (module doc)
         probes = await self._each_key(self.statements(_sql.FIRE_PROBE), keys, {})
         fired = 0
         due = [key for key, rows in zip(keys, probes, strict=True) if rows[0]["found"]]
@@ -367,9 +448,24 @@ class CitusStore(FsckSqlStore):
 
     async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
         await self._ready()
-        per_key = await self._each_key(self.statements(_sql.NEXT_DUE), self._keys(shard_keys), {})
-        found = [rows[0]["due"] for rows in per_key if rows[0]["due"] is not None]
-        return _records.utc(min(found)) if found else None
+        keys = self._keys(shard_keys)
+        self._take_hints()
+        known = self._known()
+        read = self._unsure(keys) if known else list(keys)
+        epoch = (self._listener.listens, time.monotonic()) if self._listener.listening else None
+        self._stale.difference_update(read)  # before the read: writes meanwhile count
+        try:
+            per_key = await self._each_key(self.statements(_sql.NEXT_DUE), read, {})
+        except BaseException:
+            self._stale.update(read)
+            raise
+        for key, rows in zip(read, per_key, strict=True):
+            due = rows[0]["due"]
+            self._due[key] = None if due is None else _records.utc(due)
+        if not known:
+            self._due_epoch = epoch
+        found = [d for key in keys if (d := self._due.get(key)) is not None]
+        return min(found) if found else None
 
     # -- operations --
 

@@ -67,6 +67,9 @@ class Listener:
         self._closed = False
         self.pauses = 0
         """How many times listening stopped for want of waiters (for tests, stats)."""
+        self.listens = 0
+        """How many times LISTEN was (re)issued: while it stays the same and ``listening``
+        is true, no notification was missed since."""
         self._work_hints: dict[str, None] = {}
         self._work_missed = False
         """A work notification came while nobody waited (the worker was claiming or
@@ -194,6 +197,7 @@ class Listener:
             )
         )
         assert self._ready is not None
+        self.listens += 1
         self._ready.set()
         self._wake_all()  # anything sent while we were not listening
 
