@@ -150,6 +150,22 @@ def throughput(
                     note=f"baseline (N=0) {base['flows']} xact subtracted",
                 )
             )
+        ours_cpu = median([1000 * x.get("cpu", 0.0) / n for x in got["flows"]])
+        for peer in peers or [""]:
+            pv = median([1000 * x.get("cpu", 0.0) / n for x in got[peer]]) if peer else None
+            rows.append(
+                Row(
+                    "a throughput",
+                    "postgres",
+                    case,
+                    "client CPU/workflow",
+                    ours_cpu,
+                    "ms",
+                    peer=peer,
+                    peer_value=pv,
+                    note="process CPU time of the round's process (starts, worker, driver)",
+                )
+            )
         last = got["flows"][-1]
         calls = last.get("calls", {})
         stmts = sum(calls.values()) / n if n else 0.0
