@@ -175,10 +175,19 @@ _COMMENT: Final = re.compile(r"--[^\n']*$", re.MULTILINE)
 _SPACE: Final = re.compile(r"\s+")
 
 
+BINARY_ARRAYS: Final = ("events", "end_events", "a_inputs", "a_errors")
+"""Parameters that are arrays of JSON texts (``::text[]``): sent in binary. In text
+format psycopg escapes every quote and backslash of every element with a regular
+expression, a fifth of the client's CPU per workflow; in binary it copies them."""
+
+
 def compact(statement: str) -> str:
     """Drop ``--`` comments and runs of white space: psycopg caches the parsing of
     statements up to 4 KiB only, and the claim and commit statements are longer as
-    written. (No literal in our statements contains ``--`` or repeated spaces.)"""
+    written. (No literal in our statements contains ``--`` or repeated spaces.) The
+    ``BINARY_ARRAYS`` parameters become binary ones (``%(name)b``)."""
+    for name in BINARY_ARRAYS:
+        statement = statement.replace(f"%({name})s::text[]", f"%({name})b::text[]")
     return _SPACE.sub(" ", _COMMENT.sub("", statement)).strip()
 
 
