@@ -328,7 +328,7 @@ class CitusStore(FsckSqlStore):
             "sk": key,
             "queues": queues,
             "limit": limit,
-            "tokens": [uuid6.uuid7() for _ in range(limit)],
+            "tokens": _records.uuid7s(limit),
             "owner": request.owner,
             "lease": request.lease,
             "fresh_only": request.fresh_only,
@@ -420,7 +420,7 @@ class CitusStore(FsckSqlStore):
                 "sk": key,
                 "limit": limit - fired,
                 "marker": uuid6.uuid7(),
-                "task_ids": [uuid6.uuid7() for _ in range(limit - fired)],
+                "task_ids": _records.uuid7s(limit - fired),
             }
             steps = [
                 Step(self.statements(_sql.FIRE_MARK), params),

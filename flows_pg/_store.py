@@ -43,6 +43,7 @@ from ._records import (
     record_from_row,
     store_stats,
     utc,
+    uuid7s,
 )
 
 __all__ = ["PostgresStore"]
@@ -108,7 +109,7 @@ class PostgresStore(FsckSqlStore):
         params = {
             "queues": queues,
             "limit": request.limit,
-            "tokens": [uuid6.uuid7() for _ in range(request.limit)],
+            "tokens": uuid7s(request.limit),
             "owner": request.owner,
             "lease": request.lease,
             "shards": None if request.shard_keys is None else list(request.shard_keys),
@@ -145,7 +146,7 @@ class PostgresStore(FsckSqlStore):
         params = {
             "limit": limit,
             "shards": None if shard_keys is None else list(shard_keys),
-            "task_ids": [uuid6.uuid7() for _ in range(limit)],
+            "task_ids": uuid7s(limit),
             "ch_work": self.work_channel,
             "ch_wf": self.workflow_channel,
         }
