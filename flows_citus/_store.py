@@ -347,9 +347,11 @@ class CitusStore(FsckSqlStore):
         keep = commit.keep_lease is not None
         params = _records.commit_params(commit, self.statements.lease_params(commit.lease))
         steps = [Step(self.statements(_sql.FENCE_LOCK), params)]
-        if commit.events:
+        if keep and commit.events:
+            steps.append(Step(self.statements(_sql.COMMIT_EVENTS_MOVE), params))
+        elif commit.events:
             steps.append(Step(self.statements(_sql.COMMIT_EVENTS), params))
-        if keep:
+        elif keep:
             steps.append(Step(self.statements(_sql.COMMIT_MOVE), params))
         if commit.drop_seqs and not terminal:
             steps.append(Step(self.statements(_sql.COMMIT_DROP), params))

@@ -158,7 +158,18 @@ async def workload(store: Any, kit: Kit) -> None:
         drop_seqs=[7],
         keep_lease=timedelta(seconds=30),
     )
-    await store.commit_workflow_task(commit)
+    moved = await store.commit_workflow_task(commit)
+    # the lease kept, nothing new to record: only the inbox moves (COMMIT_MOVE)
+    await store.commit_workflow_task(
+        kit.commit(
+            first,
+            [],
+            next_seq=3,
+            keep_lease=timedelta(seconds=30),
+            claimed_history_length=len(first.history) + 2 + len(moved),
+            expected_next_seq=3,
+        )
+    )
     await store.release(first.lease)
 
     act = await kit.claim_act()
