@@ -568,13 +568,6 @@ WHERE {_pk("w")} AND w.status = 'parked'
 
 # -- timers, one shard key at a time --
 
-FIRE_PROBE: Final = """
-SELECT EXISTS (
-  SELECT 1 FROM {S}.tasks t
-  WHERE t.shard_key = %(sk)s AND t.kind = 'timer' AND t.visible_at <= now())
-  AS found
-"""
-
 # Mark due timers (their lease_token := %(marker)s) whose workflow rows could be locked
 # (SKIP LOCKED: a workflow being written to is fired on a later call).
 FIRE_MARK: Final = """

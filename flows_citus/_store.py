@@ -409,12 +409,12 @@ class CitusStore(FsckSqlStore):
             return 0
         await self._ready()
         keys = self._keys(shard_keys)
-        self._take_hints()
-        if self._known():
-            keys = self._unsure(keys)  # the others have no timer due (module doc)
-        probes = await self._each_key(self.statements(_sql.FIRE_PROBE), keys, {})
+        # next_due reads every key's next due time (only the keys it is unsure of, once
+        # it knows them): a key whose time has come has a timer due.
+        await self.next_due(keys)
+        now = self._clock.now()
         fired = 0
-        due = [key for key, rows in zip(keys, probes, strict=True) if rows[0]["found"]]
+        due = [key for key in keys if (d := self._due.get(key)) is not None and d <= now]
         for key in self._rotated(due):
             if fired >= limit:
                 break
