@@ -88,6 +88,7 @@ class CitusStore(FsckSqlStore):
         """Keys written or notified since ``_due`` read them."""
         self._hinted: dict[str, None] = {}
         """Keys notified, or given work by this process, not yet claimed from."""
+        self._listener.keep_on = True  # once started (by the first claim), it stays on
 
     # -- layout --
 
@@ -265,6 +266,8 @@ class CitusStore(FsckSqlStore):
         # no notification (a retry's backoff or a lease running out) waits that long.
         allowed = set(keys)
         carried, self._carry = self._carry, {}
+        if not self._listener.listening:
+            await self._listener.start(wait=0)  # in the background: _known() waits for it
         self._take_hints()
         notified, self._hinted = self._hinted, {}
         hinted = [key for key in dict.fromkeys([*carried, *notified]) if key in allowed]

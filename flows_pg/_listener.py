@@ -67,6 +67,9 @@ class Listener:
         self._closed = False
         self.pauses = 0
         """How many times listening stopped for want of waiters (for tests, stats)."""
+        self.keep_on = False
+        """Listen even while nobody waits (no pause): a store that trusts notifications to
+        know where work is (CitusStore) sets it."""
         self.listens = 0
         """How many times LISTEN was (re)issued: while it stays the same and ``listening``
         is true, no notification was missed since."""
@@ -187,7 +190,7 @@ class Listener:
             self._set(self._wf_waiters.get(key))
 
     def _has_waiters(self) -> bool:
-        return bool(self._work_waiters) or any(self._wf_waiters.values())
+        return self.keep_on or bool(self._work_waiters) or any(self._wf_waiters.values())
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # one simple query, one transaction
