@@ -206,11 +206,17 @@ CANCEL_UPDATE: Final = _INBOX_UPDATE.replace("{guard}", _CANCEL_GUARD).replace(
 
 # -- claim, one shard key at a time --
 
+# Whether the key has claimable work now, and its next due time (as NEXT_DUE).
 CLAIM_PROBE: Final = """
 SELECT EXISTS (
   SELECT 1 FROM {S}.tasks t
   WHERE t.shard_key = %(sk)s AND t.queue = ANY(%(queues)s::text[]) AND t.visible_at <= now())
-  AS found
+  AS found,
+  least(
+    (SELECT min(t.visible_at) FROM {S}.tasks t
+     WHERE t.shard_key = %(sk)s AND t.kind = 'timer'),
+    (SELECT min(t.visible_at) FROM {S}.tasks t
+     WHERE t.shard_key = %(sk)s AND t.visible_at > now() AND t.visible_at < 'infinity')) AS due
 """
 
 # Lease up to %(limit)s visible tasks, oldest first; the n-th gets %(tokens)s[n] (through

@@ -271,33 +271,35 @@ class CitusStore(FsckSqlStore):
         self._take_hints()
         notified, self._hinted = self._hinted, {}
         hinted = [key for key in dict.fromkeys([*carried, *notified]) if key in allowed]
+        hinted_keys = set(hinted)
         now = time.monotonic()
         if self._known():
-            # Only keys notified or come due can have work (module doc): no probe.
+            # Work can be only where a notification or this process's write says, where
+            # a due time has come, or in keys whose state is not known (written since
+            # read): those are probed (module doc).
+            unsure = [
+                k for k in keys if k not in hinted_keys and (k in self._stale or k not in self._due)
+            ]
+            found = await self._probe(unsure, queues)
             due = self._clock.now()
             come_due = [
                 key
                 for key in keys
-                if key not in notified
-                and key not in self._stale  # re-read by the next next_due
+                if key not in hinted_keys
+                and key not in self._stale
                 and (d := self._due.get(key)) is not None
                 and d <= due
             ]
-            unread = [key for key in keys if key not in self._due]
-            if unread:
-                probes = await self._each_key(
-                    self.statements(_sql.CLAIM_PROBE), unread, {"queues": queues}
-                )
-                come_due += [k for k, rows in zip(unread, probes, strict=True) if rows[0]["found"]]
+            come_due += [key for key in found if key not in come_due]
             busy = hinted + [key for key in self._rotated(come_due) if key not in set(hinted)]
         elif hinted and now - self._probed_at < self.PROBE_EVERY:
             busy = hinted
         else:
-            probes = await self._each_key(
-                self.statements(_sql.CLAIM_PROBE), keys, {"queues": queues}
-            )
+            epoch = self._listener.listens if self._listener.listening else None
+            found = await self._probe(keys, queues)
+            if epoch is not None and len(keys) == len(self.layout.keys):
+                self._due_epoch = (epoch, now)
             self._probed_at = now
-            found = [key for key, rows in zip(keys, probes, strict=True) if rows[0]["found"]]
             busy = hinted + [key for key in self._rotated(found) if key not in set(hinted)]
         claimed: list[api.ClaimedTask] = []
         # Fair share first (every key with work gets a turn in every claim, so a key
@@ -308,8 +310,8 @@ class CitusStore(FsckSqlStore):
             asked = min(share, request.limit - len(claimed))
             got = await self._claim_key(key, queues, asked, request)
             claimed.extend(got)
-            if asked > 0 and len(got) == asked:
-                more.append(key)
+            if asked == 0 or len(got) == asked:
+                more.append(key)  # not asked (the limit was reached), or may have more
         if len(claimed) < request.limit:
             for key in list(more):
                 wanted = request.limit - len(claimed)
@@ -321,6 +323,21 @@ class CitusStore(FsckSqlStore):
                     more.remove(key)
         self._carry.update(dict.fromkeys(more))  # may have more: the next claim looks first
         return claimed
+
+    async def _probe(self, keys: Sequence[str], queues: list[str]) -> list[str]:
+        """Of ``keys``, those with claimable work; their due times refreshed."""
+        self._stale.difference_update(keys)  # before the read: writes meanwhile count
+        try:
+            rows = await self._each_key(self.statements(_sql.CLAIM_PROBE), keys, {"queues": queues})
+        except BaseException:
+            self._stale.update(keys)
+            raise
+        found = []
+        for key, (row,) in zip(keys, rows, strict=True):
+            self._due[key] = None if row["due"] is None else _records.utc(row["due"])
+            if row["found"]:
+                found.append(key)
+        return found
 
     async def _claim_key(
         self, key: str, queues: list[str], limit: int, request: api.ClaimRequest
