@@ -471,6 +471,8 @@ class CitusStore(FsckSqlStore):
     async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
         await self._ready()
         keys = self._keys(shard_keys)
+        if not self._listener.listening:
+            await self._listener.start(wait=0)  # a worker's call: listen from now on
         self._take_hints()
         known = self._known()
         read = self._unsure(keys) if known else list(keys)
