@@ -79,15 +79,19 @@ class CitusStore(FsckSqlStore):
         self._ops: CitusOps | None = None
         self._rotation = itertools.count()
         self._probed_at = float("-inf")
-        self._carry: dict[str, None] = {}
+        self._carry: dict[frozenset[str], dict[str, None]] = {}
+        """Per set of claimed queues: keys that may have more (the next claim looks first)."""
         self._due: dict[str, datetime | None] = {}
         """Per shard key, its next due time as ``next_due`` last read it (None: none)."""
         self._due_epoch: tuple[int, float] | None = None
         """(listener's LISTEN count, monotonic time) of the last read of every key."""
         self._stale: set[str] = set()
         """Keys written or notified since ``_due`` read them."""
-        self._hinted: dict[str, None] = {}
-        """Keys notified, or given work by this process, not yet claimed from."""
+        self._hinted: dict[frozenset[str], dict[str, None]] = {}
+        """Per set of claimed queues (workers sharing this store may claim different
+        ones): keys notified, or given work by this process, not claimed from since."""
+        self._claim_epoch: dict[frozenset[str], tuple[int, float]] = {}
+        """Per set of claimed queues: (LISTEN count, time) of its last probe of all keys."""
         self._listener.keep_on = True  # once started (by the first claim), it stays on
 
     # -- layout --
@@ -180,17 +184,22 @@ class CitusStore(FsckSqlStore):
                 if isinstance(key, str):
                     self._stale.add(key)
                     if not claiming:  # a start, signal, commit, fire... may make work
-                        self._hinted[key] = None
+                        self._hint(key)
         return await super()._execute(batch, tx, transaction)
 
     def _take_hints(self) -> None:
         for key in self._listener.take_work_hints():
             self._stale.add(key)
-            self._hinted[key] = None
+            self._hint(key)
 
-    def _known(self) -> bool:
-        """Whether ``_due`` (with ``_stale``) still tells where work can be (module doc)."""
-        epoch = self._due_epoch
+    def _hint(self, key: str) -> None:
+        for hinted in self._hinted.values():
+            hinted[key] = None
+
+    def _known(self, epoch: tuple[int, float] | None = None) -> bool:
+        """Whether ``_due`` (with ``_stale``) still tells when work comes due (module
+        doc); with ``epoch``, whether that full probe still tells where work is."""
+        epoch = self._due_epoch if epoch is None else epoch
         return (
             epoch is not None
             and self._listener.listening
@@ -265,15 +274,17 @@ class CitusStore(FsckSqlStore):
         # PROBE_EVERY ago and a notification named where to look: work that comes with
         # no notification (a retry's backoff or a lease running out) waits that long.
         allowed = set(keys)
-        carried, self._carry = self._carry, {}
+        qs = frozenset(queues)
+        carried = self._carry.pop(qs, {})
         if not self._listener.listening:
             await self._listener.start(wait=0)  # in the background: _known() waits for it
         self._take_hints()
-        notified, self._hinted = self._hinted, {}
+        notified = self._hinted.get(qs, {})
+        self._hinted[qs] = {}
         hinted = [key for key in dict.fromkeys([*carried, *notified]) if key in allowed]
         hinted_keys = set(hinted)
         now = time.monotonic()
-        if self._known():
+        if qs in self._claim_epoch and self._known(self._claim_epoch[qs]):
             # Work can be only where a notification or this process's write says, where
             # a due time has come, or in keys whose state is not known (written since
             # read): those are probed (module doc).
@@ -298,7 +309,7 @@ class CitusStore(FsckSqlStore):
             epoch = self._listener.listens if self._listener.listening else None
             found = await self._probe(keys, queues)
             if epoch is not None and len(keys) == len(self.layout.keys):
-                self._due_epoch = (epoch, now)
+                self._due_epoch = self._claim_epoch[qs] = (epoch, now)
             self._probed_at = now
             busy = hinted + [key for key in self._rotated(found) if key not in set(hinted)]
         claimed: list[api.ClaimedTask] = []
@@ -321,7 +332,7 @@ class CitusStore(FsckSqlStore):
                 claimed.extend(got)
                 if len(got) < wanted:
                     more.remove(key)
-        self._carry.update(dict.fromkeys(more))  # may have more: the next claim looks first
+        self._carry.setdefault(qs, {}).update(dict.fromkeys(more))  # the next claim looks first
         return claimed
 
     async def _probe(self, keys: Sequence[str], queues: list[str]) -> list[str]:
