@@ -32,6 +32,8 @@ TABLES = (
     "run_history",
     "schedules",
 )
+LIMIT_TABLES = ("limit_slots", "limit_waiters", "limit_rates")
+"""Flow control (012_limits_citus): distributed by bucket, colocated with each other."""
 
 
 def distribution(dsn: str, schema: str) -> dict[str, tuple[str, str | None, int]]:
@@ -57,8 +59,12 @@ async def test_migration_distributes_every_table_by_shard_key_colocated(
         name: ("h", "shard_key") for name in TABLES
     }
     assert len({found[name][2] for name in TABLES}) == 1, "all colocated with workflows"
+    assert {name: found[name][:2] for name in LIMIT_TABLES} == {
+        name: ("h", "bucket") for name in LIMIT_TABLES
+    }
+    assert len({found[name][2] for name in LIMIT_TABLES}) == 1, "limit tables colocated"
     assert found["layout"][0] == "n", "the layout is a reference table (written once)"
-    assert set(found) == {*TABLES, "layout"}, "nothing else, nothing in another schema"
+    assert set(found) == {*TABLES, *LIMIT_TABLES, "layout"}, "nothing else, nothing elsewhere"
 
 
 async def test_migration_is_idempotent_and_targets_the_configured_schema(
@@ -72,7 +78,7 @@ async def test_migration_is_idempotent_and_targets_the_configured_schema(
         again = CitusStore(citus_dsn, schema=schema)
         assert await again.migrate() == []
         await again.close()
-        assert set(distribution(citus_dsn, schema)) == {*TABLES, "layout"}
+        assert set(distribution(citus_dsn, schema)) == {*TABLES, *LIMIT_TABLES, "layout"}
     finally:
         await drop_citus_store(store)
 
