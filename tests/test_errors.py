@@ -33,6 +33,7 @@ SAMPLES: dict[str, Any] = {
     "message": "card declined",
     "attempts": 3,
     "reason": "operator: stuck",
+    "schedule_id": "nightly",
 }
 
 
