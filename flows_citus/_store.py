@@ -28,6 +28,7 @@ from flows_core.events import Event, decode_events
 from flows_core.store import stored_event
 from flows_pg import _records
 from flows_pg._base import Batch, Rows, SqlStore, Step
+from flows_pg._debounce import DebounceSqlStore
 from flows_pg._fsck import FsckSqlStore
 from flows_pg._migrate import migrate
 from flows_pg._schedules import ScheduleSqlStore
@@ -43,7 +44,7 @@ _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _keys_decoder: Final = msgspec.json.Decoder(list[tuple[str, str]] | None)
 
 
-class CitusStore(FsckSqlStore, ScheduleSqlStore):
+class CitusStore(FsckSqlStore, ScheduleSqlStore, DebounceSqlStore):
     """Store on Citus (a coordinator and worker nodes).
 
     ``CitusStore(dsn_or_pool, schema="flows")`` takes the coordinator's DSN or pool, as

@@ -9,7 +9,7 @@ from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._context import WorkflowContext, gather, race
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
 from ._eager import EagerStarts
-from ._engine import Engine, Run, WorkflowInfo
+from ._engine import DebouncedRun, Engine, Run, WorkflowInfo
 from ._errors import (
     ActivityFailed,
     ActivityTimeout,
@@ -87,6 +87,7 @@ __all__ = [
     "Cancelled",
     "Clock",
     "CompositeObserver",
+    "DebouncedRun",
     "EagerStarts",
     "Engine",
     "ErrorInfo",

@@ -13,6 +13,7 @@ import uuid6
 
 from ._clock import Clock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, check_id, check_name, decode_payload, encode_payload
+from ._debounce import check_window, debounce_store, debounced_workflow_id
 from ._definitions import Workflow
 from ._eager import EagerStarts
 from ._errors import (
@@ -23,6 +24,7 @@ from ._errors import (
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotDeadLettered,
+    WorkflowNotFound,
     WorkflowTerminated,
     WorkflowTimeout,
     error_class,
@@ -59,6 +61,7 @@ from .store import (
     CancelOutcome,
     ListQuery,
     NewWorkflow,
+    PendingStart,
     ScheduleRecord,
     ScheduleStore,
     Store,
@@ -68,7 +71,15 @@ from .store import (
     WorkflowStatus,
 )
 
-__all__ = ["Engine", "Planner", "Run", "WorkflowInfo", "WorkflowRegistry", "prune_store"]
+__all__ = [
+    "DebouncedRun",
+    "Engine",
+    "Planner",
+    "Run",
+    "WorkflowInfo",
+    "WorkflowRegistry",
+    "prune_store",
+]
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -127,6 +138,57 @@ class Run(Generic[O]):
 
     def __repr__(self) -> str:
         return f"<Run {self.workflow_name} {self.workflow_id} tenant={self.tenant_id}>"
+
+
+class DebouncedRun(Run[O]):
+    """A handle on the workflow a debounced start (``Engine.start(debounce=...)``) will
+    run when its window closes at ``fires_at``: the same id for every start of the
+    window. ``starts`` counts the window's starts so far (1: this start opened it).
+    ``result()`` waits through the window too."""
+
+    __slots__ = ("debounce_key", "fires_at", "starts")
+
+    def __init__(
+        self,
+        engine: Engine,
+        workflow_id: str,
+        tenant_id: str,
+        workflow_name: str,
+        output_type: Any,
+        *,
+        debounce_key: str,
+        fires_at: datetime,
+        starts: int,
+    ) -> None:
+        super().__init__(engine, workflow_id, tenant_id, workflow_name, output_type)
+        self.debounce_key = debounce_key
+        self.fires_at = fires_at
+        self.starts = starts
+
+    async def result(self, *, timeout: float | None = None) -> O:
+        """Wait for the window to fire and the workflow to finish; its output (typed)."""
+        clock = self.engine.store.clock
+        deadline = None if timeout is None else clock.now() + timedelta(seconds=timeout)
+        while True:
+            try:
+                await self.engine.store.get_workflow(self.tenant_id, self.workflow_id)
+                break
+            except WorkflowNotFound:
+                left = None if deadline is None else (deadline - clock.now()).total_seconds()
+                if left is not None and left <= 0:
+                    raise TimeoutError(
+                        f"debounced workflow {self.workflow_id!r} not started after {timeout} s"
+                    ) from None
+                wait = 1.0 if left is None else min(1.0, left)
+                await self.engine.store.wait_for_workflow(self.tenant_id, self.workflow_id, wait)
+        left = None if deadline is None else max(0.0, (deadline - clock.now()).total_seconds())
+        return await super().result(timeout=left)
+
+    def __repr__(self) -> str:
+        return (
+            f"<DebouncedRun {self.workflow_name} {self.workflow_id} tenant={self.tenant_id}"
+            f" fires_at={self.fires_at.isoformat()} starts={self.starts}>"
+        )
 
 
 class Planner:
@@ -398,7 +460,19 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        debounce: None = None,
+        debounce_key: None = None,
     ) -> Run[O]: ...
+    @overload
+    async def start(
+        self,
+        workflow: Workflow[I, O],
+        input: I,
+        *,
+        tenant_id: str | None = None,
+        debounce: timedelta,
+        debounce_key: str,
+    ) -> DebouncedRun[O]: ...
     @overload
     async def start(
         self,
@@ -409,7 +483,19 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        debounce: None = None,
+        debounce_key: None = None,
     ) -> Run[Any]: ...
+    @overload
+    async def start(
+        self,
+        workflow: str,
+        input: Any,
+        *,
+        tenant_id: str | None = None,
+        debounce: timedelta,
+        debounce_key: str,
+    ) -> DebouncedRun[Any]: ...
     async def start(
         self,
         workflow: Workflow[Any, Any] | str,
@@ -419,6 +505,8 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        debounce: timedelta | None = None,
+        debounce_key: str | None = None,
     ) -> Run[Any]:
         """Start a workflow; returns at once with a ``Run`` handle.
 
@@ -430,7 +518,20 @@ class Engine:
         ``tx`` is the caller's open transaction where the store supports one (the
         observer counts the start when this call returns, even if the caller then rolls
         the transaction back).
+        ``debounce``/``debounce_key``: a debounced start (see flows_core._debounce): of
+        the starts of this workflow with this key (per tenant) within ``debounce`` from
+        the first of them, only the last runs, with its input, when the window closes.
+        Returns a ``DebouncedRun`` on that future workflow (its id is
+        ``f"{debounce_key}@{window opening time}"``); not with ``workflow_id``,
+        ``execution_timeout`` or ``tx``.
         """
+        if debounce is not None or debounce_key is not None:
+            if workflow_id is not None or execution_timeout is not None or tx is not None:
+                raise InvalidArgument(
+                    "a debounced start takes no workflow_id (it is derived from the key), "
+                    "execution_timeout or tx"
+                )
+            return await self._start_debounced(workflow, input, tenant_id, debounce, debounce_key)
         new, definition = self.planner.start(
             workflow, input, tenant_id, workflow_id, execution_timeout
         )
@@ -446,6 +547,47 @@ class Engine:
                 await self.store.start_workflow(new, tx=tx)
         observer.workflow_started(new.name, new.tenant_id)
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
+
+    async def _start_debounced(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        input: Any,
+        tenant_id: str | None,
+        debounce: timedelta | None,
+        debounce_key: str | None,
+    ) -> DebouncedRun[Any]:
+        window = check_window(debounce)
+        if debounce_key is None:
+            raise InvalidArgument("a debounced start needs a debounce_key")
+        key = check_id(debounce_key, "debounce key")
+        store = debounce_store(self.store)
+        candidate = check_id(
+            debounced_workflow_id(key, self.store.clock.now()), "debounced workflow id"
+        )
+        new, definition = self.planner.start(workflow, input, tenant_id, candidate)
+        stored = await store.debounce_start(
+            PendingStart(
+                tenant_id=new.tenant_id,
+                workflow_name=new.name,
+                debounce_key=key,
+                shard_key=key_for(self.planner.sharder, new.name, key, new.tenant_id),
+                workflow_id=new.workflow_id,
+                workflow_version=new.version,
+                input=new.input,
+            ),
+            window=window,
+        )
+        assert stored.fires_at is not None
+        return DebouncedRun(
+            self,
+            stored.workflow_id,
+            new.tenant_id,
+            new.name,
+            definition.output_type,
+            debounce_key=key,
+            fires_at=stored.fires_at,
+            starts=stored.starts,
+        )
 
     async def _start_eagerly(self, new: NewWorkflow) -> bool:
         """Eager workflow start through the ``EagerStarts`` shared with the Workers of

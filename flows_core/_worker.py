@@ -44,6 +44,7 @@ import uuid6
 from ._activity_runner import ActivityRunner, retrieve
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._commit import build_commit
+from ._debounce import Debouncer
 from ._definitions import Activity, Workflow
 from ._eager import EagerStarts
 from ._errors import InvalidArgument, LeaseLost
@@ -56,6 +57,7 @@ from ._workflow_task import BlockingWatchdog, WorkflowTaskRunner, log_extra
 from .store import (
     ClaimedTask,
     ClaimRequest,
+    DebounceStore,
     NewWorkflow,
     ScheduleStore,
     Store,
@@ -240,6 +242,16 @@ class Worker:
                 lease=lease,
                 started=self.observer.workflow_started,
             )
+        self._debouncer: Debouncer | None = None
+        if schedules and isinstance(store, DebounceStore):
+            self._debouncer = Debouncer(
+                store,
+                store.clock,
+                sharder or getattr(store, "sharder", None) or HashSharder(),
+                lease=lease,
+                started=self.observer.workflow_started,
+            )
+        self._debounce_at = 0.0
         self._watchdog = (
             None if workflow_task_deadlock is None else BlockingWatchdog(workflow_task_deadlock)
         )
@@ -371,10 +383,18 @@ class Worker:
                 self._scheduler_failed(exc)
             if ticks is not None and (due is None or ticks < due):
                 due = ticks
+        if self._debouncer is not None and time.monotonic() >= self._schedules_failed_until:
+            try:
+                closes = await self._debouncer.store.next_pending_start_due(self.shard_keys)
+            except Exception as exc:
+                closes = None
+                self._scheduler_failed(exc)
+            if closes is not None and (due is None or closes < due):
+                due = closes
         if due is not None:
             timeout = max(0.0, min(timeout, (due - self.store.clock.now()).total_seconds()))
         if timeout <= 0:
-            self._timers_at = self._schedules_at = 0.0
+            self._timers_at = self._schedules_at = self._debounce_at = 0.0
             return
         waiters = [
             asyncio.ensure_future(self.store.wait_for_work(timeout)),
@@ -391,7 +411,7 @@ class Worker:
         # claim (a signal resumes its workflow one transaction sooner).
         timed_out = time.monotonic() - started >= timeout * 0.99
         if timed_out or (due is not None and self.store.clock.now() >= due):
-            self._timers_at = self._schedules_at = 0.0
+            self._timers_at = self._schedules_at = self._debounce_at = 0.0
 
     async def _drain(self) -> None:
         if not self._inflight:
@@ -511,6 +531,17 @@ class Worker:
             wait = 0.0 if ticked >= SCHEDULE_BATCH else SCHEDULE_CHECK_EVERY
             self._schedules_at = time.monotonic() + wait
             fired += ticked
+        if self._debouncer is not None and time.monotonic() >= max(
+            self._debounce_at, self._schedules_failed_until
+        ):
+            try:
+                debounced = await self._debouncer.run_due(self.shard_keys, SCHEDULE_BATCH)
+            except Exception as exc:
+                debounced = 0
+                self._scheduler_failed(exc)
+            wait = 0.0 if debounced >= SCHEDULE_BATCH else SCHEDULE_CHECK_EVERY
+            self._debounce_at = time.monotonic() + wait
+            fired += debounced
         self._next_from_backlog()
         free = self.concurrency - len(self._inflight) - self._reserved - len(self._backlog)
         if free <= 0 or self._suspects:

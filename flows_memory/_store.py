@@ -80,6 +80,8 @@ from flows_core.store import (
     terminated_error,
 )
 
+from ._debounce import MemoryDebounce
+
 __all__ = ["FaultHook", "MemoryStore"]
 
 _E = TypeVar("_E", bound=Event)
@@ -184,7 +186,7 @@ def _no_tx(tx: Any) -> None:
         )
 
 
-class MemoryStore:
+class MemoryStore(MemoryDebounce):
     """In-memory Store. Not shared between processes; everything is lost on exit."""
 
     def __init__(self, *, clock: Clock | None = None, fault_hook: FaultHook | None = None) -> None:
@@ -211,6 +213,7 @@ class MemoryStore:
         """Per shard: due timers, keyed by (visible_at, order)."""
         self._pushes = 0
         self._schedules: dict[tuple[str, str], _Schedule] = {}
+        self._pending_starts = {}
         self.operations = 0
         """Number of write operations applied (a stand-in for transactions)."""
 
@@ -1203,6 +1206,8 @@ class MemoryStore:
             top = self._clean(heap)
             if top is not None and self._claimable(top[0][3], now):
                 return True
+        if self._pending_start_due(now):
+            return True
         return any(self._schedule_claimable(s, now) for s in self._schedules.values())
 
     def task_count(self) -> int:

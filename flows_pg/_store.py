@@ -33,6 +33,7 @@ from flows_core.store import (
 from . import _fsck_sql, _sql
 from ._base import Batch, Step
 from ._client_ops import ClientOps, PostgresOps
+from ._debounce import DebounceSqlStore
 from ._fsck import FsckSqlStore
 from ._migrate import migrate
 from ._records import (
@@ -58,7 +59,7 @@ def _sharded(template: str, sharded: bool) -> str:
     return template.replace("{shards}", _SHARDS_FILTER if sharded else "")
 
 
-class PostgresStore(FsckSqlStore, ScheduleSqlStore):
+class PostgresStore(FsckSqlStore, ScheduleSqlStore, DebounceSqlStore):
     """Store on PostgreSQL.
 
     ``PostgresStore(dsn)`` or ``PostgresStore(pool)``: see ``SqlStore`` for the pool,

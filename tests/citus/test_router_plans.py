@@ -13,6 +13,7 @@ have been seen, so a statement added later cannot escape this test.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from conftest_citus import drop_citus_store, make_citus_store
 
 import flows_citus._fsck_sql as citus_fsck_sql
 import flows_citus._sql as citus_sql
+import flows_citus._sql_debounce as citus_sql_debounce
 import flows_citus._sql_schedules as citus_sql_schedules
 from flows_core import ErrorInfo
 from flows_core.events import (
@@ -40,6 +42,7 @@ from flows_core.store import (
     ActivityRetry,
     ActivityTaskSpec,
     ListQuery,
+    PendingStart,
     ScheduleAdvance,
     ScheduleRecord,
     TimerTaskSpec,
@@ -73,7 +76,7 @@ def every_statement(store: Any) -> dict[str, str]:
     ``store``), by name; the listings by their filters."""
     statements = {
         name: store.statements(text)
-        for module in (citus_sql, citus_fsck_sql, citus_sql_schedules)
+        for module in (citus_sql, citus_fsck_sql, citus_sql_schedules, citus_sql_debounce)
         for name, text in vars(module).items()
         if name.isupper() and not name.startswith("_") and isinstance(text, str) and "{S}" in text
     }
@@ -227,6 +230,27 @@ async def workload(store: Any, kit: Kit) -> None:
     await store.list_workers()
     await store.unregister_worker("w1")
     await schedule_workload(store, kit)
+    await debounce_workload(store, kit)
+
+
+async def debounce_workload(store: Any, kit: Kit) -> None:
+    """Every debounced-start statement: the start (close a due window, upsert), get,
+    claim (probe, lease), the fenced delete, the next wake-up."""
+    pending = PendingStart(
+        tenant_id=kit.tenant,
+        workflow_name=kit.wf,
+        debounce_key="cart",
+        shard_key=store.layout.locate(kit.tenant, "cart"),
+        workflow_id="cart@1",
+        workflow_version=1,
+        input=raw(1),
+    )
+    await store.debounce_start(pending, window=timedelta(milliseconds=1))
+    await store.get_pending_start(kit.tenant, kit.wf, "cart", pending.shard_key)
+    await asyncio.sleep(0.01)
+    (claim,) = await store.claim_pending_starts(None, limit=10, lease=timedelta(seconds=30))
+    assert await store.finish_pending_start(claim.lease)
+    await store.next_pending_start_due(None)
 
 
 async def schedule_workload(store: Any, kit: Kit) -> None:
