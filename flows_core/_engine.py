@@ -274,6 +274,41 @@ class Planner:
         )
         return new, definition
 
+    def debounced(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        input: Any,
+        tenant_id: str | None,
+        debounce: timedelta | None,
+        debounce_key: str | None,
+        *,
+        workflow_id: str | None = None,
+        execution_timeout: timedelta | None = None,
+    ) -> tuple[PendingStart, timedelta, Workflow[Any, Any]]:
+        """Validate and encode a debounced start: the start of the key's window (if
+        it opens one), its length and the definition."""
+        if workflow_id is not None or execution_timeout is not None:
+            raise InvalidArgument(
+                "a debounced start takes no workflow_id (it is derived from the debounce "
+                "key) and no execution_timeout"
+            )
+        window = check_window(debounce)
+        if debounce_key is None:
+            raise InvalidArgument("a debounced start needs a debounce_key")
+        key = check_id(debounce_key, "debounce key")
+        candidate = check_id(debounced_workflow_id(key, self.clock.now()), "debounced workflow id")
+        new, definition = self.start(workflow, input, tenant_id, candidate)
+        pending = PendingStart(
+            tenant_id=new.tenant_id,
+            workflow_name=new.name,
+            debounce_key=key,
+            shard_key=key_for(self.sharder, new.name, key, new.tenant_id),
+            workflow_id=new.workflow_id,
+            workflow_version=new.version,
+            input=new.input,
+        )
+        return pending, window, definition
+
     def restart(
         self,
         record: WorkflowRecord,
@@ -470,6 +505,7 @@ class Engine:
         input: I,
         *,
         tenant_id: str | None = None,
+        tx: Any = None,
         debounce: timedelta,
         debounce_key: str,
     ) -> DebouncedRun[O]: ...
@@ -493,6 +529,7 @@ class Engine:
         input: Any,
         *,
         tenant_id: str | None = None,
+        tx: Any = None,
         debounce: timedelta,
         debounce_key: str,
     ) -> DebouncedRun[Any]: ...
@@ -522,16 +559,31 @@ class Engine:
         the starts of this workflow with this key (per tenant) within ``debounce`` from
         the first of them, only the last runs, with its input, when the window closes.
         Returns a ``DebouncedRun`` on that future workflow (its id is
-        ``f"{debounce_key}@{window opening time}"``); not with ``workflow_id``,
-        ``execution_timeout`` or ``tx``.
+        ``f"{debounce_key}@{window opening time}"``); not with ``workflow_id`` or
+        ``execution_timeout``.
         """
         if debounce is not None or debounce_key is not None:
-            if workflow_id is not None or execution_timeout is not None or tx is not None:
-                raise InvalidArgument(
-                    "a debounced start takes no workflow_id (it is derived from the key), "
-                    "execution_timeout or tx"
-                )
-            return await self._start_debounced(workflow, input, tenant_id, debounce, debounce_key)
+            pending, window, definition = self.planner.debounced(
+                workflow,
+                input,
+                tenant_id,
+                debounce,
+                debounce_key,
+                workflow_id=workflow_id,
+                execution_timeout=execution_timeout,
+            )
+            stored = await debounce_store(self.store).debounce_start(pending, window=window, tx=tx)
+            assert stored.fires_at is not None
+            return DebouncedRun(
+                self,
+                stored.workflow_id,
+                stored.tenant_id,
+                stored.workflow_name,
+                definition.output_type,
+                debounce_key=stored.debounce_key,
+                fires_at=stored.fires_at,
+                starts=stored.starts,
+            )
         new, definition = self.planner.start(
             workflow, input, tenant_id, workflow_id, execution_timeout
         )
@@ -547,47 +599,6 @@ class Engine:
                 await self.store.start_workflow(new, tx=tx)
         observer.workflow_started(new.name, new.tenant_id)
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
-
-    async def _start_debounced(
-        self,
-        workflow: Workflow[Any, Any] | str,
-        input: Any,
-        tenant_id: str | None,
-        debounce: timedelta | None,
-        debounce_key: str | None,
-    ) -> DebouncedRun[Any]:
-        window = check_window(debounce)
-        if debounce_key is None:
-            raise InvalidArgument("a debounced start needs a debounce_key")
-        key = check_id(debounce_key, "debounce key")
-        store = debounce_store(self.store)
-        candidate = check_id(
-            debounced_workflow_id(key, self.store.clock.now()), "debounced workflow id"
-        )
-        new, definition = self.planner.start(workflow, input, tenant_id, candidate)
-        stored = await store.debounce_start(
-            PendingStart(
-                tenant_id=new.tenant_id,
-                workflow_name=new.name,
-                debounce_key=key,
-                shard_key=key_for(self.planner.sharder, new.name, key, new.tenant_id),
-                workflow_id=new.workflow_id,
-                workflow_version=new.version,
-                input=new.input,
-            ),
-            window=window,
-        )
-        assert stored.fires_at is not None
-        return DebouncedRun(
-            self,
-            stored.workflow_id,
-            new.tenant_id,
-            new.name,
-            definition.output_type,
-            debounce_key=key,
-            fires_at=stored.fires_at,
-            starts=stored.starts,
-        )
 
     async def _start_eagerly(self, new: NewWorkflow) -> bool:
         """Eager workflow start through the ``EagerStarts`` shared with the Workers of

@@ -839,8 +839,11 @@ class DebounceStore(Protocol):
     never changes again, so what fires is what the last start within the window wrote.
     """
 
-    async def debounce_start(self, pending: PendingStart, *, window: timedelta) -> PendingStart:
-        """One start with ``pending``'s key. If the key has an open window whose
+    async def debounce_start(
+        self, pending: PendingStart, *, window: timedelta, tx: Any = None
+    ) -> PendingStart:
+        """One start with ``pending``'s key (in the caller's transaction ``tx`` where the
+        store supports one). If the key has an open window whose
         ``fires_at`` is still ahead (store clock), replace its input and version and
         count the start (its workflow id and ``fires_at`` are kept: the window is fixed
         from its first start). Otherwise close any window of the key whose time has come

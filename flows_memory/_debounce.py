@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import uuid6
 
-from flows_core import Clock
+from flows_core import Clock, InvalidArgument
 from flows_core.store import (
     PendingStart,
     PendingStartClaim,
@@ -54,7 +54,11 @@ class MemoryDebounce:
                 return row
         return None
 
-    async def debounce_start(self, pending: PendingStart, *, window: timedelta) -> PendingStart:
+    async def debounce_start(
+        self, pending: PendingStart, *, window: timedelta, tx: Any = None
+    ) -> PendingStart:
+        if tx is not None:
+            raise InvalidArgument("MemoryStore has no transactions: pass no tx")
         for text, what in (
             (pending.tenant_id, "tenant id"),
             (pending.debounce_key, "debounce key"),

@@ -22,11 +22,11 @@ from flows_core.store import (
     stored_text,
 )
 
-from ._base import SqlStore, Step
+from ._base import Op, SqlStore, Statements, Step
 from ._records import utc, uuid_of
 from ._sql_debounce import debounce_statements
 
-__all__ = ["DebounceSqlStore", "pending_from_row"]
+__all__ = ["DebounceSqlStore", "debounce_batch", "debounce_op", "pending_from_row"]
 
 _PG_SQL: Final = debounce_statements(sharded=False)
 _CITUS_SQL: Final = debounce_statements(sharded=True)
@@ -48,6 +48,38 @@ def pending_from_row(row: Mapping[str, Any]) -> PendingStart:
     )
 
 
+def debounce_batch(statements: Statements, pending: PendingStart, window: timedelta) -> list[Step]:
+    """One debounced start, one transaction (PostgreSQL and Citus alike: both statements
+    name the row's shard key): close the key's window if its time has come, then open
+    one or replace the open one's input. The second step returns the open row."""
+    for text, what in (
+        (pending.tenant_id, "tenant id"),
+        (pending.debounce_key, "debounce key"),
+        (pending.workflow_id, "workflow id"),
+    ):
+        stored_text(text, what)
+    params = {
+        "sk": pending.shard_key,
+        "tid": pending.tenant_id,
+        "name": pending.workflow_name,
+        "key": pending.debounce_key,
+        "wid": pending.workflow_id,
+        "version": pending.workflow_version,
+        "input": stored_payload(pending.input, "workflow input"),
+        "window": window,
+    }
+    return [
+        Step(statements(_PG_SQL["DEBOUNCE_CLOSE_DUE"]), params),
+        Step(statements(_PG_SQL["DEBOUNCE_UPSERT"]), params),
+    ]
+
+
+def debounce_op(batch: list[Step]) -> Op[PendingStart]:
+    """``debounce_batch`` as an operation (the sync clients drive it)."""
+    rows = yield batch
+    return pending_from_row(rows[1][0])
+
+
 class DebounceSqlStore(SqlStore, ABC):
     """A SqlStore with debounced starts (after ScheduleSqlStore among a store's bases)."""
 
@@ -61,29 +93,11 @@ class DebounceSqlStore(SqlStore, ABC):
         filter_ = _SHARDS_FILTER if shard_keys is not None else ""
         return self.statements(_PG_SQL[name].replace("{shards}", filter_))
 
-    async def debounce_start(self, pending: PendingStart, *, window: timedelta) -> PendingStart:
-        for text, what in (
-            (pending.tenant_id, "tenant id"),
-            (pending.debounce_key, "debounce key"),
-            (pending.workflow_id, "workflow id"),
-        ):
-            stored_text(text, what)
-        params = {
-            "sk": pending.shard_key,
-            "tid": pending.tenant_id,
-            "name": pending.workflow_name,
-            "key": pending.debounce_key,
-            "wid": pending.workflow_id,
-            "version": pending.workflow_version,
-            "input": stored_payload(pending.input, "workflow input"),
-            "window": window,
-        }
-        steps = [
-            Step(self._debounce_sql("DEBOUNCE_CLOSE_DUE"), params),
-            Step(self._debounce_sql("DEBOUNCE_UPSERT"), params),
-        ]
-        rows = (await self._run(steps))[1]
-        return pending_from_row(rows[0])
+    async def debounce_start(
+        self, pending: PendingStart, *, window: timedelta, tx: Any = None
+    ) -> PendingStart:
+        rows = await self._run(debounce_batch(self.statements, pending, window), tx)
+        return pending_from_row(rows[1][0])
 
     async def claim_pending_starts(
         self, shard_keys: Sequence[str] | None, *, limit: int, lease: timedelta

@@ -45,15 +45,19 @@ def make_workflow(adapter: Adapter) -> flows.Workflow[dict[str, int], int]:
     return summed
 
 
+def key_of(adapter: Adapter, name: str, key: str, tenant: str) -> str:
+    """The shard key a debounce key maps to (as the Engine computes it)."""
+    return key_for(getattr(adapter.store, "sharder", None) or HashSharder(), name, key, tenant)
+
+
 def pending(adapter: Adapter, key: str, n: int, *, tenant: str | None = None) -> PendingStart:
     tenant = tenant or f"t-{adapter.ns}"
     name = f"deb-{adapter.ns}"
-    sharder = getattr(adapter.store, "sharder", None) or HashSharder()
     return PendingStart(
         tenant_id=tenant,
         workflow_name=name,
         debounce_key=key,
-        shard_key=key_for(sharder, name, key, tenant),
+        shard_key=key_of(adapter, name, key, tenant),
         workflow_id=debounced_workflow_id(key, adapter.store.clock.now()),
         workflow_version=1,
         input=raw({"n": n}),
@@ -245,3 +249,64 @@ async def test_debounce_arguments_are_checked(adapter: Adapter) -> None:
     with pytest.raises(flows.InvalidArgument, match="debounce key"):
         await engine.start(summed, {"n": 1}, debounce=timedelta(seconds=1), debounce_key="")
     await eventually(lambda: engine.list(limit=10), lambda found: found == [])
+
+
+async def test_racing_starts_share_one_window(adapter: Adapter) -> None:
+    summed = make_workflow(adapter)
+    engines = [flows.Engine(adapter.store, workflows=[summed]) for _ in range(3)]
+    tenant = f"t-{adapter.ns}"
+    span = window(adapter)
+    runs = await asyncio.gather(
+        *(
+            engines[n % 3].start(
+                summed, {"n": n}, tenant_id=tenant, debounce=span, debounce_key="race"
+            )
+            for n in range(12)
+        )
+    )
+    assert len({r.workflow_id for r in runs}) == 1
+    assert sorted(r.starts for r in runs) == list(range(1, 13))
+    last = max(runs, key=lambda r: r.starts)
+    store = debounce(adapter)
+    shard_key = key_of(adapter, summed.name, "race", tenant)
+    got = await store.get_pending_start(tenant, summed.name, "race", shard_key)
+    assert got is not None
+    assert got.starts == 12
+    workers = [worker(adapter.store, workflows=[summed], poll_interval=0.05) for _ in range(3)]
+    async with running(*workers):
+        await close_window(adapter)
+        out = await asyncio.wait_for(last.result(), 30)
+    assert out == decoded(got.input)["n"]
+    listed = await engines[0].list(tenant_id=tenant, limit=100)
+    assert [w.workflow_id for w in listed] == [last.workflow_id]
+
+
+async def test_three_workers_fire_each_window_once(adapter: Adapter) -> None:
+    summed = make_workflow(adapter)
+    engine = flows.Engine(adapter.store, workflows=[summed])
+    tenant = f"t-{adapter.ns}"
+    span = window(adapter)
+    runs = {}
+    for key in ("a", "b", "c", "d", "e"):
+        for n in range(3):
+            runs[key] = await engine.start(
+                summed, {"n": n}, tenant_id=tenant, debounce=span, debounce_key=key
+            )
+    workers = [worker(adapter.store, workflows=[summed], poll_interval=0.05) for _ in range(3)]
+    async with running(*workers):
+        await close_window(adapter)
+        for run in runs.values():
+            assert await asyncio.wait_for(run.result(), 30) == 2
+    listed = await engine.list(tenant_id=tenant, limit=100)
+    assert sorted(w.workflow_id for w in listed) == sorted(r.workflow_id for r in runs.values())
+    store = debounce(adapter)
+    for run in runs.values():
+        shard_key = key_for(
+            getattr(adapter.store, "sharder", None) or HashSharder(),
+            summed.name,
+            run.debounce_key,
+            tenant,
+        )
+        assert (
+            await store.get_pending_start(tenant, summed.name, run.debounce_key, shard_key) is None
+        )
