@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import secrets
 from collections.abc import Callable, Iterable
@@ -166,23 +167,39 @@ class DebouncedRun(Run[O]):
         self.starts = starts
 
     async def result(self, *, timeout: float | None = None) -> O:
-        """Wait for the window to fire and the workflow to finish; its output (typed)."""
-        clock = self.engine.store.clock
-        deadline = None if timeout is None else clock.now() + timedelta(seconds=timeout)
+        """Wait for the window to fire and the workflow to finish; its output (typed).
+        ``timeout``: seconds, counted in real time until the workflow exists (a virtual
+        clock may jump past the window), then as ``Engine.wait_for_result`` counts."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while True:
             try:
                 await self.engine.store.get_workflow(self.tenant_id, self.workflow_id)
                 break
             except WorkflowNotFound:
-                left = None if deadline is None else (deadline - clock.now()).total_seconds()
+                left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
                     raise TimeoutError(
                         f"debounced workflow {self.workflow_id!r} not started after {timeout} s"
                     ) from None
-                wait = 1.0 if left is None else min(1.0, left)
+                wait = 0.5 if left is None else min(0.5, left)
                 await self.engine.store.wait_for_workflow(self.tenant_id, self.workflow_id, wait)
-        left = None if deadline is None else max(0.0, (deadline - clock.now()).total_seconds())
+        left = None if deadline is None else max(0.001, deadline - loop.time())
         return await super().result(timeout=left)
+
+    async def pending(self) -> PendingStart | None:
+        """The window while it has not fired (its starts, closing time and the input
+        that will run); None once its workflow started."""
+        store = debounce_store(self.engine.store)
+        shard_key = key_for(
+            self.engine.planner.sharder, self.workflow_name, self.debounce_key, self.tenant_id
+        )
+        found = await store.get_pending_start(
+            self.tenant_id, self.workflow_name, self.debounce_key, shard_key
+        )
+        if found is None or found.workflow_id != self.workflow_id:
+            return None
+        return found
 
     def __repr__(self) -> str:
         return (

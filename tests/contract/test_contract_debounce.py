@@ -310,3 +310,20 @@ async def test_three_workers_fire_each_window_once(adapter: Adapter) -> None:
         assert (
             await store.get_pending_start(tenant, summed.name, run.debounce_key, shard_key) is None
         )
+
+
+async def test_a_debounced_run_shows_its_window(adapter: Adapter) -> None:
+    summed = make_workflow(adapter)
+    engine = flows.Engine(adapter.store, workflows=[summed])
+    tenant = f"t-{adapter.ns}"
+    span = window(adapter)
+    one = await engine.start(summed, {"n": 1}, tenant_id=tenant, debounce=span, debounce_key="w")
+    two = await engine.start(summed, {"n": 2}, tenant_id=tenant, debounce=span, debounce_key="w")
+    seen = await one.pending()
+    assert seen is not None
+    assert (seen.workflow_id, seen.starts, seen.fires_at) == (one.workflow_id, 2, one.fires_at)
+    assert decoded(seen.input) == {"n": 2}
+    async with running(worker(adapter.store, workflows=[summed], poll_interval=0.05)):
+        await close_window(adapter)
+        assert await asyncio.wait_for(two.result(), 30) == 2
+    assert await one.pending() is None
