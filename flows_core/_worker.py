@@ -252,6 +252,7 @@ class Worker:
                 started=self.observer.workflow_started,
             )
         self._debounce_at = 0.0
+        self._debounce_failed_until = 0.0
         self._watchdog = (
             None if workflow_task_deadlock is None else BlockingWatchdog(workflow_task_deadlock)
         )
@@ -383,12 +384,12 @@ class Worker:
                 self._scheduler_failed(exc)
             if ticks is not None and (due is None or ticks < due):
                 due = ticks
-        if self._debouncer is not None and time.monotonic() >= self._schedules_failed_until:
+        if self._debouncer is not None and time.monotonic() >= self._debounce_failed_until:
             try:
                 closes = await self._debouncer.store.next_pending_start_due(self.shard_keys)
             except Exception as exc:
                 closes = None
-                self._scheduler_failed(exc)
+                self._debouncer_failed(exc)
             if closes is not None and (due is None or closes < due):
                 due = closes
         if due is not None:
@@ -532,13 +533,13 @@ class Worker:
             self._schedules_at = time.monotonic() + wait
             fired += ticked
         if self._debouncer is not None and time.monotonic() >= max(
-            self._debounce_at, self._schedules_failed_until
+            self._debounce_at, self._debounce_failed_until
         ):
             try:
                 debounced = await self._debouncer.run_due(self.shard_keys, SCHEDULE_BATCH)
             except Exception as exc:
                 debounced = 0
-                self._scheduler_failed(exc)
+                self._debouncer_failed(exc)
             wait = 0.0 if debounced >= SCHEDULE_BATCH else SCHEDULE_CHECK_EVERY
             self._debounce_at = time.monotonic() + wait
             fired += debounced
@@ -595,6 +596,19 @@ class Worker:
         self._schedules_failed_until = time.monotonic() + SCHEDULE_FAILURE_PAUSE
         log.warning(
             "worker %s: firing schedules failed, retrying in %.0fs: %r",
+            self.worker_id,
+            SCHEDULE_FAILURE_PAUSE,
+            exc,
+            extra={"worker_id": self.worker_id},
+        )
+
+    def _debouncer_failed(self, exc: Exception) -> None:
+        """As ``_scheduler_failed``, for firing debounced starts (flows_core._debounce)."""
+        self.counters["store_errors"] += 1
+        self.observer.store_error("debounce")
+        self._debounce_failed_until = time.monotonic() + SCHEDULE_FAILURE_PAUSE
+        log.warning(
+            "worker %s: firing debounced starts failed, retrying in %.0fs: %r",
             self.worker_id,
             SCHEDULE_FAILURE_PAUSE,
             exc,
