@@ -9,7 +9,8 @@ MODE is ``normal`` (it also serves ``poison-wf``, which os._exit()s the process)
 process can be killed inside the activity), ``die-in-commit:SECONDS`` (the process
 SIGKILLs itself that long after sending its first workflow-task commit) or
 ``die-in-tick`` (its scheduler SIGKILLs the process after starting a schedule's tick
-workflows, before advancing the schedule).
+workflows, before advancing the schedule) or ``die-in-debounce`` (it SIGKILLs itself
+after starting a closed debounce window's workflow, before deleting the window's row).
 Every activity execution is recorded in ``<schema>.crash_effects`` (its own connection,
 autocommit), so the test can count executions against recorded results.
 """
@@ -112,6 +113,13 @@ async def run_worker(dsn: str, schema: str, lease: float) -> None:
                 return False
 
             store.advance_schedule = die_before_advancing  # type: ignore[method-assign]
+        if MODE == "die-in-debounce":
+
+            async def die_before_deleting(lease: object) -> bool:
+                os.kill(os.getpid(), signal.SIGKILL)
+                return False
+
+            store.finish_pending_start = die_before_deleting  # type: ignore[method-assign]
         worker = flows.Worker(
             store,
             workflows=[crash_wf, poison_wf, tick_wf],
