@@ -20,7 +20,7 @@ from tests.contract.kit import Kit
 
 pytestmark = pytest.mark.citus
 
-TABLES = ("workflows", "history", "inbox", "tasks", "workers", "schedules")
+TABLES = ("workflows", "history", "inbox", "tasks", "workers", "schedules", "pending_starts")
 
 
 def distribution(dsn: str, schema: str) -> dict[str, tuple[str, str | None, int]]:
