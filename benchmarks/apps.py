@@ -149,6 +149,9 @@ COUNTED = (
     "register_worker",
     "unregister_worker",
     "list_workers",
+    "commit_workflow_tasks",
+    "complete_activities",
+    "start_workflows",
 )
 
 
@@ -176,7 +179,17 @@ def tracked(store_cls: type) -> type:
         for name in COUNTED
         if hasattr(store_cls, name)
     }
+
+    async def commit_workflow_tasks(self: Any, commits: Any) -> Any:
+        outcomes = await store_cls.commit_workflow_tasks(self, commits)
+        for commit, outcome in zip(commits, outcomes, strict=True):
+            if not isinstance(outcome, Exception):
+                self.tracker.on_commit(commit)
+        return outcomes
+
     ns["commit_workflow_task"] = _counting("commit_workflow_task", commit_workflow_task)
+    if hasattr(store_cls, "commit_workflow_tasks"):  # group commit (flows_core._group_commit)
+        ns["commit_workflow_tasks"] = _counting("commit_workflow_tasks", commit_workflow_tasks)
     cls = type(f"Tracked{store_cls.__name__}", (store_cls,), ns)
     return cls
 

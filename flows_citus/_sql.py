@@ -284,7 +284,30 @@ FROM mc
 WHERE {_same("w", "mc")}
 """
 
+# A workflow task's history comes whole, or only after ``history_from`` when the claimant
+# holds it up to there (sc: an entry of ClaimRequest.cached that the history, now after
+# the move, continues; see flows_core.store.continued_length; ck first keeps only the
+# entries of the claimed workflows, without sorting them all).
 CLAIM_READ: Final = f"""
+WITH tw AS MATERIALIZED (
+  SELECT t.tenant_id, t.workflow_id
+  FROM {{S}}.tasks t
+  WHERE t.shard_key = %(sk)s AND t.kind = 'workflow' AND t.lease_token = ANY(%(tokens)s::uuid[])
+), ck AS MATERIALIZED (
+  SELECT k.tenant_id, k.workflow_id, k.history_length, k.seed
+  FROM unnest(%(c_tenants)s::text[], %(c_ids)s::text[], %(c_lengths)s::integer[],
+              %(c_seeds)s::bigint[]) AS k(tenant_id, workflow_id, history_length, seed)
+  WHERE k.workflow_id = ANY (ARRAY(SELECT tw.workflow_id FROM tw))
+), sc AS MATERIALIZED (
+  SELECT w.tenant_id, w.workflow_id, k.history_length AS history_from
+  FROM tw
+  JOIN ck k ON k.tenant_id = tw.tenant_id AND k.workflow_id = tw.workflow_id
+  JOIN {{S}}.workflows w ON {_same("w", "tw")}
+  WHERE k.history_length >= 1 AND k.history_length <= w.history_length
+    AND (SELECT (h.event ->> 'seed')::bigint FROM {{S}}.history h
+         WHERE {_same("h", "w")} AND h.position = 1
+           AND h.event ->> 'type' = 'workflow_started') = k.seed
+)
 SELECT t.kind AS task_kind, t.task_id, t.lease_token, t.visible_at AS lease_expires,
        t.seq AS task_seq, t.name AS task_name, t.input::text AS task_input,
        CASE WHEN t.kind = 'workflow' THEN t.attempt - 1 ELSE t.attempt END AS task_attempt,
@@ -292,12 +315,15 @@ SELECT t.kind AS task_kind, t.task_id, t.lease_token, t.visible_at AS lease_expi
        CASE WHEN t.kind = 'workflow' THEN (
          SELECT json_agg(h.event ORDER BY h.position)::text
          FROM {{S}}.history h
-         WHERE {_same("h", "t")}
+         WHERE {_same("h", "t")} AND h.position > coalesce(sc.history_from, 0)
        ) END AS history,
+       coalesce(sc.history_from, 0) AS history_from,
        t.scheduled_at
 FROM {{S}}.tasks t
 JOIN {{S}}.workflows w ON {_same("w", "t")}
 JOIN unnest(%(tokens)s::uuid[]) WITH ORDINALITY AS tk(token, n) ON tk.token = t.lease_token
+LEFT JOIN sc ON t.kind = 'workflow' AND sc.tenant_id = t.tenant_id
+  AND sc.workflow_id = t.workflow_id
 WHERE t.shard_key = %(sk)s AND t.lease_token = ANY(%(tokens)s::uuid[])
 ORDER BY tk.n
 """

@@ -35,6 +35,7 @@ from ._errors import (
     ScheduleToCloseTimeout,
     StoreError,
 )
+from ._group_commit import group_writes
 from ._observe import ActivityAttempt, Observer, TraceContext, TraceContexts
 from .store import (
     ActivityResult,
@@ -366,7 +367,8 @@ class ActivityRunner:
             )
         else:
             await self.write_fenced(
-                self.store.complete_activity, ActivityResult(lease=claim.lease, event=event)
+                group_writes(self.store).complete_activity,
+                ActivityResult(lease=claim.lease, event=event),
             )
 
     async def fail_task(

@@ -19,6 +19,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Protocol
 
+from ._group_commit import group_writes
 from .store import NewWorkflow, Store, WorkflowTaskClaim
 
 __all__ = ["EagerStarts", "LocalWorker"]
@@ -78,7 +79,11 @@ class EagerStarts:
         else:
             return False
         try:
-            claim = await start_leased(new, owner=worker.worker_id, lease=worker.lease)
+            # grouped with the starts in flight from this process (flows_core._group_commit)
+            writes = group_writes(store)
+            claim = await writes.start_workflow_leased(
+                new, owner=worker.worker_id, lease=worker.lease
+            )
         except BaseException:
             worker.unreserve_slot()
             raise

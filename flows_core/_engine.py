@@ -30,6 +30,7 @@ from ._errors import (
     WorkflowTimeout,
     error_class,
 )
+from ._group_commit import group_writes
 from ._observe import Observer, with_trace_context
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
@@ -607,15 +608,23 @@ class Engine:
         observer = self.observer
         if type(observer) is Observer:  # the no-op: no context manager per start
             if tx is not None or not await self._start_eagerly(new):
-                await self.store.start_workflow(new, tx=tx)
+                await self._start_plain(new, tx)
             return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
         with observer.workflow_start(new.name, new.tenant_id, new.workflow_id) as context:
             # stamped before the eager path, which writes ``new.started`` too
             new = with_trace_context(new, context)
             if tx is not None or not await self._start_eagerly(new):
-                await self.store.start_workflow(new, tx=tx)
+                await self._start_plain(new, tx)
         observer.workflow_started(new.name, new.tenant_id)
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
+
+    async def _start_plain(self, new: NewWorkflow, tx: Any) -> None:
+        """Through the queue; without ``tx``, grouped with the starts in flight from this
+        process (flows_core._group_commit)."""
+        if tx is not None:
+            await self.store.start_workflow(new, tx=tx)
+        else:
+            await group_writes(self.store).start_workflow(new)
 
     async def _start_eagerly(self, new: NewWorkflow) -> bool:
         """Eager workflow start through the ``EagerStarts`` shared with the Workers of

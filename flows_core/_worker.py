@@ -41,7 +41,7 @@ from typing import Any
 
 import uuid6
 
-from ._activity_runner import ActivityRunner, retrieve
+from ._activity_runner import ActivityRunner, cancelled_from_outside, retrieve
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._commit import build_commit
 from ._debounce import Debouncer
@@ -53,6 +53,7 @@ from ._registry import WorkflowRegistry
 from ._retention import prune_store
 from ._schedules import Scheduler
 from ._sharding import HashSharder, Sharder
+from ._sticky import StickyCache
 from ._workflow_task import BlockingWatchdog, WorkflowTaskRunner, log_extra
 from .store import (
     ClaimedTask,
@@ -94,6 +95,8 @@ class WorkerStats:
     """Workflows per status."""
     counters: dict[str, int]
     """This worker's counters since it started (``Worker.counters``)."""
+    sticky_cached: int = 0
+    """Suspended workflows this worker holds in its sticky cache now."""
 
 
 class Worker:
@@ -115,7 +118,11 @@ class Worker:
     the default does nothing. ``schedules``: fire the due ticks of durable schedules
     (``Engine.schedule``) of this worker's shard keys, on stores that have them;
     ``sharder`` places the workflows they start (default: the store's, else
-    ``HashSharder()``, as ``Engine`` does).
+    ``HashSharder()``, as ``Engine`` does). ``sticky_cache_size``: how many suspended
+    workflows the worker keeps in memory between their workflow tasks (the next task
+    reads only the events after what it holds and replays nothing; 0: every task
+    replays the whole history); ``sticky_max_events`` bounds the history events they
+    hold together.
     """
 
     def __init__(
@@ -142,6 +149,8 @@ class Worker:
         observer: Observer | None = None,
         schedules: bool = True,
         sharder: Sharder | None = None,
+        sticky_cache_size: int = 1000,
+        sticky_max_events: int = 250_000,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument("Worker concurrency must be at least 1")
@@ -153,6 +162,10 @@ class Worker:
             raise InvalidArgument("Worker max_workflow_task_attempts must be at least 1")
         if workflow_task_deadlock is not None and not workflow_task_deadlock > 0:
             raise InvalidArgument("Worker workflow_task_deadlock must be positive or None")
+        if sticky_cache_size < 0 or sticky_max_events < 0:
+            raise InvalidArgument(
+                "Worker sticky_cache_size and sticky_max_events must not be negative"
+            )
         self.store = store
         self.observer = observer if observer is not None else Observer()
         if not isinstance(self.observer, Observer):
@@ -256,6 +269,9 @@ class Worker:
         self._watchdog = (
             None if workflow_task_deadlock is None else BlockingWatchdog(workflow_task_deadlock)
         )
+        self.sticky = StickyCache(sticky_cache_size, sticky_max_events, self.counters)
+        """Suspended workflow instances kept between their tasks (see flows_core._sticky);
+        its hits, misses and evictions are counted in ``counters``."""
         self._workflow_tasks = WorkflowTaskRunner(
             store,
             self.registry,
@@ -269,6 +285,7 @@ class Worker:
             worker_id=self.worker_id,
             watchdog=self._watchdog,
             observer=self.observer,
+            sticky=self.sticky if self.sticky.enabled else None,
         )
 
     # -- lifecycle --
@@ -303,6 +320,11 @@ class Worker:
             self.eager.add(self)
         try:
             while not self._stopping.is_set():
+                if cancelled_from_outside():
+                    # A cancel of this task that an await below swallowed (CPython
+                    # 3.11's wait_for returns a result that arrived with the cancel,
+                    # bpo-42130; drivers wait with it) would leave run() going forever.
+                    raise asyncio.CancelledError
                 try:
                     if time.monotonic() - registered_at > REGISTER_EVERY:
                         await self.store.register_worker(self._info())
@@ -507,6 +529,7 @@ class Worker:
             dead_letters=found.dead_letters,
             workflows=dict(found.workflows),
             counters=dict(self.counters),
+            sticky_cached=len(self.sticky),
         )
 
     # -- polling --
@@ -564,8 +587,10 @@ class Worker:
                 lease=self.lease,
                 shard_keys=self.shard_keys,
                 fresh_only=bool(self._inflight),
+                cached=self.sticky.hints(),
             )
         )
+        self.sticky.pin(claimed)
         claimed = await self._isolate_suspects(claimed)
         self._idle = not claimed and not fired
         for task in claimed[:free]:
@@ -585,6 +610,7 @@ class Worker:
             keep = [suspects.pop(0)]  # nothing else here: run one suspect, alone
             self._suspects += 1
         for c in suspects:
+            self.sticky.unpin(c)
             await self.store.release(c.lease)
         return keep
 
@@ -669,6 +695,7 @@ class Worker:
                 break
         else:
             return
+        self.sticky.unpin(claim)
         task = asyncio.ensure_future(self.store.release(claim.lease))
         task.add_done_callback(retrieve)
 
@@ -687,6 +714,7 @@ class Worker:
         while self._backlog:
             claim, timer = self._backlog.popleft()
             timer.cancel()
+            self.sticky.unpin(claim)
             with contextlib.suppress(Exception):
                 await self.store.release(claim.lease)
 

@@ -32,13 +32,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from ._activity_runner import ActivityRunner, LeaseKeeper, cancelled_from_outside
 from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
-from ._observe import Observer, TaskOutcome, WorkflowTask, trace_context_of
+from ._group_commit import group_writes
+from ._observe import Observer, TaskOutcome, TraceContext, WorkflowTask, trace_context_of
 from ._registry import WorkflowRegistry
 from ._replay import Activation, WorkflowInstance
+from ._sticky import CachedWorkflow, StickyCache
 from .events import ActivityScheduled, Event
 from .store import ActivityTaskSpec, Lease, Store, WorkflowStatus, WorkflowTaskClaim
 
@@ -86,6 +90,7 @@ class WorkflowTaskRunner:
         worker_id: str,
         watchdog: BlockingWatchdog | None,
         observer: Observer | None = None,
+        sticky: StickyCache | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -102,23 +107,40 @@ class WorkflowTaskRunner:
         """Told of every workflow task (``workflow_task``, around all of it), terminal
         commits and dead letters."""
         self.observed = type(self.observer) is not Observer
+        self.sticky = sticky
+        """Suspended instances kept between tasks (None: every task replays)."""
 
     async def run(self, claim: WorkflowTaskClaim) -> None:
         """Run a claimed workflow task to its commit, or count the attempt (see the
         module doc). Raises LeaseLost (the next claim counts), or CancelledError when
         the worker cuts it at shutdown (after counting it)."""
+        cached = self.sticky.take(claim) if self.sticky is not None else None
+        if cached is None and claim.history_from > 0:
+            try:  # the claim continued an entry this worker no longer has
+                claim = await self._with_whole_history(claim)
+            except Exception as exc:
+                await self.fail(claim, exc)
+                return
         if not self.observed:
-            await self._run_claim(claim, None)
+            await self._run_claim(claim, None, cached)
             return
         wf = claim.workflow
-        context = trace_context_of(claim.history)  # history[0] is WorkflowStarted
+        context = _trace_context(claim, cached)
         if self.observer.wants_trace_context:
             self.activities.trace_contexts.remember(wf.tenant_id, wf.workflow_id, context)
         task = WorkflowTask(wf.name, wf.workflow_id, wf.tenant_id, claim.attempt, context)
         with self.observer.workflow_task(task):
-            await self._run_claim(claim, task)
+            await self._run_claim(claim, task, cached)
 
-    async def _run_claim(self, claim: WorkflowTaskClaim, task: WorkflowTask | None) -> None:
+    async def _with_whole_history(self, claim: WorkflowTaskClaim) -> WorkflowTaskClaim:
+        """``claim`` with the whole history (read under its lease: nothing else appends)."""
+        wf = claim.workflow
+        history = await self.store.get_history(wf.tenant_id, wf.workflow_id)
+        return msgspec.structs.replace(claim, history=history[: wf.history_length], history_from=0)
+
+    async def _run_claim(
+        self, claim: WorkflowTaskClaim, task: WorkflowTask | None, cached: CachedWorkflow | None
+    ) -> None:
         """``run``, inside the observer's block when ``task`` is not None."""
         wf = claim.workflow
         definition = self.registry.get(wf.name, wf.version)
@@ -141,7 +163,7 @@ class WorkflowTaskRunner:
             )
             return
         try:
-            await self._run(claim, definition, task)
+            await self._run(claim, definition, task, cached)
         except LeaseLost:
             raise
         except asyncio.CancelledError as exc:
@@ -246,13 +268,21 @@ class WorkflowTaskRunner:
         claim: WorkflowTaskClaim,
         definition: Workflow[Any, Any],
         task: WorkflowTask | None,
+        cached: CachedWorkflow | None = None,
     ) -> None:
         wf = claim.workflow
         clock = self.store.clock
-        instance = WorkflowInstance(definition, max_payload_bytes=self.max_payload_bytes)
-        instance.workflow_id = wf.workflow_id  # for the watchdog's log before the start
+        if cached is not None and cached.instance.definition is definition:
+            instance = cached.instance  # sticky: claim.history is what came after its own
+        else:
+            instance = WorkflowInstance(definition, max_payload_bytes=self.max_payload_bytes)
+            instance.workflow_id = wf.workflow_id  # for the watchdog's log before the start
+            if claim.history_from > 0:
+                claim = await self._with_whole_history(claim)
         activation = self._apply(instance, claim.history, clock.now())
-        progress = _Progress(claim.lease, wf.name, len(claim.history), wf.next_seq)
+        progress = _Progress(
+            claim.lease, wf.name, claim.history_from + len(claim.history), wf.next_seq
+        )
         pending: list[Event] = list(activation.new_events)
         fresh: list[Event] = list(activation.new_events)
         settled = 0
@@ -312,6 +342,9 @@ class WorkflowTaskRunner:
             await self.park(claim, ErrorInfo.from_exception(error, attempts=claim.attempt), task)
             return
         await self._commit(progress, pending, retries, keep=False, next_seq=instance.next_seq)
+        if self.sticky is not None and not instance.finished:
+            context = _trace_context(claim, cached)
+            self.sticky.keep(claim, instance, progress.history_length, context)
 
     async def _run_inline(
         self,
@@ -375,7 +408,8 @@ class WorkflowTaskRunner:
             retries,
             keep_lease=self.lease if keep else None,
         )
-        moved = await self.activities.write_fenced(self.store.commit_workflow_task, commit)
+        write = group_writes(self.store).commit_workflow_task
+        moved = await self.activities.write_fenced(write, commit)
         self.counters["commits"] += 1
         if commit.status is not WorkflowStatus.RUNNING:  # once: the write is fenced
             self.observer.workflow_finished(
@@ -384,6 +418,14 @@ class WorkflowTaskRunner:
         progress.history_length += len(events) + len(moved)
         progress.next_seq = next_seq
         return moved
+
+
+def _trace_context(claim: WorkflowTaskClaim, cached: CachedWorkflow | None) -> TraceContext | None:
+    """The trace context stored with the workflow: in its WorkflowStarted (the claim's
+    first event when it has the whole history), else with its cached instance."""
+    if cached is not None:
+        return cached.trace_context
+    return trace_context_of(claim.history)
 
 
 def _next_seq(events: list[Event], progress: _Progress) -> int:

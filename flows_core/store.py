@@ -47,6 +47,7 @@ from .events import (
     Event,
     SignalReceived,
     WorkflowCancelledEvent,
+    WorkflowStarted,
     WorkflowTerminatedEvent,
     decode_event,
     encode_event,
@@ -58,6 +59,7 @@ __all__ = [
     "ActivityTaskClaim",
     "ActivityTaskSpec",
     "CancelOutcome",
+    "CachedHistory",
     "ClaimRequest",
     "DebounceStore",
     "EagerStart",
@@ -66,6 +68,7 @@ __all__ = [
     "FsckScan",
     "FsckWorkflow",
     "ClaimedTask",
+    "GroupCommit",
     "HeartbeatReply",
     "Lease",
     "ListQuery",
@@ -74,6 +77,7 @@ __all__ = [
     "PendingStartClaim",
     "PendingStartLease",
     "Store",
+    "StartRequest",
     "StoreStats",
     "TERMINAL_STATUSES",
     "TerminateOutcome",
@@ -85,6 +89,7 @@ __all__ = [
     "WorkflowTaskClaim",
     "WorkflowTaskCommit",
     "cancel_outcome",
+    "continued_length",
     "eager_start_claim",
     "list_key",
     "parked_cancellation",
@@ -195,6 +200,33 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime
 
 
+class CachedHistory(msgspec.Struct, frozen=True, kw_only=True):
+    """A workflow whose history up to ``history_length`` a worker holds (sticky cache):
+    a claim of its workflow task returns only the events after it (``ClaimRequest.cached``).
+
+    ``seed`` is the run marker: the ``seed`` of the WorkflowStarted event at position 1
+    of the history the worker holds. A history that starts with another WorkflowStarted
+    (a new run, a workflow started again under the same id) does not continue it."""
+
+    tenant_id: str
+    workflow_id: str
+    shard_key: str
+    history_length: int
+    seed: int
+
+
+def continued_length(cached: CachedHistory | None, history: Sequence[Event]) -> int:
+    """How much of ``history`` (a whole history, after the claim's inbox move) the
+    worker holding ``cached`` has: its ``history_length`` when ``history`` continues it
+    (see ``ClaimRequest.cached``), else 0. The reference every adapter's claim agrees with."""
+    if cached is None or not 1 <= cached.history_length <= len(history):
+        return 0
+    first = history[0]
+    if not isinstance(first, WorkflowStarted) or first.seed != cached.seed:
+        return 0
+    return cached.history_length
+
+
 class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     owner: str
     workflow_types: Sequence[tuple[str, int]]
@@ -208,16 +240,29 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Skip workflow tasks a previous claimant did not finish (their next claim would be
     attempt 2 or more): a busy worker leaves suspected poison tasks to idle ones, so a
     poison task that kills its process takes no innocent task down with it."""
+    cached: Sequence[CachedHistory] = ()
+    """Histories this worker holds (its sticky cache). A claimed workflow task whose
+    workflow matches an entry (same tenant and id; its history, after the inbox move,
+    has at least ``history_length`` >= 1 events and starts with a WorkflowStarted of
+    that ``seed``) comes back with only the events after ``history_length`` and
+    ``history_from`` = ``history_length``; any other with its whole history. A history
+    never changes below its length within a run (append-only), so those events continue
+    exactly what the worker holds."""
 
 
 class WorkflowTaskClaim(msgspec.Struct, frozen=True, kw_only=True):
     lease: Lease
     workflow: WorkflowRecord
     history: list[Event]
+    """The events at positions ``history_from`` + 1 .. ``workflow.history_length``."""
     attempt: int = 1
     """Claims of this workflow task since its last successful commit, this one included
     (dead-letter accounting: a task whose claimant keeps crashing counts up). A commit
     resets the count; ``release`` gives the claim back uncounted."""
+    history_from: int = 0
+    """0: ``history`` is the whole history. Otherwise the length of the history of a
+    ``ClaimRequest.cached`` entry the claim continues: ``history`` holds only the events
+    after it."""
 
 
 class ActivityTaskClaim(msgspec.Struct, frozen=True, kw_only=True):
@@ -469,7 +514,8 @@ class Store(Protocol):
         """Lease up to ``limit`` visible tasks, oldest first, skipping locked ones.
 
         A claimed workflow task first moves its workflow's inbox into the history; the
-        claim returns the whole history and the row as of after that move.
+        claim returns the whole history (or, for a workflow of ``request.cached``, the
+        events after the cached length) and the row as of after that move.
 
         Attempts (one failure policy: every claim that does not end in the task's own
         outcome counts): every claim of a workflow task counts (see
@@ -872,6 +918,52 @@ class DebounceStore(Protocol):
         self, tenant_id: str, workflow_name: str, debounce_key: str, shard_key: str
     ) -> PendingStart | None:
         """The key's open window, or else its closed one not yet finished; None."""
+        ...
+
+
+class StartRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One start of ``GroupCommit.start_workflows``: ``start_workflow(new)``, or, with
+    ``owner`` and ``lease``, ``EagerStart.start_workflow_leased(new, owner=, lease=)``."""
+
+    new: NewWorkflow
+    owner: str | None = None
+    lease: timedelta | None = None
+
+
+@runtime_checkable
+class GroupCommit(Protocol):
+    """An OPTIONAL store capability: the writes of several workflows in one call (group
+    commit, DESIGN.md idea 7), for the commits that are ready at the same moment.
+
+    Each item is applied exactly as its single method applies it: the same fence, the
+    same effects, the same outcome. A store may put several items in one transaction
+    (PostgreSQL: all of them; Citus: those under one shard key, never a transaction
+    across shards). An item that fails (its fence refused: LeaseLost; a value the store
+    cannot keep: PayloadError, InvalidArgument; a taken id: WorkflowAlreadyExists; the
+    store unreachable: StoreUnavailable) writes nothing of itself and does not keep the
+    others from committing: its exception is returned in its place, in input order.
+    ``flows_core`` uses the capability through ``flows_core._group_commit``, only for
+    calls made while another of the same kind is in flight; a store without it works
+    unchanged.
+    """
+
+    async def commit_workflow_tasks(
+        self, commits: Sequence[WorkflowTaskCommit]
+    ) -> list[list[Event] | Exception]:
+        """``commit_workflow_task`` of each commit: its moved events, or its error."""
+        ...
+
+    async def complete_activities(
+        self, results: Sequence[ActivityResult]
+    ) -> list[Exception | None]:
+        """``complete_activity`` of each result: None, or its error."""
+        ...
+
+    async def start_workflows(
+        self, starts: Sequence[StartRequest]
+    ) -> list[WorkflowTaskClaim | Exception | None]:
+        """Each start: None (or, leased, its claim), or its error (WorkflowAlreadyExists
+        for an id taken before or earlier in the same call)."""
         ...
 
 

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -60,6 +60,7 @@ from flows_core.store import (
     ScheduleClaim,
     ScheduleLease,
     ScheduleRecord,
+    StartRequest,
     StoreStats,
     TerminateOutcome,
     WorkerInfo,
@@ -68,6 +69,7 @@ from flows_core.store import (
     WorkflowTaskClaim,
     WorkflowTaskCommit,
     cancel_outcome,
+    continued_length,
     eager_start_claim,
     list_key,
     parked_cancellation,
@@ -85,6 +87,7 @@ from ._debounce import MemoryDebounce
 __all__ = ["FaultHook", "MemoryStore"]
 
 _E = TypeVar("_E", bound=Event)
+_T = TypeVar("_T")
 
 FaultHook = Callable[[str, Literal["before", "after"]], None]
 """Called around every write: raise from it to simulate a crash at that point."""
@@ -176,6 +179,14 @@ class _Workflow:
             updated_at=now,
             history=[started],
         )
+
+
+async def _outcome(write: Awaitable[_T]) -> _T | Exception:
+    """What ``write`` returns, or the exception it raises (an item of a group commit)."""
+    try:
+        return await write
+    except Exception as exc:
+        return exc
 
 
 def _no_tx(tx: Any) -> None:
@@ -622,6 +633,7 @@ class MemoryStore(MemoryDebounce):
             heapq.heappush(self._ready[q], entry)
         claimed: list[ClaimedTask] = []
         expires = now + request.lease
+        cached = {(c.tenant_id, c.workflow_id): c for c in request.cached}
         for task, wf in candidates:
             if task.kind == "activity" and task.token is not None:
                 # the previous claimant's lease ran out with nothing recorded: its
@@ -643,12 +655,15 @@ class MemoryStore(MemoryDebounce):
                 # task.attempt is the number the next claim gets (dead-letter accounting)
                 attempt = task.attempt
                 task.attempt += 1
+                record = self._flush(wf)
+                start = continued_length(cached.get(task.key), wf.history)
                 claimed.append(
                     WorkflowTaskClaim(
                         lease=lease,
-                        workflow=self._flush(wf),
-                        history=list(wf.history),
+                        workflow=record,
+                        history=wf.history[start:],
                         attempt=attempt,
+                        history_from=start,
                     )
                 )
             else:
@@ -798,6 +813,30 @@ class MemoryStore(MemoryDebounce):
         self._ensure_workflow_task(wf)
         self._changed(wf, work=True)
         self._fault("complete_activity", "after")
+
+    # -- group commit (flows_core.store.GroupCommit): each item on its own, in order --
+
+    async def commit_workflow_tasks(
+        self, commits: Sequence[WorkflowTaskCommit]
+    ) -> list[list[Event] | Exception]:
+        return [await _outcome(self.commit_workflow_task(commit)) for commit in commits]
+
+    async def complete_activities(
+        self, results: Sequence[ActivityResult]
+    ) -> list[Exception | None]:
+        return [await _outcome(self.complete_activity(result)) for result in results]
+
+    async def start_workflows(
+        self, starts: Sequence[StartRequest]
+    ) -> list[WorkflowTaskClaim | Exception | None]:
+        outcomes: list[WorkflowTaskClaim | Exception | None] = []
+        for start in starts:
+            if start.owner is None or start.lease is None:
+                outcomes.append(await _outcome(self.start_workflow(start.new)))
+            else:
+                leased = self.start_workflow_leased(start.new, owner=start.owner, lease=start.lease)
+                outcomes.append(await _outcome(leased))
+        return outcomes
 
     async def retry_activity(self, retry: ActivityRetry) -> None:
         self._fault("retry_activity", "before")

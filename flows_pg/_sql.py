@@ -316,7 +316,10 @@ def _same_wf(a: str, b: str) -> str:
 # cw: the workflows claimed: running, and unchanged since the snapshot (same history and
 #     inbox), so the history and inbox rows this statement reads are complete.
 # Claimed workflow tasks move their inbox to the end of the history (mv/mp/hi/uw) and
-# come back with the row as of after the move and the whole history.
+# come back with the row as of after the move and the whole history, or only its events
+# after ``history_from`` when the claimant holds the history up to there (sc: an entry
+# of ClaimRequest.cached that the history continues, see flows_core.store.continued_length;
+# ck first keeps only the entries of the claimed workflows, without sorting them all).
 # Attempts: a workflow task's ``attempt`` is the number its next claim gets (returned
 # minus one); an activity task's is the number of its current or last claim, counted on
 # here when the task still holds a lease token, i.e. its previous claimant's lease ran
@@ -401,6 +404,24 @@ WITH c AS MATERIALIZED (
   WHERE """
     + _same_wf("w", "mc")
     + """
+), ck AS MATERIALIZED (
+  SELECT k.tenant_id, k.workflow_id, k.history_length, k.seed
+  FROM unnest(%(c_tenants)s::text[], %(c_ids)s::text[], %(c_lengths)s::integer[],
+              %(c_seeds)s::bigint[]) AS k(tenant_id, workflow_id, history_length, seed)
+  WHERE k.workflow_id = ANY (ARRAY(SELECT cw.workflow_id FROM cw))
+), sc AS MATERIALIZED (
+  SELECT cw.shard_key, cw.tenant_id, cw.workflow_id, k.history_length AS history_from
+  FROM cw
+  JOIN ck k ON k.tenant_id = cw.tenant_id AND k.workflow_id = cw.workflow_id
+  LEFT JOIN mc ON """
+    + _same_wf("mc", "cw")
+    + """
+  WHERE k.history_length >= 1 AND k.history_length <= cw.history_length + coalesce(mc.n, 0)
+    AND (SELECT (h.event ->> 'seed')::bigint FROM {S}.history h
+         WHERE """
+    + _same_wf("h", "cw")
+    + """ AND h.position = 1
+           AND h.event ->> 'type' = 'workflow_started') = k.seed
 )
 SELECT u.kind AS task_kind, u.task_id, u.lease_token, u.visible_at AS lease_expires,
   u.seq AS task_seq, u.name AS task_name, u.input AS task_input, u.attempt AS task_attempt,
@@ -412,13 +433,14 @@ SELECT u.kind AS task_kind, u.task_id, u.lease_token, u.visible_at AS lease_expi
       FROM {S}.history h
       WHERE """
     + _same_wf("h", "u")
-    + """
+    + """ AND h.position > coalesce(sf.history_from, 0)
       UNION ALL
       SELECT mp.position, mp.event FROM mp WHERE """
     + _same_wf("mp", "u")
-    + """
+    + """ AND mp.position > coalesce(sf.history_from, 0)
     ) x
   ) END AS history,
+  coalesce(sf.history_from, 0) AS history_from,
   u.scheduled_at
 FROM u
 CROSS JOIN LATERAL (
@@ -442,6 +464,9 @@ CROSS JOIN LATERAL (
     + _same_wf("w", "u")
     + """
 ) r
+LEFT JOIN sc sf ON """
+    + _same_wf("sf", "u")
+    + """
 ORDER BY u.rn
 """
 )

@@ -17,6 +17,7 @@ import msgspec
 import uuid6
 
 from flows_core._errors import ErrorInfo
+from flows_core._group_commit import grouped
 from flows_core.events import Event, decode_events
 from flows_core.store import (
     ActivityResult,
@@ -31,16 +32,19 @@ from flows_core.store import (
 )
 
 from . import _fsck_sql, _sql
-from ._base import Batch, Step
+from ._base import Batch, Op, Step
 from ._client_ops import ClientOps, PostgresOps
 from ._debounce import DebounceSqlStore
 from ._fsck import FsckSqlStore
+from ._group_commit import GroupCommitSqlStore
 from ._migrate import migrate
 from ._records import (
+    cached_params,
     claimed_task,
     commit_params,
     commit_refused,
     error_text,
+    lease_lost,
     record_from_row,
     store_stats,
     utc,
@@ -59,7 +63,7 @@ def _sharded(template: str, sharded: bool) -> str:
     return template.replace("{shards}", _SHARDS_FILTER if sharded else "")
 
 
-class PostgresStore(FsckSqlStore, ScheduleSqlStore, DebounceSqlStore):
+class PostgresStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSqlStore):
     """Store on PostgreSQL.
 
     ``PostgresStore(dsn)`` or ``PostgresStore(pool)``: see ``SqlStore`` for the pool,
@@ -130,17 +134,24 @@ class PostgresStore(FsckSqlStore, ScheduleSqlStore, DebounceSqlStore):
             "lease": request.lease,
             "shards": None if request.shard_keys is None else list(request.shard_keys),
             "fresh_only": request.fresh_only,
+            **cached_params(request.cached),
         }
         statement = self.statements(_sharded(_sql.CLAIM, request.shard_keys is not None))
         return [claimed_task(row) for row in await self._run_one(statement, params)]
 
+    @grouped
     async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Event]:
+        return await self._drive(self._commit_op(commit))
+
+    def _commit_op(self, commit: WorkflowTaskCommit) -> Op[list[Event]]:
+        """The commit: one statement (also an item of a group commit)."""
         keep = commit.keep_lease is not None
         acts, timers, drops = commit.activity_tasks, commit.timers, commit.drop_seqs
         params = commit_params(commit, self.statements.lease_params(commit.lease))
         shape = {"activities": bool(acts), "timers": bool(timers), "drops": bool(drops)}
         statement = self.statements(_sql.commit_sql(keep=keep, **shape))
-        row = (await self._run_one(statement, params))[0]
+        (rows,) = yield [Step(statement, params)]
+        row = rows[0]
         if row["done"]:
             moved = row["moved"]
             return [] if moved is None else decode_events(moved)
@@ -151,10 +162,17 @@ class PostgresStore(FsckSqlStore, ScheduleSqlStore, DebounceSqlStore):
         params["error"] = error_text(error)
         await self._fenced(lease, [Step(self.statements(_sql.PARK), params)])
 
+    @grouped
     async def complete_activity(self, result: ActivityResult) -> None:
+        await self._drive(self._complete_op(result))
+
+    def _complete_op(self, result: ActivityResult) -> Op[None]:
+        """The activity result: one statement (also an item of a group commit)."""
         params = self.statements.lease_params(result.lease)
         params.update(event=stored_event(result.event), wf_task_id=uuid6.uuid7())
-        await self._fenced(result.lease, [Step(self.statements(_sql.COMPLETE_ACTIVITY), params)])
+        (rows,) = yield [Step(self.statements(_sql.COMPLETE_ACTIVITY), params)]
+        if not rows or not rows[0]["done"]:
+            raise lease_lost(result.lease)
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
         if limit <= 0 or (shard_keys is not None and not shard_keys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import pytest
@@ -367,7 +368,6 @@ async def test_work_cut_at_shutdown_is_a_counted_attempt() -> None:
 async def test_a_store_error_while_idle_is_backed_off_not_fatal() -> None:
     """Found by the Citus chaos run: the idle wait reads the store (next_due); a failure
     there ended Worker.run() and with it the worker process."""
-    from collections.abc import Sequence
 
     class FailingOnce(MemoryStore):
         failures = 0
@@ -448,4 +448,42 @@ async def test_cancelling_worker_run_from_outside_ends_it_even_inside_user_code(
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(running, 10)
+    assert worker.running is False
+
+
+class _SwallowsOneCancel(MemoryStore):
+    """A store whose idle read loses one cancellation of its caller, as CPython 3.11's
+    ``asyncio.wait_for`` does when its inner future completes at the same moment
+    (bpo-42130): drivers and pools wait with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.swallowed = 0
+
+    async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
+        self.entered.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.swallowed += 1  # the library returns a result instead of raising
+        return await super().next_due(shard_keys)
+
+
+async def test_a_cancel_of_worker_run_swallowed_by_the_store_still_ends_it() -> None:
+    """The contract suite's simulated kill hung now and then: the cancel of Worker.run
+    reached a driver wait that returned its result instead, and run() went on polling
+    for good. run() now checks its task's pending cancel requests at every turn."""
+    @flows.workflow("never-started")
+    async def idle(ctx: flows.WorkflowContext, _: None) -> None:
+        return None
+
+    store = _SwallowsOneCancel()
+    worker = flows.Worker(store, workflows=[idle], poll_interval=0.01, grace_period=0.05)
+    running = asyncio.ensure_future(worker.run())
+    await asyncio.wait_for(store.entered.wait(), 10)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, 10)
+    assert store.swallowed == 1
     assert worker.running is False

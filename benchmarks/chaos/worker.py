@@ -34,7 +34,14 @@ from flows_core import LeaseLost
 from .app import ACTIVITIES, WORKFLOWS
 
 GAP = 0.3
-WRITES = ("commit_workflow_task", "complete_activity", "retry_activity")
+WRITES = (
+    "commit_workflow_task",
+    "complete_activity",
+    "retry_activity",
+    # group commit (flows_core._group_commit): wrapped too, so that it stays in use
+    "commit_workflow_tasks",
+    "complete_activities",
+)
 WATCHED = (
     *WRITES,
     "claim",
@@ -84,13 +91,12 @@ class Watch:
             except (LeaseLost, asyncio.CancelledError):
                 raise
             except Exception as exc:
-                self.errors += 1
-                now = time.time()
-                if not self.failing or now - self.last_err_log > 1.0:
-                    emit("err", op=name, exc=repr(exc)[:200])
-                    self.last_err_log = now
-                self.failing = self.owe_ok = True
+                self._error(name, exc)
                 raise
+            failed = _failed_group(name, result)
+            if failed is not None:  # every item of a group write failed: an error too
+                self._error(name, failed)
+                return result
             if name in WRITES:
                 self.writes += 1
                 gap = time.monotonic() - self.last_write
@@ -105,6 +111,25 @@ class Watch:
             return result
 
         return call
+
+    def _error(self, name: str, exc: Exception) -> None:
+        self.errors += 1
+        now = time.time()
+        if not self.failing or now - self.last_err_log > 1.0:
+            emit("err", op=name, exc=repr(exc)[:200])
+            self.last_err_log = now
+        self.failing = self.owe_ok = True
+
+
+def _failed_group(name: str, result: Any) -> Exception | None:
+    """The first error of a group write whose items all failed other than by a lost
+    lease (its outcomes are returned, not raised), else None."""
+    if not name.endswith("s") or not isinstance(result, list) or not result:
+        return None
+    if all(isinstance(o, Exception) and not isinstance(o, LeaseLost) for o in result):
+        first: Exception = result[0]
+        return first
+    return None
 
 
 async def main(dsn: str, schema: str, lease: float, slot: int) -> None:
