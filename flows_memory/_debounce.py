@@ -47,12 +47,14 @@ class MemoryDebounce:
     _clock: Clock
     _fault: Callable[[str, Literal["before", "after"]], None]
     _pending_starts: dict[_Row, _Pending]
+    _newest_window: dict[tuple[str, str, str], _Row]
 
     def _open_window(self, tenant_id: str, name: str, key: str) -> _Pending | None:
-        for (tid, wname, dkey, _), row in self._pending_starts.items():
-            if (tid, wname, dkey) == (tenant_id, name, key) and not row.closed:
-                return row
-        return None
+        """The key's open window: the newest row of the key, if not closed (a key opens
+        a new window only after closing its last one)."""
+        newest = self._newest_window.get((tenant_id, name, key))
+        found = None if newest is None else self._pending_starts.get(newest)
+        return None if found is None or found.closed else found
 
     async def debounce_start(
         self, pending: PendingStart, *, window: timedelta, tx: Any = None
@@ -80,8 +82,9 @@ class MemoryDebounce:
             if found is not None:
                 found.closed = True  # its time has come: it fires as it is
             found = _Pending(msgspec.structs.replace(pending, fires_at=now + window, starts=1))
-            row = (pending.tenant_id, pending.workflow_name, pending.debounce_key)
-            self._pending_starts[(*row, pending.workflow_id)] = found
+            key = (pending.tenant_id, pending.workflow_name, pending.debounce_key)
+            self._pending_starts[(*key, pending.workflow_id)] = found
+            self._newest_window[key] = (*key, pending.workflow_id)
         self._fault("debounce_start", "after")
         return found.record
 
@@ -128,6 +131,8 @@ class MemoryDebounce:
             return False
         self._fault("finish_pending_start", "before")
         del self._pending_starts[row]
+        if self._newest_window.get(row[:3]) == row:
+            del self._newest_window[row[:3]]
         self._fault("finish_pending_start", "after")
         return True
 

@@ -225,6 +225,7 @@ class MemoryStore(MemoryDebounce):
         self._pushes = 0
         self._schedules: dict[tuple[str, str], _Schedule] = {}
         self._pending_starts = {}
+        self._newest_window = {}
         self.operations = 0
         """Number of write operations applied (a stand-in for transactions)."""
 
