@@ -80,9 +80,13 @@ RETURNING true AS done
         "DEBOUNCE_PROBE": f"""
 SELECT EXISTS (SELECT 1 FROM {{S}}.pending_starts p WHERE {_CLAIMABLE} {keys}) AS found
 """,
+        # The first window to close (an index scan by fires_at), or a claim's lease to
+        # run out (claimed rows are few: they are deleted once fired).
         "DEBOUNCE_NEXT_DUE": f"""
-SELECT min(greatest(p.fires_at, p.lease_expires_at)) AS due
-FROM {{S}}.pending_starts p
-WHERE true {keys}
+SELECT least(
+  (SELECT p.fires_at FROM {{S}}.pending_starts p
+   WHERE p.lease_token IS NULL {keys} ORDER BY p.fires_at LIMIT 1),
+  (SELECT min(p.lease_expires_at) FROM {{S}}.pending_starts p
+   WHERE p.lease_token IS NOT NULL {keys})) AS due
 """,
     }

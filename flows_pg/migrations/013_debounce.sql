@@ -38,5 +38,9 @@ BEGIN
         ON {schema}.pending_starts (shard_key, fires_at);
     CREATE INDEX IF NOT EXISTS pending_starts_due_all_idx
         ON {schema}.pending_starts (fires_at);
+    -- Claimed windows (few: deleted once fired), by lease expiry.
+    CREATE INDEX IF NOT EXISTS pending_starts_leased_idx
+        ON {schema}.pending_starts (shard_key, lease_expires_at)
+        WHERE lease_token IS NOT NULL;
 END
 $migration$;

@@ -64,3 +64,37 @@ async def test_sync_debounced_starts_in_the_callers_transaction(
         await task
     listed = await engine.list(limit=10)
     assert [w.workflow_id for w in listed] == [ids[0]]
+
+
+async def test_the_worker_statements_read_indexes_not_every_window(
+    pg_dsn: str, store: PostgresStore
+) -> None:
+    """With 20,000 open windows, a worker's wake-up time, probe and claim are index
+    scans (they run on every idle wait and poll)."""
+    schema = psycopg.sql.Identifier(store.schema)
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await conn.execute(
+            psycopg.sql.SQL(
+                "INSERT INTO {}.pending_starts (shard_key, tenant_id, workflow_name,"
+                " debounce_key, workflow_id, workflow_version, input, fires_at)"
+                " SELECT 'deb-echo-shard-' || (g % 9), 't', 'deb-echo', 'k' || g,"
+                " 'k' || g || '@x', 1, '1', now() + make_interval(secs => g)"
+                " FROM generate_series(1, 20000) g"
+            ).format(schema)
+        )
+        await conn.execute(psycopg.sql.SQL("ANALYZE {}.pending_starts").format(schema))
+        plans = {}
+        for name, shards in (
+            ("DEBOUNCE_NEXT_DUE", None),
+            ("DEBOUNCE_NEXT_DUE", ["deb-echo-shard-1"]),
+            ("DEBOUNCE_PROBE", None),
+            ("DEBOUNCE_CLAIM", ["deb-echo-shard-1"]),
+        ):
+            statement = store._debounce_sql(name, shards)
+            params = {"shards": shards, "limit": 10, "token": None, "lease": timedelta(1)}
+            cur = await conn.execute("EXPLAIN (COSTS OFF) " + statement, params)
+            plans[f"{name} {shards}"] = "\n".join(row[0] for row in await cur.fetchall())
+    for label, plan in plans.items():
+        assert "Seq Scan" not in plan, f"{label}:\n{plan}"
+        assert "pending_starts_" in plan, f"{label}:\n{plan}"
+    assert await store.next_pending_start_due(None) is not None
