@@ -12,7 +12,7 @@ from flows_core.store import NewWorkflow
 from flows_pg._base import Batch, Op, Statements, Step
 from flows_pg._client_ops import ClientOps
 
-from . import _sql
+from . import _sql, _sql_children
 from ._layout import CitusLayout
 
 __all__ = ["CitusOps", "detect_op", "layout_op"]
@@ -119,3 +119,17 @@ class CitusOps(ClientOps):
 
     def get_batch(self, params: dict[str, Any]) -> Batch:
         return [Step(self.st(_sql.GET_WORKFLOW), params)]
+
+    def deliver_once_batch(self, params: dict[str, Any]) -> Batch:
+        names = (
+            _sql_children.DELIVER_SEEN,
+            _sql_children.DELIVER_INSERT,
+            _sql_children.DELIVER_TASK,
+            _sql_children.DELIVER_UPDATE,
+            _sql_children.DELIVER_KEY,
+        )
+        return [
+            Step(self.st(_sql.INBOX_LOCK), params),
+            *(Step(self.st(statement), params) for statement in names),
+            Step(_sql.NOTIFY_BOTH, params),
+        ]

@@ -33,10 +33,13 @@ from flows_pg._debounce import DebounceSqlStore
 from flows_pg._fsck import FsckSqlStore
 from flows_pg._group_commit import GroupCommitSqlStore
 from flows_pg._migrate import migrate
+from flows_pg._records import outbox_record, uuid_of
 from flows_pg._schedules import ScheduleSqlStore
 from flows_pg._sql import list_params
+from flows_pg._sql_children import outbox_params
+from flows_pg._txact import Outcome, TransactionalSqlStore, fenced_outcome
 
-from . import _fsck_sql, _sql, _sql_schedules
+from . import _fsck_sql, _sql, _sql_children, _sql_schedules
 from ._client_ops import CitusOps, detect_op, layout_op
 from ._layout import CitusLayout
 
@@ -46,7 +49,9 @@ _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _keys_decoder: Final = msgspec.json.Decoder(list[tuple[str, str]] | None)
 
 
-class CitusStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSqlStore):
+class CitusStore(
+    TransactionalSqlStore, GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSqlStore
+):
     """Store on Citus (a coordinator and worker nodes).
 
     ``CitusStore(dsn_or_pool, schema="flows")`` takes the coordinator's DSN or pool, as
@@ -147,6 +152,18 @@ class CitusStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSq
             have = target
         self._ops = CitusOps(self.statements, have)
         return applied
+
+    async def distribute_colocated(self, table: str, column: str = "shard_key") -> None:
+        """Distribute the application table ``table`` (``"schema.name"``, existing, a
+        ``text`` column ``column``) by ``column``, colocated with this store's tables:
+        a transactional activity that writes its rows under its workflow's shard key
+        (``flows.activity_info().shard_key``) then commits a one-shard (router)
+        transaction, without two-phase commit."""
+        await SqlStore.open(self)
+        await self._run_one(
+            "SELECT create_distributed_table(%(t)s, %(c)s, colocate_with => %(w)s)",
+            {"t": table, "c": column, "w": f"{self._ident}.workflows"},
+        )
 
     async def _fsck_keys(self, tenant_id: str | None) -> Sequence[str | None]:
         return sorted((await self._ready()).tenant_keys(tenant_id))
@@ -285,11 +302,19 @@ class CitusStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSq
         return [_records.claimed_task(row) for row in (await self._run(steps))[3]]
 
     @grouped
-    async def commit_workflow_task(self, commit: api.WorkflowTaskCommit) -> list[Event]:
-        return await self._drive(self._commit_op(commit))
+    async def commit_workflow_task(
+        self, commit: api.WorkflowTaskCommit, *, tx: Any = None
+    ) -> list[Event]:
+        """``tx``: run it in that open transaction (a transactional activity's)."""
+        return await self._drive(self._commit_op(commit), tx)
 
     def _commit_op(self, commit: api.WorkflowTaskCommit) -> Op[list[Event]]:
-        """The commit: its router statements, one pipeline (also a group commit item)."""
+        """The commit as an operation (also an item of a group commit)."""
+        batch, outcome = self._commit_batch(commit)
+        return outcome((yield batch))
+
+    def _commit_batch(self, commit: api.WorkflowTaskCommit) -> tuple[Batch, Outcome[list[Event]]]:
+        """The commit: its router statements, one pipeline, and how to read the outcome."""
         acts = commit.activity_tasks
         terminal = commit.status in api.TERMINAL_STATUSES
         keep = commit.keep_lease is not None
@@ -312,6 +337,9 @@ class CitusStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSq
             if keep
             else _sql.COMMIT_FINISH_END
         )
+        if commit.outbox:  # the messages, under the same guard, in the same transaction
+            params.update(outbox_params(commit))
+            steps.append(Step(self.statements(_sql_children.COMMIT_OUTBOX), params))
         steps.append(Step(self.statements(finish), params))
         # Workers need a wake-up for new tasks, or when the released workflow task has
         # events waiting; waiters (wait_for_result) when a workflow task ends.
@@ -320,12 +348,15 @@ class CitusStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSq
             steps.append(Step(_sql.NOTIFY_BOTH, params))
         elif new_work:
             steps.append(Step(_sql.NOTIFY_WORK, params))
-        results = yield steps
-        done = results[-2 if new_work else -1]
-        if done:
-            moved = done[0]["moved"]
-            return [] if moved is None else decode_events(moved)
-        raise _records.commit_refused(commit, results[0][0])
+
+        def outcome(results: list[Rows]) -> list[Event]:
+            done = results[-2 if new_work else -1]
+            if done:
+                moved = done[0]["moved"]
+                return [] if moved is None else decode_events(moved)
+            raise _records.commit_refused(commit, results[0][0])
+
+        return steps, outcome
 
     async def park_workflow(self, lease: api.Lease, error: ErrorInfo) -> None:
         params = self.statements.lease_params(lease)
@@ -338,11 +369,16 @@ class CitusStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSq
         await self._fenced(lease, steps, step=1)
 
     @grouped
-    async def complete_activity(self, result: api.ActivityResult) -> None:
-        await self._drive(self._complete_op(result))
+    async def complete_activity(self, result: api.ActivityResult, *, tx: Any = None) -> None:
+        """``tx``: run it in that open transaction (a transactional activity's)."""
+        await self._drive(self._complete_op(result), tx)
 
     def _complete_op(self, result: api.ActivityResult) -> Op[None]:
-        """The activity result: its router statements (also a group commit item)."""
+        """The activity result as an operation (also a group commit item)."""
+        batch, outcome = self._complete_batch(result)
+        outcome((yield batch))
+
+    def _complete_batch(self, result: api.ActivityResult) -> tuple[Batch, Outcome[None]]:
         lease = result.lease
         params = self.statements.lease_params(lease)
         params.update(event=stored_event(result.event), wf_task_id=uuid6.uuid7())
@@ -353,9 +389,7 @@ class CitusStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSq
             Step(self.statements(_sql.COMPLETE_FINISH), params),
             Step(_sql.NOTIFY_BOTH, params),
         ]
-        rows = (yield steps)[3]
-        if not rows or not rows[0]["done"]:
-            raise _records.lease_lost(lease)
+        return steps, fenced_outcome(lease, 3)
 
     def _group_of(self, key: tuple[str, str, str]) -> str:
         """Only the items under one shard key share a transaction: a transaction across
@@ -421,9 +455,53 @@ class CitusStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSq
             if pruned >= limit:
                 break
             params = {"sk": key, "age": max(older_than, timedelta(0)), "limit": limit - pruned}
-            rows = await self._run_one(self.statements(_sql.PRUNE), params)
-            pruned += int(rows[0]["pruned"])
+            batch = [
+                Step(self.statements(_sql.PRUNE), params),
+                Step(self.statements(_sql_children.PRUNE_KEYS), params),
+            ]
+            pruned += int((await self._run(batch))[0][0]["pruned"])
         return pruned
+
+    # -- the outbox (flows_core.store.Outbox; see flows_core._children) --
+
+    async def claim_outbox(
+        self, shard_keys: Sequence[str] | None, limit: int, lease: timedelta
+    ) -> list[api.OutboxRecord]:
+        """Due messages of the keys that have some (one pipelined probe of every key),
+        each key's claim a router statement of its own."""
+        if limit <= 0:
+            return []
+        await self._ready()
+        keys = self._keys(shard_keys)
+        probes = await self._each_key(self.statements(_sql_children.OUTBOX_PROBE), keys, {})
+        due = [key for key, rows in zip(keys, probes, strict=True) if rows[0]["found"]]
+        claimed: list[api.OutboxRecord] = []
+        for key in self._rotated(due):
+            if len(claimed) >= limit:
+                break
+            params = {"sk": key, "limit": limit - len(claimed), "lease": lease}
+            rows = await self._run_one(self.statements(_sql_children.CLAIM_OUTBOX), params)
+            claimed += [outbox_record(row) for row in rows]
+        return claimed
+
+    async def delete_outbox(self, records: Sequence[api.OutboxRecord]) -> None:
+        """One router DELETE per sender shard key, pipelined, each its own transaction."""
+        by_key: dict[str, list[api.OutboxRecord]] = {}
+        for record in records:
+            by_key.setdefault(record.shard_key, []).append(record)
+        steps = [
+            Step(
+                self.statements(_sql_children.DELETE_OUTBOX),
+                {
+                    "sk": key,
+                    "o_tenants": [r.tenant_id for r in group],
+                    "o_ids": [uuid_of(r.message_id, "outbox message id") for r in group],
+                },
+            )
+            for key, group in by_key.items()
+        ]
+        if steps:
+            await self._run(steps, transaction=False)
 
     async def count_workflows(self, tenant_id: str) -> dict[str, int]:
         """``tenant_id``'s workflows per status (``flows_core.store.WorkflowCounts``):

@@ -4,9 +4,10 @@ Import as ``import flows_core as flows``. See README.md for a tour.
 """
 
 from ._activity_context import ActivityInfo, activity_info, heartbeat
+from ._activity_runner import TRANSACTION_CONFLICT_RETRIES
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
-from ._context import WorkflowContext, gather, race
+from ._context import ChildHandle, WorkflowContext, gather, race
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
 from ._eager import EagerStarts
 from ._engine import DebouncedRun, Engine, Run, WorkflowInfo
@@ -14,6 +15,8 @@ from ._errors import (
     ActivityFailed,
     ActivityTimeout,
     Cancelled,
+    ChildWorkflowCancelled,
+    ChildWorkflowFailed,
     ErrorInfo,
     FlowsError,
     HeartbeatTimeout,
@@ -29,6 +32,7 @@ from ._errors import (
     StoreUnavailable,
     TenantRequired,
     TerminalError,
+    TransactionConflict,
     WorkflowAlreadyExists,
     WorkflowCancelled,
     WorkflowCodeError,
@@ -63,6 +67,7 @@ from .events import Event, event_summary
 from .store import CancelOutcome, Store, StoreStats, TerminateOutcome, WorkflowStatus
 
 __all__ = [
+    "TRANSACTION_CONFLICT_RETRIES",
     "load_history",
     "export_history",
     "fsck",
@@ -85,6 +90,9 @@ __all__ = [
     "ActivityTimeout",
     "CancelOutcome",
     "Cancelled",
+    "ChildHandle",
+    "ChildWorkflowCancelled",
+    "ChildWorkflowFailed",
     "Clock",
     "CompositeObserver",
     "DebouncedRun",
@@ -120,6 +128,7 @@ __all__ = [
     "TenantRequired",
     "TenantSharder",
     "TerminalError",
+    "TransactionConflict",
     "TerminateOutcome",
     "Worker",
     "WorkerStats",

@@ -22,6 +22,9 @@ class ActivityInfo(msgspec.Struct, frozen=True, kw_only=True):
     activity_name: str
     seq: int
     attempt: int
+    shard_key: str = ""
+    """The workflow's shard key: a transactional activity on Citus writes its rows under
+    it, to tables colocated with the Flows tables, to stay a one-shard transaction."""
 
 
 class _ActivityState:

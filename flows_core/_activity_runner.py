@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -34,19 +37,38 @@ from ._errors import (
     PayloadError,
     ScheduleToCloseTimeout,
     StoreError,
+    TransactionConflict,
 )
 from ._group_commit import group_writes
 from ._observe import ActivityAttempt, Observer, TraceContext, TraceContexts
+from .events import ActivityCompleted
 from .store import (
     ActivityResult,
     ActivityRetry,
     ActivityTaskClaim,
     Lease,
     Store,
+    TransactionalActivities,
+    TransactionWrite,
     WorkflowTaskCommit,
 )
 
-__all__ = ["ActivityRunner", "LeaseKeeper", "cancelled_from_outside", "is_store_outage"]
+__all__ = [
+    "TRANSACTION_CONFLICT_RETRIES",
+    "ActivityRunner",
+    "LeaseKeeper",
+    "Recorder",
+    "cancelled_from_outside",
+    "is_store_outage",
+]
+
+TRANSACTION_CONFLICT_RETRIES: Final = 5
+"""How many times a transactional activity's transaction that hit a serialization
+failure or deadlock (``TransactionConflict``) runs again at once (after 10, 20, 40, 80,
+160 ms, jittered) before the conflict counts as a failed attempt."""
+
+Recorder = Callable[[msgspec.Raw], TransactionWrite]
+"""What a transactional attempt writes in its transaction, given its encoded output."""
 
 log = logging.getLogger("flows.worker")
 
@@ -91,8 +113,12 @@ class ActivityRunner:
         stopping: Callable[[], bool],
         observer: Observer | None = None,
         trace_contexts: TraceContexts | None = None,
+        transaction_pool: Any = None,
     ) -> None:
         self.store = store
+        self.transaction_pool = transaction_pool
+        """The application's pool transactional activities take connections from (None:
+        the store's own connections)."""
         self.activities = activities
         self.lease = lease
         self.max_payload_bytes = max_payload_bytes
@@ -128,20 +154,32 @@ class ActivityRunner:
         *,
         inline: bool = False,
         trace_context: TraceContext | None = None,
+        record: Recorder | None = None,
     ) -> AttemptOutcome:
         """Run one attempt (once one of the ``concurrency`` places is free); never
         raises for the activity's own failures, CancelledError included. Raises
         CancelledError only when the worker cuts its work at shutdown. The observer's
         ``activity_attempt`` block is around the attempt (``inline``: run by a workflow
-        task; ``trace_context``: the workflow's, for a queued attempt)."""
+        task; ``trace_context``: the workflow's, for a queued attempt). A transactional
+        activity's successful output is written by ``record`` in its own transaction
+        (``AttemptOutcome.recorded``); LeaseLost is raised when that write was fenced."""
         try:
             async with self._semaphore():
                 self.running_now += 1
                 try:
                     if not self.observed:
-                        return await self._attempt(activity, payload, keeper, info, scheduled_at)
+                        return await self._attempt(
+                            activity, payload, keeper, info, scheduled_at, record
+                        )
                     return await self._observed_attempt(
-                        activity, payload, keeper, info, scheduled_at, inline, trace_context
+                        activity,
+                        payload,
+                        keeper,
+                        info,
+                        scheduled_at,
+                        inline,
+                        trace_context,
+                        record,
                     )
                 finally:
                     self.running_now -= 1
@@ -160,6 +198,7 @@ class ActivityRunner:
         scheduled_at: datetime | None,
         inline: bool,
         trace_context: TraceContext | None,
+        record: Recorder | None = None,
     ) -> AttemptOutcome:
         """``_attempt`` inside the observer's ``activity_attempt`` block (the activity's
         code runs in it, in this task, so a tracer's span is current there)."""
@@ -174,7 +213,7 @@ class ActivityRunner:
             trace_context=trace_context,
         )
         with self.observer.activity_attempt(observed):
-            outcome = await self._attempt(activity, payload, keeper, info, scheduled_at)
+            outcome = await self._attempt(activity, payload, keeper, info, scheduled_at, record)
             observed.record(outcome.error, retrying=outcome.retry_in is not None)
         return outcome
 
@@ -185,6 +224,7 @@ class ActivityRunner:
         keeper: LeaseKeeper,
         info: ActivityInfo,
         scheduled_at: datetime | None,
+        record: Recorder | None = None,
     ) -> AttemptOutcome:
         """With ``schedule_to_close`` (counted from ``scheduled_at``, when the step was
         first scheduled): an attempt due after the deadline is not run, one still
@@ -206,17 +246,31 @@ class ActivityRunner:
         keeper.watch(state)
         token = _state.set(state)
         left = None if deadline is None else (deadline - clock.now()).total_seconds()
+        if activity.transactional:
+            if record is None:
+                raise RuntimeError(f"{what} is transactional: its attempt needs a recorder")
+            transaction = _Transaction(self, activity, value, record, what)
+            call: Callable[[], Awaitable[Any]] = transaction.run
+        else:
+            call = partial(activity.run, value)
         try:
-            result = await _run_once(activity, value, state, what, left)
+            result = await _run_once(activity, call, state, what, left)
         except asyncio.CancelledError as exc:
             if self.stopping() or cancelled_from_outside():
                 raise
+            return self._failed(activity, info, exc, deadline)
+        except LeaseLost as exc:
+            if activity.transactional:
+                raise  # its write was fenced: rolled back, nothing to record
             return self._failed(activity, info, exc, deadline)
         except Exception as exc:
             return self._failed(activity, info, exc, deadline)
         finally:
             _state.reset(token)
             keeper.unwatch(state)
+        if activity.transactional:
+            assert isinstance(result, _Recorded)
+            return AttemptOutcome(output=result.output, recorded=result.moved)
         try:
             output = encode_payload(
                 result,
@@ -274,6 +328,7 @@ class ActivityRunner:
             activity_name=name,
             seq=seq,
             attempt=attempt,
+            shard_key=lease.shard_key,
         )
 
     # -- the queue path --
@@ -316,6 +371,9 @@ class ActivityRunner:
         )
         context = await self._trace_context(claim.lease) if self.observed else None
         keeper = LeaseKeeper(self.store, claim.lease, self.lease)
+        record = None
+        if activity.transactional:
+            record = completed_by(claim.lease, claim.seq, claim.attempt, self.store.clock.now)
         try:
             outcome = await self.attempt(
                 activity,
@@ -325,9 +383,12 @@ class ActivityRunner:
                 claim.scheduled_at,
                 inline=False,
                 trace_context=context,
+                record=record,
             )
         finally:
             await keeper.close()
+        if outcome.recorded is not None:
+            return  # its own transaction recorded it
         keeper.check()
         await self.record(claim, outcome)
 
@@ -439,19 +500,108 @@ class ActivityRunner:
                 delay = min(delay * 2, 2.0)
 
 
+@dataclass
+class _Recorded:
+    """A transactional attempt whose output its own transaction recorded."""
+
+    output: msgspec.Raw
+    moved: list[Any]
+
+
+class _Transaction:
+    """One transactional attempt: the function and the recording of its output in one
+    transaction of the store, run again at once on a TransactionConflict (within
+    ``TRANSACTION_CONFLICT_RETRIES``)."""
+
+    def __init__(
+        self,
+        runner: ActivityRunner,
+        activity: Activity[Any, Any],
+        value: Any,
+        record: Recorder,
+        what: str,
+    ) -> None:
+        self.runner, self.activity, self.value = runner, activity, value
+        self.record, self.what = record, what
+        self.output: msgspec.Raw | None = None
+
+    def _body(self, conn: Any) -> Any:
+        fn: Callable[..., Any] = self.activity.fn
+        return fn(conn, self.value)
+
+    def _finish(self, result: Any) -> TransactionWrite:
+        """Encode the output (a PayloadError rolls the transaction back) and say what to
+        write with it."""
+        runner, activity = self.runner, self.activity
+        self.output = encode_payload(
+            result,
+            what=f"output of {self.what}",
+            expected_type=activity.output_type,
+            max_bytes=runner.max_payload_bytes,
+        )
+        return self.record(self.output)
+
+    async def run(self) -> _Recorded:
+        store = self.runner.store
+        if not isinstance(store, TransactionalActivities):
+            raise TypeError(f"{type(store).__name__} cannot run transactional activities")
+        conflicts = 0
+        while True:
+            try:
+                moved = await store.run_transaction(
+                    self._body,
+                    self._finish,
+                    sync=not self.activity.is_async,
+                    pool=self.runner.transaction_pool,
+                )
+            except TransactionConflict as exc:
+                if conflicts >= TRANSACTION_CONFLICT_RETRIES:
+                    raise
+                conflicts += 1
+                self.runner.counters["transaction_conflicts"] += 1
+                log.info(
+                    "%s: transaction conflict (%s), running it again (%d of %d)",
+                    self.what,
+                    exc.__cause__ or exc,
+                    conflicts,
+                    TRANSACTION_CONFLICT_RETRIES,
+                )
+                await asyncio.sleep(0.01 * 2 ** (conflicts - 1) * random.uniform(0.5, 1.5))
+                continue
+            assert self.output is not None
+            return _Recorded(self.output, moved)
+
+
+def completed_by(
+    lease: Lease, seq: int, attempt: int, clock_now: Callable[[], datetime]
+) -> Recorder:
+    """The recorder of a queued transactional attempt: its ActivityCompleted, fenced by
+    the activity task's lease."""
+
+    def record(output: msgspec.Raw) -> TransactionWrite:
+        event = ActivityCompleted(seq=seq, output=output, attempt=attempt, at=clock_now())
+        return ActivityResult(lease=lease, event=event)
+
+    return record
+
+
 async def _run_once(
-    activity: Activity[Any, Any], value: Any, state: _ActivityState, what: str, left: float | None
+    activity: Activity[Any, Any],
+    call: Callable[[], Awaitable[Any]],
+    state: _ActivityState,
+    what: str,
+    left: float | None,
 ) -> Any:
     """The activity's code under its timeouts (``left``: seconds to its schedule-to-close
     deadline)."""
     if activity.heartbeat_timeout is not None:
-        return await _run_with_heartbeat_timeout(activity, value, state, what, left)
+        return await _run_with_heartbeat_timeout(activity, call, state, what, left)
     if activity.timeout is None and left is None:
-        return await activity.run(value)
+        return await call()
     limit = activity.timeout.total_seconds() if activity.timeout else None
     cut_by_deadline = left is not None and (limit is None or left < limit)
     try:
-        return await asyncio.wait_for(activity.run(value), left if cut_by_deadline else limit)
+        return await asyncio.wait_for(call(), left if cut_by_deadline else limit)
     except TimeoutError as exc:
         if cut_by_deadline:
             raise ScheduleToCloseTimeout(
@@ -474,7 +624,7 @@ def _schedule_to_close(
 
 async def _run_with_heartbeat_timeout(
     activity: Activity[Any, Any],
-    value: Any,
+    call: Callable[[], Awaitable[Any]],
     state: _ActivityState,
     what: str,
     left: float | None = None,
@@ -489,7 +639,7 @@ async def _run_with_heartbeat_timeout(
     started = time.monotonic()
     deadline = None if activity.timeout is None else started + activity.timeout.total_seconds()
     cutoff = None if left is None else started + left
-    task = asyncio.ensure_future(activity.run(value))
+    task = asyncio.ensure_future(call())
     try:
         while True:
             now = time.monotonic()

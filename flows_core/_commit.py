@@ -25,6 +25,7 @@ from .events import (
 from .store import (
     ActivityTaskSpec,
     Lease,
+    OutboxMessage,
     TimerTaskSpec,
     WorkflowStatus,
     WorkflowTaskCommit,
@@ -41,6 +42,9 @@ class AttemptOutcome:
     output: msgspec.Raw | None = None
     error: ErrorInfo | None = None
     retry_in: timedelta | None = None
+    recorded: list[Event] | None = None
+    """Set when the output was already recorded, in a transactional activity's own
+    transaction: the inbox events that write moved into the history (inline), or []."""
 
 
 def resolution(
@@ -81,6 +85,7 @@ def build_commit(
     retries: dict[int, ActivityTaskSpec] | None = None,
     *,
     keep_lease: timedelta | None = None,
+    outbox: list[OutboxMessage] | None = None,
 ) -> WorkflowTaskCommit:
     """Turn the events a workflow task produced into the store writes that record them."""
     retries = retries or {}
@@ -131,4 +136,5 @@ def build_commit(
         activity_tasks=activity_tasks,
         timers=timers,
         drop_seqs=sorted(cancelled - new_seqs),
+        outbox=outbox or [],
     )

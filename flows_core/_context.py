@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Generator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import Any, Generic, TypeVar, get_args, overload
 from uuid import UUID
 
-from ._codec import check_name, encode_payload
-from ._definitions import Activity
+from ._codec import check_id, check_name, encode_payload
+from ._definitions import Activity, Workflow
 from ._errors import InvalidArgument
 from ._replay import RaceResult, Step, WorkflowInstance, current_instance
+from .events import ParentClosePolicy
 
-__all__ = ["WorkflowContext", "gather", "race"]
+__all__ = ["ChildHandle", "WorkflowContext", "gather", "race"]
+
+_POLICIES: tuple[str, ...] = get_args(ParentClosePolicy)
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -23,6 +26,46 @@ T2 = TypeVar("T2")
 T3 = TypeVar("T3")
 T4 = TypeVar("T4")
 T5 = TypeVar("T5")
+
+
+class ChildHandle(Generic[O]):
+    """A child workflow started by ``ctx.start_child``: await it (or ``result()``) for
+    its output, ``signal`` it, ``cancel`` it. Awaiting raises ``ChildWorkflowFailed``
+    (``ChildWorkflowCancelled``) with the child's error as ``cause`` if it did not
+    complete."""
+
+    __slots__ = ("_instance", "_step", "workflow_id")
+
+    def __init__(self, instance: WorkflowInstance, workflow_id: str, step: Step[O]) -> None:
+        self._instance = instance
+        self.workflow_id = workflow_id
+        self._step = step
+
+    def result(self) -> Step[O]:
+        """The child's output (a step: await it, or pass it to flows.gather/race)."""
+        return self._step
+
+    def __await__(self) -> Generator[Any, None, O]:
+        return self._step.__await__()
+
+    def signal(self, name: str, payload: Any = None) -> None:
+        """Send signal ``name`` to the child; delivered once, after this workflow task
+        commits (a step of this workflow)."""
+        check_name(name, "signal name")
+        raw = encode_payload(
+            payload,
+            what=f"payload of signal {name!r}",
+            max_bytes=self._instance.max_payload_bytes,
+        )
+        self._instance.signal_child(self.workflow_id, name, raw)
+
+    def cancel(self, reason: str = "") -> None:
+        """Ask the child to cancel (a step of this workflow, sent after it commits);
+        awaiting the child then raises ``ChildWorkflowCancelled`` once it has ended."""
+        self._instance.cancel_child(self.workflow_id, str(reason)[:1000])
+
+    def __repr__(self) -> str:
+        return f"<ChildHandle {self.workflow_id!r}>"
 
 
 class WorkflowContext:
@@ -61,6 +104,65 @@ class WorkflowContext:
         return self._instance.schedule_activity(
             activity.name, payload, activity.output_type, activity.input_type
         )
+
+    def start_child(
+        self,
+        workflow: Workflow[I, O],
+        input: I,
+        *,
+        workflow_id: str | None = None,
+        parent_close_policy: ParentClosePolicy = "terminate",
+    ) -> ChildHandle[O]:
+        """Start ``workflow`` as a child of this one; returns its handle at once.
+
+        The child's id is ``workflow_id``, or ``"<this id>/child-<step>"``: the same on
+        every replay, so the child is started exactly once. It runs in this workflow's
+        tenant. ``parent_close_policy``: what happens to the child, if still running,
+        when this workflow ends or gives up waiting for it (its step is cancelled, e.g.
+        by a cancel of this workflow): ``"terminate"`` (the default), ``"cancel"`` (a
+        cancel request) or ``"abandon"`` (it runs on)."""
+        if not isinstance(workflow, Workflow):
+            raise InvalidArgument(
+                f"ctx.start_child() takes a Workflow made with @flows.workflow, got {workflow!r}"
+            )
+        if parent_close_policy not in _POLICIES:
+            raise InvalidArgument(
+                f"parent_close_policy must be one of {', '.join(_POLICIES)}; "
+                f"got {parent_close_policy!r}"
+            )
+        child_id = None if workflow_id is None else check_id(workflow_id, "child workflow id")
+        instance = self._instance
+        payload = encode_payload(
+            input,
+            what=f"input of child workflow {workflow.name!r}",
+            expected_type=workflow.input_type,
+            max_bytes=instance.max_payload_bytes,
+        )
+        started_id, step = instance.start_child(
+            workflow.name,
+            workflow.version,
+            child_id,
+            payload,
+            parent_close_policy,
+            workflow.output_type,
+            workflow.input_type,
+        )
+        return ChildHandle(instance, started_id, step)
+
+    def execute_child(
+        self,
+        workflow: Workflow[I, O],
+        input: I,
+        *,
+        workflow_id: str | None = None,
+        parent_close_policy: ParentClosePolicy = "terminate",
+    ) -> Step[O]:
+        """Start ``workflow`` as a child (see ``start_child``) and await its output:
+        ``ChildWorkflowFailed`` (``ChildWorkflowCancelled``) if it does not complete."""
+        handle = self.start_child(
+            workflow, input, workflow_id=workflow_id, parent_close_policy=parent_close_policy
+        )
+        return handle.result()
 
     def sleep(self, duration: timedelta | float) -> Step[None]:
         """A durable timer: resumes after ``duration`` (a timedelta or seconds)."""

@@ -65,22 +65,48 @@ class RetryPolicy:
         return timedelta(seconds=max(base, 0.0))
 
 
-def _hints(fn: Callable[..., Any], what: str) -> tuple[Any, Any]:
+def _hints(fn: Callable[..., Any], what: str, *, transactional: bool = False) -> tuple[Any, Any]:
     """(input type, output type) from the function's annotations; Any where missing."""
     try:
         hints = typing.get_type_hints(fn)
     except Exception as exc:
         raise InvalidArgument(f"{what}: cannot resolve type annotations: {exc}") from exc
     params = list(inspect.signature(fn).parameters.values())
-    offset = 1 if what.startswith("workflow") else 0
+    offset = 1 if what.startswith("workflow") or transactional else 0
     if len(params) != offset + 1:
+        if transactional:
+            _refuse_transactional(fn, what, f"takes {len(params)} parameter(s)")
         expected = "(ctx, input)" if offset else "(input)"
         raise InvalidArgument(f"{what}: function must take exactly {expected}")
+    if transactional:
+        _check_connection_hint(fn, what, hints.get(params[0].name))
     input_type = hints.get(params[offset].name, Any)
     output_type = hints.get("return", Any)
     if output_type is type(None):
         output_type = None
     return input_type, output_type
+
+
+def _refuse_transactional(fn: Callable[..., Any], what: str, problem: str) -> None:
+    conn = "psycopg.AsyncConnection" if inspect.iscoroutinefunction(fn) else "psycopg.Connection"
+    kind = "async def" if inspect.iscoroutinefunction(fn) else "def"
+    raise InvalidArgument(
+        f"{what} is transactional=True but its function {problem}: a transactional "
+        f"activity is `{kind} {fn.__name__}(conn, input)`, where conn is a {conn} in an "
+        "open transaction (the memory store gives a flows_memory.MemoryTransaction)"
+    )
+
+
+def _check_connection_hint(fn: Callable[..., Any], what: str, hint: Any) -> None:
+    """Refuse a connection annotation of the other kind (a sync ``psycopg.Connection`` on
+    an ``async def``, an ``AsyncConnection`` on a ``def``); flows_core does not import
+    psycopg, so the annotation is compared by name."""
+    name = getattr(typing.get_origin(hint) or hint, "__name__", "")
+    is_async = inspect.iscoroutinefunction(fn)
+    if is_async and name == "Connection":
+        _refuse_transactional(fn, what, "is async but annotates a sync Connection")
+    if not is_async and name == "AsyncConnection":
+        _refuse_transactional(fn, what, "is sync but annotates an AsyncConnection")
 
 
 class Activity(Generic[I, O]):
@@ -96,17 +122,19 @@ class Activity(Generic[I, O]):
         "retry",
         "schedule_to_close",
         "timeout",
+        "transactional",
     )
 
     def __init__(
         self,
         name: str,
-        fn: Callable[[I], Awaitable[O]] | Callable[[I], O],
+        fn: Callable[[I], Awaitable[O]] | Callable[[I], O] | Callable[..., Any],
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
         heartbeat_timeout: timedelta | None = None,
         schedule_to_close: timedelta | None = None,
+        transactional: bool = False,
     ) -> None:
         self.name = check_name(name, "activity name")
         self.fn = fn
@@ -123,13 +151,20 @@ class Activity(Generic[I, O]):
         """Deadline of the whole step, from when the workflow first scheduled it, across
         every attempt and retry delay (ScheduleToCloseTimeout)."""
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.input_type, self.output_type = _hints(fn, f"activity {name!r}")
+        if not isinstance(transactional, bool):
+            raise InvalidArgument(f"activity {name!r} transactional must be True or False")
+        self.transactional = transactional
+        """``fn(conn, input)`` runs in a database transaction that also records its
+        result (see the README, "Transactional activities")."""
+        self.input_type, self.output_type = _hints(
+            fn, f"activity {name!r}", transactional=transactional
+        )
 
     async def run(self, value: I) -> O:
         """Run the function once (sync ones in a thread)."""
         if self.is_async:
             return await self.fn(value)  # type: ignore[no-any-return,misc]
-        return await asyncio.to_thread(self.fn, value)  # type: ignore[arg-type]
+        return await asyncio.to_thread(self.fn, value)  # type: ignore[no-any-return]
 
     if not TYPE_CHECKING:  # type checkers keep reporting a direct call as an error
 
@@ -182,6 +217,7 @@ def activity(
     timeout: timedelta | None = ...,
     heartbeat_timeout: timedelta | None = ...,
     schedule_to_close: timedelta | None = ...,
+    transactional: bool = ...,
 ) -> _ActivityDecorator: ...
 @overload
 def activity(name: str, **kwargs: Any) -> _ActivityDecorator: ...
@@ -192,6 +228,7 @@ def activity(
     timeout: timedelta | None = None,
     heartbeat_timeout: timedelta | None = None,
     schedule_to_close: timedelta | None = None,
+    transactional: bool = False,
     **kwargs: Any,
 ) -> _ActivityDecorator:
     """Declare an activity: ``@flows.activity("charge", retry=RetryPolicy(...))``.
@@ -200,15 +237,31 @@ def activity(
     the time between ``flows.heartbeat()`` calls (HeartbeatTimeout, retried), and
     ``schedule_to_close`` the whole step from when it was first scheduled, retries
     included (ScheduleToCloseTimeout, not retried).
+
+    ``transactional=True``: the function is ``f(conn, input)`` and runs inside a database
+    transaction of the store's database that also records its result, so its SQL
+    effects happen exactly once (``async def`` gets a psycopg ``AsyncConnection``, a
+    ``def`` a ``Connection``, run in a thread; the memory store gives a
+    ``flows_memory.MemoryTransaction`` stand-in). ``timeout`` then bounds the whole
+    transaction: the query is cancelled and everything rolled back.
     """
     if kwargs:
         raise InvalidArgument(f"activity(): unknown option(s) {sorted(kwargs)}")
     check_name(name, "activity name")
-    return _ActivityDecorator(name, retry, timeout, heartbeat_timeout, schedule_to_close)
+    return _ActivityDecorator(
+        name, retry, timeout, heartbeat_timeout, schedule_to_close, transactional
+    )
 
 
 class _ActivityDecorator:
-    __slots__ = ("heartbeat_timeout", "name", "retry", "schedule_to_close", "timeout")
+    __slots__ = (
+        "heartbeat_timeout",
+        "name",
+        "retry",
+        "schedule_to_close",
+        "timeout",
+        "transactional",
+    )
 
     def __init__(
         self,
@@ -217,16 +270,22 @@ class _ActivityDecorator:
         timeout: timedelta | None,
         heartbeat_timeout: timedelta | None,
         schedule_to_close: timedelta | None = None,
+        transactional: bool = False,
     ) -> None:
         self.name, self.retry, self.timeout = name, retry, timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.schedule_to_close = schedule_to_close
+        self.transactional = transactional
 
     @overload
     def __call__(self, fn: Callable[[I], Awaitable[O]]) -> Activity[I, O]: ...
     @overload
+    def __call__(self, fn: Callable[[Any, I], Awaitable[O]]) -> Activity[I, O]: ...
+    @overload
     def __call__(self, fn: Callable[[I], O]) -> Activity[I, O]: ...
-    def __call__(self, fn: Callable[[I], Any]) -> Activity[I, Any]:
+    @overload
+    def __call__(self, fn: Callable[[Any, I], O]) -> Activity[I, O]: ...
+    def __call__(self, fn: Callable[..., Any]) -> Activity[Any, Any]:
         return Activity(
             self.name,
             fn,
@@ -234,6 +293,7 @@ class _ActivityDecorator:
             timeout=self.timeout,
             heartbeat_timeout=self.heartbeat_timeout,
             schedule_to_close=self.schedule_to_close,
+            transactional=self.transactional,
         )
 
 

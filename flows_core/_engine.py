@@ -7,11 +7,12 @@ import builtins
 import secrets
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import msgspec
 import uuid6
 
+from ._children import close_ended
 from ._clock import Clock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, check_id, check_name, decode_payload, encode_payload
 from ._debounce import check_window, debounce_store, debounced_workflow_id
@@ -22,6 +23,7 @@ from ._errors import (
     InvalidArgument,
     ScheduleNotFound,
     TenantRequired,
+    WorkflowAlreadyExists,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotDeadLettered,
@@ -63,6 +65,7 @@ from .store import (
     CancelOutcome,
     ListQuery,
     NewWorkflow,
+    Outbox,
     PendingStart,
     ScheduleRecord,
     ScheduleStore,
@@ -89,6 +92,9 @@ E = TypeVar("E")
 
 WORKER_LIVENESS = timedelta(seconds=60)
 _UNCHANGED: Any = object()
+
+IfExists = Literal["error", "return"]
+"""What ``Engine.start`` does when the workflow id is taken."""
 
 
 class WorkflowInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -513,6 +519,7 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        if_exists: IfExists = "error",
         debounce: None = None,
         debounce_key: None = None,
     ) -> Run[O]: ...
@@ -537,6 +544,7 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        if_exists: IfExists = "error",
         debounce: None = None,
         debounce_key: None = None,
     ) -> Run[Any]: ...
@@ -560,6 +568,7 @@ class Engine:
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        if_exists: IfExists = "error",
         debounce: timedelta | None = None,
         debounce_key: str | None = None,
     ) -> Run[Any]:
@@ -579,7 +588,13 @@ class Engine:
         Returns a ``DebouncedRun`` on that future workflow (its id is
         ``f"{debounce_key}@{window opening time}"``); not with ``workflow_id`` or
         ``execution_timeout``.
+        ``if_exists``: when ``workflow_id`` is taken, ``"error"`` (the default) raises
+        WorkflowAlreadyExists; ``"return"`` returns the handle of the workflow already
+        there (whatever its status), so a retried request starts it once. A workflow of
+        another name under that id is an error either way.
         """
+        if if_exists not in ("error", "return"):
+            raise InvalidArgument(f"if_exists must be 'error' or 'return', got {if_exists!r}")
         if debounce is not None or debounce_key is not None:
             pending, window, definition = self.planner.debounced(
                 workflow,
@@ -605,6 +620,17 @@ class Engine:
         new, definition = self.planner.start(
             workflow, input, tenant_id, workflow_id, execution_timeout
         )
+        if if_exists == "error":
+            return await self._start(new, definition, tx)
+        try:
+            return await self._start(new, definition, tx)
+        except WorkflowAlreadyExists:
+            record = await self.store.get_workflow(new.tenant_id, new.workflow_id, tx=tx)
+            if record.name != new.name:
+                raise taken_by_another(new.workflow_id, record.name, new.name) from None
+            return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
+
+    async def _start(self, new: NewWorkflow, definition: Workflow[Any, Any], tx: Any) -> Run[Any]:
         observer = self.observer
         if type(observer) is Observer:  # the no-op: no context manager per start
             if tx is not None or not await self._start_eagerly(new):
@@ -642,12 +668,28 @@ class Engine:
         *,
         tenant_id: str | None = None,
         tx: Any = None,
-    ) -> None:
-        """Send signal ``name`` with ``payload`` to a running workflow."""
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Send signal ``name`` with ``payload`` to a running workflow. True if it was
+        delivered now.
+
+        ``idempotency_key``: the signal is delivered once per (tenant, workflow, key),
+        however often it is sent (a retried HTTP handler): a repeat does nothing and
+        returns False, even once the workflow has finished. Keys are kept with the
+        workflow and deleted with it (``prune``, retention)."""
         tenant, wf_id, event = self.planner.request(
             workflow_id, tenant_id, lambda: self.planner.signal(name, payload)
         )
-        await self.store.signal_workflow(tenant, wf_id, event, tx=tx)
+        if idempotency_key is None:
+            await self.store.signal_workflow(tenant, wf_id, event, tx=tx)
+            return True
+        key = check_name(idempotency_key, "idempotency key")
+        if not isinstance(self.store, Outbox):
+            raise InvalidArgument(
+                f"{type(self.store).__name__} cannot deliver once (no deliver_once): "
+                "signal without idempotency_key"
+            )
+        return await self.store.deliver_once(tenant, wf_id, event, f"signal:{key}", tx=tx)
 
     async def cancel(
         self,
@@ -664,6 +706,8 @@ class Engine:
         outcome = await self.store.cancel_workflow(tenant, wf_id, event, tx=tx)
         if outcome == CancelOutcome.CANCELLED:  # a dead letter, ended at once
             await self._ended(tenant, wf_id, WorkflowStatus.CANCELLED, tx)
+            if tx is None:
+                await close_ended(self.store, tenant, wf_id)
         return outcome
 
     async def terminate(
@@ -683,6 +727,8 @@ class Engine:
         outcome = await self.store.terminate_workflow(tenant, wf_id, event, tx=tx)
         if outcome == TerminateOutcome.TERMINATED:
             await self._ended(tenant, wf_id, WorkflowStatus.TERMINATED, tx)
+        if tx is None:  # again on a repeated terminate: it may finish what a crash cut
+            await close_ended(self.store, tenant, wf_id)
         return outcome
 
     async def _ended(self, tenant: str, workflow_id: str, status: WorkflowStatus, tx: Any) -> None:
@@ -1113,6 +1159,16 @@ def pending_activities(history: builtins.list[Event]) -> dict[int, str]:
         elif isinstance(event, ActivityCompleted | ActivityFailedEvent | StepCancelled):
             pending.pop(event.seq, None)
     return pending
+
+
+def taken_by_another(workflow_id: str, existing: str, wanted: str) -> WorkflowAlreadyExists:
+    """The error of ``start(..., if_exists="return")`` when the id is another workflow's."""
+    error = WorkflowAlreadyExists(workflow_id)
+    error.args = (
+        f"workflow {workflow_id!r} already exists as a {existing!r} workflow, not {wanted!r} "
+        "(if_exists='return' returns only a workflow of the same name)",
+    )
+    return error
 
 
 def _reason(reason: str, what: str) -> str:

@@ -19,12 +19,16 @@
     │   └── IllegalAwaitError      workflow awaited something that is not a Flows step
     ├── WorkflowCodeError          a bug (TypeError...) escaped workflow code: it parks
     ├── ActivityFailed             raised inside a workflow when an activity fails for good
+    ├── ChildWorkflowFailed        raised inside a parent when its child failed (has .cause)
+    │   └── ChildWorkflowCancelled ... was cancelled
     ├── ActivityTimeout            an activity attempt ran past its timeout (retryable)
     │   ├── HeartbeatTimeout       ... or sent no heartbeat within its heartbeat_timeout
     │   └── ScheduleToCloseTimeout the step ran past its schedule_to_close (not retried)
     ├── Cancelled                  raised inside a workflow at the await a cancel interrupts
     ├── TerminalError              raise from an activity to stop retrying at once
     ├── LeaseLost                  a fenced write from a claimant whose lease is gone
+    ├── TransactionConflict        a transactional activity's transaction hit a serialization
+    │                              failure or deadlock (retried without counting an attempt)
     ├── StoreError                 the store failed (the driver's exception is __cause__)
     │   └── StoreUnavailable       ... because it cannot be reached (connection refused, lost)
     └── TenantRequired             a call without tenant on an engine that requires one
@@ -41,6 +45,8 @@ __all__ = [
     "ActivityFailed",
     "ActivityTimeout",
     "Cancelled",
+    "ChildWorkflowCancelled",
+    "ChildWorkflowFailed",
     "ErrorInfo",
     "ScheduleNotFound",
     "FlowsError",
@@ -56,6 +62,7 @@ __all__ = [
     "StoreUnavailable",
     "TenantRequired",
     "TerminalError",
+    "TransactionConflict",
     "WorkflowAlreadyExists",
     "WorkflowCancelled",
     "WorkflowCodeError",
@@ -305,6 +312,23 @@ class ActivityFailed(FlowsError):
         self.attempts = attempts
 
 
+class ChildWorkflowFailed(FlowsError):
+    """A child workflow did not complete: raised in the parent where it awaits the
+    child. ``cause`` is the child's recorded error (type ``WorkflowTerminated`` when it
+    was terminated, ``ChildWorkflowAlreadyExists`` when its id was taken by a workflow
+    that is not this parent's child); ``status`` how it ended."""
+
+    def __init__(self, workflow_id: str, status: str, cause: ErrorInfo) -> None:
+        super().__init__(f"child workflow {workflow_id!r} {status}: {cause}")
+        self.workflow_id = workflow_id
+        self.status = status
+        self.cause = cause
+
+
+class ChildWorkflowCancelled(ChildWorkflowFailed):
+    """The child workflow ended cancelled (``cause``: its cancellation)."""
+
+
 class ActivityTimeout(FlowsError):
     """An activity attempt ran past its ``timeout``; retried like any other failure."""
 
@@ -332,6 +356,15 @@ class TerminalError(FlowsError):
 
 class LeaseLost(FlowsError):
     """The task's lease expired or was taken by another worker; the write was refused."""
+
+
+class TransactionConflict(FlowsError):
+    """A transactional activity's transaction was aborted by the database for a reason
+    that is not its code's fault: a serialization failure or a deadlock (SQLSTATE 40001,
+    40P01; the memory stand-in's write conflict). The worker rolls back and runs the
+    function again at once, up to ``TRANSACTION_CONFLICT_RETRIES`` times, without
+    counting an attempt; past that bound the conflict is a failed attempt. Code may raise
+    it itself to ask for the same treatment."""
 
 
 class StoreError(FlowsError):

@@ -44,6 +44,10 @@ from .events import (
     ActivityFailedEvent,
     ActivityScheduled,
     CancelRequested,
+    ChildCancelRequested,
+    ChildSignalRequested,
+    ChildStartRequested,
+    ChildWorkflowEnded,
     Event,
     SideEffectRecorded,
     SignalReceived,
@@ -83,8 +87,16 @@ __all__ = [
     "workflow_findings",
 ]
 
-COMMAND_TYPES = (ActivityScheduled, TimerStarted, SignalWaitStarted, SideEffectRecorded)
-RESOLUTION_TYPES = (ActivityCompleted, ActivityFailedEvent, TimerFired)
+COMMAND_TYPES = (
+    ActivityScheduled,
+    TimerStarted,
+    SignalWaitStarted,
+    SideEffectRecorded,
+    ChildStartRequested,
+    ChildSignalRequested,
+    ChildCancelRequested,
+)
+RESOLUTION_TYPES = (ActivityCompleted, ActivityFailedEvent, TimerFired, ChildWorkflowEnded)
 TERMINAL_TYPES = (
     WorkflowCompleted,
     WorkflowFailedEvent,
@@ -98,6 +110,7 @@ _RESOLVES: Final[dict[type, tuple[type, ...]]] = {
     ActivityCompleted: (ActivityScheduled,),
     ActivityFailedEvent: (ActivityScheduled,),
     TimerFired: (TimerStarted, SignalWaitStarted),
+    ChildWorkflowEnded: (ChildStartRequested,),
 }
 
 _STATUS_OF: Final[dict[type, WorkflowStatus]] = {

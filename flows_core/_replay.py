@@ -53,6 +53,8 @@ from ._definitions import Workflow
 from ._errors import (
     ActivityFailed,
     Cancelled,
+    ChildWorkflowCancelled,
+    ChildWorkflowFailed,
     ErrorInfo,
     FlowsError,
     IllegalAwaitError,
@@ -67,7 +69,13 @@ from .events import (
     ActivityFailedEvent,
     ActivityScheduled,
     CancelRequested,
+    ChildCancelRequested,
+    ChildSignalRequested,
+    ChildStartRequested,
+    ChildWorkflowEnded,
     Event,
+    ParentClosePolicy,
+    ParentRef,
     PatchMarker,
     SideEffectKind,
     SideEffectRecorded,
@@ -97,9 +105,25 @@ __all__ = [
 
 T = TypeVar("T")
 
-_CommandEvent = ActivityScheduled | TimerStarted | SignalWaitStarted | SideEffectRecorded
+_CommandEvent = (
+    ActivityScheduled
+    | TimerStarted
+    | SignalWaitStarted
+    | SideEffectRecorded
+    | ChildStartRequested
+    | ChildSignalRequested
+    | ChildCancelRequested
+)
 _TerminalEvent = WorkflowCompleted | WorkflowFailedEvent | WorkflowCancelledEvent
-_COMMAND_TYPES = (ActivityScheduled, TimerStarted, SignalWaitStarted, SideEffectRecorded)
+_COMMAND_TYPES = (
+    ActivityScheduled,
+    TimerStarted,
+    SignalWaitStarted,
+    SideEffectRecorded,
+    ChildStartRequested,
+    ChildSignalRequested,
+    ChildCancelRequested,
+)
 _TERMINAL_TYPES = (WorkflowCompleted, WorkflowFailedEvent, WorkflowCancelledEvent)
 PatchPath = Literal["old", "new", "new_unrecorded"]
 """How a run went through a ``ctx.patched`` check: ``"old"`` (the history has steps past
@@ -162,7 +186,7 @@ class Step(Generic[T]):
         self._done = False
         self._result: Any = None
         self._exc: BaseException | None = None
-        self._waiters: list[_Task | _Combinator] = []
+        self._waiters: list[_Task | _Combinator | _ChildDone] = []
 
     @property
     def done(self) -> bool:
@@ -170,7 +194,7 @@ class Step(Generic[T]):
 
     def _resolve(
         self, result: Any = None, exc: BaseException | None = None
-    ) -> list[_Task | _Combinator]:
+    ) -> list[_Task | _Combinator | _ChildDone]:
         self._done, self._result, self._exc = True, result, exc
         waiters, self._waiters = self._waiters, []
         return waiters
@@ -276,6 +300,20 @@ class _Task:
             self.coro.close()
 
 
+class _ChildDone:
+    """Wakes a combinator when its step at ``index`` resolves; the instance marks the
+    step done in it at once (``_wake``), so a gather over n steps costs O(n) to follow,
+    not O(n) per resolution."""
+
+    __slots__ = ("combinator", "index")
+
+    def __init__(self, combinator: _Combinator, index: int) -> None:
+        self.combinator, self.index = combinator, index
+
+    def step(self) -> None:
+        self.combinator.step()
+
+
 class _Combinator:
     """``flows.gather`` (``first=False``) or ``flows.race`` (``first=True``) over steps.
 
@@ -288,7 +326,9 @@ class _Combinator:
 
     __slots__ = (
         "children",
+        "done_count",
         "first",
+        "first_failed",
         "future",
         "instance",
         "outcome",
@@ -310,10 +350,23 @@ class _Combinator:
         self.outcome: tuple[Any, BaseException | None] | None = None
         self.future: Step[Any] = Step(0, "flows.race" if first else "flows.gather")
         instance._combinators[self.future] = self
-        for child in children:
-            if not child.done:
-                child._waiters.append(self)
+        self.done_count = 0
+        self.first_failed: int | None = None
+        """The lowest index of a step done with an Exception."""
+        for index, child in enumerate(children):
+            if child.done:
+                self.mark(index)
+            else:
+                child._waiters.append(_ChildDone(self, index))
         instance._ready.append(self)
+
+    def mark(self, index: int) -> None:
+        """Step ``index`` is done (called as it resolves)."""
+        self.done_count += 1
+        if isinstance(self.children[index]._exc, Exception) and (
+            self.first_failed is None or index < self.first_failed
+        ):
+            self.first_failed = index
 
     def step(self) -> None:
         if self.future.done:
@@ -325,7 +378,7 @@ class _Combinator:
             reason, result, exc = decided
             self.outcome = (result, exc)
             self.cancel(reason)
-        if all(child.done for child in self.children):
+        if self.done_count == len(self.children):
             result, exc = self.outcome
             del self.instance._combinators[self.future]
             self.instance._wake(self.future._resolve(result, exc))
@@ -344,11 +397,10 @@ class _Combinator:
         return None
 
     def _gather(self) -> tuple[str, Any, BaseException | None] | None:
-        if not self.return_exceptions:
-            for child in self.children:
-                if child.done and isinstance(child._exc, Exception):
-                    return "another step of the gather failed", None, child._exc
-        if all(child.done for child in self.children):
+        if not self.return_exceptions and self.first_failed is not None:
+            failed = self.children[self.first_failed]._exc
+            return "another step of the gather failed", None, failed
+        if self.done_count == len(self.children):
             results = tuple(
                 child._exc if child._exc is not None else child._result for child in self.children
             )
@@ -459,7 +511,7 @@ class WorkflowInstance:
         self._live: dict[_Task, None] = {}
         """Tasks not finished, in the order they were created (replay must not depend
         on hashes)."""
-        self._ready: deque[_Task | _Combinator] = deque()
+        self._ready: deque[_Task | _Combinator | _ChildDone] = deque()
         self._main: Step[Any] | None = None
         self._expected: dict[int, _CommandEvent] = {}
         self._expected_cancels: set[int] = set()
@@ -487,6 +539,13 @@ class WorkflowInstance:
         self._patches: dict[str, bool] = {}
         self.patch_paths: dict[str, PatchPath] = {}
         """The patch ids this run checked, and how it went through each."""
+        self.parent: ParentRef | None = None
+        """This workflow's parent, if it is a child workflow (from WorkflowStarted)."""
+        self.children: dict[int, ChildStartRequested] = {}
+        """Every child this run started, by step seq."""
+        self.open_children: dict[int, ChildStartRequested] = {}
+        """Children started and neither ended nor given up (their step cancelled)."""
+        self._child_types: dict[int, Any] = {}
 
     # -- driving --
 
@@ -542,6 +601,8 @@ class WorkflowInstance:
                 self._resolve_activity(event.seq, event)
             case ActivityFailedEvent():
                 self._resolve_activity(event.seq, event)
+            case ChildWorkflowEnded():
+                self._resolve_child(event)
             case TimerFired():
                 self._fire_timer(event.seq)
             case SignalReceived():
@@ -576,10 +637,12 @@ class WorkflowInstance:
         if main is not None and main.done and not self.finished and self._violation_error is None:
             self._finish(main)
 
-    def _wake(self, tasks: list[_Task | _Combinator]) -> None:
+    def _wake(self, tasks: list[_Task | _Combinator | _ChildDone]) -> None:
         for task in tasks:
             if isinstance(task, _Task):
                 task.waiting_on = None
+            elif isinstance(task, _ChildDone):
+                task.combinator.mark(task.index)
             self._ready.append(task)
 
     def _violation(self, error: FlowsError, divergence: Divergence | None = None) -> None:
@@ -609,6 +672,7 @@ class WorkflowInstance:
             )
             return
         self.workflow_id, self.tenant_id, self.seed = event.workflow_id, event.tenant_id, event.seed
+        self.parent = event.parent
         from ._context import WorkflowContext
 
         ctx = WorkflowContext(self)
@@ -659,6 +723,37 @@ class WorkflowInstance:
             self._wake(
                 step._resolve(exc=ActivityFailed(name, error.type, error.message, error.attempts))
             )
+
+    def _resolve_child(self, event: ChildWorkflowEnded) -> None:
+        seq = event.seq
+        self.open_children.pop(seq, None)
+        entry = self._unpend(seq)
+        if entry is None:
+            if not isinstance(self._issued.get(seq), ChildStartRequested):
+                self._violation(
+                    NonDeterminismError(
+                        f"history has a child result for step #{seq}, which the code did "
+                        "not take as a child workflow"
+                    ),
+                    Divergence(seq, event, None),
+                )
+            return
+        step = entry[0]
+        if event.status == "completed":
+            try:
+                result = decode_payload(
+                    event.output,
+                    self._child_types.get(seq, Any),
+                    what=f"output of child workflow {event.workflow_id!r}",
+                )
+            except PayloadError as exc:
+                self._wake(step._resolve(exc=exc))
+                return
+            self._wake(step._resolve(result))
+            return
+        cause = event.error or ErrorInfo(type="Unknown", message="")
+        error_type = ChildWorkflowCancelled if event.status == "cancelled" else ChildWorkflowFailed
+        self._wake(step._resolve(exc=error_type(event.workflow_id, event.status, cause)))
 
     def _fire_timer(self, seq: int) -> None:
         wait = self._waits.pop(seq, None)
@@ -715,7 +810,9 @@ class WorkflowInstance:
                 return
         self._buffered.setdefault(event.name, deque()).append(event)
 
-    def _decoded(self, wait: _SignalWait, event: SignalReceived) -> list[_Task | _Combinator]:
+    def _decoded(
+        self, wait: _SignalWait, event: SignalReceived
+    ) -> list[_Task | _Combinator | _ChildDone]:
         try:
             value = decode_payload(event.payload, wait.type_, what=f"signal {event.name!r}")
         except PayloadError as exc:
@@ -735,6 +832,7 @@ class WorkflowInstance:
         step, _ = self._pending[seq]
         self._unpend(seq)
         self._waits.pop(seq, None)
+        self.open_children.pop(seq, None)
         self._drop(seq, reason)
         self._wake(step._resolve(exc=Cancelled(reason)))
 
@@ -883,6 +981,19 @@ class WorkflowInstance:
         elif same and isinstance(taken, SideEffectRecorded):
             assert isinstance(recorded, SideEffectRecorded)
             same = taken.kind == recorded.kind
+        elif same and isinstance(taken, ChildStartRequested):
+            assert isinstance(recorded, ChildStartRequested)
+            same = (
+                taken.name == recorded.name
+                and taken.workflow_id == recorded.workflow_id
+                and same_payload(taken.input, recorded.input, self._input_types.get(seq, Any))
+            )
+        elif same and isinstance(taken, ChildSignalRequested):
+            assert isinstance(recorded, ChildSignalRequested)
+            same = taken.name == recorded.name and taken.workflow_id == recorded.workflow_id
+        elif same and isinstance(taken, ChildCancelRequested):
+            assert isinstance(recorded, ChildCancelRequested)
+            same = taken.workflow_id == recorded.workflow_id
         if not same:
             self._violation(
                 NonDeterminismError(
@@ -985,6 +1096,60 @@ class WorkflowInstance:
         assert isinstance(recorded, SideEffectRecorded)
         return recorded.value
 
+    def start_child(
+        self,
+        name: str,
+        version: int,
+        workflow_id: str | None,
+        payload: msgspec.Raw,
+        policy: ParentClosePolicy,
+        output_type: Any,
+        input_type: Any = Any,
+    ) -> tuple[str, Step[Any]]:
+        """Take a child-workflow step: its id (``workflow_id``, or derived from this
+        workflow's id and the step) and the step its end resolves."""
+        assert self.now is not None
+        seq = self._next_seq()
+        child_id = workflow_id if workflow_id is not None else f"{self.workflow_id}/child-{seq}"
+        self._input_types[seq] = input_type
+        event = ChildStartRequested(
+            seq=seq,
+            name=name,
+            version=version,
+            workflow_id=child_id,
+            input=payload,
+            parent_close_policy=policy,
+            at=self.now,
+        )
+        self._take(event)
+        recorded = self._issued[seq]
+        assert isinstance(recorded, ChildStartRequested)
+        self._owner[seq] = self._running
+        step: Step[Any] = Step(seq, f"child workflow {name!r} {recorded.workflow_id!r}")
+        self._child_types[seq] = output_type
+        self._pending[seq] = (step, f"child {name}")
+        self.children[seq] = recorded
+        self.open_children[seq] = recorded
+        return recorded.workflow_id, step
+
+    def signal_child(self, workflow_id: str, name: str, payload: msgspec.Raw) -> None:
+        """Take a step that signals child ``workflow_id`` (done at once: sent on commit)."""
+        assert self.now is not None
+        seq = self._next_seq()
+        self._take(
+            ChildSignalRequested(
+                seq=seq, workflow_id=workflow_id, name=name, payload=payload, at=self.now
+            )
+        )
+
+    def cancel_child(self, workflow_id: str, reason: str) -> None:
+        """Take a step that asks child ``workflow_id`` to cancel (sent on commit)."""
+        assert self.now is not None
+        seq = self._next_seq()
+        self._take(
+            ChildCancelRequested(seq=seq, workflow_id=workflow_id, reason=reason, at=self.now)
+        )
+
     def spawn(self, coro: Coroutine[Any, Any, T]) -> Step[T]:
         step: Step[T] = Step(0, "gather branch")
         task = _Task(self, coro, step, parent=self._running)
@@ -1054,6 +1219,15 @@ def _describe(event: _CommandEvent) -> str:
             return f"a wait for signal {event.name!r}"
         case SideEffectRecorded():
             return f"{event.kind}()"
+        case ChildStartRequested():
+            return (
+                f"child workflow {event.name!r} {event.workflow_id!r} with input "
+                f"{_json_text(event.input)}"
+            )
+        case ChildSignalRequested():
+            return f"signal {event.name!r} to child {event.workflow_id!r}"
+        case ChildCancelRequested():
+            return f"cancel of child {event.workflow_id!r}"
     return type(event).__name__
 
 

@@ -42,6 +42,7 @@ from typing import Any
 import uuid6
 
 from ._activity_runner import ActivityRunner, cancelled_from_outside, retrieve
+from ._children import deliver_all, outbox_of
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._commit import build_commit
 from ._debounce import Debouncer
@@ -62,6 +63,7 @@ from .store import (
     NewWorkflow,
     ScheduleStore,
     Store,
+    TransactionalActivities,
     WorkerInfo,
     WorkflowTaskClaim,
 )
@@ -75,6 +77,9 @@ TIMER_CHECK_EVERY = 0.05
 SCHEDULE_CHECK_EVERY = 1.0
 SCHEDULE_BATCH = 20
 SCHEDULE_FAILURE_PAUSE = 5.0
+OUTBOX_CHECK_EVERY = 1.0
+"""How often a worker looks for outbox messages left undelivered (their sender's worker
+crashed or failed to deliver them; see flows_core._children)."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,11 @@ class Worker:
     workflows the worker keeps in memory between their workflow tasks (the next task
     reads only the events after what it holds and replays nothing; 0: every task
     replays the whole history); ``sticky_max_events`` bounds the history events they
-    hold together.
+    hold together. ``transaction_pool``: the application's psycopg pool
+    (``AsyncConnectionPool`` for async transactional activities, ``ConnectionPool`` for
+    sync ones, or a tuple of both) that transactional activities take their connection
+    from; it must reach the store's database (checked when ``run`` starts). None: the
+    store's own connections.
     """
 
     def __init__(
@@ -151,6 +160,7 @@ class Worker:
         sharder: Sharder | None = None,
         sticky_cache_size: int = 1000,
         sticky_max_events: int = 250_000,
+        transaction_pool: Any = None,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument("Worker concurrency must be at least 1")
@@ -183,6 +193,21 @@ class Worker:
             self.activities[act.name] = act
         if not self.registry.keys() and not self.activities:
             raise InvalidArgument("a Worker needs at least one workflow or activity")
+        transactional = sorted(a.name for a in self.activities.values() if a.transactional)
+        if transactional and not isinstance(store, TransactionalActivities):
+            raise InvalidArgument(
+                f"activities {transactional} are transactional but "
+                f"{type(store).__name__} cannot run transactional activities (memory, "
+                "PostgreSQL and Citus stores can)"
+            )
+        if transaction_pool is not None and not isinstance(store, TransactionalActivities):
+            raise InvalidArgument(
+                f"transaction_pool= was given but {type(store).__name__} cannot run "
+                "transactional activities"
+            )
+        self.transaction_pool = transaction_pool
+        """The application's connection pool transactional activities use (checked at
+        ``run()``: same database as the store), or None for the store's own."""
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.lease = lease
@@ -220,6 +245,7 @@ class Worker:
         self._timers_at = 0.0
         self._schedules_at = 0.0
         self._schedules_failed_until = 0.0
+        self._outbox_at = 0.0
         self._suspects = 0
         self.counters: dict[str, int] = {
             "workflow_tasks": 0,
@@ -232,6 +258,8 @@ class Worker:
             "workflow_task_failures": 0,
             "eager_starts": 0,
             "activity_task_failures": 0,
+            "transaction_conflicts": 0,
+            "outbox_delivered": 0,
         }
         self.eager = eager
         self._activity_runner = ActivityRunner(
@@ -245,6 +273,7 @@ class Worker:
             stopping=self._cutting_work,
             observer=self.observer,
             trace_contexts=TraceContexts(),
+            transaction_pool=transaction_pool,
         )
         self._scheduler: Scheduler | None = None
         if schedules and isinstance(store, ScheduleStore):
@@ -287,6 +316,10 @@ class Worker:
             observer=self.observer,
             sticky=self.sticky if self.sticky.enabled else None,
         )
+        self._workflow_tasks.outbox_left = self._look_at_outbox
+
+    def _look_at_outbox(self) -> None:
+        self._outbox_at = 0.0
 
     # -- lifecycle --
 
@@ -303,6 +336,8 @@ class Worker:
         """Poll and process until ``stop()``; survives store outages with backoff."""
         if self._stopping is not None:
             raise RuntimeError("this Worker is already running")
+        if self.transaction_pool is not None and isinstance(self.store, TransactionalActivities):
+            await self.store.check_transaction_pool(self.transaction_pool)
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
         backoff = 0.05
@@ -566,6 +601,8 @@ class Worker:
             wait = 0.0 if debounced >= SCHEDULE_BATCH else SCHEDULE_CHECK_EVERY
             self._debounce_at = time.monotonic() + wait
             fired += debounced
+        if time.monotonic() >= self._outbox_at:
+            fired += await self.deliver_outbox()
         self._next_from_backlog()
         free = self.concurrency - len(self._inflight) - self._reserved - len(self._backlog)
         if free <= 0 or self._suspects:
@@ -598,6 +635,20 @@ class Worker:
         for task in claimed[free:]:
             self._wait_for_slot(task)
         return bool(claimed or fired)
+
+    async def deliver_outbox(self, limit: int = 100) -> int:
+        """Deliver outbox messages left over in this worker's shards (their delay
+        passed); returns how many were delivered. Looked at every OUTBOX_CHECK_EVERY
+        seconds, at once again while it finds some."""
+        outbox = outbox_of(self.store)
+        if outbox is None:
+            self._outbox_at = float("inf")
+            return 0
+        records = await outbox.claim_outbox(self.shard_keys, limit, self.lease)
+        delivered = await deliver_all(self.store, records)
+        self.counters["outbox_delivered"] += delivered
+        self._outbox_at = time.monotonic() + (0.0 if records else OUTBOX_CHECK_EVERY)
+        return delivered
 
     async def _isolate_suspects(self, claimed: list[ClaimedTask]) -> list[ClaimedTask]:
         """Workflow tasks a previous claimant did not finish (attempt > 1) may be poison

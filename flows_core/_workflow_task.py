@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 
 from ._activity_runner import ActivityRunner, LeaseKeeper, cancelled_from_outside
+from ._children import INLINE_DELIVERIES, deliver_all, outbox_for, records_of
 from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
@@ -42,9 +43,18 @@ from ._group_commit import group_writes
 from ._observe import Observer, TaskOutcome, TraceContext, WorkflowTask, trace_context_of
 from ._registry import WorkflowRegistry
 from ._replay import Activation, WorkflowInstance
+from ._sharding import HashSharder, Sharder
 from ._sticky import CachedWorkflow, StickyCache
-from .events import ActivityScheduled, Event
-from .store import ActivityTaskSpec, Lease, Store, WorkflowStatus, WorkflowTaskClaim
+from .events import ActivityCompleted, ActivityScheduled, Event
+from .store import (
+    ActivityTaskSpec,
+    Lease,
+    OutboxMessage,
+    Store,
+    WorkflowStatus,
+    WorkflowTaskClaim,
+    WorkflowTaskCommit,
+)
 
 __all__ = ["BlockingWatchdog", "WorkflowTaskRunner"]
 
@@ -109,6 +119,11 @@ class WorkflowTaskRunner:
         self.observed = type(self.observer) is not Observer
         self.sticky = sticky
         """Suspended instances kept between tasks (None: every task replays)."""
+        self.sharder: Sharder = getattr(store, "sharder", None) or HashSharder()
+        """Where child workflows go (the store's own placement, if it imposes one)."""
+        self.outbox_left: Callable[[], None] = lambda: None
+        """Called when a commit left messages for claims (beyond INLINE_DELIVERIES): the
+        Worker then looks at the outbox at once."""
 
     async def run(self, claim: WorkflowTaskClaim) -> None:
         """Run a claimed workflow task to its commit, or count the attempt (see the
@@ -293,6 +308,10 @@ class WorkflowTaskRunner:
         try:
             while activation.park_error is None and budget > 0:
                 inline = self._inline_candidates(instance, fresh)[:budget]
+                if len(inline) > 1:
+                    # Parallel transactional steps take the queue: each its own
+                    # transaction, fenced by its own task's lease.
+                    inline = [e for e in inline if not self._transactional(e)]
                 if not inline:
                     break
                 split = pending.index(inline[0])
@@ -300,7 +319,12 @@ class WorkflowTaskRunner:
                     # Record what came before these activities first, keeping the lease,
                     # so a crash during them repeats nothing that had finished.
                     moved = await self._commit(
-                        progress, pending[:split], retries, keep=True, next_seq=inline[0].seq
+                        progress,
+                        pending[:split],
+                        retries,
+                        keep=True,
+                        next_seq=inline[0].seq,
+                        instance=instance,
                     )
                     pending, retries = pending[split:], {}
                     if moved:
@@ -311,7 +335,20 @@ class WorkflowTaskRunner:
                         continue
                 budget -= len(inline)
                 self.counters["inline_activities"] += len(inline)
-                outcomes = await self._run_inline(claim, inline, keeper, task)
+                if self._transactional(inline[0]):
+                    outcome, recorded = await self._run_transactional(
+                        claim, progress, instance, pending, retries, inline[0], keeper, task
+                    )
+                    keeper.check()
+                    if recorded:
+                        # Its transaction recorded everything pending and its result.
+                        activation = self._apply(instance, recorded, clock.now())
+                        pending, retries, settled = list(activation.new_events), {}, 0
+                        fresh = activation.new_events
+                        continue
+                    outcomes = [outcome]
+                else:
+                    outcomes = await self._run_inline(claim, inline, keeper, task)
                 keeper.check()
                 now = clock.now()
                 resolutions: list[Event] = []
@@ -337,11 +374,18 @@ class WorkflowTaskRunner:
                 # recorded first, so a retry after the fix does not run them again.
                 done = pending[:settled]
                 await self._commit(
-                    progress, done, retries, keep=True, next_seq=_next_seq(done, progress)
+                    progress,
+                    done,
+                    retries,
+                    keep=True,
+                    next_seq=_next_seq(done, progress),
+                    instance=instance,
                 )
             await self.park(claim, ErrorInfo.from_exception(error, attempts=claim.attempt), task)
             return
-        await self._commit(progress, pending, retries, keep=False, next_seq=instance.next_seq)
+        await self._commit(
+            progress, pending, retries, keep=False, next_seq=instance.next_seq, instance=instance
+        )
         if self.sticky is not None and not instance.finished:
             context = _trace_context(claim, cached)
             self.sticky.keep(claim, instance, progress.history_length, context)
@@ -375,6 +419,67 @@ class WorkflowTaskRunner:
             return [await attempts[0]]
         return await _all(attempts)
 
+    def _transactional(self, scheduled: ActivityScheduled) -> bool:
+        return self.activities.activities[scheduled.name].transactional
+
+    async def _run_transactional(
+        self,
+        claim: WorkflowTaskClaim,
+        progress: _Progress,
+        instance: WorkflowInstance,
+        pending: list[Event],
+        retries: dict[int, ActivityTaskSpec],
+        scheduled: ActivityScheduled,
+        keeper: LeaseKeeper,
+        task: WorkflowTask | None,
+    ) -> tuple[AttemptOutcome, list[Event]]:
+        """Attempt 1 of a transactional step run inline. On success its transaction
+        committed ``pending`` and the step's ActivityCompleted, keeping the workflow
+        task's lease (fenced by it); returns that event and the inbox events the commit
+        moved, to apply in that order. Else returns [] and the outcome to handle as any
+        inline attempt's (nothing was written)."""
+        wf = claim.workflow
+        runner = self.activities
+        written: list[Event] = []
+        outbox: list[OutboxMessage] = []
+        lease_for = self.lease
+
+        def record(output: msgspec.Raw) -> WorkflowTaskCommit:
+            done = ActivityCompleted(
+                seq=scheduled.seq, output=output, attempt=1, at=self.store.clock.now()
+            )
+            written[:] = [*pending, done]
+            outbox[:] = outbox_for(written, instance, progress.lease, self.sharder, lease_for)
+            return build_commit(
+                progress.lease,
+                progress.history_length,
+                progress.next_seq,
+                instance.next_seq,
+                written,
+                retries,
+                keep_lease=lease_for,
+                outbox=outbox,
+            )
+
+        outcome = await runner.attempt(
+            runner.activities[scheduled.name],
+            scheduled.input,
+            keeper,
+            runner.info(claim.lease, wf.name, scheduled.name, scheduled.seq, 1),
+            scheduled.at,
+            inline=True,
+            trace_context=None if task is None else task.trace_context,
+            record=record,
+        )
+        if outcome.recorded is None:
+            return outcome, []
+        await self._deliver(progress.lease, outbox)
+        self.counters["commits"] += 1
+        moved = outcome.recorded
+        progress.history_length += len(written) + len(moved)
+        progress.next_seq = instance.next_seq
+        return outcome, [written[-1], *moved]
+
     def _inline_candidates(
         self, instance: WorkflowInstance, fresh: list[Event]
     ) -> list[ActivityScheduled]:
@@ -397,8 +502,12 @@ class WorkflowTaskRunner:
         *,
         keep: bool,
         next_seq: int,
+        instance: WorkflowInstance,
     ) -> list[Event]:
-        """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back."""
+        """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back.
+        Messages to other workflows (child workflows) go into the outbox in the same
+        commit and are delivered from here at once (see flows_core._children)."""
+        outbox = outbox_for(events, instance, progress.lease, self.sharder, self.lease)
         commit = build_commit(
             progress.lease,
             progress.history_length,
@@ -407,9 +516,11 @@ class WorkflowTaskRunner:
             events,
             retries,
             keep_lease=self.lease if keep else None,
+            outbox=outbox,
         )
         write = group_writes(self.store).commit_workflow_task
         moved = await self.activities.write_fenced(write, commit)
+        await self._deliver(progress.lease, outbox)
         self.counters["commits"] += 1
         if commit.status is not WorkflowStatus.RUNNING:  # once: the write is fenced
             self.observer.workflow_finished(
@@ -418,6 +529,15 @@ class WorkflowTaskRunner:
         progress.history_length += len(events) + len(moved)
         progress.next_seq = next_seq
         return moved
+
+    async def _deliver(self, lease: Lease, outbox: list[OutboxMessage]) -> None:
+        """Deliver the first messages a commit just wrote (the rest go to claims)."""
+        if not outbox:
+            return
+        if len(outbox) > INLINE_DELIVERIES:
+            self.outbox_left()
+        inline = records_of(lease, outbox[:INLINE_DELIVERIES])
+        self.counters["outbox_delivered"] += await deliver_all(self.store, inline)
 
 
 def _trace_context(claim: WorkflowTaskClaim, cached: CachedWorkflow | None) -> TraceContext | None:

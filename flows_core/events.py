@@ -29,6 +29,11 @@ __all__ = [
     "ActivityFailedEvent",
     "ActivityScheduled",
     "CancelRequested",
+    "ChildCancelRequested",
+    "ChildEndStatus",
+    "ChildSignalRequested",
+    "ChildStartRequested",
+    "ChildWorkflowEnded",
     "DEADLINE_SEQ",
     "Event",
     "PatchMarker",
@@ -45,6 +50,8 @@ __all__ = [
     "WorkflowTerminatedEvent",
     "decode_event",
     "decode_events",
+    "ParentClosePolicy",
+    "ParentRef",
     "encode_event",
     "event_summary",
 ]
@@ -52,6 +59,15 @@ __all__ = [
 
 class _Base(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     at: datetime
+
+
+class ParentRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The parent of a child workflow: where its completion notice goes (the parent's
+    own tenant, id and shard key) and the parent's step (``seq``) that awaits it."""
+
+    workflow_id: str
+    shard_key: str
+    seq: int
 
 
 class WorkflowStarted(_Base, tag="workflow_started", frozen=True, omit_defaults=True):
@@ -73,6 +89,8 @@ class WorkflowStarted(_Base, tag="workflow_started", frozen=True, omit_defaults=
     written by the Engine's observer, e.g. ``flows_observe.otel``): every workflow task
     and activity attempt is traced as a descendant of it, in any worker, after any
     crash. None when the start was not traced."""
+    parent: ParentRef | None = None
+    """Set on a child workflow (``ctx.start_child``): its end is reported to this parent."""
 
 
 class ActivityScheduled(_Base, tag="activity_scheduled", frozen=True):
@@ -142,6 +160,54 @@ class PatchMarker(_Base, tag="patch_marker", frozen=True):
     position: int
 
 
+ParentClosePolicy = Literal["terminate", "cancel", "abandon"]
+
+
+class ChildStartRequested(_Base, tag="child_start_requested", frozen=True):
+    """Command: the workflow starts child workflow ``workflow_id`` (``ctx.start_child``).
+    The start travels through the sender's outbox; the child's end comes back as a
+    ChildWorkflowEnded with this ``seq``."""
+
+    seq: int
+    name: str
+    version: int
+    workflow_id: str
+    input: msgspec.Raw
+    parent_close_policy: ParentClosePolicy = "terminate"
+
+
+class ChildSignalRequested(_Base, tag="child_signal_requested", frozen=True):
+    """Command: the workflow signals its child ``workflow_id`` (delivered once)."""
+
+    seq: int
+    workflow_id: str
+    name: str
+    payload: msgspec.Raw
+
+
+class ChildCancelRequested(_Base, tag="child_cancel_requested", frozen=True):
+    """Command: the workflow asks its child ``workflow_id`` to cancel."""
+
+    seq: int
+    workflow_id: str
+    reason: str = ""
+
+
+ChildEndStatus = Literal["completed", "failed", "cancelled", "terminated"]
+
+
+class ChildWorkflowEnded(_Base, tag="child_workflow_ended", frozen=True):
+    """Resolution of a ChildStartRequested: how the child ended (from its completion
+    notice, or ``failed`` when it could not be started)."""
+
+    seq: int
+    workflow_id: str
+    status: ChildEndStatus
+    output: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+    """The child's output (completed), else null."""
+    error: ErrorInfo | None = None
+
+
 class CancelRequested(_Base, tag="cancel_requested", frozen=True):
     reason: str = ""
 
@@ -184,6 +250,10 @@ Event = (
     | WorkflowFailedEvent
     | WorkflowCancelledEvent
     | WorkflowTerminatedEvent
+    | ChildStartRequested
+    | ChildSignalRequested
+    | ChildCancelRequested
+    | ChildWorkflowEnded
 )
 
 _encoder: Final = msgspec.json.Encoder()
@@ -248,6 +318,18 @@ def event_summary(event: Event) -> str:
             return f"#{event.seq} step cancelled ({event.reason})"
         case PatchMarker():
             return f"#{event.position} patch {event.patch_id!r}: new path"
+        case ChildStartRequested():
+            return (
+                f"#{event.seq} child {event.name} v{event.version} {event.workflow_id!r} "
+                f"started input={_short(event.input)}"
+            )
+        case ChildSignalRequested():
+            return f"#{event.seq} signal {event.name!r} to child {event.workflow_id!r}"
+        case ChildCancelRequested():
+            return f"#{event.seq} cancel child {event.workflow_id!r}"
+        case ChildWorkflowEnded():
+            what = _short(event.output) if event.status == "completed" else str(event.error)
+            return f"#{event.seq} child {event.workflow_id!r} {event.status}: {what}"
         case CancelRequested():
             return f"cancel requested{': ' + event.reason if event.reason else ''}"
         case WorkflowCompleted():

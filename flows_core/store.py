@@ -25,7 +25,7 @@ decides what to append and which tasks to create.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, Protocol, runtime_checkable
@@ -73,6 +73,9 @@ __all__ = [
     "Lease",
     "ListQuery",
     "NewWorkflow",
+    "Outbox",
+    "OutboxMessage",
+    "OutboxRecord",
     "PendingStart",
     "PendingStartClaim",
     "PendingStartLease",
@@ -82,6 +85,8 @@ __all__ = [
     "TERMINAL_STATUSES",
     "TerminateOutcome",
     "TimerTaskSpec",
+    "TransactionalActivities",
+    "TransactionWrite",
     "WorkerInfo",
     "WorkflowRecord",
     "WorkflowStatus",
@@ -306,6 +311,28 @@ class TimerTaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     fire_at: datetime
 
 
+class OutboxMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A message to another workflow, written into the sender's outbox (on the sender's
+    shard key) in the sender's own commit; ``body`` is flows_core's (the store keeps it
+    as JSON and knows nothing of it). ``delay``: ``claim_outbox`` leaves it alone this
+    long (the committing worker delivers it itself first)."""
+
+    message_id: str
+    """A UUID, unique per message."""
+    body: msgspec.Raw
+    delay: timedelta = timedelta(0)
+
+
+class OutboxRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored outbox message and its sender (``shard_key`` is the sender's)."""
+
+    tenant_id: str
+    workflow_id: str
+    shard_key: str
+    message_id: str
+    body: msgspec.Raw
+
+
 class WorkflowTaskCommit(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome of one workflow task, applied atomically.
 
@@ -336,6 +363,9 @@ class WorkflowTaskCommit(msgspec.Struct, frozen=True, kw_only=True):
     of ``keep_lease`` to run as it is (PostgreSQL does: the row update is then
     heap-only); the claim's attempt count is reset either way. Such a commit need not
     move the row's ``updated_at`` either."""
+    outbox: list[OutboxMessage] = []
+    """Messages to other workflows, written in the same transaction into the outbox
+    under the lease's shard key (``Outbox``); only if the commit is written."""
 
 
 class ActivityResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -641,6 +671,40 @@ class EagerStart(Protocol):
         attempt 1, the row as written and the history ``[new.started]``. A later claim
         of the task after the lease expires counts as attempt 2 (the claimant crashed).
         No work notification is needed (nothing is claimable)."""
+        ...
+
+
+@runtime_checkable
+class Outbox(Protocol):
+    """A store capability every adapter has (memory, PostgreSQL, Citus): the per-shard
+    outbox that carries messages between workflows (child starts, signals and cancels
+    to children, completion notices to parents), and once-only inbox delivery.
+
+    A sender writes its messages in its own commit (``WorkflowTaskCommit.outbox``); a
+    worker delivers each one with ordinary single-workflow writes on the target, each
+    idempotent, then deletes it. A crash between the two repeats the delivery, which
+    changes nothing. Nothing here spans two workflows' rows in one transaction."""
+
+    async def claim_outbox(
+        self, shard_keys: Sequence[str] | None, limit: int, lease: timedelta
+    ) -> list[OutboxRecord]:
+        """Up to ``limit`` messages due (their ``delay`` passed, no live claim) under
+        ``shard_keys`` (None: any), oldest first, each hidden from other claims for
+        ``lease``, skipping rows another transaction holds."""
+        ...
+
+    async def delete_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        """Delete delivered messages (those already gone are ignored)."""
+        ...
+
+    async def deliver_once(
+        self, tenant_id: str, workflow_id: str, event: Event, key: str, *, tx: Any = None
+    ) -> bool:
+        """Put ``event`` (a SignalReceived or ChildWorkflowEnded) in the inbox and
+        ensure a workflow task, in one transaction, unless ``key`` was delivered to this
+        workflow before: then nothing is written and False is returned. The keys are
+        kept with the workflow and deleted with it (``prune``). WorkflowNotFound, or
+        WorkflowNotRunning if terminal and the key is new."""
         ...
 
 
@@ -964,6 +1028,52 @@ class GroupCommit(Protocol):
     ) -> list[WorkflowTaskClaim | Exception | None]:
         """Each start: None (or, leased, its claim), or its error (WorkflowAlreadyExists
         for an id taken before or earlier in the same call)."""
+        ...
+
+
+TransactionWrite = WorkflowTaskCommit | ActivityResult
+"""What a transactional activity's transaction records: the workflow task's commit
+(the step ran inline, fenced by the workflow task's lease; ``keep_lease`` set) or the
+queued activity task's result (fenced by the activity task's lease)."""
+
+
+@runtime_checkable
+class TransactionalActivities(Protocol):
+    """An OPTIONAL store capability: run a transactional activity's function and record
+    its result in ONE transaction of the store's database (exactly-once effects).
+
+    Memory (a stand-in: ``flows_memory.MemoryTransaction``), PostgreSQL and Citus have
+    it. A Worker serving a transactional activity refuses a store without it.
+    """
+
+    async def run_transaction(
+        self,
+        body: Callable[[Any], Any],
+        finish: Callable[[Any], TransactionWrite],
+        *,
+        sync: bool,
+        pool: Any = None,
+    ) -> list[Event]:
+        """Open a transaction (on a connection of ``pool``, an application pool of the
+        same database, or of the store), call ``body(conn)`` (``sync``: in a thread, on a
+        sync connection; else awaited), pass its return value to ``finish`` and write
+        what it returns on the same connection, fenced by that write's lease, then commit
+        once. Returns what the write returns (``commit_workflow_task``: the inbox events
+        moved into the history; ``complete_activity``: []).
+
+        Nothing is committed when anything fails, and the exception propagates after the
+        rollback: ``body``'s or ``finish``'s own exception; LeaseLost when the fence
+        refuses the write (another claimant took over); TransactionConflict (its driver
+        error as ``__cause__``) when the database aborted the transaction with a
+        serialization failure or a deadlock; a cancellation of the call (a timeout)
+        cancels the running query and rolls back. A cancellation that arrives once the
+        write has started waits for the commit to end (its outcome is kept either way:
+        the fences decide)."""
+        ...
+
+    async def check_transaction_pool(self, pool: Any) -> None:
+        """Refuse (InvalidArgument, naming both) an application pool that is not of a
+        kind this store takes or that points at another database than the store's."""
         ...
 
 

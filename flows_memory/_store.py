@@ -28,6 +28,7 @@ import uuid6
 from flows_core import (
     Clock,
     ErrorInfo,
+    InvalidArgument,
     LeaseLost,
     ScheduleNotFound,
     SystemClock,
@@ -56,6 +57,7 @@ from flows_core.store import (
     Lease,
     ListQuery,
     NewWorkflow,
+    OutboxRecord,
     ScheduleAdvance,
     ScheduleClaim,
     ScheduleLease,
@@ -63,6 +65,7 @@ from flows_core.store import (
     StartRequest,
     StoreStats,
     TerminateOutcome,
+    TransactionWrite,
     WorkerInfo,
     WorkflowRecord,
     WorkflowStatus,
@@ -83,6 +86,7 @@ from flows_core.store import (
 )
 
 from ._debounce import MemoryDebounce
+from ._transaction import AppTables, MemoryTransaction
 
 __all__ = ["FaultHook", "MemoryStore"]
 
@@ -157,6 +161,9 @@ class _Workflow:
     cancel_requested: bool = False
     workflow_task: _Task | None = None
     step_tasks: dict[int, _Task] = field(default_factory=dict)
+    delivered: dict[str, datetime] = field(default_factory=dict)
+    """Keys of ``deliver_once`` deliveries and when they came (gone with the workflow, or
+    at a ``prune`` whose age they passed)."""
 
     @classmethod
     def new(cls, new: NewWorkflow, now: datetime) -> _Workflow:
@@ -222,12 +229,18 @@ class MemoryStore(MemoryDebounce):
         """Per shard: timers not yet due at the last look, keyed by (visible_at, order)."""
         self._timer_due: dict[str, list[_Entry]] = {}
         """Per shard: due timers, keyed by (visible_at, order)."""
+        self._outbox: dict[tuple[str, str], tuple[datetime, OutboxRecord]] = {}
+        """(shard key, message id) -> (due at, message): the per-shard outbox."""
         self._pushes = 0
         self._schedules: dict[tuple[str, str], _Schedule] = {}
         self._pending_starts = {}
         self._newest_window = {}
         self.operations = 0
         """Number of write operations applied (a stand-in for transactions)."""
+        self.app_tables = AppTables()
+        """The application's rows of the transactional-activity stand-in
+        (``MemoryTransaction``); ``app_tables.table(name)`` reads one table."""
+        self._committing: MemoryTransaction | None = None
 
     @property
     def clock(self) -> Clock:
@@ -504,6 +517,57 @@ class MemoryStore(MemoryDebounce):
         self._changed(wf, work=True)
         self._fault("signal_workflow", "after")
 
+    async def deliver_once(
+        self, tenant_id: str, workflow_id: str, event: Event, key: str, *, tx: Any = None
+    ) -> bool:
+        """``flows_core.store.Outbox.deliver_once``."""
+        kept = self._received("deliver_once", event, tx)
+        stored_text(key, "delivery key")
+        wf = self._find(tenant_id, workflow_id)
+        if wf is not None and key in wf.delivered:
+            return False
+        signal_outcome(tenant_id, workflow_id, None if wf is None else wf.status)
+        assert wf is not None
+        wf.delivered[key] = self._clock.now()
+        wf.inbox.append(kept)
+        self._ensure_workflow_task(wf)
+        self._changed(wf, work=True)
+        self._fault("deliver_once", "after")
+        return True
+
+    async def claim_outbox(
+        self, shard_keys: Sequence[str] | None, limit: int, lease: timedelta
+    ) -> list[OutboxRecord]:
+        """``flows_core.store.Outbox.claim_outbox``."""
+        if limit <= 0:
+            return []
+        self._fault("claim_outbox", "before")
+        now = self._clock.now()
+        shards = None if shard_keys is None else set(shard_keys)
+        due = sorted(
+            (when, key)
+            for key, (when, _) in self._outbox.items()
+            if when <= now and (shards is None or key[0] in shards)
+        )[:limit]
+        claimed = []
+        for _, key in due:
+            record = self._outbox[key][1]
+            self._outbox[key] = (now + lease, record)
+            claimed.append(record)
+        self._fault("claim_outbox", "after")
+        return claimed
+
+    async def delete_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        """``flows_core.store.Outbox.delete_outbox``."""
+        self._fault("delete_outbox", "before")
+        for record in records:
+            self._outbox.pop((record.shard_key, record.message_id), None)
+        self._fault("delete_outbox", "after")
+
+    def outbox_size(self) -> int:
+        """Messages in the outbox (test helper)."""
+        return len(self._outbox)
+
     async def cancel_workflow(
         self, tenant_id: str, workflow_id: str, event: CancelRequested, *, tx: Any = None
     ) -> CancelOutcome:
@@ -712,6 +776,18 @@ class MemoryStore(MemoryDebounce):
             stored_payload(spec.input, "activity input")
             if spec.last_error is not None:
                 stored_error(spec.last_error, "activity error")
+        for message in commit.outbox:
+            stored_payload(message.body, "outbox message")
+            self._outbox[(wf.shard_key, message.message_id)] = (
+                now + message.delay,
+                OutboxRecord(
+                    tenant_id=wf.tenant_id,
+                    workflow_id=wf.workflow_id,
+                    shard_key=wf.shard_key,
+                    message_id=message.message_id,
+                    body=message.body,
+                ),
+            )
         grew = bool(wf.inbox)
         wf.history.extend(events)
         wf.next_seq = commit.next_seq
@@ -753,6 +829,7 @@ class MemoryStore(MemoryDebounce):
                 self._delete(task)
                 wf.workflow_task = None
         self._changed(wf, work=True)
+        self._commit_transaction()
         self._fault("commit_workflow_task", "after")
         return moved
 
@@ -813,6 +890,7 @@ class MemoryStore(MemoryDebounce):
         self._delete(task)
         self._ensure_workflow_task(wf)
         self._changed(wf, work=True)
+        self._commit_transaction()
         self._fault("complete_activity", "after")
 
     # -- group commit (flows_core.store.GroupCommit): each item on its own, in order --
@@ -838,6 +916,62 @@ class MemoryStore(MemoryDebounce):
                 leased = self.start_workflow_leased(start.new, owner=start.owner, lease=start.lease)
                 outcomes.append(await _outcome(leased))
         return outcomes
+
+    # -- transactional activities (flows_core.store.TransactionalActivities) --
+
+    async def run_transaction(
+        self,
+        body: Callable[[Any], Any],
+        finish: Callable[[Any], TransactionWrite],
+        *,
+        sync: bool,
+        pool: Any = None,
+    ) -> list[Event]:
+        """The stand-in transaction: ``body`` gets a ``MemoryTransaction`` whose writes
+        are applied in the same step as the fenced write of ``finish``'s result (inside
+        ``commit_workflow_task`` / ``complete_activity``, before their "after" fault
+        point: a fault there is a crash after the commit), or dropped."""
+        if pool is not None:
+            await self.check_transaction_pool(pool)
+        tx = MemoryTransaction(self.app_tables)
+        try:
+            result = await asyncio.to_thread(body, tx) if sync else await body(tx)
+            write = finish(result)
+            tx.check()
+            self._committing = tx
+            if isinstance(write, ActivityResult):
+                await self.complete_activity(write)
+                return []
+            return await self.commit_workflow_task(write)
+        finally:
+            self._committing = None
+            tx.end()
+
+    async def transaction(self, work: Callable[[MemoryTransaction], Any]) -> Any:
+        """Run ``work(tx)`` and commit its writes to the application tables on their
+        own (the application's own transaction, outside any activity); returns what
+        ``work`` returns. TransactionConflict if a row it touched changed meanwhile."""
+        tx = MemoryTransaction(self.app_tables)
+        try:
+            result = work(tx)
+            tx.check()
+            tx.apply()
+            return result
+        finally:
+            tx.end()
+
+    async def check_transaction_pool(self, pool: Any) -> None:
+        raise InvalidArgument(
+            f"MemoryStore takes no transaction_pool (got {type(pool).__name__}): its "
+            "transactional activities get a flows_memory.MemoryTransaction stand-in"
+        )
+
+    def _commit_transaction(self) -> None:
+        """Apply the staged writes of the transactional activity whose result is being
+        written (in the same step as that write)."""
+        tx, self._committing = self._committing, None
+        if tx is not None:
+            tx.apply()
 
     async def retry_activity(self, retry: ActivityRetry) -> None:
         self._fault("retry_activity", "before")
@@ -961,6 +1095,9 @@ class MemoryStore(MemoryDebounce):
             for task in [t for t in self._tasks.values() if t.key == key]:
                 self._delete(task)
             del self._workflows[(wf.tenant_id, wf.workflow_id)]
+        for wf in self._workflows.values():
+            if wf.delivered:
+                wf.delivered = {k: at for k, at in wf.delivered.items() if at >= horizon}
         if old:
             self.operations += 1
         self._fault("prune", "after")

@@ -503,6 +503,13 @@ class SqlStore(ABC):
         ops = await self._client_ops()
         return await self._drive(ops.terminate(tenant_id, workflow_id, event), tx)
 
+    async def deliver_once(
+        self, tenant_id: str, workflow_id: str, event: Event, key: str, *, tx: Any = None
+    ) -> bool:
+        """``flows_core.store.Outbox.deliver_once``."""
+        ops = await self._client_ops()
+        return await self._drive(ops.deliver_once(tenant_id, workflow_id, event, key), tx)
+
     async def retry_workflow(self, tenant_id: str, workflow_id: str) -> bool:
         ops = await self._client_ops()
         return await self._drive(ops.retry(tenant_id, workflow_id))

@@ -35,11 +35,12 @@ from flows_core.store import (
     signal_outcome,
     stored_event,
     stored_payload,
+    stored_text,
     terminate_outcome,
     terminated_error,
 )
 
-from . import _sql
+from . import _sql, _sql_children
 from ._base import WORKER_HORIZON, Batch, Op, Rows, Statements, Step
 from ._records import error_text, record_from_row, utc
 
@@ -149,6 +150,24 @@ class ClientOps(ABC):
             raise WorkflowNotFound(workflow_id, tenant_id)
         return _status(before) == WorkflowStatus.PARKED
 
+    def deliver_once(self, tenant_id: str, workflow_id: str, event: Event, key: str) -> Op[bool]:
+        """``Outbox.deliver_once``: True if delivered now, False if ``key`` was seen."""
+        params = self.event_params(tenant_id, workflow_id, event)
+        params["key"] = stored_text(key, "delivery key")
+        results = yield self.deliver_once_batch(params)
+        status = _status(results[0])
+        if status is None:
+            raise WorkflowNotFound(workflow_id, tenant_id)
+        if any(row.get("seen") for rows in results for row in rows):
+            return False
+        signal_outcome(tenant_id, workflow_id, status)
+        return True
+
+    def deliver_once_batch(self, params: dict[str, Any]) -> Batch:
+        """Deliver once: the first statement's rows hold the locked row's status (none:
+        not found), a row of some statement ``seen`` (the key was there)."""
+        raise NotImplementedError
+
     def get(self, tenant_id: str, workflow_id: str) -> Op[WorkflowRecord]:
         (rows, *_) = yield self.get_batch(self.where(tenant_id, workflow_id))
         if not rows:
@@ -227,3 +246,9 @@ class PostgresOps(ClientOps):
 
     def get_batch(self, params: dict[str, Any]) -> Batch:
         return [Step(self.st(_sql.GET_WORKFLOW), params)]
+
+    def deliver_once_batch(self, params: dict[str, Any]) -> Batch:
+        return [
+            Step(self.st(_sql_children.DELIVER_LOCK), params),
+            Step(self.st(_sql_children.DELIVER_ONCE), params),
+        ]

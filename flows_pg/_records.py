@@ -19,6 +19,7 @@ from flows_core.store import (
     CachedHistory,
     ClaimedTask,
     Lease,
+    OutboxRecord,
     StoreStats,
     WorkflowRecord,
     WorkflowStatus,
@@ -36,6 +37,7 @@ __all__ = [
     "commit_refused",
     "error_text",
     "lease_lost",
+    "outbox_record",
     "raw",
     "record_from_row",
     "store_stats",
@@ -228,3 +230,14 @@ def commit_refused(commit: WorkflowTaskCommit, fence: Mapping[str, Any]) -> Leas
             f"the commit was decided on {commit.claimed_history_length}"
         )
     return LeaseLost(f"task {lease.task_id} is not a workflow task")
+
+
+def outbox_record(row: Mapping[str, Any]) -> OutboxRecord:
+    """An ``OutboxRecord`` from a claimed outbox row."""
+    return OutboxRecord(
+        tenant_id=row["tenant_id"],
+        workflow_id=row["workflow_id"],
+        shard_key=row["shard_key"],
+        message_id=str(row["message_id"]),
+        body=msgspec.Raw(row["body"].encode()),
+    )

@@ -25,14 +25,15 @@ from flows_core.store import (
     ClaimRequest,
     Lease,
     ListQuery,
+    OutboxRecord,
     StoreStats,
     WorkflowRecord,
     WorkflowTaskCommit,
     stored_event,
 )
 
-from . import _fsck_sql, _sql
-from ._base import Batch, Op, Step
+from . import _fsck_sql, _sql, _sql_children
+from ._base import Batch, Op, Rows, Step
 from ._client_ops import ClientOps, PostgresOps
 from ._debounce import DebounceSqlStore
 from ._fsck import FsckSqlStore
@@ -44,13 +45,14 @@ from ._records import (
     commit_params,
     commit_refused,
     error_text,
-    lease_lost,
+    outbox_record,
     record_from_row,
     store_stats,
     utc,
 )
 from ._schedules import ScheduleSqlStore
 from ._sql_schedules import schedule_statements
+from ._txact import Outcome, TransactionalSqlStore, fenced_outcome
 
 __all__ = ["PostgresStore"]
 
@@ -63,7 +65,9 @@ def _sharded(template: str, sharded: bool) -> str:
     return template.replace("{shards}", _SHARDS_FILTER if sharded else "")
 
 
-class PostgresStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSqlStore):
+class PostgresStore(
+    TransactionalSqlStore, GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSqlStore
+):
     """Store on PostgreSQL.
 
     ``PostgresStore(dsn)`` or ``PostgresStore(pool)``: see ``SqlStore`` for the pool,
@@ -140,22 +144,37 @@ class PostgresStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, Debounc
         return [claimed_task(row) for row in await self._run_one(statement, params)]
 
     @grouped
-    async def commit_workflow_task(self, commit: WorkflowTaskCommit) -> list[Event]:
-        return await self._drive(self._commit_op(commit))
+    async def commit_workflow_task(
+        self, commit: WorkflowTaskCommit, *, tx: Any = None
+    ) -> list[Event]:
+        """``tx``: run it in that open transaction (a transactional activity's)."""
+        return await self._drive(self._commit_op(commit), tx)
 
     def _commit_op(self, commit: WorkflowTaskCommit) -> Op[list[Event]]:
-        """The commit: one statement (also an item of a group commit)."""
+        """The commit as an operation (also an item of a group commit)."""
+        batch, outcome = self._commit_batch(commit)
+        return outcome((yield batch))
+
+    def _commit_batch(self, commit: WorkflowTaskCommit) -> tuple[Batch, Outcome[list[Event]]]:
+        """The commit: one statement, and how to read its outcome."""
         keep = commit.keep_lease is not None
         acts, timers, drops = commit.activity_tasks, commit.timers, commit.drop_seqs
         params = commit_params(commit, self.statements.lease_params(commit.lease))
         shape = {"activities": bool(acts), "timers": bool(timers), "drops": bool(drops)}
         statement = self.statements(_sql.commit_sql(keep=keep, **shape))
-        (rows,) = yield [Step(statement, params)]
-        row = rows[0]
-        if row["done"]:
-            moved = row["moved"]
-            return [] if moved is None else decode_events(moved)
-        raise commit_refused(commit, row)
+        steps = [Step(statement, params)]
+        if commit.outbox:  # its messages first, under the same fence, in one transaction
+            params.update(_sql_children.outbox_params(commit))
+            steps.insert(0, Step(self.statements(_sql_children.COMMIT_OUTBOX), params))
+
+        def outcome(results: list[Rows]) -> list[Event]:
+            row = results[-1][0]
+            if row["done"]:
+                moved = row["moved"]
+                return [] if moved is None else decode_events(moved)
+            raise commit_refused(commit, row)
+
+        return steps, outcome
 
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
         params = self.statements.lease_params(lease)
@@ -163,16 +182,21 @@ class PostgresStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, Debounc
         await self._fenced(lease, [Step(self.statements(_sql.PARK), params)])
 
     @grouped
-    async def complete_activity(self, result: ActivityResult) -> None:
-        await self._drive(self._complete_op(result))
+    async def complete_activity(self, result: ActivityResult, *, tx: Any = None) -> None:
+        """``tx``: run it in that open transaction (a transactional activity's)."""
+        await self._drive(self._complete_op(result), tx)
 
     def _complete_op(self, result: ActivityResult) -> Op[None]:
-        """The activity result: one statement (also an item of a group commit)."""
+        """The activity result as an operation (also an item of a group commit)."""
+        batch, outcome = self._complete_batch(result)
+        outcome((yield batch))
+
+    def _complete_batch(self, result: ActivityResult) -> tuple[Batch, Outcome[None]]:
         params = self.statements.lease_params(result.lease)
         params.update(event=stored_event(result.event), wf_task_id=uuid6.uuid7())
-        (rows,) = yield [Step(self.statements(_sql.COMPLETE_ACTIVITY), params)]
-        if not rows or not rows[0]["done"]:
-            raise lease_lost(result.lease)
+        return [Step(self.statements(_sql.COMPLETE_ACTIVITY), params)], fenced_outcome(
+            result.lease, 0
+        )
 
     async def fire_due_timers(self, shard_keys: Sequence[str] | None, limit: int) -> int:
         if limit <= 0 or (shard_keys is not None and not shard_keys):
@@ -201,7 +225,32 @@ class PostgresStore(GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, Debounc
         if limit <= 0:
             return 0
         params = {"age": max(older_than, timedelta(0)), "limit": limit}
-        return int((await self._run_one(self.statements(_sql.PRUNE), params))[0]["pruned"])
+        batch = [
+            Step(self.statements(_sql.PRUNE), params),
+            Step(self.statements(_sql_children.PRUNE_KEYS), params),
+        ]
+        return int((await self._run(batch))[0][0]["pruned"])
+
+    # -- the outbox (flows_core.store.Outbox; see flows_core._children) --
+
+    async def claim_outbox(
+        self, shard_keys: Sequence[str] | None, limit: int, lease: timedelta
+    ) -> list[OutboxRecord]:
+        if limit <= 0 or (shard_keys is not None and not shard_keys):
+            return []
+        filtered = "AND o.shard_key = ANY(%(shards)s::text[])" if shard_keys is not None else ""
+        statement = self.statements(_sql_children.CLAIM_OUTBOX.replace("{shards}", filtered))
+        params = {
+            "limit": limit,
+            "lease": lease,
+            "shards": None if shard_keys is None else list(shard_keys),
+        }
+        return [outbox_record(row) for row in await self._run_one(statement, params)]
+
+    async def delete_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        if records:
+            params = _sql_children.delete_params(list(records))
+            await self._run_one(self.statements(_sql_children.DELETE_OUTBOX), params)
 
     async def count_workflows(self, tenant_id: str) -> dict[str, int]:
         """``tenant_id``'s workflows per status (``flows_core.store.WorkflowCounts``)."""

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 import psycopg
 
 from flows_core._clock import SystemClock
-from flows_core._codec import DEFAULT_MAX_PAYLOAD_BYTES
+from flows_core._codec import DEFAULT_MAX_PAYLOAD_BYTES, check_name
 from flows_core._definitions import Workflow
-from flows_core._engine import Engine, Planner, WorkflowInfo
+from flows_core._engine import Engine, IfExists, Planner, WorkflowInfo, taken_by_another
+from flows_core._errors import InvalidArgument, WorkflowAlreadyExists
 from flows_core._sharding import Sharder
 from flows_core.store import CancelOutcome, TerminateOutcome
 
@@ -94,12 +95,17 @@ class BaseSyncClient(ABC):
         workflow_id: str | None = None,
         execution_timeout: timedelta | None = None,
         tx: Any = None,
+        if_exists: IfExists = "error",
         debounce: timedelta | None = None,
         debounce_key: str | None = None,
     ) -> str:
         """Start a workflow; returns its id. Validates exactly like ``Engine.start``
-        (``execution_timeout`` too). ``debounce``/``debounce_key``: a debounced start
-        (see ``Engine.start``); returns the id of the workflow its window will start."""
+        (``execution_timeout`` too); ``if_exists="return"`` returns the id of the
+        workflow already there (see ``Engine.start``). ``debounce``/``debounce_key``: a
+        debounced start (see ``Engine.start``); returns the id of the workflow its window
+        will start."""
+        if if_exists not in ("error", "return"):
+            raise InvalidArgument(f"if_exists must be 'error' or 'return', got {if_exists!r}")
         if debounce is not None or debounce_key is not None:
             with self._connection(tx) as conn:
                 self._client_ops(conn)  # Citus: reads the layout that places the key
@@ -117,7 +123,14 @@ class BaseSyncClient(ABC):
         with self._connection(tx) as conn:
             ops = self._client_ops(conn)
             new, _ = self.planner.start(workflow, input, tenant_id, workflow_id, execution_timeout)
-            drive_sync(ops.start(new), conn)
+            try:
+                drive_sync(ops.start(new), conn)
+            except WorkflowAlreadyExists:
+                if if_exists == "error":
+                    raise
+                record = drive_sync(ops.get(new.tenant_id, new.workflow_id), conn)
+                if record.name != new.name:
+                    raise taken_by_another(new.workflow_id, record.name, new.name) from None
         return new.workflow_id
 
     def signal(
@@ -128,11 +141,19 @@ class BaseSyncClient(ABC):
         *,
         tenant_id: str | None = None,
         tx: Any = None,
-    ) -> None:
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Signal a workflow (see ``Engine.signal``, ``idempotency_key`` too); True if it
+        was delivered now."""
         tenant, wf_id, event = self.planner.request(
             workflow_id, tenant_id, lambda: self.planner.signal(name, payload)
         )
-        self._run(tx, lambda ops: ops.signal(tenant, wf_id, event))
+        if idempotency_key is None:
+            self._run(tx, lambda ops: ops.signal(tenant, wf_id, event))
+            return True
+        key = "signal:" + check_name(idempotency_key, "idempotency key")
+        delivered: bool = self._run(tx, lambda ops: ops.deliver_once(tenant, wf_id, event, key))
+        return delivered
 
     def cancel(
         self,

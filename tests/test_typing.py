@@ -12,6 +12,7 @@ mypy_api = pytest.importorskip("mypy.api")
 SNIPPET = textwrap.dedent(
     """
     import msgspec
+    import psycopg
     import flows_core as flows
 
     class ChargeIn(msgspec.Struct):
@@ -29,6 +30,14 @@ SNIPPET = textwrap.dedent(
     def sync_one(n: int) -> str:
         return str(n)
 
+    @flows.activity("reserve", transactional=True)
+    async def reserve(conn: psycopg.AsyncConnection, sku: str) -> int:
+        return 1
+
+    @flows.activity("mark", transactional=True)
+    def mark(conn: psycopg.Connection, n: int) -> str:
+        return str(n)
+
     @flows.workflow("order", version=1)
     async def order(ctx: flows.WorkflowContext, inp: ChargeIn) -> bool:
         paid = await ctx.execute(charge_payment, ChargeIn("c", 1))
@@ -39,6 +48,10 @@ SNIPPET = textwrap.dedent(
         reveal_type(b)
         maybe = await ctx.wait_for_signal("s", int, timeout=5)
         reveal_type(maybe)
+        reserved = await ctx.execute(reserve, "sku")
+        reveal_type(reserved)
+        marked = await ctx.execute(mark, 2)
+        reveal_type(marked)
         await ctx.execute(charge_payment, "wrong")  # line WRONG_INPUT
         return paid.success
 
@@ -71,6 +84,8 @@ def test_mypy_infers_and_rejects(tmp_path: Path) -> None:
     assert revealed("reveal_type(text)") == "str"
     assert revealed("reveal_type(b)") == "snippet.ChargeOut"
     assert revealed("reveal_type(maybe)") == "int | None"
+    assert revealed("reveal_type(reserved)") == "int", "a transactional async activity"
+    assert revealed("reveal_type(marked)") == "str", "a transactional sync activity"
     assert revealed("reveal_type(order)").endswith("Workflow[snippet.ChargeIn, bool]")
     assert revealed("reveal_type(await run.result())") == "bool"
     wrong_input = f"snippet.py:{line_of('WRONG_INPUT')}: error"

@@ -21,6 +21,10 @@ Shapes (``Params.kind``):
 ``outlive``   one activity whose first execution outlives its lease without heartbeating:
               it runs again elsewhere, its result is recorded once
 ``heartbeat`` one activity running for 3 leases, heartbeating: it runs once
+``txact``     activity, then a transactional one that inserts a row in
+              ``<schema>.chaos_tx_effects`` in the transaction that records its result
+                                                            -> completed, sum; the row is
+              there exactly once (the driver counts them), however often the step ran
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ FAST_RETRY = flows.RetryPolicy(
     max_attempts=20,
     jitter=0.1,
 )
-KINDS = ("steps", "retry", "timer", "signal", "gather", "cancel", "fail")
-WEIGHTS = (20, 15, 15, 15, 15, 12, 8)
+KINDS = ("steps", "retry", "timer", "signal", "gather", "cancel", "fail", "txact")
+WEIGHTS = (20, 15, 15, 15, 15, 12, 8, 10)
+TX_EFFECTS_TABLE = "chaos_tx_effects"
 
 
 class Params(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,11 +80,18 @@ def effect_value(v: int) -> int:
 
 
 def create_exec_table_sql(schema: str) -> sql.Composed:
+    """The executions table, and the effect table of the transactional activity."""
     return sql.SQL(
         "CREATE TABLE IF NOT EXISTS {}.{} (id bigserial PRIMARY KEY, workflow_id text NOT NULL, "
         "seq int NOT NULL, name text NOT NULL, attempt int NOT NULL, pid int NOT NULL, "
-        "at timestamptz NOT NULL DEFAULT clock_timestamp())"
-    ).format(sql.Identifier(schema), sql.Identifier(EXEC_TABLE))
+        "at timestamptz NOT NULL DEFAULT clock_timestamp()); "
+        "CREATE TABLE IF NOT EXISTS {}.{} (workflow_id text NOT NULL, seq int NOT NULL)"
+    ).format(
+        sql.Identifier(schema),
+        sql.Identifier(EXEC_TABLE),
+        sql.Identifier(schema),
+        sql.Identifier(TX_EFFECTS_TABLE),
+    )
 
 
 def _insert_sql() -> sql.Composed:
@@ -212,7 +224,21 @@ async def heartbeating(v: int) -> int:
     return effect_value(v)
 
 
-ACTIVITIES = [effect, flaky, doomed, compensate, outlive, heartbeating]
+@flows.activity("chaos-tx", transactional=True, retry=FAST_RETRY)
+async def tx_effect(conn: psycopg.AsyncConnection, v: int) -> int:
+    """Its effect row commits with its result, exactly once (its execution record, on
+    another connection, at least once)."""
+    await record_async()
+    info = flows.activity_info()
+    table = sql.Identifier(os.environ["CHAOS_SCHEMA"], TX_EFFECTS_TABLE)
+    await conn.execute(
+        sql.SQL("INSERT INTO {} (workflow_id, seq) VALUES (%s, %s)").format(table),
+        (info.workflow_id, info.seq),
+    )
+    return effect_value(v)
+
+
+ACTIVITIES = [effect, flaky, doomed, compensate, outlive, heartbeating, tx_effect]
 
 
 # -- workflows --------------------------------------------------------------------------
@@ -293,6 +319,13 @@ async def wf_heartbeat(ctx: flows.WorkflowContext, p: Params) -> int:
     return await ctx.execute(heartbeating, p.i)
 
 
+@flows.workflow("chaos-txact")
+async def wf_txact(ctx: flows.WorkflowContext, p: Params) -> int:
+    a = await ctx.execute(effect, p.i * 10)
+    b = await ctx.execute(tx_effect, p.i * 10 + 1)
+    return a + b
+
+
 WORKFLOWS = {
     "steps": wf_steps,
     "retry": wf_retry,
@@ -303,6 +336,7 @@ WORKFLOWS = {
     "fail": wf_fail,
     "outlive": wf_outlive,
     "heartbeat": wf_heartbeat,
+    "txact": wf_txact,
 }
 
 
@@ -383,4 +417,10 @@ def expected(p: Params) -> Expected:
         return Expected("completed", effect_value(i), activities=("chaos-outlive",))
     if p.kind == "heartbeat":
         return Expected("completed", effect_value(i), activities=("chaos-heartbeat",))
+    if p.kind == "txact":
+        return Expected(
+            "completed",
+            effect_value(i * 10) + effect_value(i * 10 + 1),
+            activities=("chaos-effect", "chaos-tx"),
+        )
     raise ValueError(p.kind)

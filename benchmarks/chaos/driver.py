@@ -62,6 +62,7 @@ from flows_core.events import (
 from .app import (
     EXEC_TABLE,
     KINDS,
+    TX_EFFECTS_TABLE,
     WEIGHTS,
     WORKFLOWS,
     Params,
@@ -166,6 +167,7 @@ class Chaos:
         self.plan: list[tuple[float, str, Params]] = []
         self.params: dict[str, Params] = {}
         self.signals_sent: Counter[str] = Counter()  # signal attempts (incl. ambiguous retries)
+        self.tx_effects: Counter[tuple[str, int]] = Counter()
         self.incarnations: list[Incarnation] = []
         self.slots: dict[int, Incarnation] = {}
         self.quiet = False
@@ -548,6 +550,7 @@ class Chaos:
         st = self.stats
         tenant = self.engine.tenant_for(None)
         execs = await self.fetch_executions()
+        self.tx_effects = await self.fetch_tx_effects()
         by_step: dict[tuple[str, int], list[tuple[str, int, int, float]]] = defaultdict(list)
         for wid, seq, name, attempt, pid, at in execs:
             by_step[(wid, seq)].append((name, attempt, pid, at))
@@ -687,6 +690,13 @@ class Chaos:
                 )
             if not any(isinstance(e, TimerFired) for e in history):
                 problems.append("the 'never' wait did not time out")
+        if p.kind == "txact":
+            rows = self.tx_effects[(wid, 2)]
+            self.stats.numbers["transactional effect rows (expect 1 per step)"] = (
+                self.stats.numbers.get("transactional effect rows (expect 1 per step)", 0) + rows
+            )
+            if rows != 1:
+                problems.append(f"transactional step's effect row is there {rows} times")
         if p.kind == "heartbeat":
             runs = by_step.get((wid, 1), [])
             self.stats.numbers["heartbeating activity executions (expect 1)"] = len(runs)
@@ -710,6 +720,16 @@ class Chaos:
                 ).format(sql.Identifier(SCHEMA), sql.Identifier(EXEC_TABLE))
             )
             return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+
+    async def fetch_tx_effects(self) -> Counter[tuple[str, int]]:
+        """Effect rows of the transactional activity per (workflow, seq)."""
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            cur = await conn.execute(
+                sql.SQL("SELECT workflow_id, seq, count(*) FROM {}.{} GROUP BY 1, 2").format(
+                    sql.Identifier(SCHEMA), sql.Identifier(TX_EFFECTS_TABLE)
+                )
+            )
+            return Counter({(w, int(s)): int(n) for w, s, n in await cur.fetchall()})
 
     def check_executions(
         self,

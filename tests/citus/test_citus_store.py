@@ -20,7 +20,17 @@ from tests.contract.kit import Kit
 
 pytestmark = pytest.mark.citus
 
-TABLES = ("workflows", "history", "inbox", "tasks", "workers", "schedules", "pending_starts")
+TABLES = (
+    "workflows",
+    "history",
+    "inbox",
+    "tasks",
+    "workers",
+    "outbox",
+    "delivery_keys",
+    "schedules",
+    "pending_starts",
+)
 
 
 def distribution(dsn: str, schema: str) -> dict[str, tuple[str, str | None, int]]:
@@ -56,7 +66,7 @@ async def test_migration_is_idempotent_and_targets_the_configured_schema(
     schema = fresh_schema("cm")
     store = CitusStore(citus_dsn, schema=schema)
     try:
-        assert await store.migrate(shards=16) == [1, 2, 3, 4, 9, 10, 13, 14]
+        assert await store.migrate(shards=16) == [1, 2, 3, 4, 5, 6, 9, 10, 13, 14]
         assert await store.migrate(shards=16) == []
         again = CitusStore(citus_dsn, schema=schema)
         assert await again.migrate() == []

@@ -20,12 +20,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
+import uuid6
 from conftest_citus import drop_citus_store, make_citus_store
 
 import flows_citus._fsck_sql as citus_fsck_sql
 import flows_citus._sql as citus_sql
+import flows_citus._sql_children as citus_sql_children
 import flows_citus._sql_debounce as citus_sql_debounce
 import flows_citus._sql_schedules as citus_sql_schedules
 from flows_core import ErrorInfo
@@ -42,6 +45,7 @@ from flows_core.store import (
     ActivityRetry,
     ActivityTaskSpec,
     ListQuery,
+    OutboxMessage,
     PendingStart,
     ScheduleAdvance,
     ScheduleRecord,
@@ -76,7 +80,13 @@ def every_statement(store: Any) -> dict[str, str]:
     ``store``), by name; the listings by their filters."""
     statements = {
         name: store.statements(text)
-        for module in (citus_sql, citus_fsck_sql, citus_sql_schedules, citus_sql_debounce)
+        for module in (
+            citus_sql,
+            citus_fsck_sql,
+            citus_sql_schedules,
+            citus_sql_children,
+            citus_sql_debounce,
+        )
         for name, text in vars(module).items()
         if name.isupper() and not name.startswith("_") and isinstance(text, str) and "{S}" in text
     }
@@ -164,8 +174,14 @@ async def workload(store: Any, kit: Kit) -> None:
         drop_seqs=[7],
         keep_lease=timedelta(seconds=30),
     )
-    await store.commit_workflow_task(commit)
+    message = OutboxMessage(message_id=str(uuid6.uuid7()), body=raw({"to": "someone"}))
+    await store.commit_workflow_task(msgspec.structs.replace(commit, outbox=[message]))
     await store.release(first.lease)
+    outbox = await store.claim_outbox(None, 10, timedelta(seconds=30))
+    assert [m.message_id for m in outbox] == [message.message_id]
+    await store.delete_outbox(outbox)
+    assert await store.deliver_once(kit.tenant, a.workflow_id, kit.signal("go", 2), "k1")
+    assert not await store.deliver_once(kit.tenant, a.workflow_id, kit.signal("go", 3), "k1")
 
     act = await kit.claim_act()
     await store.heartbeat(act.lease, timedelta(seconds=30))
@@ -336,7 +352,7 @@ async def test_every_statement_is_a_router_query(
             evidence.append(f"{name:<40} Task Count: {tasks}, node port {node}")
     print("\n".join(["", f"{len(evidence)} statement shapes EXPLAINed:", *sorted(evidence)]))
     assert not not_router, "\n\n".join(f"{s}\n{p}" for s, p in not_router)
-    assert len(recorder.seen) >= 45
+    assert len(recorder.seen) >= 55
 
 
 async def test_notify_is_sent_by_the_coordinator_session(

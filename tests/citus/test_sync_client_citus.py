@@ -90,3 +90,40 @@ async def test_sync_debounced_start_on_citus(store: Any, citus_dsn: str) -> None
     found = await store.get_pending_start("acme", "sync-citus", "k", shard_key)
     assert found is not None
     assert found.starts == 2
+
+
+def idempotent_calls(dsn: str, schema: str) -> list[Any]:
+    client = SyncClient(dsn, schema=schema, workflows=[waits_for_go])
+    out: list[Any] = []
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        out.append(client.start(waits_for_go, 1, workflow_id="i1", tenant_id="acme", tx=conn))
+        out.append(
+            client.start(
+                waits_for_go, 1, workflow_id="i1", tenant_id="acme", tx=conn, if_exists="return"
+            )
+        )
+        out.append(client.signal("i1", "go", 5, tenant_id="acme", tx=conn, idempotency_key="k"))
+        out.append(client.signal("i1", "go", 6, tenant_id="acme", tx=conn, idempotency_key="k"))
+    out.append(client.signal("i1", "go", 7, tenant_id="acme", idempotency_key="k"))
+    return out
+
+
+async def test_sync_client_idempotent_start_and_signal_on_citus(store: Any, citus_dsn: str) -> None:
+    assert await asyncio.to_thread(idempotent_calls, citus_dsn, store.schema) == [
+        "i1",
+        "i1",
+        True,
+        False,
+        False,
+    ]
+    assert (await store.get_workflow("acme", "i1")).inbox_length == 1
+    engine = flows.Engine(store)
+    async with await psycopg.AsyncConnection.connect(citus_dsn) as conn, conn.transaction():
+        again = await engine.start(
+            waits_for_go, 1, workflow_id="i1", tenant_id="acme", tx=conn, if_exists="return"
+        )
+        assert again.workflow_id == "i1"
+        assert not await engine.signal(
+            "i1", "go", 8, tenant_id="acme", tx=conn, idempotency_key="k"
+        )
+    assert (await store.get_workflow("acme", "i1")).inbox_length == 1

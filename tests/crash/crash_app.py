@@ -7,10 +7,13 @@ Run as a worker process::
 MODE is ``normal`` (it also serves ``poison-wf``, which os._exit()s the process),
 ``slow`` (step 1 of every workflow blocks for a minute, so the
 process can be killed inside the activity), ``die-in-commit:SECONDS`` (the process
-SIGKILLs itself that long after sending its first workflow-task commit) or
-``die-in-tick`` (its scheduler SIGKILLs the process after starting a schedule's tick
-workflows, before advancing the schedule) or ``die-in-debounce`` (it SIGKILLs itself
-after starting a closed debounce window's workflow, before deleting the window's row).
+SIGKILLs itself that long after sending its first workflow-task commit),
+``die-in-child-commit:SECONDS`` (the same, for the first commit that starts a child
+workflow), ``die-after-child-start`` (SIGKILLs itself right after delivering the first
+child start from the outbox, before the outbox row is deleted), ``die-in-tick`` (its
+scheduler SIGKILLs the process after starting a schedule's tick workflows, before
+advancing the schedule) or ``die-in-debounce`` (it SIGKILLs itself after starting a
+closed debounce window's workflow, before deleting the window's row).
 Every activity execution is recorded in ``<schema>.crash_effects`` (its own connection,
 autocommit), so the test can count executions against recorded results.
 """
@@ -86,6 +89,13 @@ async def poison_wf(ctx: flows.WorkflowContext, _: None) -> None:
     os._exit(17)
 
 
+@flows.workflow("crash-parent")
+async def crash_parent(ctx: flows.WorkflowContext, children: int) -> int:
+    """Starts ``children`` crash-wf children at once and sums their results."""
+    results = await flows.gather(*(ctx.execute_child(crash_wf, 3) for _ in range(children)))
+    return sum(results)
+
+
 async def run_worker(dsn: str, schema: str, lease: float) -> None:
     from flows_pg import PostgresStore
 
@@ -120,9 +130,32 @@ async def run_worker(dsn: str, schema: str, lease: float) -> None:
                 return False
 
             store.finish_pending_start = die_before_deleting  # type: ignore[method-assign]
+        if MODE.startswith("die-in-child-commit:"):
+            delay = float(MODE.split(":", 1)[1])
+            plain_commit = store.commit_workflow_task
+
+            async def dying_with_child(c: object) -> object:
+                if not getattr(c, "outbox", None):
+                    return await plain_commit(c)  # type: ignore[arg-type]
+                inflight = asyncio.ensure_future(plain_commit(c))  # type: ignore[arg-type]
+                await asyncio.sleep(delay)
+                del inflight
+                os.kill(os.getpid(), signal.SIGKILL)
+                return None
+
+            store.commit_workflow_task = dying_with_child  # type: ignore[method-assign,assignment]
+        if MODE == "die-after-child-start":
+            start = store.start_workflow
+
+            async def start_then_die(new: object, **kw: object) -> None:
+                await start(new, **kw)  # type: ignore[arg-type]
+                if getattr(new.started, "parent", None) is not None:  # type: ignore[attr-defined]
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            store.start_workflow = start_then_die  # type: ignore[method-assign,assignment]
         worker = flows.Worker(
             store,
-            workflows=[crash_wf, poison_wf, tick_wf],
+            workflows=[crash_wf, poison_wf, tick_wf, crash_parent],
             activities=[effect],
             lease=timedelta(seconds=lease),
             poll_interval=0.1,

@@ -24,7 +24,7 @@ from conftest_pg import drop_pg_store, make_pg_store
 import flows_core as flows
 from flows_core.events import ActivityCompleted, ActivityScheduled
 
-from .crash_app import crash_wf, effect, effects_table, poison_wf, tick_wf
+from .crash_app import crash_parent, crash_wf, effect, effects_table, poison_wf, tick_wf
 
 pytestmark = [pytest.mark.slow]
 
@@ -152,6 +152,68 @@ async def test_worker_killed_during_commit(dsn: str, store, delay: float) -> Non
     rescuer = spawn(dsn, store, "normal")
     try:
         await assert_all_done_exactly_once(engine, ids)
+    finally:
+        kill(rescuer)
+
+
+async def outbox_rows(dsn: str, schema: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            psycopg.sql.SQL("SELECT count(*) FROM {}.outbox").format(psycopg.sql.Identifier(schema))
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def assert_children_done_once(
+    engine: flows.Engine, dsn: str, schema: str, parent: str, children: int
+) -> None:
+    """The parent got every child's result; each child started once and ran its steps
+    once; nothing is left in the outbox."""
+    assert await engine.wait_for_result(parent, timeout=60) == children * sum(range(1, STEPS + 1))
+    started = await engine.list(name="crash-wf", id_prefix=f"{parent}/")
+    assert sorted(c.workflow_id for c in started) == sorted(
+        f"{parent}/child-{seq}" for seq in range(1, children + 1)
+    )
+    await assert_all_done_exactly_once(engine, [c.workflow_id for c in started])
+    assert_history_invariants(await engine.history(parent))
+
+    async def drained() -> bool:
+        return await outbox_rows(dsn, schema) == 0
+
+    await wait_for(drained, 30, "the outbox to be empty")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.002])
+async def test_parent_killed_while_committing_a_child_start(dsn: str, store, delay: float) -> None:  # type: ignore[no-untyped-def]
+    """The parent's worker dies between deciding the child starts and (maybe) committing
+    them: the task is replayed by another worker and each child is started once."""
+    engine = flows.Engine(store)
+    parent = (await engine.start(crash_parent, 3)).workflow_id
+    victim = spawn(dsn, store, f"die-in-child-commit:{delay}")
+    victim.wait(60)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read() if victim.stderr else ""
+    rescuer = spawn(dsn, store, "normal")
+    try:
+        await assert_children_done_once(engine, dsn, store.schema, parent, 3)
+    finally:
+        kill(rescuer)
+
+
+async def test_worker_killed_between_child_start_and_outbox_delete(dsn: str, store) -> None:  # type: ignore[no-untyped-def]
+    """The worker delivering the parent's outbox dies right after a child's start is
+    written, before the message is deleted: another worker delivers it again (the start
+    finds its own child there: nothing changes) and the rest, once."""
+    engine = flows.Engine(store)
+    parent = (await engine.start(crash_parent, 3)).workflow_id
+    victim = spawn(dsn, store, "die-after-child-start")
+    victim.wait(60)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read() if victim.stderr else ""
+    assert await outbox_rows(dsn, store.schema) == 3
+    rescuer = spawn(dsn, store, "normal")
+    try:
+        await assert_children_done_once(engine, dsn, store.schema, parent, 3)
     finally:
         kill(rescuer)
 

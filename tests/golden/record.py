@@ -128,6 +128,15 @@ async def patch_before(env: TestEnvironment) -> Files:
     }
 
 
+async def children(env: TestEnvironment) -> Files:
+    run = await env.engine.start(w.family, ORDER, workflow_id="golden-family-1")
+    await settle(env)
+    await run.result(timeout=10)
+    left = await env.engine.query("golden-family-left")
+    assert left.status == flows.WorkflowStatus.TERMINATED, left
+    return {"children_parent": run.workflow_id, "children_child": "golden-family-1/child-1"}
+
+
 Scenario = Callable[[TestEnvironment], Awaitable[Files]]
 SCENARIOS: dict[str, tuple[Scenario, list[flows.Workflow[w.Order, object]] | None]] = {
     "tour": (tour, None),
@@ -135,6 +144,7 @@ SCENARIOS: dict[str, tuple[Scenario, list[flows.Workflow[w.Order, object]] | Non
     "deadline": (deadline, None),
     "shapes": (shapes, None),
     "patch_before": (patch_before, [w.fraud_before]),
+    "children": (children, None),
 }
 
 SCENARIO_FILES: dict[str, list[str]] = {
@@ -147,6 +157,7 @@ SCENARIO_FILES: dict[str, list[str]] = {
         "patch_before_past_point",
         "patch_before_before_point",
     ],
+    "children": ["children_parent", "children_child"],
 }
 
 

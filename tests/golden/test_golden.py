@@ -72,6 +72,9 @@ def test_the_golden_files_cover_every_event_type_and_shape() -> None:
     assert any(e.execution_timeout is None and e.rerun_of is None for e in starts)
     assert any(e.execution_timeout is not None for e in starts)
     assert any(e.rerun_of is not None for e in starts)
+    assert any(e.parent is not None for e in starts)
+    ended = {e.status for e in seen if isinstance(e, ev.ChildWorkflowEnded)}
+    assert ended == {"completed", "failed", "cancelled"}
     waits = [e for e in seen if isinstance(e, ev.SignalWaitStarted)]
     assert {e.timeout_at is None for e in waits} == {True, False}
     kinds_of_side_effects = {e.kind for e in seen if isinstance(e, ev.SideEffectRecorded)}

@@ -164,7 +164,39 @@ async def shapes(ctx: flows.WorkflowContext, order: Order) -> list[str]:
     return out
 
 
-WORKFLOWS = [tour, fail, compensate, cancel_plain, wait, deadline, shapes]
+@flows.workflow("golden-child")
+async def child(ctx: flows.WorkflowContext, order: Order) -> str:
+    """A child: fails on a negative amount, waits for "go" on a zero one."""
+    if order.amount < 0:
+        raise ValueError(f"negative amount {order.amount}")
+    if order.amount == 0:
+        return await ctx.wait_for_signal("go", str)
+    return await ctx.execute(charge, order)
+
+
+@flows.workflow("golden-family")
+async def family(ctx: flows.WorkflowContext, order: Order) -> list[str]:
+    """Child workflows: one completed, one failed, one signalled, one cancelled, one
+    still open at the end (terminated by the parent-close policy)."""
+    done = [await ctx.execute_child(child, order)]
+    try:
+        await ctx.execute_child(child, Order(order_id="neg", amount=-1))
+    except flows.ChildWorkflowFailed as exc:
+        done.append(f"failed {exc.cause.type}")
+    waiting = ctx.start_child(child, Order(order_id="sig", amount=0))
+    waiting.signal("go", "went")
+    done.append(await waiting)
+    doomed = ctx.start_child(child, Order(order_id="can", amount=0), parent_close_policy="cancel")
+    doomed.cancel("not needed")
+    try:
+        await doomed
+    except flows.ChildWorkflowCancelled as exc:
+        done.append(f"cancelled {exc.workflow_id}")
+    ctx.start_child(child, Order(order_id="left", amount=0), workflow_id="golden-family-left")
+    return done
+
+
+WORKFLOWS = [tour, fail, compensate, cancel_plain, wait, deadline, shapes, child, family]
 
 
 # -- patching: one workflow before and after ``ctx.patched("fraud-check")`` --

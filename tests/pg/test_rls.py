@@ -29,6 +29,8 @@ from flows_pg import PostgresStore, SyncClient, migrate, set_tenant, set_tenant_
 pytestmark = pytest.mark.pg
 
 TENANT_TABLES = ("workflows", "history", "inbox", "tasks", "schedules", "pending_starts")
+CHILDREN_TABLES = ("outbox", "delivery_keys")
+"""Tables of migration 005 (child workflows, once-only delivery): policies from 101."""
 T = TypeVar("T")
 
 
@@ -68,11 +70,11 @@ def app_role(pg_dsn: str) -> Iterator[str]:
 async def rls_store(pg_dsn: str, app_role: str) -> AsyncIterator[PostgresStore]:
     store: PostgresStore = await make_pg_store(pg_dsn)
     try:
-        assert await store.migrate(rls=True) == [100, 103, 105]
+        assert await store.migrate(rls=True) == [100, 101, 103, 105]
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             s, r = sql.Identifier(store.schema), sql.Identifier(app_role)
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r))
-            for table in TENANT_TABLES:
+            for table in (*TENANT_TABLES, *CHILDREN_TABLES):
                 conn.execute(
                     sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {}.{} TO {}").format(
                         s, sql.Identifier(table), r
@@ -125,8 +127,8 @@ def tenants_seen(conn: psycopg.Connection[Any], schema: str, table: str) -> list
 async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -> None:
     schema = fresh_schema("rls")
     try:
-        assert await migrate(pg_dsn, schema) == [1, 3, 4, 9, 13]
-        assert await migrate(pg_dsn, schema, rls=True) == [100, 103, 105]
+        assert await migrate(pg_dsn, schema) == [1, 3, 4, 5, 9, 13]
+        assert await migrate(pg_dsn, schema, rls=True) == [100, 101, 103, 105]
         assert await migrate(pg_dsn, schema, rls=True) == []
         assert await migrate(pg_dsn, schema) == []
         with psycopg.connect(pg_dsn) as conn:
@@ -136,17 +138,17 @@ async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -
                 (schema,),
             ).fetchall()
             enabled = {name for name, on, _ in rows if on}
-            assert enabled == set(TENANT_TABLES)
+            assert enabled == {*TENANT_TABLES, *CHILDREN_TABLES}
             assert not any(force for _, _, force in rows)
             policies = conn.execute(
                 "SELECT tablename FROM pg_policies WHERE schemaname = %s", (schema,)
             ).fetchall()
-            assert sorted(p[0] for p in policies) == sorted(TENANT_TABLES)
+            assert sorted(p[0] for p in policies) == sorted((*TENANT_TABLES, *CHILDREN_TABLES))
         # Concurrent runners on a fresh schema: each migration applied once.
         other = fresh_schema("rls")
         try:
             results = await asyncio.gather(*(migrate(pg_dsn, other, rls=True) for _ in range(5)))
-            assert sorted(v for r in results for v in r) == [1, 3, 4, 9, 13, 100, 103, 105]
+            assert sorted(v for r in results for v in r) == [1, 3, 4, 5, 9, 13, 100, 101, 103, 105]
         finally:
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(other)))
@@ -170,7 +172,7 @@ async def test_cli_migrate_rls(pg_dsn: str) -> None:
                     sql.Identifier(schema)
                 )
             ).fetchall()
-        assert [v[0] for v in versions] == [1, 3, 4, 9, 13, 100, 103, 105]
+        assert [v[0] for v in versions] == [1, 3, 4, 5, 9, 13, 100, 101, 103, 105]
         store = PostgresStore(pg_dsn, schema=schema)
         async with store:
             assert await store.is_migrated()
@@ -345,3 +347,21 @@ def test_set_tenant_needs_a_transaction(pg_dsn: str) -> None:
         assert row in {("",), (None,)}
         with pytest.raises(flows.InvalidArgument):
             as_tenant(conn, "", lambda: None)
+
+
+async def test_children_tables_have_the_tenant_policy(
+    rls_store: PostgresStore, pg_dsn: str
+) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(
+            "SELECT tablename, policyname FROM pg_policies WHERE schemaname = %s",
+            (rls_store.schema,),
+        ).fetchall()
+        enabled = conn.execute(
+            "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relrowsecurity",
+            (rls_store.schema,),
+        ).fetchall()
+    for table in CHILDREN_TABLES:
+        assert (table, "flows_tenant") in rows
+        assert (table,) in enabled
