@@ -32,11 +32,13 @@ from flows_pg._base import Batch, Op, Rows, SqlStore, Step
 from flows_pg._debounce import DebounceSqlStore
 from flows_pg._fsck import FsckSqlStore
 from flows_pg._group_commit import GroupCommitSqlStore
+from flows_pg._limits import SqlLimits
 from flows_pg._migrate import migrate
 from flows_pg._records import outbox_record, uuid_of
 from flows_pg._schedules import ScheduleSqlStore
 from flows_pg._sql import list_params
 from flows_pg._sql_children import outbox_params
+from flows_pg._sql_limits import WAITING_SHARD
 from flows_pg._txact import Outcome, TransactionalSqlStore, fenced_outcome
 
 from . import _fsck_sql, _sql, _sql_children, _sql_schedules
@@ -50,7 +52,12 @@ _keys_decoder: Final = msgspec.json.Decoder(list[tuple[str, str]] | None)
 
 
 class CitusStore(
-    TransactionalSqlStore, GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSqlStore
+    SqlLimits,
+    TransactionalSqlStore,
+    GroupCommitSqlStore,
+    FsckSqlStore,
+    ScheduleSqlStore,
+    DebounceSqlStore,
 ):
     """Store on Citus (a coordinator and worker nodes).
 
@@ -64,6 +71,7 @@ class CitusStore(
 
     CITUS = True
     SQL: ClassVar[ModuleType] = _sql
+    WAITING_SHARD = WAITING_SHARD
     FSCK_SQL: ClassVar[ModuleType] = _fsck_sql
 
     PROBE_EVERY: Final = 0.2

@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 from datetime import timedelta
 from typing import Any
 
 import flows_core as flows
+from flows_core._limits import limit_usage
 from flows_core.store import ListQuery
 
 from ._app import check_signal, load_app, parse_json, resolve_version
 from ._format import (
     format_dead_letters,
     format_info,
+    format_limits,
     format_stats,
     format_timeline,
     format_workflows,
     json_text,
+    limits_json,
     stats_json,
 )
 from ._open import CliError, embedded_server, open_store, start_embedded
@@ -235,7 +239,12 @@ async def cmd_prune(args: argparse.Namespace) -> None:
 async def cmd_stats(args: argparse.Namespace) -> None:
     async with open_store(args) as store:
         stats = await store.stats(args.shard or None)
-        print(stats_json(stats) if args.json else format_stats(stats))
+        usage = await limit_usage(store)
+        if args.json:
+            print(json.dumps({**json.loads(stats_json(stats)), "limits": limits_json(usage)}))
+            return
+        limits = format_limits(usage, store.clock.now())
+        print(format_stats(stats) + ("\n" + limits if limits else ""))
 
 
 # -- the embedded server --

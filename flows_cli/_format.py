@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
 import flows_core as flows
-from flows_core.store import WorkflowRecord
+from flows_core.store import LimitUsage, WorkflowRecord
 
 __all__ = [
     "format_dead_letters",
     "format_delta",
+    "format_limits",
+    "limits_json",
     "format_info",
     "format_stats",
     "format_table",
@@ -148,6 +150,40 @@ def format_stats(stats: flows.StoreStats) -> str:
         lines.append("queue depth per shard")
         lines += [f"  {k:<40} {v}" for k, v in sorted(stats.queue_depth.items())]
     return "\n".join(lines)
+
+
+def format_limits(usage: Sequence[LimitUsage], now: datetime) -> str:
+    """The flow-control lines of ``flows stats`` (empty without limits in use)."""
+    if not usage:
+        return ""
+    lines = ["limits"]
+    for u in usage:
+        name = f"{u.bucket} {u.limit_key}"
+        if u.limit_key.startswith("r"):
+            rate = "-" if u.every is None else f"1 per {format_delta(u.every)}"
+            ahead = "now"
+            if u.next_token_at is not None and u.next_token_at > now:
+                ahead = "in " + format_delta(u.next_token_at - now)
+            lines.append(f"  {name:<40} rate {rate}, next token {ahead}, reserved {u.waiting}")
+        else:
+            lines.append(f"  {name:<40} held {u.held}/{u.slots}, waiting {u.waiting}")
+    return "\n".join(lines)
+
+
+def limits_json(usage: Sequence[LimitUsage]) -> list[dict[str, Any]]:
+    """The ``limits`` of ``flows stats --json``."""
+    return [
+        {
+            "bucket": u.bucket,
+            "limit_key": u.limit_key,
+            "held": u.held,
+            "slots": u.slots,
+            "waiting": u.waiting,
+            "every_seconds": None if u.every is None else u.every.total_seconds(),
+            "next_token_at": None if u.next_token_at is None else u.next_token_at.isoformat(),
+        }
+        for u in usage
+    ]
 
 
 def stats_json(stats: flows.StoreStats) -> str:

@@ -40,6 +40,7 @@ from ._errors import (
     TransactionConflict,
 )
 from ._group_commit import group_writes
+from ._limits import LimitGate
 from ._observe import ActivityAttempt, Observer, TraceContext, TraceContexts
 from .events import ActivityCompleted
 from .store import (
@@ -119,6 +120,8 @@ class ActivityRunner:
         self.transaction_pool = transaction_pool
         """The application's pool transactional activities take connections from (None:
         the store's own connections)."""
+        self.gate = LimitGate(store)
+        """Flow control of limited activities (flows_core._limits)."""
         self.activities = activities
         self.lease = lease
         self.max_payload_bytes = max_payload_bytes
@@ -366,6 +369,18 @@ class ActivityRunner:
             await self.fail_task(claim, activity, exc)
 
     async def _run_task(self, claim: ActivityTaskClaim, activity: Activity[Any, Any]) -> None:
+        if activity.limits is None:
+            await self._run_admitted(claim, activity)
+            return
+        held = await self.gate.admit_activity(claim, activity.limits, activity.input_type)
+        if held is None:
+            return  # deferred, uncounted: no slot or rate token now
+        try:
+            await self._run_admitted(claim, activity)
+        finally:
+            await self.gate.leave(held)
+
+    async def _run_admitted(self, claim: ActivityTaskClaim, activity: Activity[Any, Any]) -> None:
         info = self.info(
             claim.lease, claim.workflow_name, claim.activity_name, claim.seq, claim.attempt
         )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from ._codec import check_name
 from ._errors import InvalidArgument, TerminalError
+from ._limits import ACTIVITY_PRIORITIES, ActivityLimits, check_max_running, check_priority
 
 if TYPE_CHECKING:
     from ._context import WorkflowContext
@@ -117,8 +118,10 @@ class Activity(Generic[I, O]):
         "heartbeat_timeout",
         "input_type",
         "is_async",
+        "limits",
         "name",
         "output_type",
+        "priority",
         "retry",
         "schedule_to_close",
         "timeout",
@@ -135,9 +138,20 @@ class Activity(Generic[I, O]):
         heartbeat_timeout: timedelta | None = None,
         schedule_to_close: timedelta | None = None,
         transactional: bool = False,
+        max_concurrent: int | None = None,
+        concurrency_key: Callable[[I], Any] | None = None,
+        rate_limit: str | None = None,
+        rate_key: Callable[[I], Any] | None = None,
+        priority: int = 0,
     ) -> None:
         self.name = check_name(name, "activity name")
         self.fn = fn
+        self.priority = check_priority(priority, f"activity {name!r}")
+        if priority:
+            ACTIVITY_PRIORITIES[self.name] = priority
+        """Queued tasks of this activity go this many seconds ahead in the claim order."""
+        self.limits = ActivityLimits.of(name, max_concurrent, concurrency_key, rate_limit, rate_key)
+        """Flow control (flows_core._limits): None when the activity has none."""
         self.retry = retry or RetryPolicy()
         for value, what in (
             (timeout, "timeout"),
@@ -182,7 +196,15 @@ class Activity(Generic[I, O]):
 class Workflow(Generic[I, O]):
     """A named, versioned durable function ``async def f(ctx, input) -> output``."""
 
-    __slots__ = ("failure_exceptions", "fn", "input_type", "name", "output_type", "version")
+    __slots__ = (
+        "failure_exceptions",
+        "fn",
+        "input_type",
+        "max_running",
+        "name",
+        "output_type",
+        "version",
+    )
 
     def __init__(
         self,
@@ -191,8 +213,11 @@ class Workflow(Generic[I, O]):
         *,
         version: int = 1,
         failure_exceptions: Sequence[type[BaseException]] = (),
+        max_running: int | None = None,
     ) -> None:
         self.name = check_name(name, "workflow name")
+        self.max_running = check_max_running(name, max_running)
+        """At most this many workflows of this name run at once (None: no limit)."""
         if "-shard-" in name:
             raise InvalidArgument(f"workflow name {name!r} must not contain '-shard-'")
         _check_version(version)
@@ -218,6 +243,11 @@ def activity(
     heartbeat_timeout: timedelta | None = ...,
     schedule_to_close: timedelta | None = ...,
     transactional: bool = ...,
+    max_concurrent: int | None = ...,
+    concurrency_key: Callable[[Any], Any] | None = ...,
+    rate_limit: str | None = ...,
+    rate_key: Callable[[Any], Any] | None = ...,
+    priority: int = ...,
 ) -> _ActivityDecorator: ...
 @overload
 def activity(name: str, **kwargs: Any) -> _ActivityDecorator: ...
@@ -229,6 +259,11 @@ def activity(
     heartbeat_timeout: timedelta | None = None,
     schedule_to_close: timedelta | None = None,
     transactional: bool = False,
+    max_concurrent: int | None = None,
+    concurrency_key: Callable[[Any], Any] | None = None,
+    rate_limit: str | None = None,
+    rate_key: Callable[[Any], Any] | None = None,
+    priority: int = 0,
     **kwargs: Any,
 ) -> _ActivityDecorator:
     """Declare an activity: ``@flows.activity("charge", retry=RetryPolicy(...))``.
@@ -244,19 +279,30 @@ def activity(
     ``def`` a ``Connection``, run in a thread; the memory store gives a
     ``flows_memory.MemoryTransaction`` stand-in). ``timeout`` then bounds the whole
     transaction: the query is cancelled and everything rolled back.
+
+    Flow control, enforced in the store across every worker: ``max_concurrent`` attempts
+    at once (per value of ``concurrency_key(input)`` when given; 1 if only the key is),
+    ``rate_limit`` ("100/s", "5/m", "1000/h") starts (per ``rate_key(input)`` when
+    given). A step runs inline only when it gets its slot (rate-limited: always
+    queued). ``priority`` (0 to 1000): its queued tasks are claimed before tasks that
+    have waited less than that many seconds (inline attempts run at once anyway).
     """
     if kwargs:
         raise InvalidArgument(f"activity(): unknown option(s) {sorted(kwargs)}")
     check_name(name, "activity name")
+    limits = ActivityLimits.of(name, max_concurrent, concurrency_key, rate_limit, rate_key)
+    check_priority(priority, f"activity {name!r}")
     return _ActivityDecorator(
-        name, retry, timeout, heartbeat_timeout, schedule_to_close, transactional
+        name, retry, timeout, heartbeat_timeout, schedule_to_close, limits, priority, transactional
     )
 
 
 class _ActivityDecorator:
     __slots__ = (
         "heartbeat_timeout",
+        "limits",
         "name",
+        "priority",
         "retry",
         "schedule_to_close",
         "timeout",
@@ -270,12 +316,16 @@ class _ActivityDecorator:
         timeout: timedelta | None,
         heartbeat_timeout: timedelta | None,
         schedule_to_close: timedelta | None = None,
+        limits: ActivityLimits | None = None,
+        priority: int = 0,
         transactional: bool = False,
     ) -> None:
         self.name, self.retry, self.timeout = name, retry, timeout
+        self.priority = priority
         self.heartbeat_timeout = heartbeat_timeout
         self.schedule_to_close = schedule_to_close
         self.transactional = transactional
+        self.limits = limits
 
     @overload
     def __call__(self, fn: Callable[[I], Awaitable[O]]) -> Activity[I, O]: ...
@@ -286,7 +336,7 @@ class _ActivityDecorator:
     @overload
     def __call__(self, fn: Callable[[Any, I], O]) -> Activity[I, O]: ...
     def __call__(self, fn: Callable[..., Any]) -> Activity[Any, Any]:
-        return Activity(
+        made: Activity[Any, Any] = Activity(
             self.name,
             fn,
             retry=self.retry,
@@ -294,7 +344,10 @@ class _ActivityDecorator:
             heartbeat_timeout=self.heartbeat_timeout,
             schedule_to_close=self.schedule_to_close,
             transactional=self.transactional,
+            priority=self.priority,
         )
+        made.limits = self.limits
+        return made
 
 
 def _check_duration(value: object, what: str) -> None:
@@ -321,7 +374,11 @@ def _check_exception_types(types: object, workflow_name: str) -> tuple[type[Base
 
 
 def workflow(
-    name: str, *, version: int = 1, failure_exceptions: Sequence[type[BaseException]] = ()
+    name: str,
+    *,
+    version: int = 1,
+    failure_exceptions: Sequence[type[BaseException]] = (),
+    max_running: int | None = None,
 ) -> Callable[[Callable[[WorkflowContext, I], Awaitable[O]]], Workflow[I, O]]:
     """Declare a workflow: ``@flows.workflow("order-workflow", version=1)``.
 
@@ -329,12 +386,22 @@ def workflow(
     ``flows.WORKFLOW_CODE_ERRORS`` (TypeError, AttributeError, NameError...), which park
     it so that a code fix and ``engine.retry()`` resume it. Exception types listed in
     ``failure_exceptions`` fail the workflow even when they are in that set.
+
+    ``max_running``: at most this many workflows of this name run at once, across every
+    worker; the others wait for a slot before their code starts (enforced in the store).
     """
     check_name(name, "workflow name")
     _check_version(version)
     _check_exception_types(failure_exceptions, name)
+    check_max_running(name, max_running)
 
     def decorate(fn: Callable[[WorkflowContext, I], Awaitable[O]]) -> Workflow[I, O]:
-        return Workflow(name, fn, version=version, failure_exceptions=failure_exceptions)
+        return Workflow(
+            name,
+            fn,
+            version=version,
+            failure_exceptions=failure_exceptions,
+            max_running=max_running,
+        )
 
     return decorate

@@ -33,6 +33,7 @@ from ._errors import (
     error_class,
 )
 from ._group_commit import group_writes
+from ._limits import prioritize, priority_offset
 from ._observe import Observer, with_trace_context
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
@@ -63,6 +64,7 @@ from .events import (
 from .store import (
     TERMINAL_STATUSES,
     CancelOutcome,
+    FlowLimits,
     ListQuery,
     NewWorkflow,
     Outbox,
@@ -520,6 +522,7 @@ class Engine:
         execution_timeout: timedelta | None = None,
         tx: Any = None,
         if_exists: IfExists = "error",
+        priority: int = 0,
         debounce: None = None,
         debounce_key: None = None,
     ) -> Run[O]: ...
@@ -545,6 +548,7 @@ class Engine:
         execution_timeout: timedelta | None = None,
         tx: Any = None,
         if_exists: IfExists = "error",
+        priority: int = 0,
         debounce: None = None,
         debounce_key: None = None,
     ) -> Run[Any]: ...
@@ -569,6 +573,7 @@ class Engine:
         execution_timeout: timedelta | None = None,
         tx: Any = None,
         if_exists: IfExists = "error",
+        priority: int = 0,
         debounce: timedelta | None = None,
         debounce_key: str | None = None,
     ) -> Run[Any]:
@@ -592,10 +597,14 @@ class Engine:
         WorkflowAlreadyExists; ``"return"`` returns the handle of the workflow already
         there (whatever its status), so a retried request starts it once. A workflow of
         another name under that id is an error either way.
+        ``priority`` (0 to 1000, higher first): its first workflow task is claimed before
+        the tasks that have waited less than ``priority`` seconds (flows_core._limits).
         """
         if if_exists not in ("error", "return"):
             raise InvalidArgument(f"if_exists must be 'error' or 'return', got {if_exists!r}")
         if debounce is not None or debounce_key is not None:
+            if priority:
+                raise InvalidArgument("a debounced start takes no priority")
             pending, window, definition = self.planner.debounced(
                 workflow,
                 input,
@@ -617,30 +626,37 @@ class Engine:
                 fires_at=stored.fires_at,
                 starts=stored.starts,
             )
+        ahead = priority_offset(priority)
         new, definition = self.planner.start(
             workflow, input, tenant_id, workflow_id, execution_timeout
         )
         if if_exists == "error":
-            return await self._start(new, definition, tx)
+            return await self._start(new, definition, tx, ahead)
         try:
-            return await self._start(new, definition, tx)
+            return await self._start(new, definition, tx, ahead)
         except WorkflowAlreadyExists:
             record = await self.store.get_workflow(new.tenant_id, new.workflow_id, tx=tx)
             if record.name != new.name:
                 raise taken_by_another(new.workflow_id, record.name, new.name) from None
             return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
 
-    async def _start(self, new: NewWorkflow, definition: Workflow[Any, Any], tx: Any) -> Run[Any]:
+    async def _start(
+        self, new: NewWorkflow, definition: Workflow[Any, Any], tx: Any, ahead: timedelta
+    ) -> Run[Any]:
         observer = self.observer
         if type(observer) is Observer:  # the no-op: no context manager per start
             if tx is not None or not await self._start_eagerly(new):
                 await self._start_plain(new, tx)
+                if ahead:
+                    await prioritize(self.store, new, ahead, tx)
             return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
         with observer.workflow_start(new.name, new.tenant_id, new.workflow_id) as context:
             # stamped before the eager path, which writes ``new.started`` too
             new = with_trace_context(new, context)
             if tx is not None or not await self._start_eagerly(new):
                 await self._start_plain(new, tx)
+                if ahead:
+                    await prioritize(self.store, new, ahead, tx)
         observer.workflow_started(new.name, new.tenant_id)
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
 
@@ -925,6 +941,10 @@ class Engine:
             )
         if record.status != WorkflowStatus.RUNNING:
             return None
+        if isinstance(self.store, FlowLimits):  # a slot, a rate token (flows_core._limits)
+            deferred = await self.store.waiting_reason(record.tenant_id, record.workflow_id)
+            if deferred is not None:
+                return deferred
         horizon = self.store.clock.now() - WORKER_LIVENESS
         workers = [w for w in await self.store.list_workers() if w.heartbeat_at >= horizon]
         if not record.workflow_task_pending:

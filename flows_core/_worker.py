@@ -49,6 +49,7 @@ from ._debounce import Debouncer
 from ._definitions import Activity, Workflow
 from ._eager import EagerStarts
 from ._errors import InvalidArgument, LeaseLost
+from ._limits import workflows_with_limits
 from ._observe import Observer, TraceContexts, run_sampler
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
@@ -295,6 +296,11 @@ class Worker:
             )
         self._debounce_at = 0.0
         self._debounce_failed_until = 0.0
+        for act in self.activities.values():
+            if act.limits is not None:
+                self._activity_runner.gate.check_supported(f"activity {act.name!r}")
+        for wf_def in workflows_with_limits(self.registry):
+            self._activity_runner.gate.check_supported(f"workflow {wf_def.name!r}")
         self._watchdog = (
             None if workflow_task_deadlock is None else BlockingWatchdog(workflow_task_deadlock)
         )

@@ -40,6 +40,7 @@ from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
 from ._group_commit import group_writes
+from ._limits import prioritized, runs_inline
 from ._observe import Observer, TaskOutcome, TraceContext, WorkflowTask, trace_context_of
 from ._registry import WorkflowRegistry
 from ._replay import Activation, WorkflowInstance
@@ -80,6 +81,8 @@ class _Progress:
     workflow_name: str
     history_length: int
     next_seq: int
+    limited: bool = False
+    """The workflow holds a ``max_running`` slot (given back when it ends)."""
 
 
 class WorkflowTaskRunner:
@@ -178,6 +181,12 @@ class WorkflowTaskRunner:
             )
             return
         try:
+            if definition.max_running is not None and not await self.activities.gate.admit_workflow(
+                claim, definition.max_running
+            ):
+                if task is not None:
+                    task.outcome = TaskOutcome.RELEASED
+                return  # deferred, uncounted: it waits for a running slot
             await self._run(claim, definition, task, cached)
         except LeaseLost:
             raise
@@ -296,7 +305,11 @@ class WorkflowTaskRunner:
                 claim = await self._with_whole_history(claim)
         activation = self._apply(instance, claim.history, clock.now())
         progress = _Progress(
-            claim.lease, wf.name, claim.history_from + len(claim.history), wf.next_seq
+            claim.lease,
+            wf.name,
+            claim.history_from + len(claim.history),
+            wf.next_seq,
+            limited=definition.max_running is not None,
         )
         pending: list[Event] = list(activation.new_events)
         fresh: list[Event] = list(activation.new_events)
@@ -333,22 +346,28 @@ class WorkflowTaskRunner:
                         pending += activation.new_events
                         fresh = activation.new_events
                         continue
+                inline, held = await self._take_slots(claim, inline)
+                if not inline:
+                    break
                 budget -= len(inline)
                 self.counters["inline_activities"] += len(inline)
-                if self._transactional(inline[0]):
-                    outcome, recorded = await self._run_transactional(
-                        claim, progress, instance, pending, retries, inline[0], keeper, task
-                    )
-                    keeper.check()
-                    if recorded:
-                        # Its transaction recorded everything pending and its result.
-                        activation = self._apply(instance, recorded, clock.now())
-                        pending, retries, settled = list(activation.new_events), {}, 0
-                        fresh = activation.new_events
-                        continue
-                    outcomes = [outcome]
-                else:
-                    outcomes = await self._run_inline(claim, inline, keeper, task)
+                try:
+                    if self._transactional(inline[0]):
+                        outcome, recorded = await self._run_transactional(
+                            claim, progress, instance, pending, retries, inline[0], keeper, task
+                        )
+                        keeper.check()
+                        if recorded:
+                            # Its transaction recorded everything pending and its result.
+                            activation = self._apply(instance, recorded, clock.now())
+                            pending, retries, settled = list(activation.new_events), {}, 0
+                            fresh = activation.new_events
+                            continue
+                        outcomes = [outcome]
+                    else:
+                        outcomes = await self._run_inline(claim, inline, keeper, task)
+                finally:
+                    await self.activities.gate.leave(held)
                 keeper.check()
                 now = clock.now()
                 resolutions: list[Event] = []
@@ -480,6 +499,35 @@ class WorkflowTaskRunner:
         progress.next_seq = instance.next_seq
         return outcome, [written[-1], *moved]
 
+    async def _take_slots(
+        self, claim: WorkflowTaskClaim, inline: list[ActivityScheduled]
+    ) -> tuple[list[ActivityScheduled], list[Any]]:
+        """The candidates that may run inline now, and the slots taken for them: a step
+        with a concurrency limit runs inline only with a slot (taken under the workflow
+        task's lease, one per step); without one it is left to the queue."""
+        activities = self.activities.activities
+        if all(activities[e.name].limits is None for e in inline):
+            return inline, []
+        admitted: list[ActivityScheduled] = []
+        held: list[Any] = []
+        try:
+            for e in inline:
+                act = activities[e.name]
+                if act.limits is None:
+                    admitted.append(e)
+                    continue
+                gate = self.activities.gate
+                slot = await gate.admit_inline(
+                    claim.lease, e.name, e.seq, e.input, act.limits, act.input_type
+                )
+                if slot is not None:
+                    admitted.append(e)
+                    held.append(slot)
+        except BaseException:
+            await self.activities.gate.leave(held)
+            raise
+        return admitted, held
+
     def _inline_candidates(
         self, instance: WorkflowInstance, fresh: list[Event]
     ) -> list[ActivityScheduled]:
@@ -491,6 +539,7 @@ class WorkflowTaskRunner:
             for e in fresh
             if isinstance(e, ActivityScheduled)
             and e.name in self.activities.activities
+            and runs_inline(self.activities.activities[e.name].limits)
             and instance.is_pending(e.seq)
         ]
 
@@ -518,6 +567,7 @@ class WorkflowTaskRunner:
             keep_lease=self.lease if keep else None,
             outbox=outbox,
         )
+        commit = prioritized(commit)
         write = group_writes(self.store).commit_workflow_task
         moved = await self.activities.write_fenced(write, commit)
         await self._deliver(progress.lease, outbox)
@@ -526,6 +576,8 @@ class WorkflowTaskRunner:
             self.observer.workflow_finished(
                 progress.workflow_name, progress.lease.tenant_id, commit.status
             )
+            if progress.limited:
+                await self.activities.gate.workflow_ended(progress.lease, progress.workflow_name)
         progress.history_length += len(events) + len(moved)
         progress.next_seq = next_seq
         return moved

@@ -67,6 +67,11 @@ __all__ = [
     "FsckOrphan",
     "FsckScan",
     "FsckWorkflow",
+    "FlowLimits",
+    "RATE_GRACE",
+    "LimitUsage",
+    "SlotGrant",
+    "SlotHolder",
     "ClaimedTask",
     "GroupCommit",
     "HeartbeatReply",
@@ -1074,6 +1079,112 @@ class TransactionalActivities(Protocol):
     async def check_transaction_pool(self, pool: Any) -> None:
         """Refuse (InvalidArgument, naming both) an application pool that is not of a
         kind this store takes or that points at another database than the store's."""
+        ...
+
+
+class SlotHolder(msgspec.Struct, frozen=True, kw_only=True):
+    """Who holds a concurrency slot (``FlowLimits``). ``kind`` "task": the lease
+    (``task_id``, ``token``) of a task, alive while the task holds that lease; "workflow":
+    the workflow (``tenant_id``, ``workflow_id``), alive until it ends. ``task_id`` is
+    also the task woken when a slot frees, and ``expires_at`` the holder's lease expiry.
+    ``part`` tells apart several slots held under one lease (the activities a workflow
+    task runs inline: one per step)."""
+
+    kind: str
+    tenant_id: str
+    shard_key: str
+    workflow_id: str
+    task_id: str
+    token: str
+    expires_at: datetime
+    part: str = ""
+
+
+class SlotGrant(msgspec.Struct, frozen=True, kw_only=True):
+    acquired: bool
+    retry_at: datetime | None = None
+    """When not acquired: the earliest lease expiry of a holder (None: unknown)."""
+
+
+class LimitUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """One limit as the store sees it (``flows stats``)."""
+
+    bucket: str
+    """``a:<activity>`` or ``w:<workflow>``."""
+    limit_key: str
+    """``c`` / ``c:<key>`` (concurrency), ``r`` / ``r:<key>`` (rate)."""
+    held: int = 0
+    """Slots held now (by a holder alive, or one not yet found dead)."""
+    slots: int = 0
+    """Slot rows: the largest capacity a worker asked for (a lowered limit keeps them)."""
+    waiting: int = 0
+    """Tasks waiting for a slot, or holding a reserved rate token."""
+    next_token_at: datetime | None = None
+    """Rate limits: when the next token is free."""
+    every: timedelta | None = None
+    """Rate limits: one token every this long (as the last taker asked)."""
+
+
+RATE_GRACE: Final = timedelta(seconds=0.25)
+"""A task may use the rate token reserved for it up to max(interval, RATE_GRACE) after
+the token's time (``FlowLimits.take_rate_token``): claims come a little late, and a
+reservation dropped for lateness sends its task to the back of the line."""
+
+
+@runtime_checkable
+class FlowLimits(Protocol):
+    """An OPTIONAL store capability: concurrency slots and rate tokens shared by every
+    worker (``flows_core._limits``). Each method is one short transaction of its own,
+    apart from any task's (on Citus: router statements on the ``bucket``, one limit's
+    rows never cross shards). Limits themselves are not stored: callers pass them."""
+
+    async def acquire_slot(
+        self, bucket: str, limit_key: str, capacity: int, holder: SlotHolder, *, wait: bool = True
+    ) -> SlotGrant:
+        """Take one of slots 0..capacity-1 of (bucket, limit_key) for ``holder``;
+        acquired at once if the holder already holds one. A slot is free when unheld
+        or when its holder is no longer alive (see SlotHolder; a held slot past its
+        expiry is checked against the holder's task or workflow and extended or freed).
+        Not acquired: the holder's task is remembered as a waiter (woken, oldest first,
+        by ``release_slot``), unless ``wait`` is False."""
+        ...
+
+    async def release_slot(self, bucket: str, limit_key: str, holder: SlotHolder) -> None:
+        """Free the slots ``holder`` holds and wake the oldest waiter of the limit (its
+        task, if deferred, becomes visible now). Silent if none is held."""
+        ...
+
+    async def take_rate_token(
+        self, bucket: str, limit_key: str, interval: timedelta, task_id: str, horizon: timedelta
+    ) -> datetime | None:
+        """One token of a limit that gives one every ``interval`` (no burst): None if
+        ``task_id`` may run now (a token free now, or one reserved for it earlier whose
+        time is now within max(``interval``, ``RATE_GRACE``); a reservation come later
+        than that is dropped and a new token taken, so late starts crowd a window by
+        at most that grace's worth of tokens). Else the time of the token now reserved for
+        it (at most ``horizon`` ahead; beyond it, nothing is reserved and the time
+        returned is when its token would be within ``horizon``)."""
+        ...
+
+    async def defer_task(self, lease: Lease, visible_at: datetime, reason: str) -> None:
+        """Give a claimed task back unrun until ``visible_at``, uncounted (as
+        ``release``), noting ``reason`` for ``waiting_reason``. Silent if already lost."""
+        ...
+
+    async def waiting_reason(self, tenant_id: str, workflow_id: str) -> str | None:
+        """The reason of a task of the workflow deferred by ``defer_task`` and still
+        waiting (not claimed nor changed since), if any."""
+        ...
+
+    async def limit_usage(self, buckets: Sequence[str]) -> list[LimitUsage]:
+        """The limits with rows under ``buckets`` and their usage."""
+        ...
+
+    async def prioritize(
+        self, tenant_id: str, workflow_id: str, ahead: timedelta, *, tx: Any = None
+    ) -> None:
+        """Move the workflow's workflow task, if pending and unleased, ``ahead`` in the
+        claim order (its ``visible_at`` goes back by that much; priorities)."""
         ...
 
 

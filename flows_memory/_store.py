@@ -86,6 +86,7 @@ from flows_core.store import (
 )
 
 from ._debounce import MemoryDebounce
+from ._limits import MemoryLimits, _Limit
 from ._transaction import AppTables, MemoryTransaction
 
 __all__ = ["FaultHook", "MemoryStore"]
@@ -204,7 +205,7 @@ def _no_tx(tx: Any) -> None:
         )
 
 
-class MemoryStore(MemoryDebounce):
+class MemoryStore(MemoryLimits, MemoryDebounce):
     """In-memory Store. Not shared between processes; everything is lost on exit."""
 
     def __init__(self, *, clock: Clock | None = None, fault_hook: FaultHook | None = None) -> None:
@@ -231,6 +232,10 @@ class MemoryStore(MemoryDebounce):
         """Per shard: due timers, keyed by (visible_at, order)."""
         self._outbox: dict[tuple[str, str], tuple[datetime, OutboxRecord]] = {}
         """(shard key, message id) -> (due at, message): the per-shard outbox."""
+        self._limits: dict[tuple[str, str], _Limit] = {}
+        """Flow control (flows_memory._limits): slots, waiters, rate tokens per limit."""
+        self._waiting: dict[str, tuple[str, datetime]] = {}
+        """task id -> (reason, visible_at) of tasks deferred by ``defer_task``."""
         self._pushes = 0
         self._schedules: dict[tuple[str, str], _Schedule] = {}
         self._pending_starts = {}
@@ -335,6 +340,7 @@ class MemoryStore(MemoryDebounce):
     def _delete(self, task: _Task) -> None:
         if self._tasks.get(task.task_id) is task:
             del self._tasks[task.task_id]
+            self._waiting.pop(task.task_id, None)
         task.gen += 1
 
     # -- indexes --

@@ -32,12 +32,13 @@ from flows_core.store import (
     stored_event,
 )
 
-from . import _fsck_sql, _sql, _sql_children
+from . import _fsck_sql, _sql, _sql_children, _sql_fair
 from ._base import Batch, Op, Rows, Step
 from ._client_ops import ClientOps, PostgresOps
 from ._debounce import DebounceSqlStore
 from ._fsck import FsckSqlStore
 from ._group_commit import GroupCommitSqlStore
+from ._limits import SqlLimits
 from ._migrate import migrate
 from ._records import (
     cached_params,
@@ -66,7 +67,12 @@ def _sharded(template: str, sharded: bool) -> str:
 
 
 class PostgresStore(
-    TransactionalSqlStore, GroupCommitSqlStore, FsckSqlStore, ScheduleSqlStore, DebounceSqlStore
+    SqlLimits,
+    TransactionalSqlStore,
+    GroupCommitSqlStore,
+    FsckSqlStore,
+    ScheduleSqlStore,
+    DebounceSqlStore,
 ):
     """Store on PostgreSQL.
 
@@ -80,9 +86,12 @@ class PostgresStore(
     SQL: ClassVar[ModuleType] = _sql
     FSCK_SQL: ClassVar[ModuleType] = _fsck_sql
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fair_tenants: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ops = PostgresOps(self.statements)
+        self.fair_tenants = fair_tenants
+        """Claims take tasks in turns per tenant, the oldest of each first
+        (flows_pg._sql_fair), instead of the oldest overall."""
 
     async def _fsck_keys(self, tenant_id: str | None) -> Sequence[str | None]:
         return [None]
@@ -140,7 +149,8 @@ class PostgresStore(
             "fresh_only": request.fresh_only,
             **cached_params(request.cached),
         }
-        statement = self.statements(_sharded(_sql.CLAIM, request.shard_keys is not None))
+        claim = _sql_fair.FAIR_CLAIM if self.fair_tenants else _sql.CLAIM
+        statement = self.statements(_sharded(claim, request.shard_keys is not None))
         return [claimed_task(row) for row in await self._run_one(statement, params)]
 
     @grouped

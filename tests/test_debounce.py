@@ -78,3 +78,10 @@ async def test_a_key_whose_workflow_id_would_be_too_long_is_refused() -> None:
         await engine.start(echo, 1, debounce=timedelta(seconds=1), debounce_key="x" * 190)
     run = await engine.start(echo, 1, debounce=timedelta(seconds=1), debounce_key="x" * 150)
     assert run.workflow_id.startswith("x" * 150 + "@")
+
+
+async def test_a_debounced_start_takes_no_priority() -> None:
+    engine = flows.Engine(MemoryStore(), workflows=[echo])
+    extra: dict[str, Any] = {"priority": 5}
+    with pytest.raises(flows.InvalidArgument, match="no priority"):
+        await engine.start(echo, 1, debounce=timedelta(seconds=1), debounce_key="k", **extra)

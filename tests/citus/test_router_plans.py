@@ -49,11 +49,13 @@ from flows_core.store import (
     PendingStart,
     ScheduleAdvance,
     ScheduleRecord,
+    SlotHolder,
     TimerTaskSpec,
     WorkerInfo,
     WorkflowStatus,
 )
 from flows_pg._base import WORKER_STATEMENTS
+from flows_pg._sql_limits import ROUTER_STATEMENTS as LIMIT_STATEMENTS
 from tests.contract.adapters import Adapter
 from tests.contract.kit import Kit, raw
 
@@ -96,6 +98,8 @@ def every_statement(store: Any) -> dict[str, str]:
         )
     for text in WORKER_STATEMENTS:
         statements[text.split()[0] + " workers"] = store.statements(text)
+    for name, text in LIMIT_STATEMENTS.items():
+        statements[f"limits {name}"] = store.statements(text)
     return statements
 
 
@@ -246,6 +250,7 @@ async def workload(store: Any, kit: Kit) -> None:
     await store.list_workers()
     await store.unregister_worker("w1")
     await schedule_workload(store, kit)
+    await limits_workload(store, kit)
     await debounce_workload(store, kit)
 
 
@@ -304,6 +309,51 @@ async def schedule_workload(store: Any, kit: Kit) -> None:
     )
     await store.next_schedule_due(None)
     assert await store.delete_schedule(kit.tenant, "nightly")
+
+
+def _holder(kit: Kit, lease: Any = None, *, kind: str = "task", past: bool = False) -> SlotHolder:
+    """A slot holder: a claim's lease, or made up (a task that does not exist)."""
+    when = kit.now() + (timedelta(seconds=-1) if past else timedelta(hours=1))
+    return SlotHolder(
+        kind=kind,
+        tenant_id=kit.tenant if lease is None else lease.tenant_id,
+        shard_key=kit.shard if lease is None else lease.shard_key,
+        workflow_id="ghost" if lease is None else lease.workflow_id,
+        task_id=str(uuid6.uuid7()) if lease is None else lease.task_id,
+        token=str(uuid6.uuid7()) if lease is None else lease.token,
+        expires_at=when,
+    )
+
+
+async def limits_workload(store: Any, kit: Kit) -> None:
+    """Every flow-control statement (flows_pg._sql_limits): slots taken, checked against
+    live and dead holders (task and workflow), given back with a waiter woken; a task
+    deferred and its reason read; rate tokens; usage."""
+    await kit.start()
+    urgent = await kit.start()
+    await store.prioritize(urgent.tenant_id, urgent.workflow_id, timedelta(seconds=5))
+    first, second = await kit.claim(acts=(), limit=2)
+    held = _holder(kit, first.lease, past=True)
+    assert (await store.acquire_slot("a:x", "c", 1, held)).acquired  # rows made, then taken
+    waiter = _holder(kit, second.lease)
+    assert not (await store.acquire_slot("a:x", "c", 1, waiter)).acquired  # holder alive
+    await store.defer_task(second.lease, kit.now() + timedelta(hours=1), "slot")
+    assert await store.waiting_reason(second.lease.tenant_id, second.lease.workflow_id) == "slot"
+    await store.release_slot("a:x", "c", held)  # wakes the waiter
+    ghost = _holder(kit, past=True)
+    assert (await store.acquire_slot("a:g", "c", 1, ghost)).acquired
+    assert (await store.acquire_slot("a:g", "c", 1, _holder(kit))).acquired  # ghost freed
+    wf_holder = _holder(kit, first.lease, kind="workflow", past=True)
+    assert (await store.acquire_slot("w:x", "c", 1, wf_holder)).acquired
+    assert not (await store.acquire_slot("w:x", "c", 1, _holder(kit))).acquired
+    every, horizon = timedelta(seconds=0.2), timedelta(minutes=1)
+    reserved = None
+    while reserved is None:  # tokens until one is reserved ahead (the next is taken)
+        task = str(uuid6.uuid7())
+        reserved = await store.take_rate_token("a:r", "r", every, task, horizon)
+    await asyncio.sleep((reserved - datetime.now(UTC)).total_seconds() + 0.01)
+    await store.take_rate_token("a:r", "r", every, task, horizon)  # its token, due now
+    assert await store.limit_usage(["a:x", "a:r"])
 
 
 def explain(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any]) -> str:

@@ -127,7 +127,7 @@ def tenants_seen(conn: psycopg.Connection[Any], schema: str, table: str) -> list
 async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -> None:
     schema = fresh_schema("rls")
     try:
-        assert await migrate(pg_dsn, schema) == [1, 3, 4, 5, 9, 13]
+        assert await migrate(pg_dsn, schema) == [1, 3, 4, 5, 9, 11, 13]
         assert await migrate(pg_dsn, schema, rls=True) == [100, 101, 103, 105]
         assert await migrate(pg_dsn, schema, rls=True) == []
         assert await migrate(pg_dsn, schema) == []
@@ -148,7 +148,19 @@ async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -
         other = fresh_schema("rls")
         try:
             results = await asyncio.gather(*(migrate(pg_dsn, other, rls=True) for _ in range(5)))
-            assert sorted(v for r in results for v in r) == [1, 3, 4, 5, 9, 13, 100, 101, 103, 105]
+            assert sorted(v for r in results for v in r) == [
+                1,
+                3,
+                4,
+                5,
+                9,
+                11,
+                13,
+                100,
+                101,
+                103,
+                105,
+            ]
         finally:
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(other)))
@@ -172,7 +184,7 @@ async def test_cli_migrate_rls(pg_dsn: str) -> None:
                     sql.Identifier(schema)
                 )
             ).fetchall()
-        assert [v[0] for v in versions] == [1, 3, 4, 5, 9, 13, 100, 101, 103, 105]
+        assert [v[0] for v in versions] == [1, 3, 4, 5, 9, 11, 13, 100, 101, 103, 105]
         store = PostgresStore(pg_dsn, schema=schema)
         async with store:
             assert await store.is_migrated()
