@@ -690,6 +690,10 @@ WITH v AS MATERIALIZED (
   DELETE FROM {{S}}.inbox i USING v WHERE {_same("i", "v")}
 ), t AS (
   DELETE FROM {{S}}.tasks t USING v WHERE {_same("t", "v")}
+), rh AS (
+  DELETE FROM {{S}}.run_history h USING v WHERE {_same("h", "v")}
+), rn AS (
+  DELETE FROM {{S}}.runs r USING v WHERE {_same("r", "v")}
 ), d AS (
   DELETE FROM {{S}}.workflows w USING v WHERE {_same("w", "v")}
   RETURNING 1

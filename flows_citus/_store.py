@@ -35,13 +35,15 @@ from flows_pg._group_commit import GroupCommitSqlStore
 from flows_pg._limits import SqlLimits
 from flows_pg._migrate import migrate
 from flows_pg._records import outbox_record, uuid_of
+from flows_pg._runs import RunArchiveMixin
 from flows_pg._schedules import ScheduleSqlStore
 from flows_pg._sql import list_params
 from flows_pg._sql_children import outbox_params
 from flows_pg._sql_limits import WAITING_SHARD
+from flows_pg._sql_runs import commit_steps
 from flows_pg._txact import Outcome, TransactionalSqlStore, fenced_outcome
 
-from . import _fsck_sql, _sql, _sql_children, _sql_schedules
+from . import _fsck_sql, _sql, _sql_children, _sql_runs, _sql_schedules
 from ._client_ops import CitusOps, detect_op, layout_op
 from ._layout import CitusLayout
 
@@ -52,6 +54,7 @@ _keys_decoder: Final = msgspec.json.Decoder(list[tuple[str, str]] | None)
 
 
 class CitusStore(
+    RunArchiveMixin,
     SqlLimits,
     TransactionalSqlStore,
     GroupCommitSqlStore,
@@ -73,6 +76,7 @@ class CitusStore(
     SQL: ClassVar[ModuleType] = _sql
     WAITING_SHARD = WAITING_SHARD
     FSCK_SQL: ClassVar[ModuleType] = _fsck_sql
+    RUN_READS: ClassVar[tuple[str, str]] = (_sql_runs.LIST_RUNS, _sql_runs.RUN_HISTORY)
 
     PROBE_EVERY: Final = 0.2
     """Seconds between probes of every shard key while notifications name the keys."""
@@ -328,6 +332,8 @@ class CitusStore(
         keep = commit.keep_lease is not None
         params = _records.commit_params(commit, self.statements.lease_params(commit.lease))
         steps = [Step(self.statements(_sql.FENCE_LOCK), params)]
+        before, after = commit_steps(self.statements, commit, params)
+        steps += before
         if commit.events:
             steps.append(Step(self.statements(_sql.COMMIT_EVENTS), params))
         if keep:
@@ -349,6 +355,8 @@ class CitusStore(
             params.update(outbox_params(commit))
             steps.append(Step(self.statements(_sql_children.COMMIT_OUTBOX), params))
         steps.append(Step(self.statements(finish), params))
+        finished_at = len(steps) - 1
+        steps += after
         # Workers need a wake-up for new tasks, or when the released workflow task has
         # events waiting; waiters (wait_for_result) when a workflow task ends.
         new_work = bool((acts or commit.timers) and not terminal) or not keep
@@ -358,7 +366,7 @@ class CitusStore(
             steps.append(Step(_sql.NOTIFY_WORK, params))
 
         def outcome(results: list[Rows]) -> list[Event]:
-            done = results[-2 if new_work else -1]
+            done = results[finished_at]
             if done:
                 moved = done[0]["moved"]
                 return [] if moved is None else decode_events(moved)

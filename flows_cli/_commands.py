@@ -20,6 +20,7 @@ from ._format import (
     format_dead_letters,
     format_info,
     format_limits,
+    format_runs,
     format_stats,
     format_timeline,
     format_workflows,
@@ -42,6 +43,7 @@ __all__ = [
     "cmd_prune",
     "cmd_rerun",
     "cmd_retry",
+    "cmd_runs",
     "cmd_show",
     "cmd_signal",
     "cmd_start",
@@ -162,10 +164,17 @@ async def cmd_show(args: argparse.Namespace) -> None:
     async with open_store(args) as store:
         engine = flows.Engine(store)
         info = await engine.query(args.workflow_id, tenant_id=args.tenant)
-        history = await engine.history(args.workflow_id, tenant_id=args.tenant)
+        run = getattr(args, "run", None)
+        history = await engine.history(args.workflow_id, tenant_id=args.tenant, run_number=run)
         print(format_info(info))
-        print("history")
+        print("history" if run is None else f"history of run {run}")
         print(format_timeline(history))
+
+
+async def cmd_runs(args: argparse.Namespace) -> None:
+    async with open_store(args) as store:
+        engine = flows.Engine(store)
+        print(format_runs(await engine.runs(args.workflow_id, tenant_id=args.tenant)))
 
 
 async def cmd_list(args: argparse.Namespace) -> None:

@@ -112,6 +112,21 @@ def format_delta(delta: timedelta) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def format_runs(runs: Sequence[flows.RunInfo]) -> str:
+    """``flows runs``: one row per run of a workflow id, oldest first."""
+    rows = [
+        (
+            str(r.run_number),
+            r.status,
+            r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            "" if r.ended_at is None else r.ended_at.strftime("%Y-%m-%d %H:%M:%S"),
+            str(r.history_length),
+        )
+        for r in runs
+    ]
+    return format_table(("run", "status", "started", "ended", "events"), rows, right=4)
+
+
 def format_info(info: flows.WorkflowInfo) -> str:
     """``flows show``: the workflow's status, output or error, and why it waits."""
     lines = [
@@ -128,6 +143,10 @@ def format_info(info: flows.WorkflowInfo) -> str:
         lines.append(f"error     {info.error}")
         if info.error.attempts:
             lines.append(f"attempts  {info.error.attempts}")
+    if info.run_number != 1:
+        lines.append(f"run       {info.run_number} (earlier runs: `flows runs`)")
+    if info.published is not None:
+        lines.append(f"progress  {one_line(bytes(info.published).decode())}")
     if info.cancel_requested:
         lines.append("cancel    requested")
     if info.waiting_reason:

@@ -162,7 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="status, output or error, and the history timeline")
     _id_options(p)
+    p.add_argument(
+        "--run", type=int, help="the history of this run (continue-as-new; see `flows runs`)"
+    )
     p.set_defaults(func=c.cmd_show)
+
+    p = sub.add_parser("runs", help="the runs of a workflow id (continue-as-new)")
+    _id_options(p)
+    p.set_defaults(func=c.cmd_runs)
 
     p = sub.add_parser("list", help="list workflows")
     p.add_argument("--status", choices=[s.value for s in flows.WorkflowStatus])

@@ -7,10 +7,10 @@ from ._activity_context import ActivityInfo, activity_info, heartbeat
 from ._activity_runner import TRANSACTION_CONFLICT_RETRIES
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
-from ._context import ChildHandle, WorkflowContext, gather, race
+from ._context import MAX_STATUS_BYTES, ChildHandle, WorkflowContext, gather, race
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
 from ._eager import EagerStarts
-from ._engine import DebouncedRun, Engine, Run, WorkflowInfo
+from ._engine import DebouncedRun, Engine, Run, RunInfo, WorkflowInfo
 from ._errors import (
     ActivityFailed,
     ActivityTimeout,
@@ -83,6 +83,7 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_SHARDS",
     "DEFAULT_TENANT",
+    "MAX_STATUS_BYTES",
     "WORKFLOW_CODE_ERRORS",
     "Activity",
     "ActivityFailed",
@@ -117,6 +118,7 @@ __all__ = [
     "ScheduleInfo",
     "ScheduleNotFound",
     "ScheduleSpec",
+    "RunInfo",
     "ScheduleToCloseTimeout",
     "Sharder",
     "Step",

@@ -4,8 +4,10 @@ that record them (no I/O). The worker builds one per commit; replay produced the
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -20,10 +22,13 @@ from .events import (
     TimerStarted,
     WorkflowCancelledEvent,
     WorkflowCompleted,
+    WorkflowContinuedAsNew,
     WorkflowFailedEvent,
+    WorkflowStarted,
 )
 from .store import (
     ActivityTaskSpec,
+    ContinueAsNew,
     Lease,
     OutboxMessage,
     TimerTaskSpec,
@@ -31,7 +36,10 @@ from .store import (
     WorkflowTaskCommit,
 )
 
-__all__ = ["AttemptOutcome", "build_commit", "resolution", "retry_spec"]
+if TYPE_CHECKING:
+    from ._replay import WorkflowInstance
+
+__all__ = ["AttemptOutcome", "build_commit", "next_run", "resolution", "retry_spec"]
 
 
 @dataclass
@@ -86,6 +94,8 @@ def build_commit(
     *,
     keep_lease: timedelta | None = None,
     outbox: list[OutboxMessage] | None = None,
+    status_value: msgspec.Raw | None = None,
+    continue_as_new: ContinueAsNew | None = None,
 ) -> WorkflowTaskCommit:
     """Turn the events a workflow task produced into the store writes that record them."""
     retries = retries or {}
@@ -137,4 +147,29 @@ def build_commit(
         timers=timers,
         drop_seqs=sorted(cancelled - new_seqs),
         outbox=outbox or [],
+        status_value=status_value,
+        continue_as_new=continue_as_new,
     )
+
+
+def next_run(instance: WorkflowInstance, run_number: int, last: Event) -> ContinueAsNew | None:
+    """The run that follows run ``run_number`` when ``last``, the last event a workflow
+    task commits, ends it by continue-as-new (else None): its WorkflowStarted (the next
+    run number, a seed derived from this run's, so a retried task decides the same) and
+    what this run received and did not consume."""
+    started = instance.started
+    if not isinstance(last, WorkflowContinuedAsNew) or started is None:
+        return None
+    seed = random.Random(f"{started.seed}:{run_number}").getrandbits(63)
+    first = WorkflowStarted(
+        name=started.name,
+        version=started.version,
+        workflow_id=started.workflow_id,
+        tenant_id=started.tenant_id,
+        input=last.input,
+        seed=seed,
+        at=last.at,
+        trace_context=started.trace_context,
+        run_number=run_number + 1,
+    )
+    return ContinueAsNew(started=first, carried=instance.unconsumed())

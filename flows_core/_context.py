@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Generator
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar, get_args, overload
+from typing import Any, Final, Generic, NoReturn, TypeVar, get_args, overload
 from uuid import UUID
 
 from ._codec import check_id, check_name, encode_payload
@@ -14,9 +14,12 @@ from ._errors import InvalidArgument
 from ._replay import RaceResult, Step, WorkflowInstance, current_instance
 from .events import ParentClosePolicy
 
-__all__ = ["ChildHandle", "WorkflowContext", "gather", "race"]
+__all__ = ["MAX_STATUS_BYTES", "ChildHandle", "WorkflowContext", "gather", "race"]
 
 _POLICIES: tuple[str, ...] = get_args(ParentClosePolicy)
+
+MAX_STATUS_BYTES: Final = 16 * 1024
+"""The largest status ``ctx.set_status`` publishes (its JSON, in bytes)."""
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -83,6 +86,12 @@ class WorkflowContext:
     @property
     def tenant_id(self) -> str:
         return self._instance.tenant_id
+
+    @property
+    def run_number(self) -> int:
+        """Which run of the workflow id this is: 1, plus one per ``continue_as_new``."""
+        started = self._instance.started
+        return 1 if started is None else started.run_number
 
     @property
     def cancel_requested(self) -> bool:
@@ -232,6 +241,34 @@ class WorkflowContext:
         call itself can go: a marker the code does not check is ignored on replay."""
         check_name(patch_id, "patch id")
         self._instance.patched(patch_id, deprecated=True)
+
+    def set_status(self, value: object) -> None:
+        """Publish ``value`` (a small msgspec-encodable object, at most 16 KiB as JSON) as
+        the workflow's status: ``engine.query()`` returns it without running any workflow
+        code (``info.status_value(MyType)``), e.g. for a UI that shows progress. Stored
+        with the workflow's next commit; the latest value wins. Not a step: the code may
+        set it anywhere, and replay publishes the same value again. PayloadError
+        (PayloadTooLarge past the limit) if it cannot be encoded."""
+        payload = encode_payload(value, what="workflow status", max_bytes=MAX_STATUS_BYTES)
+        self._instance.set_status(payload)
+
+    def continue_as_new(self, input: Any) -> NoReturn:
+        """End this run and start the workflow afresh with ``input`` (of the workflow's
+        input type): same workflow id, a new run (``run_number`` + 1) with an empty
+        history, so an entity that lives long keeps its history, and its replay, small.
+        No code after the call runs. Signals this run received and did not consume go
+        to the new run; ``engine.query``, ``signal``, ``cancel`` and ``result`` address
+        the latest run; earlier runs stay readable (``engine.runs``,
+        ``engine.history(..., run_number=)``)."""
+        definition = self._instance.definition
+        payload = encode_payload(
+            input,
+            what=f"input of workflow {definition.name!r} (continue_as_new)",
+            expected_type=definition.input_type,
+            max_bytes=self._instance.max_payload_bytes,
+        )
+        self._instance.continue_as_new(payload)
+        raise AssertionError("unreachable: continue_as_new raises")  # pragma: no cover
 
     def now(self) -> datetime:
         """The current time, recorded on first run and replayed identically."""

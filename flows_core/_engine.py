@@ -69,6 +69,7 @@ from .store import (
     NewWorkflow,
     Outbox,
     PendingStart,
+    RunArchive,
     ScheduleRecord,
     ScheduleStore,
     Store,
@@ -83,6 +84,7 @@ __all__ = [
     "Engine",
     "Planner",
     "Run",
+    "RunInfo",
     "WorkflowInfo",
     "WorkflowRegistry",
     "prune_store",
@@ -91,6 +93,7 @@ __all__ = [
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
 E = TypeVar("E")
+T = TypeVar("T")
 
 WORKER_LIVENESS = timedelta(seconds=60)
 _UNCHANGED: Any = object()
@@ -116,10 +119,40 @@ class WorkflowInfo(msgspec.Struct, frozen=True, kw_only=True):
     cancel_requested: bool
     waiting_reason: str | None = None
     """Why a running workflow is not progressing (no worker for its version, parked...)."""
+    run_number: int = 1
+    """The current (latest) run: 1, plus one per ``ctx.continue_as_new``."""
+    published: msgspec.Raw | None = None
+    """The status the workflow published last (``ctx.set_status``), as JSON; read it
+    typed with ``status_value``."""
 
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    def status_value(self, type_: type[T]) -> T | None:
+        """The status the workflow published last (``ctx.set_status``) decoded as
+        ``type_``; None if it published none. PayloadError if it does not decode."""
+        if self.published is None:
+            return None
+        value: T = decode_payload(
+            self.published, type_, what=f"status of workflow {self.workflow_id!r}"
+        )
+        return value
+
+
+class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of a workflow id (``Engine.runs``): the earlier ones ended by
+    ``ctx.continue_as_new`` (status "continued"); the last is the current run."""
+
+    run_number: int
+    status: str
+    """"continued", or the workflow's status for the current run."""
+    input: Any
+    """The run's input (decoded JSON)."""
+    started_at: datetime
+    ended_at: datetime | None
+    """None while the current run has not ended."""
+    history_length: int
 
 
 class Run(Generic[O]):
@@ -763,10 +796,63 @@ class Engine:
         reason = await self._waiting_reason(record)
         return self.info(record, waiting_reason=reason)
 
-    async def history(self, workflow_id: str, *, tenant_id: str | None = None) -> list[Event]:
-        """The workflow's events, oldest first (position = index + 1)."""
-        tenant = self.tenant_for(tenant_id)
-        return await self.store.get_history(tenant, check_id(workflow_id, "workflow id"))
+    async def history(
+        self, workflow_id: str, *, tenant_id: str | None = None, run_number: int | None = None
+    ) -> list[Event]:
+        """The workflow's events, oldest first (position = index + 1): those of its
+        current run, or of run ``run_number`` (an earlier run, ended by
+        ``ctx.continue_as_new``: see ``runs``). InvalidArgument for a run it never had."""
+        tenant, wf_id = self.planner.target(workflow_id, tenant_id)
+        if run_number is None:
+            return await self.store.get_history(tenant, wf_id)
+        if isinstance(run_number, bool) or not isinstance(run_number, int) or run_number < 1:
+            raise InvalidArgument(f"run_number must be an integer >= 1, got {run_number!r}")
+        record = await self.store.get_workflow(tenant, wf_id)
+        if run_number == record.run_number:
+            return await self.store.get_history(tenant, wf_id)
+        archive = _archive(self.store)
+        events = [] if archive is None else await archive.get_run_history(tenant, wf_id, run_number)
+        if not events:
+            raise InvalidArgument(
+                f"workflow {wf_id!r} has no run {run_number} (its runs are 1 to "
+                f"{record.run_number})"
+            )
+        return events
+
+    async def runs(
+        self, workflow_id: str, *, tenant_id: str | None = None
+    ) -> builtins.list[RunInfo]:
+        """The runs of a workflow id, oldest first: the earlier ones (ended by
+        ``ctx.continue_as_new``, status "continued") and the current one, last."""
+        tenant, wf_id = self.planner.target(workflow_id, tenant_id)
+        record = await self.store.get_workflow(tenant, wf_id)
+        archive = _archive(self.store)
+        earlier = [] if archive is None else await archive.list_runs(tenant, wf_id)
+        runs = [
+            RunInfo(
+                run_number=r.run_number,
+                status=r.status,
+                input=msgspec.json.decode(r.input),
+                started_at=r.started_at,
+                ended_at=r.ended_at,
+                history_length=r.history_length,
+            )
+            for r in earlier
+            if r.run_number < record.run_number
+        ]
+        started_at = runs[-1].ended_at if runs else record.created_at
+        finished = record.status in TERMINAL_STATUSES
+        runs.append(
+            RunInfo(
+                run_number=record.run_number,
+                status=record.status.value,
+                input=msgspec.json.decode(record.input),
+                started_at=started_at or record.created_at,
+                ended_at=record.updated_at if finished else None,
+                history_length=record.history_length,
+            )
+        )
+        return runs
 
     async def list(
         self,
@@ -866,6 +952,8 @@ class Engine:
             history_length=record.history_length,
             cancel_requested=record.cancel_requested,
             waiting_reason=waiting_reason,
+            run_number=record.run_number,
+            published=record.status_value,
         )
 
     # -- operations --
@@ -1168,6 +1256,11 @@ class Engine:
                 done = await self._replan(store, found, decode_spec(found.spec), paused=False)
             if done:
                 return schedule_info(await store.get_schedule(tenant, sid))
+
+
+def _archive(store: Store) -> RunArchive | None:
+    """The store's archive of earlier runs (``flows_core.store.RunArchive``), if it has one."""
+    return store if isinstance(store, RunArchive) else None
 
 
 def pending_activities(history: builtins.list[Event]) -> dict[int, str]:

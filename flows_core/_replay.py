@@ -86,6 +86,7 @@ from .events import (
     TimerStarted,
     WorkflowCancelledEvent,
     WorkflowCompleted,
+    WorkflowContinuedAsNew,
     WorkflowFailedEvent,
     WorkflowStarted,
     WorkflowTerminatedEvent,
@@ -114,7 +115,9 @@ _CommandEvent = (
     | ChildSignalRequested
     | ChildCancelRequested
 )
-_TerminalEvent = WorkflowCompleted | WorkflowFailedEvent | WorkflowCancelledEvent
+_TerminalEvent = (
+    WorkflowCompleted | WorkflowFailedEvent | WorkflowCancelledEvent | WorkflowContinuedAsNew
+)
 _COMMAND_TYPES = (
     ActivityScheduled,
     TimerStarted,
@@ -124,7 +127,12 @@ _COMMAND_TYPES = (
     ChildSignalRequested,
     ChildCancelRequested,
 )
-_TERMINAL_TYPES = (WorkflowCompleted, WorkflowFailedEvent, WorkflowCancelledEvent)
+_TERMINAL_TYPES = (
+    WorkflowCompleted,
+    WorkflowFailedEvent,
+    WorkflowCancelledEvent,
+    WorkflowContinuedAsNew,
+)
 PatchPath = Literal["old", "new", "new_unrecorded"]
 """How a run went through a ``ctx.patched`` check: ``"old"`` (the history has steps past
 the check and no marker), ``"new"`` (the history has the marker), ``"new_unrecorded"``
@@ -164,6 +172,10 @@ not an Exception (``asyncio.CancelledError``...) parks it too."""
 
 class _Abort(BaseException):
     """Unwinds workflow code after a determinism violation; not catchable as Exception."""
+
+
+class _ContinueAsNew(_Abort):
+    """Unwinds workflow code after ``ctx.continue_as_new()``: no code after it runs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,6 +558,15 @@ class WorkflowInstance:
         self.open_children: dict[int, ChildStartRequested] = {}
         """Children started and neither ended nor given up (their step cancelled)."""
         self._child_types: dict[int, Any] = {}
+        self.started: WorkflowStarted | None = None
+        self.published: msgspec.Raw | None = None
+        """The status the code published last (``ctx.set_status``); not a step: replay
+        publishes the same value again."""
+        self.continued: msgspec.Raw | None = None
+        """The input of the next run, once the code called ``ctx.continue_as_new``."""
+        self._arrival: dict[int, int] = {}
+        """History position of each signal or cancel request applied (by ``id``)."""
+        self._cancel_event: CancelRequested | None = None
 
     # -- driving --
 
@@ -606,8 +627,12 @@ class WorkflowInstance:
             case TimerFired():
                 self._fire_timer(event.seq)
             case SignalReceived():
+                self._arrival[id(event)] = self.applied
                 self._deliver(event)
             case CancelRequested():
+                if self._cancel_event is None:
+                    self._cancel_event = event
+                    self._arrival[id(event)] = self.applied
                 self._cancel()
             case _:
                 pass
@@ -631,8 +656,11 @@ class WorkflowInstance:
     def _run(self) -> None:
         if self._ready:
             with self._running_code():
-                while self._ready and self._violation_error is None:
+                while self._ready and self._violation_error is None and self.continued is None:
                     self._ready.popleft().step()
+        if self.continued is not None and not self.finished and self._violation_error is None:
+            self._end_run()
+            return
         main = self._main
         if main is not None and main.done and not self.finished and self._violation_error is None:
             self._finish(main)
@@ -673,6 +701,7 @@ class WorkflowInstance:
             return
         self.workflow_id, self.tenant_id, self.seed = event.workflow_id, event.tenant_id, event.seed
         self.parent = event.parent
+        self.started = event
         from ._context import WorkflowContext
 
         ctx = WorkflowContext(self)
@@ -798,6 +827,50 @@ class WorkflowInstance:
             f"execution_timeout of {self.execution_timeout}",
         )
         self._record_terminal(WorkflowFailedEvent(error=error, at=self.now))
+
+    def _end_run(self) -> None:
+        """``ctx.continue_as_new`` was called: end this run (WorkflowContinuedAsNew). No
+        more of its code runs (its coroutines are closed, so ``finally`` blocks run but
+        can take no step); its pending steps are dropped with the run."""
+        assert self.now is not None
+        assert self.continued is not None
+        self.finished = True
+        self._terminated = True
+        self._ready.clear()
+        self._pending.clear()
+        self._waits.clear()
+        with self._running_code():
+            for task in list(self._live):
+                with contextlib.suppress(Exception, _Abort):
+                    task.coro.close()
+        self._violation_error = None
+        self._live.clear()
+        self._record_terminal(WorkflowContinuedAsNew(input=self.continued, at=self.now))
+
+    def continue_as_new(self, payload: msgspec.Raw) -> None:
+        """End this run and start the next with ``payload`` (see ``_end_run``); raises
+        to unwind the calling code."""
+        if self._violation_error is not None or self._terminated:
+            raise _Abort
+        if self.continued is None:
+            self.continued = payload
+        raise _ContinueAsNew
+
+    def set_status(self, payload: msgspec.Raw) -> None:
+        """Publish ``payload`` as the workflow's status (not a step)."""
+        if self._violation_error is not None or self._terminated:
+            raise _Abort
+        self.published = payload
+
+    def unconsumed(self) -> list[Event]:
+        """What this run received and the code did not consume, in history order: the
+        signals no wait took, and the cancel request if there was one (what a run
+        continued as new hands over to the next)."""
+        left: list[Event] = [e for queue in self._buffered.values() for e in queue]
+        if self._cancel_event is not None:
+            left.append(self._cancel_event)
+        left.sort(key=lambda e: self._arrival.get(id(e), 0))
+        return left
 
     def _deliver(self, event: SignalReceived) -> None:
         for seq, wait in self._waits.items():

@@ -36,6 +36,7 @@ from .events import (
     Event,
     WorkflowCancelledEvent,
     WorkflowCompleted,
+    WorkflowContinuedAsNew,
     WorkflowFailedEvent,
     WorkflowStarted,
     encode_event,
@@ -312,7 +313,12 @@ def _problem(
     )
 
 
-_ENDINGS = (WorkflowCompleted, WorkflowFailedEvent, WorkflowCancelledEvent)
+_ENDINGS = (
+    WorkflowCompleted,
+    WorkflowFailedEvent,
+    WorkflowCancelledEvent,
+    WorkflowContinuedAsNew,
+)
 
 
 def _activation_problem(

@@ -36,7 +36,7 @@ import msgspec
 
 from ._activity_runner import ActivityRunner, LeaseKeeper, cancelled_from_outside
 from ._children import INLINE_DELIVERIES, deliver_all, outbox_for, records_of
-from ._commit import AttemptOutcome, build_commit, resolution, retry_spec
+from ._commit import AttemptOutcome, build_commit, next_run, resolution, retry_spec
 from ._definitions import Workflow
 from ._errors import ErrorInfo, LeaseLost
 from ._group_commit import group_writes
@@ -81,6 +81,9 @@ class _Progress:
     workflow_name: str
     history_length: int
     next_seq: int
+    run_number: int = 1
+    published: bytes | None = None
+    """The status stored on the row (as claimed, then as this task committed it)."""
     limited: bool = False
     """The workflow holds a ``max_running`` slot (given back when it ends)."""
 
@@ -309,6 +312,8 @@ class WorkflowTaskRunner:
             wf.name,
             claim.history_from + len(claim.history),
             wf.next_seq,
+            wf.run_number,
+            None if wf.status_value is None else bytes(wf.status_value),
             limited=definition.max_running is not None,
         )
         pending: list[Event] = list(activation.new_events)
@@ -555,8 +560,16 @@ class WorkflowTaskRunner:
     ) -> list[Event]:
         """Commit ``events``; with ``keep`` the lease is kept and the inbox handed back.
         Messages to other workflows (child workflows) go into the outbox in the same
-        commit and are delivered from here at once (see flows_core._children)."""
+        commit and are delivered from here at once (see flows_core._children).
+        The status the code published goes with it if it changed; the run's end by
+        continue-as-new goes with the final commit."""
         outbox = outbox_for(events, instance, progress.lease, self.sharder, self.lease)
+        published = instance.published
+        if published is not None and bytes(published) == progress.published:
+            published = None
+        continued = None
+        if not keep and events:
+            continued = next_run(instance, progress.run_number, events[-1])
         commit = build_commit(
             progress.lease,
             progress.history_length,
@@ -566,6 +579,8 @@ class WorkflowTaskRunner:
             retries,
             keep_lease=self.lease if keep else None,
             outbox=outbox,
+            status_value=published,
+            continue_as_new=continued,
         )
         commit = prioritized(commit)
         write = group_writes(self.store).commit_workflow_task
@@ -580,6 +595,9 @@ class WorkflowTaskRunner:
                 await self.activities.gate.workflow_ended(progress.lease, progress.workflow_name)
         progress.history_length += len(events) + len(moved)
         progress.next_seq = next_seq
+        if published is not None:
+            progress.published = bytes(published)
+
         return moved
 
     async def _deliver(self, lease: Lease, outbox: list[OutboxMessage]) -> None:

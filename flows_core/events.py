@@ -45,6 +45,7 @@ __all__ = [
     "TimerStarted",
     "WorkflowCancelledEvent",
     "WorkflowCompleted",
+    "WorkflowContinuedAsNew",
     "WorkflowFailedEvent",
     "WorkflowStarted",
     "WorkflowTerminatedEvent",
@@ -91,6 +92,9 @@ class WorkflowStarted(_Base, tag="workflow_started", frozen=True, omit_defaults=
     crash. None when the start was not traced."""
     parent: ParentRef | None = None
     """Set on a child workflow (``ctx.start_child``): its end is reported to this parent."""
+    run_number: int = 1
+    """Which run of the workflow id this is: 1, then one more after every
+    ``ctx.continue_as_new`` (the run it continues is ``run_number - 1``)."""
 
 
 class ActivityScheduled(_Base, tag="activity_scheduled", frozen=True):
@@ -226,6 +230,14 @@ class WorkflowCancelledEvent(_Base, tag="workflow_cancelled", frozen=True):
     """What the workflow returned after the cancel request, if it returned (else null)."""
 
 
+class WorkflowContinuedAsNew(_Base, tag="workflow_continued_as_new", frozen=True):
+    """``ctx.continue_as_new(input)``: this run ended here and the next run of the same
+    workflow id starts with ``input`` and a fresh history (its WorkflowStarted has the
+    next ``run_number``). The last event of a continued run."""
+
+    input: msgspec.Raw
+
+
 class WorkflowTerminatedEvent(_Base, tag="workflow_terminated", frozen=True):
     """``Engine.terminate``: the workflow was ended at once, from outside; no code of it
     ran for this, its pending tasks, timers and inbox were dropped."""
@@ -254,6 +266,7 @@ Event = (
     | ChildSignalRequested
     | ChildCancelRequested
     | ChildWorkflowEnded
+    | WorkflowContinuedAsNew
 )
 
 _encoder: Final = msgspec.json.Encoder()
@@ -289,7 +302,8 @@ def event_summary(event: Event) -> str:
     match event:
         case WorkflowStarted():
             limit = f" timeout={event.execution_timeout}" if event.execution_timeout else ""
-            return f"started {event.name} v{event.version} input={_short(event.input)}{limit}"
+            run = f" (run {event.run_number})" if event.run_number != 1 else ""
+            return f"started {event.name} v{event.version}{run} input={_short(event.input)}{limit}"
         case ActivityScheduled():
             return f"#{event.seq} activity {event.name} scheduled input={_short(event.input)}"
         case ActivityCompleted():
@@ -338,5 +352,7 @@ def event_summary(event: Event) -> str:
             return f"failed: {event.error}"
         case WorkflowCancelledEvent():
             return "cancelled" + (f": {event.error}" if event.error else "")
+        case WorkflowContinuedAsNew():
+            return f"continued as new input={_short(event.input)}"
         case WorkflowTerminatedEvent():
             return "terminated" + (f": {event.reason}" if event.reason else "")

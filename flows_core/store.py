@@ -98,6 +98,9 @@ __all__ = [
     "WorkflowCounts",
     "WorkflowTaskClaim",
     "WorkflowTaskCommit",
+    "ContinueAsNew",
+    "RunArchive",
+    "RunRecord",
     "cancel_outcome",
     "continued_length",
     "eager_start_claim",
@@ -184,6 +187,12 @@ class WorkflowRecord(msgspec.Struct, frozen=True, kw_only=True):
     """A workflow task exists and is not leased (the workflow waits for a worker)."""
     inbox_length: int = 0
     """Events received (signals, cancel, timers, results) not yet shown to the code."""
+    run_number: int = 1
+    """The current run: 1, plus one per ``continue_as_new`` (see ``ContinueAsNew``).
+    ``history_length``, ``next_seq``, ``input`` and the history are those of this run."""
+    status_value: msgspec.Raw | None = None
+    """The status the workflow published last (``ctx.set_status``), as JSON; None if
+    it never did. Kept across runs until a run publishes another."""
 
 
 class NewWorkflow(msgspec.Struct, frozen=True, kw_only=True):
@@ -371,6 +380,13 @@ class WorkflowTaskCommit(msgspec.Struct, frozen=True, kw_only=True):
     outbox: list[OutboxMessage] = []
     """Messages to other workflows, written in the same transaction into the outbox
     under the lease's shard key (``Outbox``); only if the commit is written."""
+    status_value: msgspec.Raw | None = None
+    """A status the workflow published (``ctx.set_status``) since it was last stored:
+    written to the row's ``status_value`` in the same transaction (None: unchanged)."""
+    continue_as_new: ContinueAsNew | None = None
+    """End this run and start the next one (see ``ContinueAsNew``), in the same
+    transaction, after the rest of the commit. Only with a RUNNING status and no
+    ``keep_lease``; ``events`` end with the WorkflowContinuedAsNew event."""
 
 
 class ActivityResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -1349,3 +1365,60 @@ def stored_error(error: ErrorInfo, what: str = "error") -> str:
 
 def _event_name(event: Event) -> str:
     return type(event).__name__
+
+
+# -- runs (continue-as-new) and published status --
+
+
+class ContinueAsNew(msgspec.Struct, frozen=True, kw_only=True):
+    """The next run a workflow-task commit starts (``WorkflowTaskCommit.continue_as_new``).
+
+    After the commit's own writes, in the same transaction, the store:
+
+    * archives the run that ends: a run record (``RunRecord``: its number, input, start,
+      end, history length) and its history, both readable through ``RunArchive``;
+    * resets the workflow row for run ``run_number + 1``: ``input`` = ``started.input``,
+      history ``[started, *carried]`` (positions 1..n), ``next_seq`` 1, status RUNNING,
+      no output nor error; ``cancel_requested`` and ``status_value`` stay as they are;
+    * deletes every activity and timer task of the workflow (steps of the ended run) and
+      leaves its workflow task pending, unleased, visible now, attempt count 1;
+    * keeps the inbox (signals and cancel requests that arrived meanwhile go to the new
+      run), except the results of the ended run's steps (events with a ``seq``:
+      ActivityCompleted, ActivityFailed, TimerFired), which it deletes.
+    """
+
+    started: Event
+    """The WorkflowStarted event of the new run (its ``run_number`` is the next one)."""
+    carried: list[Event] = []
+    """Events the ended run received but did not consume (signals no wait took, a cancel
+    request), in their order: the new run's history continues with them."""
+
+
+class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """An earlier run of a workflow id, ended by continue-as-new (``RunArchive``)."""
+
+    run_number: int
+    input: msgspec.Raw
+    started_at: datetime
+    ended_at: datetime
+    history_length: int
+    status: str = "continued"
+
+
+@runtime_checkable
+class RunArchive(Protocol):
+    """The earlier runs of a workflow id (those ``ContinueAsNew`` archived). Memory,
+    PostgreSQL and Citus have it; the Engine looks for it with ``getattr(store,
+    "list_runs", None)``. Archived runs are deleted with their workflow (``prune``)."""
+
+    async def list_runs(self, tenant_id: str, workflow_id: str) -> list[RunRecord]:
+        """The archived runs of the workflow, oldest first (the current run, in the
+        workflow row, is not among them). WorkflowNotFound if there is no such workflow."""
+        ...
+
+    async def get_run_history(
+        self, tenant_id: str, workflow_id: str, run_number: int
+    ) -> list[Event]:
+        """The history of archived run ``run_number``, oldest first; [] if there is no
+        such archived run (WorkflowNotFound if there is no such workflow)."""
+        ...

@@ -40,6 +40,7 @@ from flows_core.events import (
     Event,
     SignalReceived,
     TimerFired,
+    WorkflowStarted,
     WorkflowTerminatedEvent,
 )
 from flows_core.store import (
@@ -58,6 +59,7 @@ from flows_core.store import (
     ListQuery,
     NewWorkflow,
     OutboxRecord,
+    RunRecord,
     ScheduleAdvance,
     ScheduleClaim,
     ScheduleLease,
@@ -165,6 +167,11 @@ class _Workflow:
     delivered: dict[str, datetime] = field(default_factory=dict)
     """Keys of ``deliver_once`` deliveries and when they came (gone with the workflow, or
     at a ``prune`` whose age they passed)."""
+    run_number: int = 1
+    run_started_at: datetime | None = None
+    status_value: msgspec.Raw | None = None
+    runs: list[tuple[RunRecord, list[Event]]] = field(default_factory=list)
+    """Earlier runs (continue-as-new), oldest first, with their histories."""
 
     @classmethod
     def new(cls, new: NewWorkflow, now: datetime) -> _Workflow:
@@ -307,6 +314,8 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
             cancel_requested=wf.cancel_requested,
             workflow_task_pending=pending,
             inbox_length=len(wf.inbox),
+            run_number=wf.run_number,
+            status_value=wf.status_value,
         )
 
     def _flush(self, wf: _Workflow) -> WorkflowRecord:
@@ -773,6 +782,16 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
         if commit.keep_lease is not None and commit.status != WorkflowStatus.RUNNING:
             raise ValueError("keep_lease is only valid with a RUNNING status")
         events = [round_trip_event(e) for e in commit.events]
+        if commit.status_value is not None:
+            stored_payload(commit.status_value, "workflow status")
+        following = commit.continue_as_new
+        if following is not None:
+            if commit.status != WorkflowStatus.RUNNING or commit.keep_lease is not None:
+                raise ValueError(
+                    "continue_as_new is only valid with a RUNNING status, no keep_lease"
+                )
+            started = round_trip_event(following.started)
+            carried = [round_trip_event(e) for e in following.carried]
         if commit.output is not None:
             stored_payload(commit.output, "workflow output")
         if commit.error is not None:
@@ -834,10 +853,43 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
             else:
                 self._delete(task)
                 wf.workflow_task = None
+        if commit.status_value is not None:
+            wf.status_value = commit.status_value
+        if following is not None:
+            self._next_run(wf, started, carried, now)
         self._changed(wf, work=True)
         self._commit_transaction()
         self._fault("commit_workflow_task", "after")
         return moved
+
+    def _next_run(self, wf: _Workflow, started: Event, carried: list[Event], now: datetime) -> None:
+        """Archive the current run and start the next (``flows_core.store.ContinueAsNew``)."""
+        ended = RunRecord(
+            run_number=wf.run_number,
+            input=wf.input,
+            started_at=wf.run_started_at or wf.created_at,
+            ended_at=now,
+            history_length=len(wf.history),
+        )
+        wf.runs.append((ended, wf.history))
+        assert isinstance(started, WorkflowStarted)
+        wf.run_number += 1
+        wf.run_started_at = now
+        wf.input = started.input
+        wf.history = [started, *carried]
+        wf.next_seq = 1
+        wf.status, wf.output, wf.error = WorkflowStatus.RUNNING, None, None
+        for step in wf.step_tasks.values():
+            self._delete(step)
+        wf.step_tasks.clear()
+        wf.inbox = [e for e in wf.inbox if getattr(e, "seq", None) is None]
+        self._ensure_workflow_task(wf)
+        task = wf.workflow_task
+        assert task is not None
+        task.token = task.owner = task.lease_expires = None
+        task.visible_at = now
+        task.attempt = 1
+        self._touch(task)
 
     async def park_workflow(self, lease: Lease, error: ErrorInfo) -> None:
         self._fault("park_workflow", "before")
@@ -1366,6 +1418,19 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
             if best is None or when < best:
                 best = when
         return best
+
+    # -- earlier runs (flows_core.store.RunArchive) --
+
+    async def list_runs(self, tenant_id: str, workflow_id: str) -> list[RunRecord]:
+        return [record for record, _ in self._get(tenant_id, workflow_id).runs]
+
+    async def get_run_history(
+        self, tenant_id: str, workflow_id: str, run_number: int
+    ) -> list[Event]:
+        for record, history in self._get(tenant_id, workflow_id).runs:
+            if record.run_number == run_number:
+                return list(history)
+        return []
 
     def row_counts(self) -> dict[str, int]:
         """Stored items per kind (test helper: retention keeps these bounded)."""

@@ -143,7 +143,7 @@ WORKER_HORIZON: Final = timedelta(seconds=60)
 RECORD: Final = """w.tenant_id, w.workflow_id, w.name, w.version, w.shard_key, w.status,
     w.input::text AS input, w.output::text AS output, w.error::text AS error,
     w.created_at, w.updated_at, w.history_length, w.next_seq, w.cancel_requested,
-    w.inbox_length"""
+    w.inbox_length, w.run_number, w.status_value::text AS status_value"""
 """The columns ``record_from_row`` reads, from a ``workflows`` row aliased ``w``."""
 
 _REGISTER_WORKER: Final = """

@@ -96,6 +96,8 @@ def record_from_row(row: Mapping[str, Any]) -> WorkflowRecord:
         cancel_requested=row["cancel_requested"],
         workflow_task_pending=bool(row.get("pending", False)),
         inbox_length=row["inbox_length"],
+        run_number=row.get("run_number", 1),
+        status_value=raw(row.get("status_value")),
     )
 
 

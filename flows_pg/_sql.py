@@ -342,7 +342,7 @@ WITH c AS MATERIALIZED (
 ), wl AS MATERIALIZED (
   SELECT w.shard_key, w.tenant_id, w.workflow_id, w.name, w.version, w.status, w.input,
          w.output, w.error, w.created_at, w.updated_at, w.history_length, w.next_seq,
-         w.cancel_requested, w.inbox_length, w.inbox_seq
+         w.cancel_requested, w.inbox_length, w.inbox_seq, w.run_number, w.status_value
   FROM {S}.workflows w
   WHERE (w.shard_key, w.tenant_id, w.workflow_id) IN
         (SELECT w0.shard_key, w0.tenant_id, w0.workflow_id FROM w0)
@@ -447,7 +447,8 @@ CROSS JOIN LATERAL (
   SELECT cw.tenant_id, cw.workflow_id, cw.name, cw.version, cw.shard_key, cw.status,
          cw.input::text AS input, cw.output::text AS output, cw.error::text AS error,
          cw.created_at, cw.updated_at, cw.history_length + coalesce(mc.n, 0) AS history_length,
-         cw.next_seq, cw.cancel_requested, cw.inbox_length - coalesce(mc.n, 0) AS inbox_length
+         cw.next_seq, cw.cancel_requested, cw.inbox_length - coalesce(mc.n, 0) AS inbox_length,
+         cw.run_number, cw.status_value::text AS status_value
   FROM cw
   LEFT JOIN mc ON """
     + _same_wf("mc", "cw")
@@ -930,6 +931,14 @@ WITH v AS MATERIALIZED (
 ), t AS (
   DELETE FROM {S}.tasks t USING v WHERE """
     + _same_wf("t", "v")
+    + """
+), rh AS (
+  DELETE FROM {S}.run_history h USING v WHERE """
+    + _same_wf("h", "v")
+    + """
+), rn AS (
+  DELETE FROM {S}.runs r USING v WHERE """
+    + _same_wf("r", "v")
     + """
 ), d AS (
   DELETE FROM {S}.workflows w USING v WHERE """

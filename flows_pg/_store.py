@@ -32,7 +32,7 @@ from flows_core.store import (
     stored_event,
 )
 
-from . import _fsck_sql, _sql, _sql_children, _sql_fair
+from . import _fsck_sql, _sql, _sql_children, _sql_fair, _sql_runs
 from ._base import Batch, Op, Rows, Step
 from ._client_ops import ClientOps, PostgresOps
 from ._debounce import DebounceSqlStore
@@ -51,6 +51,7 @@ from ._records import (
     store_stats,
     utc,
 )
+from ._runs import RunArchiveMixin
 from ._schedules import ScheduleSqlStore
 from ._sql_schedules import schedule_statements
 from ._txact import Outcome, TransactionalSqlStore, fenced_outcome
@@ -60,6 +61,7 @@ __all__ = ["PostgresStore"]
 _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _SCHEDULE_SQL: Final = schedule_statements(sharded=False)
 _SHARDS_FILTER: Final = "AND t.shard_key = ANY(%(shards)s::text[])"
+_NOTIFY_WORK: Final = "SELECT pg_notify(%(ch_work)s, '')"
 
 
 def _sharded(template: str, sharded: bool) -> str:
@@ -67,6 +69,7 @@ def _sharded(template: str, sharded: bool) -> str:
 
 
 class PostgresStore(
+    RunArchiveMixin,
     SqlLimits,
     TransactionalSqlStore,
     GroupCommitSqlStore,
@@ -85,6 +88,7 @@ class PostgresStore(
 
     SQL: ClassVar[ModuleType] = _sql
     FSCK_SQL: ClassVar[ModuleType] = _fsck_sql
+    RUN_READS: ClassVar[tuple[str, str]] = (_sql_runs.LIST_RUNS, _sql_runs.RUN_HISTORY)
 
     def __init__(self, *args: Any, fair_tenants: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -176,9 +180,14 @@ class PostgresStore(
         if commit.outbox:  # its messages first, under the same fence, in one transaction
             params.update(_sql_children.outbox_params(commit))
             steps.insert(0, Step(self.statements(_sql_children.COMMIT_OUTBOX), params))
+        before, after = _sql_runs.commit_steps(self.statements, commit, params)
+        if after:  # the next run's workflow task: a wake-up for the workers
+            after.append(Step(_NOTIFY_WORK, params))
+        finished_at = len(before) + len(steps) - 1
+        steps = [*before, *steps, *after]
 
         def outcome(results: list[Rows]) -> list[Event]:
-            row = results[-1][0]
+            row = results[finished_at][0]
             if row["done"]:
                 moved = row["moved"]
                 return [] if moved is None else decode_events(moved)

@@ -372,6 +372,7 @@ class _UI:
             cut=0 if show_all else max(0, len(timeline.entries) - MAX_TIMELINE),
             input_text=pretty(record.input),
             output_text=pretty(record.output) if record.output is not None else None,
+            status_text=None if record.status_value is None else pretty(record.status_value),
             notice=notice,
             refresh=(
                 str(min(max(int(refresh), 1), 3600))

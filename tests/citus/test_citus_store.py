@@ -28,9 +28,13 @@ TABLES = (
     "workers",
     "outbox",
     "delivery_keys",
+    "runs",
+    "run_history",
     "schedules",
     "pending_starts",
 )
+LIMIT_TABLES = ("limit_slots", "limit_waiters", "limit_rates")
+"""Flow control (migration 012): distributed by limit bucket, not by shard key."""
 
 
 def distribution(dsn: str, schema: str) -> dict[str, tuple[str, str | None, int]]:
@@ -57,7 +61,10 @@ async def test_migration_distributes_every_table_by_shard_key_colocated(
     }
     assert len({found[name][2] for name in TABLES}) == 1, "all colocated with workflows"
     assert found["layout"][0] == "n", "the layout is a reference table (written once)"
-    assert set(found) == {*TABLES, "layout"}, "nothing else, nothing in another schema"
+    assert {name: found[name][:2] for name in LIMIT_TABLES} == {
+        name: ("h", "bucket") for name in LIMIT_TABLES
+    }
+    assert set(found) == {*TABLES, *LIMIT_TABLES, "layout"}, "nothing else, nothing elsewhere"
 
 
 async def test_migration_is_idempotent_and_targets_the_configured_schema(
@@ -66,12 +73,12 @@ async def test_migration_is_idempotent_and_targets_the_configured_schema(
     schema = fresh_schema("cm")
     store = CitusStore(citus_dsn, schema=schema)
     try:
-        assert await store.migrate(shards=16) == [1, 2, 3, 4, 5, 6, 9, 10, 11, 12, 13, 14]
+        assert await store.migrate(shards=16) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
         assert await store.migrate(shards=16) == []
         again = CitusStore(citus_dsn, schema=schema)
         assert await again.migrate() == []
         await again.close()
-        assert set(distribution(citus_dsn, schema)) == {*TABLES, "layout"}
+        assert set(distribution(citus_dsn, schema)) == {*TABLES, *LIMIT_TABLES, "layout"}
     finally:
         await drop_citus_store(store)
 

@@ -30,6 +30,7 @@ import flows_citus._fsck_sql as citus_fsck_sql
 import flows_citus._sql as citus_sql
 import flows_citus._sql_children as citus_sql_children
 import flows_citus._sql_debounce as citus_sql_debounce
+import flows_citus._sql_runs as citus_sql_runs
 import flows_citus._sql_schedules as citus_sql_schedules
 from flows_core import ErrorInfo
 from flows_core.events import (
@@ -38,12 +39,15 @@ from flows_core.events import (
     CancelRequested,
     TimerStarted,
     WorkflowCompleted,
+    WorkflowContinuedAsNew,
+    WorkflowStarted,
     WorkflowTerminatedEvent,
 )
 from flows_core.store import (
     ActivityResult,
     ActivityRetry,
     ActivityTaskSpec,
+    ContinueAsNew,
     ListQuery,
     OutboxMessage,
     PendingStart,
@@ -88,6 +92,7 @@ def every_statement(store: Any) -> dict[str, str]:
             citus_sql_schedules,
             citus_sql_children,
             citus_sql_debounce,
+            citus_sql_runs,
         )
         for name, text in vars(module).items()
         if name.isupper() and not name.startswith("_") and isinstance(text, str) and "{S}" in text
@@ -236,6 +241,7 @@ async def workload(store: Any, kit: Kit) -> None:
         )
     )
     assert (await store.get_workflow(kit.tenant, a.workflow_id)).status == "completed"
+    await continued(store, kit)
     await store.fsck_workflows(tenant_id=None, after=None, limit=100)
     await store.fsck_workflows(tenant_id=kit.tenant, after=(kit.shard, kit.tenant, ""), limit=1)
     await store.fsck_orphans(tenant_id=None, limit=100)
@@ -354,6 +360,41 @@ async def limits_workload(store: Any, kit: Kit) -> None:
     await asyncio.sleep((reserved - datetime.now(UTC)).total_seconds() + 0.01)
     await store.take_rate_token("a:r", "r", every, task, horizon)  # its token, due now
     assert await store.limit_usage(["a:x", "a:r"])
+
+
+async def continued(store: Any, kit: Kit) -> None:
+    """A status published, then a continue-as-new (with a signal waiting in the inbox and
+    a timer of the ended run), and the reads of the earlier run."""
+    new = await kit.start()
+    claim = await kit.claim_wf()
+    later = kit.now() + timedelta(hours=1)
+    await store.commit_workflow_task(
+        kit.commit(
+            claim,
+            [TimerStarted(seq=1, fire_at=later, at=kit.now())],
+            next_seq=2,
+            timers=[TimerTaskSpec(seq=1, fire_at=later)],
+            status_value=raw({"step": 1}),
+        )
+    )
+    await store.signal_workflow(kit.tenant, new.workflow_id, kit.signal("go", 1))
+    claim = await kit.claim_wf()
+    started = WorkflowStarted(
+        name=kit.wf,
+        version=1,
+        workflow_id=new.workflow_id,
+        tenant_id=kit.tenant,
+        input=raw(2),
+        seed=1,
+        at=kit.now(),
+        run_number=2,
+    )
+    following = ContinueAsNew(started=started, carried=[claim.history[-1]])
+    end = WorkflowContinuedAsNew(input=raw(2), at=kit.now())
+    await store.commit_workflow_task(kit.commit(claim, [end], continue_as_new=following))
+    assert (await store.get_workflow(kit.tenant, new.workflow_id)).run_number == 2
+    assert len(await store.list_runs(kit.tenant, new.workflow_id)) == 1
+    assert await store.get_run_history(kit.tenant, new.workflow_id, 1)
 
 
 def explain(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any]) -> str:

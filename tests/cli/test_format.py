@@ -47,7 +47,12 @@ def test_dead_letters_show_attempts_and_one_line_errors() -> None:
     error = flows.ErrorInfo(type="ValueError", message="bad\nthing", attempts=3)
     out = format_dead_letters([record("w-1", status=flows.WorkflowStatus.PARKED, error=error)])
     assert out.splitlines()[1].split(maxsplit=5) == [
-        "w-1", "order", "v2", "3", "acme", "ValueError: bad thing"
+        "w-1",
+        "order",
+        "v2",
+        "3",
+        "acme",
+        "ValueError: bad thing",
     ]
 
 

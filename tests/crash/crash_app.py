@@ -12,8 +12,9 @@ SIGKILLs itself that long after sending its first workflow-task commit),
 workflow), ``die-after-child-start`` (SIGKILLs itself right after delivering the first
 child start from the outbox, before the outbox row is deleted), ``die-in-tick`` (its
 scheduler SIGKILLs the process after starting a schedule's tick workflows, before
-advancing the schedule) or ``die-in-debounce`` (it SIGKILLs itself after starting a
-closed debounce window's workflow, before deleting the window's row).
+advancing the schedule), ``die-in-continue:SECONDS`` (the same as ``die-in-commit``
+with its first commit that continues as new) or ``die-in-debounce`` (it SIGKILLs itself
+after starting a closed debounce window's workflow, before deleting the window's row).
 Every activity execution is recorded in ``<schema>.crash_effects`` (its own connection,
 autocommit), so the test can count executions against recorded results.
 """
@@ -83,6 +84,25 @@ async def tick_wf(ctx: flows.WorkflowContext, name: str) -> str:
     return f"tick of {name}"
 
 
+class Tally(msgspec.Struct, frozen=True):
+    every: int
+    seen: list[int] = []
+
+
+@flows.workflow("crash-entity")
+async def crash_entity(ctx: flows.WorkflowContext, tally: Tally) -> list[int]:
+    """Collects "add" signals until a negative one, continuing as new every ``every``."""
+    seen, in_run = list(tally.seen), 0
+    while True:
+        value = await ctx.wait_for_signal("add", int)
+        if value < 0:
+            return seen
+        seen.append(value)
+        in_run += 1
+        if in_run == tally.every:
+            ctx.continue_as_new(Tally(every=tally.every, seen=seen))
+
+
 @flows.workflow("poison-wf")
 async def poison_wf(ctx: flows.WorkflowContext, _: None) -> None:
     """Kills the process running its workflow task, every time (a poison task)."""
@@ -105,11 +125,14 @@ async def run_worker(dsn: str, schema: str, lease: float) -> None:
 
         store_class = CitusStore
     async with store_class(dsn, schema=schema) as store:
-        if MODE.startswith("die-in-commit:"):
+        if MODE.startswith(("die-in-commit:", "die-in-continue:")):
             delay = float(MODE.split(":", 1)[1])
             commit = store.commit_workflow_task
+            only_continue = MODE.startswith("die-in-continue:")
 
-            async def dying(c: object) -> None:
+            async def dying(c: object) -> object:
+                if only_continue and getattr(c, "continue_as_new", None) is None:
+                    return await commit(c)  # type: ignore[arg-type]
                 inflight = asyncio.ensure_future(commit(c))  # type: ignore[arg-type]
                 await asyncio.sleep(delay)
                 del inflight  # never awaited: the process dies while it runs
@@ -155,7 +178,7 @@ async def run_worker(dsn: str, schema: str, lease: float) -> None:
             store.start_workflow = start_then_die  # type: ignore[method-assign,assignment]
         worker = flows.Worker(
             store,
-            workflows=[crash_wf, poison_wf, tick_wf, crash_parent],
+            workflows=[crash_wf, poison_wf, tick_wf, crash_parent, crash_entity],
             activities=[effect],
             lease=timedelta(seconds=lease),
             poll_interval=0.1,

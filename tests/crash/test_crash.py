@@ -24,7 +24,16 @@ from conftest_pg import drop_pg_store, make_pg_store
 import flows_core as flows
 from flows_core.events import ActivityCompleted, ActivityScheduled
 
-from .crash_app import crash_parent, crash_wf, effect, effects_table, poison_wf, tick_wf
+from .crash_app import (
+    Tally,
+    crash_entity,
+    crash_parent,
+    crash_wf,
+    effect,
+    effects_table,
+    poison_wf,
+    tick_wf,
+)
 
 pytestmark = [pytest.mark.slow]
 
@@ -214,6 +223,36 @@ async def test_worker_killed_between_child_start_and_outbox_delete(dsn: str, sto
     rescuer = spawn(dsn, store, "normal")
     try:
         await assert_children_done_once(engine, dsn, store.schema, parent, 3)
+    finally:
+        kill(rescuer)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.01])
+async def test_worker_killed_around_the_continue_as_new_commit(  # type: ignore[no-untyped-def]
+    dsn: str, store, delay: float
+) -> None:
+    """Killed right after sending a commit that continues as new (before, during or
+    after it reaches the database): another worker goes on, and each workflow has
+    exactly one new run per continue, every signal consumed once, in order."""
+    engine = flows.Engine(store)
+    ids = [(await engine.start(crash_entity, Tally(every=2))).workflow_id for _ in range(4)]
+    for wf_id in ids:
+        for value in (1, 2, 3, 4, 5, -1):
+            await engine.signal(wf_id, "add", value)
+    victim = spawn(dsn, store, f"die-in-continue:{delay}")
+    victim.wait(60)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read() if victim.stderr else ""
+    rescuer = spawn(dsn, store, "normal")
+    try:
+        for wf_id in ids:
+            assert await engine.wait_for_result(wf_id, timeout=60) == [1, 2, 3, 4, 5]
+            runs = await engine.runs(wf_id)
+            assert [r.run_number for r in runs] == [1, 2, 3]
+            assert [r.status for r in runs] == ["continued", "continued", "completed"]
+            for info in runs:
+                history = await engine.history(wf_id, run_number=info.run_number)
+                assert_history_invariants(history)
+                assert len(history) == info.history_length
     finally:
         kill(rescuer)
 

@@ -137,6 +137,15 @@ async def children(env: TestEnvironment) -> Files:
     return {"children_parent": run.workflow_id, "children_child": "golden-family-1/child-1"}
 
 
+async def continued(env: TestEnvironment) -> Files:
+    run = await env.engine.start(w.entity, ORDER, workflow_id="golden-entity-1")
+    for value in (1, 2, 3):
+        await env.engine.signal(run.workflow_id, "add", value)
+    await settle(env)
+    assert await run.result(timeout=10) == ORDER.amount + 1 + 2
+    return {"continued_run1": f"{run.workflow_id}@1", "continued_run2": run.workflow_id}
+
+
 Scenario = Callable[[TestEnvironment], Awaitable[Files]]
 SCENARIOS: dict[str, tuple[Scenario, list[flows.Workflow[w.Order, object]] | None]] = {
     "tour": (tour, None),
@@ -145,6 +154,7 @@ SCENARIOS: dict[str, tuple[Scenario, list[flows.Workflow[w.Order, object]] | Non
     "shapes": (shapes, None),
     "patch_before": (patch_before, [w.fraud_before]),
     "children": (children, None),
+    "continued": (continued, None),
 }
 
 SCENARIO_FILES: dict[str, list[str]] = {
@@ -158,6 +168,7 @@ SCENARIO_FILES: dict[str, list[str]] = {
         "patch_before_before_point",
     ],
     "children": ["children_parent", "children_child"],
+    "continued": ["continued_run1", "continued_run2"],
 }
 
 
@@ -177,7 +188,12 @@ async def record(name: str) -> list[Path]:
         assert sorted(files) == sorted(SCENARIO_FILES[name]), files
         written = []
         for stem, workflow_id in files.items():
-            data = await flows.export_history(env.store, flows.DEFAULT_TENANT, workflow_id)
+            if "@" in workflow_id:  # an earlier run (continue-as-new): "id@run"
+                workflow_id, run_number = workflow_id.split("@")
+                events = await env.engine.history(workflow_id, run_number=int(run_number))
+                data = flows.ExportedHistory.of(events, status="continued").to_json()
+            else:
+                data = await flows.export_history(env.store, flows.DEFAULT_TENANT, workflow_id)
             path = HERE / f"{stem}.json"
             path.write_bytes(data)
             written.append(path)

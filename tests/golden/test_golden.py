@@ -28,7 +28,12 @@ OWN = [p for p in GOLDEN if p.name != "evolve_address_v1.json"]
 """The files recorded by record.py (evolve_address_v1.json belongs to
 test_values_evolution.py, which replays it against its own code)."""
 
-ENDINGS = (ev.WorkflowCompleted, ev.WorkflowFailedEvent, ev.WorkflowCancelledEvent)
+ENDINGS = (
+    ev.WorkflowCompleted,
+    ev.WorkflowFailedEvent,
+    ev.WorkflowCancelledEvent,
+    ev.WorkflowContinuedAsNew,
+)
 
 
 def load(path: Path) -> flows.ExportedHistory:
@@ -110,7 +115,12 @@ def ended_by_the_code(path: Path) -> bool:
     """Read without the event classes, so that a broken schema fails a test, not the
     collection."""
     last = msgspec.json.decode(path.read_bytes())["events"][-1]["type"]
-    return last in {"workflow_completed", "workflow_failed", "workflow_cancelled"}
+    return last in {
+        "workflow_completed",
+        "workflow_failed",
+        "workflow_cancelled",
+        "workflow_continued_as_new",
+    }
 
 
 @pytest.mark.parametrize("path", [p for p in OWN if ended_by_the_code(p)], ids=lambda p: p.stem)

@@ -196,7 +196,19 @@ async def family(ctx: flows.WorkflowContext, order: Order) -> list[str]:
     return done
 
 
-WORKFLOWS = [tour, fail, compensate, cancel_plain, wait, deadline, shapes, child, family]
+@flows.workflow("golden-entity")
+async def entity(ctx: flows.WorkflowContext, order: Order) -> int:
+    """Adds one signal to the amount per run; the first run continues as new (the
+    signals it did not take go to the second run), the second returns the total."""
+    added = await ctx.wait_for_signal("add", int)
+    total = order.amount + added
+    ctx.set_status({"run": ctx.run_number, "total": total})
+    if ctx.run_number == 1:
+        ctx.continue_as_new(Order(order_id=order.order_id, amount=total))
+    return total
+
+
+WORKFLOWS = [tour, fail, compensate, cancel_plain, wait, deadline, shapes, child, family, entity]
 
 
 # -- patching: one workflow before and after ``ctx.patched("fraud-check")`` --

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.pg
 TENANT_TABLES = ("workflows", "history", "inbox", "tasks", "schedules", "pending_starts")
 CHILDREN_TABLES = ("outbox", "delivery_keys")
 """Tables of migration 005 (child workflows, once-only delivery): policies from 101."""
+RUN_TABLES = ("runs", "run_history")
+"""Tables of migration 007 (continue-as-new): under RLS too (102_runs_rls)."""
 T = TypeVar("T")
 
 
@@ -70,7 +72,7 @@ def app_role(pg_dsn: str) -> Iterator[str]:
 async def rls_store(pg_dsn: str, app_role: str) -> AsyncIterator[PostgresStore]:
     store: PostgresStore = await make_pg_store(pg_dsn)
     try:
-        assert await store.migrate(rls=True) == [100, 101, 103, 105]
+        assert await store.migrate(rls=True) == [100, 101, 102, 103, 105]
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             s, r = sql.Identifier(store.schema), sql.Identifier(app_role)
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r))
@@ -127,8 +129,8 @@ def tenants_seen(conn: psycopg.Connection[Any], schema: str, table: str) -> list
 async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -> None:
     schema = fresh_schema("rls")
     try:
-        assert await migrate(pg_dsn, schema) == [1, 3, 4, 5, 9, 11, 13]
-        assert await migrate(pg_dsn, schema, rls=True) == [100, 101, 103, 105]
+        assert await migrate(pg_dsn, schema) == [1, 3, 4, 5, 7, 9, 11, 13]
+        assert await migrate(pg_dsn, schema, rls=True) == [100, 101, 102, 103, 105]
         assert await migrate(pg_dsn, schema, rls=True) == []
         assert await migrate(pg_dsn, schema) == []
         with psycopg.connect(pg_dsn) as conn:
@@ -138,29 +140,20 @@ async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -
                 (schema,),
             ).fetchall()
             enabled = {name for name, on, _ in rows if on}
-            assert enabled == {*TENANT_TABLES, *CHILDREN_TABLES}
+            assert enabled == {*TENANT_TABLES, *CHILDREN_TABLES, *RUN_TABLES}
             assert not any(force for _, _, force in rows)
             policies = conn.execute(
                 "SELECT tablename FROM pg_policies WHERE schemaname = %s", (schema,)
             ).fetchall()
-            assert sorted(p[0] for p in policies) == sorted((*TENANT_TABLES, *CHILDREN_TABLES))
+            assert sorted(p[0] for p in policies) == sorted(
+                (*TENANT_TABLES, *CHILDREN_TABLES, *RUN_TABLES)
+            )
         # Concurrent runners on a fresh schema: each migration applied once.
         other = fresh_schema("rls")
         try:
             results = await asyncio.gather(*(migrate(pg_dsn, other, rls=True) for _ in range(5)))
-            assert sorted(v for r in results for v in r) == [
-                1,
-                3,
-                4,
-                5,
-                9,
-                11,
-                13,
-                100,
-                101,
-                103,
-                105,
-            ]
+            expected = [1, 3, 4, 5, 7, 9, 11, 13, 100, 101, 102, 103, 105]
+            assert sorted(v for r in results for v in r) == expected
         finally:
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(other)))
@@ -184,7 +177,7 @@ async def test_cli_migrate_rls(pg_dsn: str) -> None:
                     sql.Identifier(schema)
                 )
             ).fetchall()
-        assert [v[0] for v in versions] == [1, 3, 4, 5, 9, 11, 13, 100, 101, 103, 105]
+        assert [v[0] for v in versions] == [1, 3, 4, 5, 7, 9, 11, 13, 100, 101, 102, 103, 105]
         store = PostgresStore(pg_dsn, schema=schema)
         async with store:
             assert await store.is_migrated()
