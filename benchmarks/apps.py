@@ -32,6 +32,16 @@ async def inc(x: int) -> int:
     return x + 1
 
 
+IO_DELAY = 0.05
+"""Seconds each activity of the I/O-bound workflow (scenario i) awaits."""
+
+
+@flows.activity("bench-io")
+async def io_wait(x: int) -> int:
+    await asyncio.sleep(IO_DELAY)
+    return x + 1
+
+
 @flows.activity("bench-step")
 async def step(x: int) -> int:
     STAMPS.setdefault(flows.activity_info().workflow_id, []).append(time.perf_counter())
@@ -59,6 +69,24 @@ async def three(ctx: flows.WorkflowContext, x: int) -> int:
     return await ctx.execute(inc, x)
 
 
+@flows.workflow("bench-io-three")
+async def three_io(ctx: flows.WorkflowContext, x: int) -> int:
+    x = await ctx.execute(io_wait, x)
+    x = await ctx.execute(io_wait, x)
+    return await ctx.execute(io_wait, x)
+
+
+@flows.workflow("bench-history")
+async def history(ctx: flows.WorkflowContext, n: int) -> int:
+    """``n`` steps (the harness writes their events directly), then a signal loop."""
+    x = 0
+    for _ in range(n):
+        x = await ctx.execute(inc, x)
+    while True:
+        await ctx.wait_for_signal("go", int)
+        await ctx.execute(mark, "resumed")
+
+
 @flows.workflow("bench-steps")
 async def steps(ctx: flows.WorkflowContext, n: int) -> int:
     x = 0
@@ -80,8 +108,8 @@ async def timer(ctx: flows.WorkflowContext, ms: int) -> float:
     return await ctx.execute(mark, "after")
 
 
-WORKFLOWS = [three, steps, signalled, timer]
-ACTIVITIES = [inc, step, mark]
+WORKFLOWS: list[flows.Workflow[Any, Any]] = [three, steps, signalled, timer, three_io, history]
+ACTIVITIES: list[flows.Activity[Any, Any]] = [inc, step, mark, io_wait]
 
 
 # -- completion tracking --

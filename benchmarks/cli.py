@@ -16,7 +16,7 @@ from typing import Any
 from . import scenarios as sc
 from .common import DATABASES, RESULTS, PgServer, Row, log, machine_info
 
-ALL_SCENARIOS = "abcdefg"
+ALL_SCENARIOS = "abcdefghij"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,8 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default=ALL_SCENARIOS,
-        help="letters of the scenarios to run (default abcdefg): a throughput, "
-        "b per-step, c signal, d timer, e replay, f claim backlog, g processes",
+        help="letters of the scenarios to run (default abcdefghij): a throughput, "
+        "b per-step, c signal, d timer, e replay, f claim backlog, g processes, "
+        "h signal vs history size, i I/O-bound, j starts alone",
     )
     p.add_argument(
         "--adapters",
@@ -53,6 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="interleaved rounds per system (median)")
     p.add_argument("--backlog", type=int, help="claim backlog for (f) (default 100000)")
     p.add_argument("--samples", type=int, help="samples for (c) and (d)")
+    p.add_argument(
+        "--history", help="history sizes (events) for (h), e.g. 0,5000,20000 (the default)"
+    )
+    p.add_argument("--io-n", type=int, help="workflows for (i) (default 10000)")
+    p.add_argument("--io-concurrency", type=int, help="concurrency for (i) (default 500)")
+    p.add_argument("--starts-n", type=int, help="starts for (j) (default 3000)")
     p.add_argument(
         "--profile", action="store_true", help="profile one worker process with py-spy during (g)"
     )
@@ -84,6 +91,11 @@ class Plan:
         self.mp_n = 600 if q else 2000
         self.replay_budget = 0.1 if q else 0.3
         self.claim_seconds = 1.5 if q else 3.0
+        self.history = [int(x) for x in (a.history or "0,5000,20000").split(",")]
+        self.history_samples = 8 if q else 20
+        self.io_n = a.io_n or (2000 if q else 10_000)
+        self.io_c = a.io_concurrency or 500
+        self.starts_n = a.starts_n or (1000 if q else 3000)
         self.quick = q
 
     def n_for(self, c: int) -> int:
@@ -141,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             attempt("(c) memory signal", lambda: _run(sc.signal_latency(mem, plan.samples)))
         if "d" in s:
             attempt("(d) memory timers", lambda: _run(sc.timer_lateness(mem, plan.samples)))
+        if "h" in s:
+            attempt(
+                "(h) memory signal vs history",
+                lambda: _run(sc.signal_history(mem, plan.history, plan.history_samples)),
+            )
         if "f" in s:
             attempt(
                 "(f) memory claim backlog",
@@ -154,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in notes:
         log(n)
 
-    pg_wanted = "postgres" in plan.adapters and bool(s & set("abcdfg"))
+    pg_wanted = "postgres" in plan.adapters and bool(s & set("abcdfghij"))
     try:
         if pg_wanted:
             server = PgServer(args.dsn)
@@ -246,7 +263,8 @@ def _pg_scenarios(server: PgServer, plan: Plan, args: argparse.Namespace, attemp
     pg = sc.Target("postgres", dsns["flows"])
     s = plan.scenarios
     peers = []
-    if "a" in s:
+    systems = pgruns.Systems(server, dsns)
+    if s & set("aij"):
         for peer in plan.peers:
             try:
                 dsns[peer] = server.recreate_database(DATABASES[peer])
@@ -261,7 +279,7 @@ def _pg_scenarios(server: PgServer, plan: Plan, args: argparse.Namespace, attemp
                 peers.append(peer)
             except Exception as exc:
                 log(f"peer {peer} setup failed, skipped: {exc!r}")
-        systems = pgruns.Systems(server, dsns)
+    if "a" in s:
         attempt(
             "(a) postgres throughput vs peers",
             lambda: pgruns.throughput(systems, peers, plan.concurrency, plan.n_for, plan.rounds),
@@ -274,6 +292,21 @@ def _pg_scenarios(server: PgServer, plan: Plan, args: argparse.Namespace, attemp
         attempt("(c) postgres signal", lambda: _run(sc.signal_latency(pg, plan.samples)))
     if "d" in s:
         attempt("(d) postgres timers", lambda: _run(sc.timer_lateness(pg, plan.samples)))
+    if "h" in s:
+        attempt(
+            "(h) postgres signal vs history",
+            lambda: _run(sc.signal_history(pg, plan.history, plan.history_samples)),
+        )
+    if "i" in s:
+        attempt(
+            "(i) postgres I/O-bound vs peers",
+            lambda: pgruns.io_bound(systems, peers, plan.io_n, plan.io_c),
+        )
+    if "j" in s:
+        attempt(
+            "(j) postgres starts alone vs peers",
+            lambda: pgruns.starts_alone(systems, peers, plan.starts_n),
+        )
     if "f" in s:
         attempt(
             "(f) postgres claim backlog",

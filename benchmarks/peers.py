@@ -13,14 +13,24 @@ from typing import Any
 # -- DBOS Transact --
 
 
+IO_DELAY = 0.05
+"""Seconds each step of the I/O-bound workflow (scenario i) awaits (as Flows')."""
+
+
 async def _dbos_inc(x: int) -> int:
     return x + 1
 
 
-def _dbos_definitions() -> Any:
+async def _dbos_io(x: int) -> int:
+    await asyncio.sleep(IO_DELAY)
+    return x + 1
+
+
+def _dbos_definitions(io: bool = False) -> Any:
     from dbos import DBOS
 
     inc = DBOS.step(name="bench_inc")(_dbos_inc)
+    io_step = DBOS.step(name="bench_io")(_dbos_io)
 
     @DBOS.workflow(name="bench_three")
     async def three(x: int) -> int:
@@ -28,7 +38,13 @@ def _dbos_definitions() -> Any:
         x = await inc(x)
         return await inc(x)
 
-    return three
+    @DBOS.workflow(name="bench_io_three")
+    async def three_io(x: int) -> int:
+        x = await io_step(x)
+        x = await io_step(x)
+        return await io_step(x)
+
+    return three_io if io else three
 
 
 def dbos_config(url: str) -> dict[str, Any]:
@@ -54,7 +70,7 @@ def dbos_setup(url: str) -> None:
 async def dbos_round(spec: dict[str, Any], warmup: int) -> dict[str, Any]:
     from dbos import DBOS
 
-    three = _dbos_definitions()
+    three = _dbos_definitions(spec.get("workload") == "io")
     DBOS(config=dbos_config(spec["url"]))  # type: ignore[arg-type]
     DBOS.launch()
     sem = asyncio.Semaphore(spec["concurrency"])
@@ -67,18 +83,51 @@ async def dbos_round(spec: dict[str, Any], warmup: int) -> dict[str, Any]:
 
     try:
         await asyncio.gather(*(one(i) for i in range(warmup)))
+        c0 = time.process_time()
         t0 = time.perf_counter()
         results = await asyncio.gather(*(one(i) for i in range(spec["n"])))
         t1 = time.perf_counter()
+        c1 = time.process_time()
         assert all(r == i + 3 for i, r in enumerate(results)), "DBOS returned wrong results"
     finally:
         DBOS.destroy(destroy_registry=True)
-    return {"elapsed": t1 - t0, "n": spec["n"], "own_queries": 0}
+    return {"elapsed": t1 - t0, "cpu": c1 - c0, "n": spec["n"], "own_queries": 0}
+
+
+DBOS_STARTS_QUEUE = "flowsbench_starts"
+"""A queue no DBOS process in the harness declares: what is enqueued there stays."""
+
+
+async def dbos_starts(spec: dict[str, Any], warmup: int) -> dict[str, Any]:
+    """Starts alone: ``DBOSClient.enqueue_async`` (the workflow row, ENQUEUED), nothing
+    runs them; ``starters`` calls in flight."""
+    from dbos import DBOSClient
+
+    client = DBOSClient(system_database_url=spec["url"], system_database_pool_size=10)
+    options: Any = {"workflow_name": "bench_three", "queue_name": DBOS_STARTS_QUEUE}
+    sem = asyncio.Semaphore(spec["starters"])
+
+    async def one(x: int) -> None:
+        async with sem:
+            await client.enqueue_async(options, x)
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(warmup)))
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(spec["n"])))
+        t1 = time.perf_counter()
+        c1 = time.process_time()
+    finally:
+        client.destroy()
+    return {"elapsed": t1 - t0, "cpu": c1 - c0, "n": spec["n"], "own_queries": 0}
 
 
 # -- absurd --
 
 ABSURD_QUEUE = "flowsbench"
+ABSURD_STARTS_QUEUE = "flowsbench_starts"
+"""A queue no absurd worker in the harness serves: what is spawned there stays."""
 
 
 def absurd_setup(dsn: str, sql_path: str) -> None:
@@ -89,6 +138,7 @@ def absurd_setup(dsn: str, sql_path: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(text)  # type: ignore[call-overload]
         conn.execute("SELECT absurd.create_queue(%s)", (ABSURD_QUEUE,))
+        conn.execute("SELECT absurd.create_queue(%s)", (ABSURD_STARTS_QUEUE,))
 
 
 async def absurd_round(spec: dict[str, Any], warmup: int) -> dict[str, Any]:
@@ -98,7 +148,11 @@ async def absurd_round(spec: dict[str, Any], warmup: int) -> dict[str, Any]:
     app = AsyncAbsurd(spec["dsn"], queue_name=ABSURD_QUEUE)
     client = AsyncAbsurd(spec["dsn"], queue_name=ABSURD_QUEUE)
 
+    io = spec.get("workload") == "io"
+
     async def inc(x: int) -> int:
+        if io:
+            await asyncio.sleep(IO_DELAY)
         return x + 1
 
     @app.register_task("bench_three")
@@ -135,13 +189,39 @@ async def absurd_round(spec: dict[str, Any], warmup: int) -> dict[str, Any]:
     poller = await psycopg.AsyncConnection.connect(spec["dsn"], autocommit=True)
     try:
         await run_batch(warmup, poller)
+        c0 = time.process_time()
         t0 = time.perf_counter()
         await run_batch(spec["n"], poller)
         t1 = time.perf_counter()
+        c1 = time.process_time()
     finally:
         app.stop_worker()
         await asyncio.wait([worker], timeout=10)
         await poller.close()
         await app.close()
         await client.close()
-    return {"elapsed": t1 - t0, "n": spec["n"], "own_queries": polls}
+    return {"elapsed": t1 - t0, "cpu": c1 - c0, "n": spec["n"], "own_queries": polls}
+
+
+async def absurd_starts(spec: dict[str, Any], warmup: int) -> dict[str, Any]:
+    """Starts alone: ``spawn`` on a queue no worker serves, ``starters`` calls in flight
+    (its async client has one connection: they queue on it)."""
+    from absurd_sdk import AsyncAbsurd
+
+    client = AsyncAbsurd(spec["dsn"], queue_name=ABSURD_STARTS_QUEUE)
+    sem = asyncio.Semaphore(spec["starters"])
+
+    async def one(x: int) -> None:
+        async with sem:
+            await client.spawn("bench_three", {"x": x}, queue=ABSURD_STARTS_QUEUE)
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(warmup)))
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(spec["n"])))
+        t1 = time.perf_counter()
+        c1 = time.process_time()
+    finally:
+        await client.close()
+    return {"elapsed": t1 - t0, "cpu": c1 - c0, "n": spec["n"], "own_queries": 0}

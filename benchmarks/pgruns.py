@@ -52,11 +52,21 @@ class Systems:
         self.server = server
         self.dsns = dsns
 
-    def round(self, system: str, n: int, c: int) -> dict[str, Any]:
+    def round(
+        self, system: str, n: int, c: int, *, workload: str = "three", starts: bool = False
+    ) -> dict[str, Any]:
         db = DATABASES[system]
         dsn = self.dsns[system]
         schema = ""
-        spec: dict[str, Any] = {"mode": system, "n": n, "concurrency": c, "dsn": dsn}
+        mode = f"{system}_starts" if starts else system
+        spec: dict[str, Any] = {
+            "mode": mode,
+            "n": n,
+            "concurrency": c,
+            "dsn": dsn,
+            "workload": workload,
+            "starters": 16,
+        }
         if system == "flows":
             schema = fresh_schema("tp")
             asyncio.run(_migrate(dsn, schema))
@@ -140,6 +150,22 @@ def throughput(
                     note=f"baseline (N=0) {base['flows']} xact subtracted",
                 )
             )
+        ours_cpu = median([1000 * x.get("cpu", 0.0) / n for x in got["flows"]])
+        for peer in peers or [""]:
+            pv = median([1000 * x.get("cpu", 0.0) / n for x in got[peer]]) if peer else None
+            rows.append(
+                Row(
+                    "a throughput",
+                    "postgres",
+                    case,
+                    "client CPU/workflow",
+                    ours_cpu,
+                    "ms",
+                    peer=peer,
+                    peer_value=pv,
+                    note="process CPU time of the round's process (starts, worker, driver)",
+                )
+            )
         last = got["flows"][-1]
         calls = last.get("calls", {})
         stmts = sum(calls.values()) / n if n else 0.0
@@ -162,6 +188,86 @@ def throughput(
             )
         )
     return rows
+
+
+def io_bound(systems: Systems, peers: list[str], n: int, c: int) -> list[Row]:
+    """(i) ``n`` workflows of 3 activities that each await 50 ms, ``c`` in flight, one
+    round per system, against the ideal time ``n * 3 * 50 ms / c``."""
+    from .apps import IO_DELAY
+
+    ideal = n * 3 * IO_DELAY / c
+    rows: list[Row] = []
+    got: dict[str, float] = {}
+    for s in ["flows", *peers]:
+        try:
+            res = systems.round(s, n, c, workload="io")
+        except Exception as exc:
+            log(f"  (i) {s} failed: {exc!r}")
+            continue
+        got[s] = res["elapsed"]
+        log(
+            f"  (i) {s}: {res['elapsed']:.1f} s, {n / res['elapsed']:,.0f} wf/s "
+            f"(ideal {ideal:.1f} s)"
+        )
+    if "flows" not in got:
+        raise RuntimeError("(i) the Flows round failed")
+    case = f"N={n:,}, 3 x 50 ms activities, c={c}"
+    for peer in [p for p in peers if p in got] or [""]:
+        pv = n / got[peer] if peer else None
+        rows.append(
+            Row(
+                "i io-bound",
+                "postgres",
+                case,
+                "workflows/s",
+                n / got["flows"],
+                "wf/s",
+                peer=peer,
+                peer_value=pv,
+                note=f"ideal {n / ideal:,.0f} wf/s",
+            )
+        )
+    for s, elapsed in got.items():
+        rows.append(
+            Row(
+                "i io-bound",
+                "postgres",
+                case,
+                f"time / ideal ({s})",
+                elapsed / ideal,
+                "x",
+                note=f"{elapsed:.1f} s vs ideal {ideal:.1f} s",
+            )
+        )
+    return rows
+
+
+def starts_alone(systems: Systems, peers: list[str], n: int) -> list[Row]:
+    """(j) starts per second with no worker running, 16 start calls in flight."""
+    got: dict[str, float] = {}
+    for s in ["flows", *peers]:
+        try:
+            res = systems.round(s, n, 16, starts=True)
+        except Exception as exc:
+            log(f"  (j) {s} failed: {exc!r}")
+            continue
+        got[s] = n / res["elapsed"]
+        log(f"  (j) {s}: {got[s]:,.0f} starts/s")
+    if "flows" not in got:
+        raise RuntimeError("(j) the Flows round failed")
+    return [
+        Row(
+            "j starts",
+            "postgres",
+            f"N={n:,}, 16 start calls in flight, no worker",
+            "starts/s",
+            got["flows"],
+            "starts/s",
+            peer=peer,
+            peer_value=got[peer] if peer else None,
+        )
+        for peer in [p for p in peers if p in got] or [""]
+    ]
 
 
 def multi_process(

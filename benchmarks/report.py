@@ -55,6 +55,190 @@ def goals(rows: list[Row]) -> str:
     return "\n".join(out) + "\n"
 
 
+# The goals of issue 14: (goal, scenario, adapter, case prefix, metric, peer, test, how).
+# ``how`` says what is compared: "value" (Flows' number) or "ratio" (Flows / peer).
+GOALS: list[tuple[str, str, str, str, str, str, Any, str]] = [
+    (
+        ">= 1,000 wf/s at c=32",
+        "a throughput",
+        "postgres",
+        "c=32 ",
+        "workflows/s",
+        "",
+        lambda v: v >= 1000,
+        "value",
+    ),
+    (
+        ">= 10x DBOS at c=8",
+        "a throughput",
+        "postgres",
+        "c=8 ",
+        "workflows/s",
+        "dbos",
+        lambda v: v >= 10,
+        "ratio",
+    ),
+    (
+        ">= 10x DBOS at c=32",
+        "a throughput",
+        "postgres",
+        "c=32 ",
+        "workflows/s",
+        "dbos",
+        lambda v: v >= 10,
+        "ratio",
+    ),
+    (
+        ">= 5x absurd at c=8",
+        "a throughput",
+        "postgres",
+        "c=8 ",
+        "workflows/s",
+        "absurd",
+        lambda v: v >= 5,
+        "ratio",
+    ),
+    (
+        ">= 5x absurd at c=32",
+        "a throughput",
+        "postgres",
+        "c=32 ",
+        "workflows/s",
+        "absurd",
+        lambda v: v >= 5,
+        "ratio",
+    ),
+    (
+        "transactions per workflow <= 2 at c=8",
+        "a throughput",
+        "postgres",
+        "c=8 ",
+        "transactions/workflow",
+        "",
+        lambda v: v <= 2,
+        "value",
+    ),
+    (
+        "transactions per workflow <= 2 at c=32",
+        "a throughput",
+        "postgres",
+        "c=32 ",
+        "transactions/workflow",
+        "",
+        lambda v: v <= 2,
+        "value",
+    ),
+    (
+        "per-step p50 <= 0.5 ms",
+        "b per-step",
+        "postgres",
+        "",
+        "step p50",
+        "",
+        lambda v: v <= 0.5,
+        "value",
+    ),
+    (
+        "signal-to-resume p50 <= 12 ms at 20,000 history events",
+        "h signal vs history",
+        "postgres",
+        "20,",
+        "p50",
+        "",
+        lambda v: v <= 12,
+        "value",
+    ),
+    (
+        "signal latency flat against the history (p50 ratio <= 1.5)",
+        "h signal vs history",
+        "postgres",
+        "p50 at",
+        "ratio",
+        "",
+        lambda v: v <= 1.5,
+        "value",
+    ),
+    (
+        "Citus step p50 <= 3 ms",
+        "b per-step",
+        "citus",
+        "",
+        "step p50",
+        "",
+        lambda v: v <= 3,
+        "value",
+    ),
+    (
+        "Citus signal p50 <= 15 ms",
+        "c signal-to-resume",
+        "citus",
+        "",
+        "p50",
+        "",
+        lambda v: v <= 15,
+        "value",
+    ),
+    (
+        "Citus timer lateness p50 <= 25 ms",
+        "d timer lateness",
+        "citus",
+        "",
+        "p50",
+        "",
+        lambda v: v <= 25,
+        "value",
+    ),
+    (
+        "memory claim rate at a 100k backlog >= 0.8x (limit 1)",
+        "f claim rate",
+        "memory",
+        "limit 1:",
+        "ratio",
+        "",
+        lambda v: v >= 0.8,
+        "value",
+    ),
+    (
+        "memory claim rate at a 100k backlog >= 0.8x (limit 16)",
+        "f claim rate",
+        "memory",
+        "limit 16:",
+        "ratio",
+        "",
+        lambda v: v >= 0.8,
+        "value",
+    ),
+]
+
+
+def issue_goals(rows: list[Row]) -> str:
+    """Every goal of issue 14: the measured value, met or missed (or not measured)."""
+    out = ["| goal (issue 14) | measured | met |", "|---|---|---|"]
+    for goal, scenario, adapter, case, metric, peer, test, how in GOALS:
+        found = [
+            r
+            for r in rows
+            if r.scenario == scenario
+            and r.adapter == adapter
+            and r.case.startswith(case)
+            and r.metric == metric
+            and (r.peer == peer or (not peer and how == "value"))
+        ]
+        if not found:
+            out.append(f"| {goal} | not measured in this run | |")
+            continue
+        r = found[0]
+        value = r.ratio if how == "ratio" else r.value
+        if value is None:
+            out.append(f"| {goal} | no {peer} figure | |")
+            continue
+        shown = f"{_fmt(value)}x ({_fmt(r.value)} vs {_fmt(r.peer_value)} {r.unit})"
+        if how == "value":
+            shown = f"{_fmt(value)} {r.unit} ({r.case})"
+        out.append(f"| {goal} | {shown} | {'met' if test(value) else '**missed**'} |")
+    return "\n".join(out) + "\n"
+
+
 def info_block(info: dict[str, str]) -> str:
     return "\n".join(f"- {k}: {v}" for k, v in info.items()) + "\n"
 
@@ -180,7 +364,10 @@ def render(rows: list[Row], info: dict[str, str], extra_md: str, png_name: str =
         "## Results",
         "",
         table(rows),
-        "## Goals",
+        "## Goals of issue 14",
+        "",
+        issue_goals(rows),
+        "## Per-row goals",
         "",
         goals(rows),
     ]

@@ -27,13 +27,15 @@ async def flows_round(spec: dict[str, Any]) -> dict[str, Any]:
 
     store = apps.pg_store(spec["dsn"], spec["schema"], max_size=spec.get("pool", 10))
     n, c = spec["n"], spec["concurrency"]
+    io = spec.get("workload") == "io"
+    workflow, activity = (apps.three_io, apps.io_wait) if io else (apps.three, apps.inc)
     async with store:
         eager = flows.EagerStarts()  # the engine starts workflows on this worker
         engine = flows.Engine(store, eager=eager)
         worker = flows.Worker(
             store,
-            workflows=[apps.three],
-            activities=[apps.inc],
+            workflows=[workflow],
+            activities=[activity],
             concurrency=c,
             poll_interval=1.0,
             eager=eager,
@@ -41,26 +43,59 @@ async def flows_round(spec: dict[str, Any]) -> dict[str, Any]:
         running = asyncio.create_task(worker.run())
         tracker = store.tracker
         tracker.expect(WARMUP)
-        await apps.start_many(engine, apps.three, list(range(WARMUP)), spec["starters"])
+        await apps.start_many(engine, workflow, list(range(WARMUP)), spec["starters"])
         await asyncio.wait_for(tracker.all_done.wait(), 60)
         tracker.expect(n)
         store.calls.clear()
+        c0 = time.process_time()
         t0 = time.perf_counter()
-        await apps.start_many(engine, apps.three, list(range(n)), spec["starters"])
+        await apps.start_many(engine, workflow, list(range(n)), spec["starters"])
         t_started = time.perf_counter()
         await asyncio.wait_for(tracker.all_done.wait(), spec.get("timeout", 300))
         t1 = time.perf_counter()
+        c1 = time.process_time()
         calls = dict(store.calls)
         await worker.stop()
         await running
     return {
         "calls": calls,
         "elapsed": t1 - t0,
+        "cpu": c1 - c0,
         "start_phase": t_started - t0,
         "n": n,
         "stats": dict(worker.counters),
         "own_queries": 0,
     }
+
+
+async def flows_starts(spec: dict[str, Any]) -> dict[str, Any]:
+    """Starts alone: no worker runs; ``starters`` start calls in flight."""
+    import flows_core as flows
+
+    from . import apps
+
+    store = apps.pg_store(spec["dsn"], spec["schema"], max_size=spec.get("pool", 10))
+    async with store:
+        engine = flows.Engine(store)
+        await apps.start_many(engine, apps.three, list(range(WARMUP)), spec["starters"])
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        await apps.start_many(engine, apps.three, list(range(spec["n"])), spec["starters"])
+        t1 = time.perf_counter()
+        c1 = time.process_time()
+    return {"elapsed": t1 - t0, "cpu": c1 - c0, "n": spec["n"], "own_queries": 0}
+
+
+async def dbos_starts(spec: dict[str, Any]) -> dict[str, Any]:
+    from . import peers
+
+    return await peers.dbos_starts(spec, WARMUP)
+
+
+async def absurd_starts(spec: dict[str, Any]) -> dict[str, Any]:
+    from . import peers
+
+    return await peers.absurd_starts(spec, WARMUP)
 
 
 async def dbos_round(spec: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +149,9 @@ MODES = {
     "flows": flows_round,
     "dbos": dbos_round,
     "absurd": absurd_round,
+    "flows_starts": flows_starts,
+    "dbos_starts": dbos_starts,
+    "absurd_starts": absurd_starts,
     "worker": worker_process,
 }
 

@@ -8,6 +8,17 @@ listing, pruning and stats go shard key by shard key: Citus refuses ``FOR UPDATE
 LOCKED`` without an equality filter on the distribution column. A cheap probe of every
 key (one pipelined round trip) tells which keys have work; claims start from a rotating
 key, so a shard full of one tenant's tasks cannot starve the others.
+
+Through the coordinator a read of every key costs one statement per key (32 by
+default), tens of milliseconds on a small cluster. So while the LISTEN connection stays
+on, the store keeps what ``next_due`` read of each key (its next due time) and skips
+the reads whose answer it already knows: a key has new claimable work only when a
+notification names it (every write that makes work sends one, from the coordinator in
+the writer's transaction), when this process wrote to it, or when its due time comes
+(a timer, a retry's backoff, a lease running out). ``next_due``, ``fire_due_timers`` and
+``claim`` then read only the keys written, notified or come due since; all keys again
+after ``RESCAN_EVERY`` seconds, or whenever the listener was off (notifications may
+have been missed).
 """
 
 from __future__ import annotations
@@ -81,12 +92,28 @@ class CitusStore(
     PROBE_EVERY: Final = 0.2
     """Seconds between probes of every shard key while notifications name the keys."""
 
+    RESCAN_EVERY: Final = 5.0
+    """Seconds the per-key due times read by ``next_due`` are trusted (module doc)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ops: CitusOps | None = None
         self._rotation = itertools.count()
         self._probed_at = float("-inf")
-        self._carry: dict[str, None] = {}
+        self._carry: dict[frozenset[str], dict[str, None]] = {}
+        """Per set of claimed queues: keys that may have more (the next claim looks first)."""
+        self._due: dict[str, datetime | None] = {}
+        """Per shard key, its next due time as ``next_due`` last read it (None: none)."""
+        self._due_epoch: tuple[int, float] | None = None
+        """(listener's LISTEN count, monotonic time) of the last read of every key."""
+        self._stale: set[str] = set()
+        """Keys written or notified since ``_due`` read them."""
+        self._hinted: dict[frozenset[str], dict[str, None]] = {}
+        """Per set of claimed queues (workers sharing this store may claim different
+        ones): keys notified, or given work by this process, not claimed from since."""
+        self._claim_epoch: dict[frozenset[str], tuple[int, float]] = {}
+        """Per set of claimed queues: (LISTEN count, time) of its last probe of all keys."""
+        self._listener.keep_on = True  # once started (by the first claim), it stays on
 
     # -- layout --
 
@@ -198,6 +225,51 @@ class CitusStore(
 
     # -- plumbing --
 
+    async def _execute(self, batch: Sequence[Step], tx: Any, transaction: bool) -> list[Rows]:
+        if transaction:
+            claiming = bool(batch) and batch[0].statement == self.statements(_sql.CLAIM_LEASE)
+            for step in batch:
+                key = step.params.get("sk")
+                if isinstance(key, str):
+                    self._stale.add(key)
+                    if not claiming:  # a start, signal, commit, fire... may make work
+                        self._hint(key)
+        return await super()._execute(batch, tx, transaction)
+
+    def _take_hints(self) -> None:
+        for key in self._listener.take_work_hints():
+            self._stale.add(key)
+            self._hint(key)
+
+    def _hint(self, key: str) -> None:
+        for hinted in self._hinted.values():
+            hinted[key] = None
+
+    def _known(self, epoch: tuple[int, float] | None = None) -> bool:
+        """Whether ``_due`` (with ``_stale``) still tells when work comes due (module
+        doc); with ``epoch``, whether that full probe still tells where work is."""
+        epoch = self._due_epoch if epoch is None else epoch
+        return (
+            epoch is not None
+            and self._listener.listening
+            and self._listener.listens == epoch[0]
+            and time.monotonic() - epoch[1] < self.RESCAN_EVERY
+        )
+
+    def _unsure(self, keys: Sequence[str]) -> list[str]:
+        """Of ``keys``, those whose state ``_due`` does not tell: written or notified
+        since, never read, or come due."""
+        now = self._clock.now()
+        out = []
+        for key in keys:
+            if key in self._stale or key not in self._due:
+                out.append(key)
+                continue
+            due = self._due[key]
+            if due is not None and due <= now:
+                out.append(key)
+        return out
+
     def _notified(self, template: str, params: dict[str, Any], *, workflow: bool) -> Batch:
         notify = _sql.NOTIFY_BOTH if workflow else _sql.NOTIFY_WORK
         return [Step(self.statements(template), params), Step(notify, params)]
@@ -251,21 +323,43 @@ class CitusStore(
         # PROBE_EVERY ago and a notification named where to look: work that comes with
         # no notification (a retry's backoff or a lease running out) waits that long.
         allowed = set(keys)
-        carried, self._carry = self._carry, {}
-        hinted = [
-            key
-            for key in dict.fromkeys([*carried, *self._listener.take_work_hints()])
-            if key in allowed
-        ]
+        qs = frozenset(queues)
+        carried = self._carry.pop(qs, {})
+        if not self._listener.listening:
+            await self._listener.start(wait=0)  # in the background: _known() waits for it
+        self._take_hints()
+        notified = self._hinted.get(qs, {})
+        self._hinted[qs] = {}
+        hinted = [key for key in dict.fromkeys([*carried, *notified]) if key in allowed]
+        hinted_keys = set(hinted)
         now = time.monotonic()
-        if hinted and now - self._probed_at < self.PROBE_EVERY:
+        if qs in self._claim_epoch and self._known(self._claim_epoch[qs]):
+            # Work can be only where a notification or this process's write says, where
+            # a due time has come, or in keys whose state is not known (written since
+            # read): those are probed (module doc).
+            unsure = [
+                k for k in keys if k not in hinted_keys and (k in self._stale or k not in self._due)
+            ]
+            found = await self._probe(unsure, queues)
+            due = self._clock.now()
+            come_due = [
+                key
+                for key in keys
+                if key not in hinted_keys
+                and key not in self._stale
+                and (d := self._due.get(key)) is not None
+                and d <= due
+            ]
+            come_due += [key for key in found if key not in come_due]
+            busy = hinted + [key for key in self._rotated(come_due) if key not in set(hinted)]
+        elif hinted and now - self._probed_at < self.PROBE_EVERY:
             busy = hinted
         else:
-            probes = await self._each_key(
-                self.statements(_sql.CLAIM_PROBE), keys, {"queues": queues}
-            )
+            epoch = self._listener.listens if self._listener.listening else None
+            found = await self._probe(keys, queues)
+            if epoch is not None and len(keys) == len(self.layout.keys):
+                self._due_epoch = self._claim_epoch[qs] = (epoch, now)
             self._probed_at = now
-            found = [key for key, rows in zip(keys, probes, strict=True) if rows[0]["found"]]
             busy = hinted + [key for key in self._rotated(found) if key not in set(hinted)]
         claimed: list[api.ClaimedTask] = []
         # Fair share first (every key with work gets a turn in every claim, so a key
@@ -276,8 +370,8 @@ class CitusStore(
             asked = min(share, request.limit - len(claimed))
             got = await self._claim_key(key, queues, asked, request)
             claimed.extend(got)
-            if asked > 0 and len(got) == asked:
-                more.append(key)
+            if asked == 0 or len(got) == asked:
+                more.append(key)  # not asked (the limit was reached), or may have more
         if len(claimed) < request.limit:
             for key in list(more):
                 wanted = request.limit - len(claimed)
@@ -287,8 +381,23 @@ class CitusStore(
                 claimed.extend(got)
                 if len(got) < wanted:
                     more.remove(key)
-        self._carry.update(dict.fromkeys(more))  # may have more: the next claim looks first
+        self._carry.setdefault(qs, {}).update(dict.fromkeys(more))  # the next claim looks first
         return claimed
+
+    async def _probe(self, keys: Sequence[str], queues: list[str]) -> list[str]:
+        """Of ``keys``, those with claimable work; their due times refreshed."""
+        self._stale.difference_update(keys)  # before the read: writes meanwhile count
+        try:
+            rows = await self._each_key(self.statements(_sql.CLAIM_PROBE), keys, {"queues": queues})
+        except BaseException:
+            self._stale.update(keys)
+            raise
+        found = []
+        for key, (row,) in zip(keys, rows, strict=True):
+            self._due[key] = None if row["due"] is None else _records.utc(row["due"])
+            if row["found"]:
+                found.append(key)
+        return found
 
     async def _claim_key(
         self, key: str, queues: list[str], limit: int, request: api.ClaimRequest
@@ -299,7 +408,7 @@ class CitusStore(
             "sk": key,
             "queues": queues,
             "limit": limit,
-            "tokens": [uuid6.uuid7() for _ in range(limit)],
+            "tokens": _records.uuid7s(limit),
             "owner": request.owner,
             "lease": request.lease,
             "fresh_only": request.fresh_only,
@@ -334,9 +443,11 @@ class CitusStore(
         steps = [Step(self.statements(_sql.FENCE_LOCK), params)]
         before, after = commit_steps(self.statements, commit, params)
         steps += before
-        if commit.events:
+        if keep and commit.events:
+            steps.append(Step(self.statements(_sql.COMMIT_EVENTS_MOVE), params))
+        elif commit.events:
             steps.append(Step(self.statements(_sql.COMMIT_EVENTS), params))
-        if keep:
+        elif keep:
             steps.append(Step(self.statements(_sql.COMMIT_MOVE), params))
         if commit.drop_seqs and not terminal:
             steps.append(Step(self.statements(_sql.COMMIT_DROP), params))
@@ -418,9 +529,12 @@ class CitusStore(
             return 0
         await self._ready()
         keys = self._keys(shard_keys)
-        probes = await self._each_key(self.statements(_sql.FIRE_PROBE), keys, {})
+        # next_due reads every key's next due time (only the keys it is unsure of, once
+        # it knows them): a key whose time has come has a timer due.
+        await self.next_due(keys)
+        now = self._clock.now()
         fired = 0
-        due = [key for key, rows in zip(keys, probes, strict=True) if rows[0]["found"]]
+        due = [key for key in keys if (d := self._due.get(key)) is not None and d <= now]
         for key in self._rotated(due):
             if fired >= limit:
                 break
@@ -428,7 +542,7 @@ class CitusStore(
                 "sk": key,
                 "limit": limit - fired,
                 "marker": uuid6.uuid7(),
-                "task_ids": [uuid6.uuid7() for _ in range(limit - fired)],
+                "task_ids": _records.uuid7s(limit - fired),
             }
             steps = [
                 Step(self.statements(_sql.FIRE_MARK), params),
@@ -456,9 +570,26 @@ class CitusStore(
 
     async def next_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
         await self._ready()
-        per_key = await self._each_key(self.statements(_sql.NEXT_DUE), self._keys(shard_keys), {})
-        found = [rows[0]["due"] for rows in per_key if rows[0]["due"] is not None]
-        return _records.utc(min(found)) if found else None
+        keys = self._keys(shard_keys)
+        if not self._listener.listening:
+            await self._listener.start(wait=0)  # a worker's call: listen from now on
+        self._take_hints()
+        known = self._known()
+        read = self._unsure(keys) if known else list(keys)
+        epoch = (self._listener.listens, time.monotonic()) if self._listener.listening else None
+        self._stale.difference_update(read)  # before the read: writes meanwhile count
+        try:
+            per_key = await self._each_key(self.statements(_sql.NEXT_DUE), read, {})
+        except BaseException:
+            self._stale.update(read)
+            raise
+        for key, rows in zip(read, per_key, strict=True):
+            due = rows[0]["due"]
+            self._due[key] = None if due is None else _records.utc(due)
+        if not known:
+            self._due_epoch = epoch
+        found = [d for key in keys if (d := self._due.get(key)) is not None]
+        return min(found) if found else None
 
     # -- operations --
 

@@ -55,9 +55,17 @@ def encode_payload(
             )
     if max_bytes is not None and len(data) > max_bytes:
         raise PayloadTooLarge(f"{what} is {len(data)} bytes encoded; the limit is {max_bytes}")
-    if expected_type is not Any and expected_type is not object:
+    if (
+        expected_type is not Any
+        and expected_type is not object
+        and not (type(value) is expected_type and expected_type in _SCALARS)
+    ):
         decode_payload(data, expected_type, what=what)
     return msgspec.Raw(data)
+
+
+_SCALARS: Final = frozenset({int, str, bool})
+"""Types whose values always decode back as themselves: their check is skipped."""
 
 
 def decode_payload(data: bytes | msgspec.Raw, type_: type[T] | Any, *, what: str = "payload") -> T:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -142,6 +143,62 @@ _Entry = tuple[datetime, int, int, _Task]
 """A heap entry: (when, task.order, task.gen, task)."""
 
 
+class _ReadyQueue:
+    """The claimable entries of one queue in (when, order) order.
+
+    Entries mostly arrive in that order (a task is ready from its creation, stamped
+    with the clock and a counter): those are appended to a FIFO, taken from its head in
+    O(1) whatever the backlog. An entry older than the FIFO's tail (a promoted retry, an
+    expired lease, an entry a claim skipped) goes into a heap; ``pop`` takes the smaller
+    of the two heads. A claim therefore costs the same with 2,500 or 100,000 tasks
+    waiting."""
+
+    __slots__ = ("fifo", "heap")
+
+    def __init__(self) -> None:
+        self.fifo: deque[_Entry] = deque()
+        self.heap: list[_Entry] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.fifo) or bool(self.heap)
+
+    def push(self, entry: _Entry) -> None:
+        fifo = self.fifo
+        if not fifo or (entry[0], entry[1]) >= (fifo[-1][0], fifo[-1][1]):
+            fifo.append(entry)
+        else:
+            heapq.heappush(self.heap, entry)
+
+    def head(self) -> _Entry:
+        """The first entry (the queue is not empty)."""
+        fifo, heap = self.fifo, self.heap
+        if not heap:
+            return fifo[0]
+        if not fifo:
+            return heap[0]
+        a, b = fifo[0], heap[0]
+        return a if (a[0], a[1]) <= (b[0], b[1]) else b
+
+    def pop(self) -> _Entry:
+        """Take the first entry (the queue is not empty)."""
+        fifo, heap = self.fifo, self.heap
+        if not heap:
+            return fifo.popleft()
+        if not fifo:
+            return heapq.heappop(heap)
+        a, b = fifo[0], heap[0]
+        return fifo.popleft() if (a[0], a[1]) <= (b[0], b[1]) else heapq.heappop(heap)
+
+    def clean(self) -> _Entry | None:
+        """Drop stale entries off the front; the first live entry, if any."""
+        while self:
+            entry = self.head()
+            if entry[3].gen == entry[2]:
+                return entry
+            self.pop()
+        return None
+
+
 @dataclass
 class _Workflow:
     tenant_id: str
@@ -231,7 +288,7 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
         self._pending: dict[str, list[_Entry]] = {}
         """Per shard: non-timer, unparked tasks keyed by the time they become claimable
         (visible_at, or the lease expiry if later)."""
-        self._ready: dict[_Queue, list[_Entry]] = {}
+        self._ready: dict[_Queue, _ReadyQueue] = {}
         """Per queue: claimable tasks keyed by (visible_at, order), the claim order."""
         self._timer_wait: dict[str, list[_Entry]] = {}
         """Per shard: timers not yet due at the last look, keyed by (visible_at, order)."""
@@ -366,7 +423,7 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
         elif task.parked:
             return
         elif self._claimable(task, now):
-            heapq.heappush(self._ready.setdefault(task.queue, []), entry)
+            self._ready_queue(task.queue).push(entry)
         else:
             when = task.visible_at
             if task.token is not None and task.lease_expires is not None:
@@ -396,8 +453,7 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
             while heap and heap[0][0] <= now:
                 _, order, gen, task = heapq.heappop(heap)
                 if task.gen == gen and self._claimable(task, now):
-                    entry = (task.visible_at, order, gen, task)
-                    heapq.heappush(self._ready.setdefault(task.queue, []), entry)
+                    self._ready_queue(task.queue).push((task.visible_at, order, gen, task))
         for shard, heap in self._timer_wait.items():
             if heap and heap[0][0] <= now:
                 due = self._timer_due.setdefault(shard, [])
@@ -405,6 +461,34 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
                     entry = heapq.heappop(heap)
                     if entry[3].gen == entry[2]:
                         heapq.heappush(due, entry)
+
+    def _ready_queue(self, queue: _Queue) -> _ReadyQueue:
+        found = self._ready.get(queue)
+        if found is None:
+            found = self._ready[queue] = _ReadyQueue()
+        return found
+
+    def _merge_ready(self, keys: Sequence[_Queue]) -> Iterator[tuple[_Queue, _Entry]]:
+        """Take entries from the ready queues ``keys`` in global (when, order) order."""
+        live = [(k, q) for k in dict.fromkeys(keys) if (q := self._ready.get(k))]
+        if len(live) == 1:  # the usual case: one workflow type or activity
+            k, q = live[0]
+            while q:
+                yield k, q.pop()
+            return
+        heads: list[tuple[datetime, int, _Queue]] = []
+        for k, q in live:
+            first = q.head()
+            heads.append((first[0], first[1], k))
+        heapq.heapify(heads)
+        while heads:
+            _, _, k = heapq.heappop(heads)
+            q = self._ready[k]
+            entry = q.pop()
+            if q:
+                first = q.head()
+                heapq.heappush(heads, (first[0], first[1], k))
+            yield k, entry
 
     @staticmethod
     def _clean(heap: list[_Entry] | None) -> list[_Entry] | None:
@@ -691,7 +775,7 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
         candidates: list[tuple[_Task, _Workflow]] = []
         skipped: list[tuple[_Queue, _Entry]] = []
         if request.limit > 0:
-            for q, entry in self._merge(self._ready, queues):
+            for q, entry in self._merge_ready(queues):
                 task, gen = entry[3], entry[2]
                 if task.gen != gen:
                     continue  # stale
@@ -710,7 +794,7 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
                 if len(candidates) >= request.limit:
                     break
         for q, entry in skipped:
-            heapq.heappush(self._ready[q], entry)
+            self._ready_queue(q).push(entry)
         claimed: list[ClaimedTask] = []
         expires = now + request.lease
         cached = {(c.tenant_id, c.workflow_id): c for c in request.cached}
@@ -1450,9 +1534,9 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
         for heap in self._timer_due.values():
             if self._clean(heap) is not None:
                 return True
-        for heap in self._ready.values():
-            top = self._clean(heap)
-            if top is not None and self._claimable(top[0][3], now):
+        for queue in self._ready.values():
+            top = queue.clean()
+            if top is not None and self._claimable(top[3], now):
                 return True
         if self._pending_start_due(now):
             return True

@@ -67,6 +67,12 @@ class Listener:
         self._closed = False
         self.pauses = 0
         """How many times listening stopped for want of waiters (for tests, stats)."""
+        self.keep_on = False
+        """Listen even while nobody waits (no pause): a store that trusts notifications to
+        know where work is (CitusStore) sets it."""
+        self.listens = 0
+        """How many times LISTEN was (re)issued: while it stays the same and ``listening``
+        is true, no notification was missed since."""
         self._work_hints: dict[str, None] = {}
         self._work_missed = False
         """A work notification came while nobody waited (the worker was claiming or
@@ -184,7 +190,7 @@ class Listener:
             self._set(self._wf_waiters.get(key))
 
     def _has_waiters(self) -> bool:
-        return bool(self._work_waiters) or any(self._wf_waiters.values())
+        return self.keep_on or bool(self._work_waiters) or any(self._wf_waiters.values())
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # one simple query, one transaction
@@ -194,6 +200,7 @@ class Listener:
             )
         )
         assert self._ready is not None
+        self.listens += 1
         self._ready.set()
         self._wake_all()  # anything sent while we were not listening
 

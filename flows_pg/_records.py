@@ -3,13 +3,14 @@ need."""
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
-import uuid6
 
 from flows_core._errors import ErrorInfo, LeaseLost
 from flows_core.events import decode_events
@@ -43,6 +44,7 @@ __all__ = [
     "store_stats",
     "text",
     "utc",
+    "uuid7s",
     "uuid_of",
 ]
 
@@ -66,6 +68,29 @@ def text(raw: msgspec.Raw | bytes | None, what: str = "payload") -> str | None:
 def error_text(error: ErrorInfo | None) -> str | None:
     """An error as stored (``flows_core.store.stored_error``)."""
     return None if error is None else stored_error(error)
+
+
+def uuid7s(n: int) -> list[uuid.UUID]:
+    """``n`` fresh UUIDv7 for the lease tokens and task ids a statement may use: one
+    clock reading and one ``os.urandom`` call for all (``uuid6.uuid7()`` costs ~10 us
+    each, and claims and timer firing ask for up to their limit every call)."""
+    if n <= 0:
+        return []
+    base = ((time.time_ns() // 1_000_000) & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76
+    noise = os.urandom(10 * n)
+    out = []
+    for i in range(n):
+        r = int.from_bytes(noise[10 * i : 10 * i + 10], "big")
+        value = base | ((r >> 64) & 0xFFF) << 64 | 0x2 << 62 | (r & 0x3FFFFFFFFFFFFFFF)
+        token = _new_uuid(uuid.UUID)  # uuid.UUID(int=value) without its checks: 3x faster
+        _set(token, "int", value)
+        _set(token, "is_safe", uuid.SafeUUID.unknown)
+        out.append(token)
+    return out
+
+
+_new_uuid: Final = object.__new__
+_set: Final = object.__setattr__
 
 
 def uuid_of(value: str, what: str) -> uuid.UUID:
@@ -199,7 +224,7 @@ def commit_params(commit: WorkflowTaskCommit, params: dict[str, Any]) -> dict[st
         output=text(commit.output, "workflow output"),
         error=error_text(commit.error),
         drop_seqs=list(commit.drop_seqs),
-        a_ids=[uuid6.uuid7() for _ in acts],
+        a_ids=uuid7s(len(acts)),
         a_seqs=[a.seq for a in acts],
         a_names=[a.name for a in acts],
         a_inputs=[stored_payload(a.input, f"input of activity {a.name!r}") for a in acts],
@@ -207,7 +232,7 @@ def commit_params(commit: WorkflowTaskCommit, params: dict[str, Any]) -> dict[st
         a_errors=[error_text(a.last_error) for a in acts],
         a_visible=[a.visible_at for a in acts],
         a_scheduled=[a.scheduled_at for a in acts],
-        t_ids=[uuid6.uuid7() for _ in timers],
+        t_ids=uuid7s(len(timers)),
         t_seqs=[t.seq for t in timers],
         t_fire=[t.fire_at for t in timers],
     )

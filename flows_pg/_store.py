@@ -50,6 +50,7 @@ from ._records import (
     record_from_row,
     store_stats,
     utc,
+    uuid7s,
 )
 from ._runs import RunArchiveMixin
 from ._schedules import ScheduleSqlStore
@@ -146,7 +147,7 @@ class PostgresStore(
         params = {
             "queues": queues,
             "limit": request.limit,
-            "tokens": [uuid6.uuid7() for _ in range(request.limit)],
+            "tokens": uuid7s(request.limit),
             "owner": request.owner,
             "lease": request.lease,
             "shards": None if request.shard_keys is None else list(request.shard_keys),
@@ -223,7 +224,7 @@ class PostgresStore(
         params = {
             "limit": limit,
             "shards": None if shard_keys is None else list(shard_keys),
-            "task_ids": [uuid6.uuid7() for _ in range(limit)],
+            "task_ids": uuid7s(limit),
             "ch_work": self.work_channel,
             "ch_wf": self.workflow_channel,
         }

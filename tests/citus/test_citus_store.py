@@ -34,7 +34,7 @@ TABLES = (
     "pending_starts",
 )
 LIMIT_TABLES = ("limit_slots", "limit_waiters", "limit_rates")
-"""Flow control (migration 012): distributed by limit bucket, not by shard key."""
+"""Flow control (012_limits_citus): distributed by bucket, colocated with each other."""
 
 
 def distribution(dsn: str, schema: str) -> dict[str, tuple[str, str | None, int]]:
@@ -60,10 +60,11 @@ async def test_migration_distributes_every_table_by_shard_key_colocated(
         name: ("h", "shard_key") for name in TABLES
     }
     assert len({found[name][2] for name in TABLES}) == 1, "all colocated with workflows"
-    assert found["layout"][0] == "n", "the layout is a reference table (written once)"
     assert {name: found[name][:2] for name in LIMIT_TABLES} == {
         name: ("h", "bucket") for name in LIMIT_TABLES
     }
+    assert len({found[name][2] for name in LIMIT_TABLES}) == 1, "limit tables colocated"
+    assert found["layout"][0] == "n", "the layout is a reference table (written once)"
     assert set(found) == {*TABLES, *LIMIT_TABLES, "layout"}, "nothing else, nothing elsewhere"
 
 

@@ -184,7 +184,18 @@ async def workload(store: Any, kit: Kit) -> None:
         keep_lease=timedelta(seconds=30),
     )
     message = OutboxMessage(message_id=str(uuid6.uuid7()), body=raw({"to": "someone"}))
-    await store.commit_workflow_task(msgspec.structs.replace(commit, outbox=[message]))
+    moved = await store.commit_workflow_task(msgspec.structs.replace(commit, outbox=[message]))
+    # the lease kept, nothing new to record: only the inbox moves (COMMIT_MOVE)
+    await store.commit_workflow_task(
+        kit.commit(
+            first,
+            [],
+            next_seq=3,
+            keep_lease=timedelta(seconds=30),
+            claimed_history_length=len(first.history) + 2 + len(moved),
+            expected_next_seq=3,
+        )
+    )
     await store.release(first.lease)
     outbox = await store.claim_outbox(None, 10, timedelta(seconds=30))
     assert [m.message_id for m in outbox] == [message.message_id]
