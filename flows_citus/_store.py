@@ -40,6 +40,7 @@ from flows_core.events import Event, decode_events
 from flows_core.store import stored_event
 from flows_pg import _records
 from flows_pg._base import Batch, Op, Rows, SqlStore, Step
+from flows_pg._debounce import DebounceSqlStore
 from flows_pg._fsck import FsckSqlStore
 from flows_pg._group_commit import GroupCommitSqlStore
 from flows_pg._limits import SqlLimits
@@ -70,6 +71,7 @@ class CitusStore(
     GroupCommitSqlStore,
     FsckSqlStore,
     ScheduleSqlStore,
+    DebounceSqlStore,
 ):
     """Store on Citus (a coordinator and worker nodes).
 

@@ -10,7 +10,7 @@ from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._context import MAX_STATUS_BYTES, ChildHandle, WorkflowContext, gather, race
 from ._definitions import Activity, RetryPolicy, Workflow, activity, workflow
 from ._eager import EagerStarts
-from ._engine import Engine, Run, RunInfo, WorkflowInfo
+from ._engine import DebouncedRun, Engine, Run, RunInfo, WorkflowInfo
 from ._errors import (
     ActivityFailed,
     ActivityTimeout,
@@ -96,6 +96,7 @@ __all__ = [
     "ChildWorkflowFailed",
     "Clock",
     "CompositeObserver",
+    "DebouncedRun",
     "EagerStarts",
     "Engine",
     "ErrorInfo",

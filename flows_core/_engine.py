@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import secrets
 from collections.abc import Callable, Iterable
@@ -14,6 +15,7 @@ import uuid6
 from ._children import close_ended
 from ._clock import Clock
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, check_id, check_name, decode_payload, encode_payload
+from ._debounce import check_window, debounce_store, debounced_workflow_id
 from ._definitions import Workflow
 from ._eager import EagerStarts
 from ._errors import (
@@ -25,6 +27,7 @@ from ._errors import (
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotDeadLettered,
+    WorkflowNotFound,
     WorkflowTerminated,
     WorkflowTimeout,
     error_class,
@@ -65,6 +68,7 @@ from .store import (
     ListQuery,
     NewWorkflow,
     Outbox,
+    PendingStart,
     RunArchive,
     ScheduleRecord,
     ScheduleStore,
@@ -76,6 +80,7 @@ from .store import (
 )
 
 __all__ = [
+    "DebouncedRun",
     "Engine",
     "Planner",
     "Run",
@@ -178,6 +183,73 @@ class Run(Generic[O]):
         return f"<Run {self.workflow_name} {self.workflow_id} tenant={self.tenant_id}>"
 
 
+class DebouncedRun(Run[O]):
+    """A handle on the workflow a debounced start (``Engine.start(debounce=...)``) will
+    run when its window closes at ``fires_at``: the same id for every start of the
+    window. ``starts`` counts the window's starts so far (1: this start opened it).
+    ``result()`` waits through the window too."""
+
+    __slots__ = ("debounce_key", "fires_at", "starts")
+
+    def __init__(
+        self,
+        engine: Engine,
+        workflow_id: str,
+        tenant_id: str,
+        workflow_name: str,
+        output_type: Any,
+        *,
+        debounce_key: str,
+        fires_at: datetime,
+        starts: int,
+    ) -> None:
+        super().__init__(engine, workflow_id, tenant_id, workflow_name, output_type)
+        self.debounce_key = debounce_key
+        self.fires_at = fires_at
+        self.starts = starts
+
+    async def result(self, *, timeout: float | None = None) -> O:
+        """Wait for the window to fire and the workflow to finish; its output (typed).
+        ``timeout``: seconds, counted in real time until the workflow exists (a virtual
+        clock may jump past the window), then as ``Engine.wait_for_result`` counts."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            try:
+                await self.engine.store.get_workflow(self.tenant_id, self.workflow_id)
+                break
+            except WorkflowNotFound:
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    raise TimeoutError(
+                        f"debounced workflow {self.workflow_id!r} not started after {timeout} s"
+                    ) from None
+                wait = 0.5 if left is None else min(0.5, left)
+                await self.engine.store.wait_for_workflow(self.tenant_id, self.workflow_id, wait)
+        left = None if deadline is None else max(0.001, deadline - loop.time())
+        return await super().result(timeout=left)
+
+    async def pending(self) -> PendingStart | None:
+        """The window while it has not fired (its starts, closing time and the input
+        that will run); None once its workflow started."""
+        store = debounce_store(self.engine.store)
+        shard_key = key_for(
+            self.engine.planner.sharder, self.workflow_name, self.debounce_key, self.tenant_id
+        )
+        found = await store.get_pending_start(
+            self.tenant_id, self.workflow_name, self.debounce_key, shard_key
+        )
+        if found is None or found.workflow_id != self.workflow_id:
+            return None
+        return found
+
+    def __repr__(self) -> str:
+        return (
+            f"<DebouncedRun {self.workflow_name} {self.workflow_id} tenant={self.tenant_id}"
+            f" fires_at={self.fires_at.isoformat()} starts={self.starts}>"
+        )
+
+
 class Planner:
     """The pure half of a client: validate, resolve the tenant, encode, shard. No I/O.
 
@@ -260,6 +332,41 @@ class Planner:
             started=started,
         )
         return new, definition
+
+    def debounced(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        input: Any,
+        tenant_id: str | None,
+        debounce: timedelta | None,
+        debounce_key: str | None,
+        *,
+        workflow_id: str | None = None,
+        execution_timeout: timedelta | None = None,
+    ) -> tuple[PendingStart, timedelta, Workflow[Any, Any]]:
+        """Validate and encode a debounced start: the start of the key's window (if
+        it opens one), its length and the definition."""
+        if workflow_id is not None or execution_timeout is not None:
+            raise InvalidArgument(
+                "a debounced start takes no workflow_id (it is derived from the debounce "
+                "key) and no execution_timeout"
+            )
+        window = check_window(debounce)
+        if debounce_key is None:
+            raise InvalidArgument("a debounced start needs a debounce_key")
+        key = check_id(debounce_key, "debounce key")
+        candidate = check_id(debounced_workflow_id(key, self.clock.now()), "debounced workflow id")
+        new, definition = self.start(workflow, input, tenant_id, candidate)
+        pending = PendingStart(
+            tenant_id=new.tenant_id,
+            workflow_name=new.name,
+            debounce_key=key,
+            shard_key=key_for(self.sharder, new.name, key, new.tenant_id),
+            workflow_id=new.workflow_id,
+            workflow_version=new.version,
+            input=new.input,
+        )
+        return pending, window, definition
 
     def restart(
         self,
@@ -449,7 +556,20 @@ class Engine:
         tx: Any = None,
         if_exists: IfExists = "error",
         priority: int = 0,
+        debounce: None = None,
+        debounce_key: None = None,
     ) -> Run[O]: ...
+    @overload
+    async def start(
+        self,
+        workflow: Workflow[I, O],
+        input: I,
+        *,
+        tenant_id: str | None = None,
+        tx: Any = None,
+        debounce: timedelta,
+        debounce_key: str,
+    ) -> DebouncedRun[O]: ...
     @overload
     async def start(
         self,
@@ -462,7 +582,20 @@ class Engine:
         tx: Any = None,
         if_exists: IfExists = "error",
         priority: int = 0,
+        debounce: None = None,
+        debounce_key: None = None,
     ) -> Run[Any]: ...
+    @overload
+    async def start(
+        self,
+        workflow: str,
+        input: Any,
+        *,
+        tenant_id: str | None = None,
+        tx: Any = None,
+        debounce: timedelta,
+        debounce_key: str,
+    ) -> DebouncedRun[Any]: ...
     async def start(
         self,
         workflow: Workflow[Any, Any] | str,
@@ -474,6 +607,8 @@ class Engine:
         tx: Any = None,
         if_exists: IfExists = "error",
         priority: int = 0,
+        debounce: timedelta | None = None,
+        debounce_key: str | None = None,
     ) -> Run[Any]:
         """Start a workflow; returns at once with a ``Run`` handle.
 
@@ -485,6 +620,12 @@ class Engine:
         ``tx`` is the caller's open transaction where the store supports one (the
         observer counts the start when this call returns, even if the caller then rolls
         the transaction back).
+        ``debounce``/``debounce_key``: a debounced start (see flows_core._debounce): of
+        the starts of this workflow with this key (per tenant) within ``debounce`` from
+        the first of them, only the last runs, with its input, when the window closes.
+        Returns a ``DebouncedRun`` on that future workflow (its id is
+        ``f"{debounce_key}@{window opening time}"``); not with ``workflow_id`` or
+        ``execution_timeout``.
         ``if_exists``: when ``workflow_id`` is taken, ``"error"`` (the default) raises
         WorkflowAlreadyExists; ``"return"`` returns the handle of the workflow already
         there (whatever its status), so a retried request starts it once. A workflow of
@@ -494,6 +635,30 @@ class Engine:
         """
         if if_exists not in ("error", "return"):
             raise InvalidArgument(f"if_exists must be 'error' or 'return', got {if_exists!r}")
+        if debounce is not None or debounce_key is not None:
+            if priority:
+                raise InvalidArgument("a debounced start takes no priority")
+            pending, window, definition = self.planner.debounced(
+                workflow,
+                input,
+                tenant_id,
+                debounce,
+                debounce_key,
+                workflow_id=workflow_id,
+                execution_timeout=execution_timeout,
+            )
+            stored = await debounce_store(self.store).debounce_start(pending, window=window, tx=tx)
+            assert stored.fires_at is not None
+            return DebouncedRun(
+                self,
+                stored.workflow_id,
+                stored.tenant_id,
+                stored.workflow_name,
+                definition.output_type,
+                debounce_key=stored.debounce_key,
+                fires_at=stored.fires_at,
+                starts=stored.starts,
+            )
         ahead = priority_offset(priority)
         new, definition = self.planner.start(
             workflow, input, tenant_id, workflow_id, execution_timeout

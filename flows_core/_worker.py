@@ -45,6 +45,7 @@ from ._activity_runner import ActivityRunner, cancelled_from_outside, retrieve
 from ._children import deliver_all, outbox_of
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES
 from ._commit import build_commit
+from ._debounce import Debouncer
 from ._definitions import Activity, Workflow
 from ._eager import EagerStarts
 from ._errors import InvalidArgument, LeaseLost
@@ -59,6 +60,7 @@ from ._workflow_task import BlockingWatchdog, WorkflowTaskRunner, log_extra
 from .store import (
     ClaimedTask,
     ClaimRequest,
+    DebounceStore,
     NewWorkflow,
     ScheduleStore,
     Store,
@@ -283,6 +285,17 @@ class Worker:
                 lease=lease,
                 started=self.observer.workflow_started,
             )
+        self._debouncer: Debouncer | None = None
+        if schedules and isinstance(store, DebounceStore):
+            self._debouncer = Debouncer(
+                store,
+                store.clock,
+                sharder or getattr(store, "sharder", None) or HashSharder(),
+                lease=lease,
+                started=self.observer.workflow_started,
+            )
+        self._debounce_at = 0.0
+        self._debounce_failed_until = 0.0
         for act in self.activities.values():
             if act.limits is not None:
                 self._activity_runner.gate.check_supported(f"activity {act.name!r}")
@@ -434,10 +447,18 @@ class Worker:
                 self._scheduler_failed(exc)
             if ticks is not None and (due is None or ticks < due):
                 due = ticks
+        if self._debouncer is not None and time.monotonic() >= self._debounce_failed_until:
+            try:
+                closes = await self._debouncer.store.next_pending_start_due(self.shard_keys)
+            except Exception as exc:
+                closes = None
+                self._debouncer_failed(exc)
+            if closes is not None and (due is None or closes < due):
+                due = closes
         if due is not None:
             timeout = max(0.0, min(timeout, (due - self.store.clock.now()).total_seconds()))
         if timeout <= 0:
-            self._timers_at = self._schedules_at = 0.0
+            self._timers_at = self._schedules_at = self._debounce_at = 0.0
             return
         waiters = [
             asyncio.ensure_future(self.store.wait_for_work(timeout)),
@@ -454,7 +475,7 @@ class Worker:
         # claim (a signal resumes its workflow one transaction sooner).
         timed_out = time.monotonic() - started >= timeout * 0.99
         if timed_out or (due is not None and self.store.clock.now() >= due):
-            self._timers_at = self._schedules_at = 0.0
+            self._timers_at = self._schedules_at = self._debounce_at = 0.0
 
     async def _drain(self) -> None:
         if not self._inflight:
@@ -575,6 +596,17 @@ class Worker:
             wait = 0.0 if ticked >= SCHEDULE_BATCH else SCHEDULE_CHECK_EVERY
             self._schedules_at = time.monotonic() + wait
             fired += ticked
+        if self._debouncer is not None and time.monotonic() >= max(
+            self._debounce_at, self._debounce_failed_until
+        ):
+            try:
+                debounced = await self._debouncer.run_due(self.shard_keys, SCHEDULE_BATCH)
+            except Exception as exc:
+                debounced = 0
+                self._debouncer_failed(exc)
+            wait = 0.0 if debounced >= SCHEDULE_BATCH else SCHEDULE_CHECK_EVERY
+            self._debounce_at = time.monotonic() + wait
+            fired += debounced
         if time.monotonic() >= self._outbox_at:
             fired += await self.deliver_outbox()
         self._next_from_backlog()
@@ -647,6 +679,19 @@ class Worker:
         self._schedules_failed_until = time.monotonic() + SCHEDULE_FAILURE_PAUSE
         log.warning(
             "worker %s: firing schedules failed, retrying in %.0fs: %r",
+            self.worker_id,
+            SCHEDULE_FAILURE_PAUSE,
+            exc,
+            extra={"worker_id": self.worker_id},
+        )
+
+    def _debouncer_failed(self, exc: Exception) -> None:
+        """As ``_scheduler_failed``, for firing debounced starts (flows_core._debounce)."""
+        self.counters["store_errors"] += 1
+        self.observer.store_error("debounce")
+        self._debounce_failed_until = time.monotonic() + SCHEDULE_FAILURE_PAUSE
+        log.warning(
+            "worker %s: firing debounced starts failed, retrying in %.0fs: %r",
             self.worker_id,
             SCHEDULE_FAILURE_PAUSE,
             exc,

@@ -61,6 +61,7 @@ __all__ = [
     "CancelOutcome",
     "CachedHistory",
     "ClaimRequest",
+    "DebounceStore",
     "EagerStart",
     "FsckExpiredLease",
     "FsckOrphan",
@@ -80,6 +81,9 @@ __all__ = [
     "Outbox",
     "OutboxMessage",
     "OutboxRecord",
+    "PendingStart",
+    "PendingStartClaim",
+    "PendingStartLease",
     "Store",
     "StartRequest",
     "StoreStats",
@@ -912,6 +916,93 @@ class ScheduleStore(Protocol):
         """The earliest time a row of ``shard_keys`` becomes claimable (its ``due_at``,
         or its lease expiry if later), among rows that are not paused or hold a trigger;
         None if none."""
+        ...
+
+
+class PendingStart(msgspec.Struct, frozen=True, kw_only=True):
+    """A debounced start (``DebounceStore``) waiting for its window to close: one open
+    row per (tenant_id, workflow_name, debounce_key), kept under ``shard_key`` (chosen
+    like a workflow's from the debounce key: on Citus it follows from the tenant and the
+    key). When it fires, the workflow ``workflow_id`` starts with ``input``."""
+
+    tenant_id: str
+    workflow_name: str
+    debounce_key: str
+    shard_key: str
+    workflow_id: str
+    """The workflow the window starts (flows_core derives it from the key and the time
+    the window opened); fixed when the window opens."""
+    workflow_version: int
+    input: msgspec.Raw
+    fires_at: datetime | None = None
+    """When the window closes and the start fires (store clock); written by the store."""
+    starts: int = 1
+    """How many starts the window took (the last one's input is kept)."""
+
+
+class PendingStartLease(msgspec.Struct, frozen=True, kw_only=True):
+    """A firer's claim on one closed window until ``expires_at``."""
+
+    tenant_id: str
+    workflow_name: str
+    debounce_key: str
+    shard_key: str
+    workflow_id: str
+    token: str
+    expires_at: datetime
+
+
+class PendingStartClaim(msgspec.Struct, frozen=True, kw_only=True):
+    lease: PendingStartLease
+    pending: PendingStart
+
+
+@runtime_checkable
+class DebounceStore(Protocol):
+    """An OPTIONAL store capability: debounced starts (``Engine.start(debounce=...)``).
+    Memory, PostgreSQL and Citus have it. Every method is one transaction on one shard
+    key (the row's); ``claim_pending_starts`` and ``next_pending_start_due`` look at
+    ``shard_keys`` (None: all). Firing is not done here: flows_core starts the window's
+    workflow (its own transaction; its id is the row's, so a second firing after a crash
+    finds it started) and then ``finish_pending_start``.
+
+    A window is OPEN until it is claimed or its time comes; a claimed (closed) window
+    never changes again, so what fires is what the last start within the window wrote.
+    """
+
+    async def debounce_start(
+        self, pending: PendingStart, *, window: timedelta, tx: Any = None
+    ) -> PendingStart:
+        """One start with ``pending``'s key (in the caller's transaction ``tx`` where the
+        store supports one). If the key has an open window whose
+        ``fires_at`` is still ahead (store clock), replace its input and version and
+        count the start (its workflow id and ``fires_at`` are kept: the window is fixed
+        from its first start). Otherwise close any window of the key whose time has come
+        (it fires as it is) and open a new one: ``pending.workflow_id``, fires at now +
+        ``window``, one start. Returns the open row as stored."""
+        ...
+
+    async def claim_pending_starts(
+        self, shard_keys: Sequence[str] | None, *, limit: int, lease: timedelta
+    ) -> list[PendingStartClaim]:
+        """Close and lease up to ``limit`` rows whose ``fires_at`` has come and whose
+        lease (if any) ran out, earliest first; rows another claimant has locked are
+        skipped, not waited for."""
+        ...
+
+    async def finish_pending_start(self, lease: PendingStartLease) -> bool:
+        """Delete the row if it still holds ``lease``'s token; False otherwise."""
+        ...
+
+    async def next_pending_start_due(self, shard_keys: Sequence[str] | None) -> datetime | None:
+        """The earliest time a row of ``shard_keys`` becomes claimable (``fires_at``, or
+        its lease expiry if later); None if none."""
+        ...
+
+    async def get_pending_start(
+        self, tenant_id: str, workflow_name: str, debounce_key: str, shard_key: str
+    ) -> PendingStart | None:
+        """The key's open window, or else its closed one not yet finished; None."""
         ...
 
 

@@ -88,6 +88,7 @@ from flows_core.store import (
     terminated_error,
 )
 
+from ._debounce import MemoryDebounce
 from ._limits import MemoryLimits, _Limit
 from ._transaction import AppTables, MemoryTransaction
 
@@ -268,7 +269,7 @@ def _no_tx(tx: Any) -> None:
         )
 
 
-class MemoryStore(MemoryLimits):
+class MemoryStore(MemoryLimits, MemoryDebounce):
     """In-memory Store. Not shared between processes; everything is lost on exit."""
 
     def __init__(self, *, clock: Clock | None = None, fault_hook: FaultHook | None = None) -> None:
@@ -301,6 +302,8 @@ class MemoryStore(MemoryLimits):
         """task id -> (reason, visible_at) of tasks deferred by ``defer_task``."""
         self._pushes = 0
         self._schedules: dict[tuple[str, str], _Schedule] = {}
+        self._pending_starts = {}
+        self._newest_window = {}
         self.operations = 0
         """Number of write operations applied (a stand-in for transactions)."""
         self.app_tables = AppTables()
@@ -1535,6 +1538,8 @@ class MemoryStore(MemoryLimits):
             top = queue.clean()
             if top is not None and self._claimable(top[3], now):
                 return True
+        if self._pending_start_due(now):
+            return True
         return any(self._schedule_claimable(s, now) for s in self._schedules.values())
 
     def task_count(self) -> int:

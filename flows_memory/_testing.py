@@ -127,7 +127,10 @@ class TestEnvironment:
         if wait_idle:
             await self.wait_idle(timeout=timeout)
             while True:
-                due = await self.store.next_schedule_due(None)
+                due = _earliest(
+                    await self.store.next_schedule_due(None),
+                    await self.store.next_pending_start_due(None),
+                )
                 if due is None or due > target or due <= self.clock.now():
                     break
                 self.clock.set(due)
@@ -152,7 +155,8 @@ class TestEnvironment:
             quiet += 1
             if quiet < 3:
                 continue
-            due = await self.store.next_due(None)
+            debounced = await self.store.next_pending_start_due(None)
+            due = _earliest(await self.store.next_due(None), debounced)
             if due is not None:
                 # never past a schedule's tick (but never only for one: time would run on)
                 ticks = await self.store.next_schedule_due(None)
@@ -225,3 +229,9 @@ class _WallTimeEngine(Engine):
             raise TimeoutError(
                 f"workflow {workflow_id!r} still {info.status} after {timeout} s (real time)"
             ) from None
+
+
+def _earliest(*times: datetime | None) -> datetime | None:
+    """The earliest of ``times`` that are not None (None if all are)."""
+    found = [t for t in times if t is not None]
+    return min(found) if found else None

@@ -35,6 +35,7 @@ from flows_core.store import (
 from . import _fsck_sql, _sql, _sql_children, _sql_fair, _sql_runs
 from ._base import Batch, Op, Rows, Step
 from ._client_ops import ClientOps, PostgresOps
+from ._debounce import DebounceSqlStore
 from ._fsck import FsckSqlStore
 from ._group_commit import GroupCommitSqlStore
 from ._limits import SqlLimits
@@ -75,6 +76,7 @@ class PostgresStore(
     GroupCommitSqlStore,
     FsckSqlStore,
     ScheduleSqlStore,
+    DebounceSqlStore,
 ):
     """Store on PostgreSQL.
 

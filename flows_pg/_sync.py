@@ -26,6 +26,7 @@ from flows_core.store import CancelOutcome, TerminateOutcome
 
 from ._base import Op, Statements, check_sync_tx, drive_sync, store_error
 from ._client_ops import ClientOps, PostgresOps
+from ._debounce import debounce_batch, debounce_op
 
 __all__ = ["BaseSyncClient", "SyncClient"]
 
@@ -95,12 +96,30 @@ class BaseSyncClient(ABC):
         execution_timeout: timedelta | None = None,
         tx: Any = None,
         if_exists: IfExists = "error",
+        debounce: timedelta | None = None,
+        debounce_key: str | None = None,
     ) -> str:
         """Start a workflow; returns its id. Validates exactly like ``Engine.start``
         (``execution_timeout`` too); ``if_exists="return"`` returns the id of the
-        workflow already there (see ``Engine.start``)."""
+        workflow already there (see ``Engine.start``). ``debounce``/``debounce_key``: a
+        debounced start (see ``Engine.start``); returns the id of the workflow its window
+        will start."""
         if if_exists not in ("error", "return"):
             raise InvalidArgument(f"if_exists must be 'error' or 'return', got {if_exists!r}")
+        if debounce is not None or debounce_key is not None:
+            with self._connection(tx) as conn:
+                self._client_ops(conn)  # Citus: reads the layout that places the key
+                pending, window, _ = self.planner.debounced(
+                    workflow,
+                    input,
+                    tenant_id,
+                    debounce,
+                    debounce_key,
+                    workflow_id=workflow_id,
+                    execution_timeout=execution_timeout,
+                )
+                batch = debounce_batch(self.statements, pending, window)
+                return drive_sync(debounce_op(batch), conn).workflow_id
         with self._connection(tx) as conn:
             ops = self._client_ops(conn)
             new, _ = self.planner.start(workflow, input, tenant_id, workflow_id, execution_timeout)

@@ -35,6 +35,7 @@ CORE = [
     "ReplayProblem",
     "PatchUsage",
     "ExportedHistory",
+    "DebouncedRun",
     "FsckFinding",
     "FsckReport",
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -213,6 +214,10 @@ STORE = [
     "ScheduleLease",
     "ScheduleRecord",
     "ScheduleStore",
+    "DebounceStore",
+    "PendingStart",
+    "PendingStartClaim",
+    "PendingStartLease",
 ]
 
 MEMORY = ["FaultHook", "MemoryStore", "MemoryTransaction", "TestEnvironment", "VirtualClock"]

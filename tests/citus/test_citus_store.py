@@ -31,6 +31,7 @@ TABLES = (
     "runs",
     "run_history",
     "schedules",
+    "pending_starts",
 )
 LIMIT_TABLES = ("limit_slots", "limit_waiters", "limit_rates")
 """Flow control (012_limits_citus): distributed by bucket, colocated with each other."""
@@ -73,7 +74,7 @@ async def test_migration_is_idempotent_and_targets_the_configured_schema(
     schema = fresh_schema("cm")
     store = CitusStore(citus_dsn, schema=schema)
     try:
-        assert await store.migrate(shards=16) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+        assert await store.migrate(shards=16) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
         assert await store.migrate(shards=16) == []
         again = CitusStore(citus_dsn, schema=schema)
         assert await again.migrate() == []

@@ -29,6 +29,7 @@ from conftest_citus import drop_citus_store, make_citus_store
 import flows_citus._fsck_sql as citus_fsck_sql
 import flows_citus._sql as citus_sql
 import flows_citus._sql_children as citus_sql_children
+import flows_citus._sql_debounce as citus_sql_debounce
 import flows_citus._sql_runs as citus_sql_runs
 import flows_citus._sql_schedules as citus_sql_schedules
 from flows_core import ErrorInfo
@@ -49,6 +50,7 @@ from flows_core.store import (
     ContinueAsNew,
     ListQuery,
     OutboxMessage,
+    PendingStart,
     ScheduleAdvance,
     ScheduleRecord,
     SlotHolder,
@@ -89,6 +91,7 @@ def every_statement(store: Any) -> dict[str, str]:
             citus_fsck_sql,
             citus_sql_schedules,
             citus_sql_children,
+            citus_sql_debounce,
             citus_sql_runs,
         )
         for name, text in vars(module).items()
@@ -265,6 +268,27 @@ async def workload(store: Any, kit: Kit) -> None:
     await store.unregister_worker("w1")
     await schedule_workload(store, kit)
     await limits_workload(store, kit)
+    await debounce_workload(store, kit)
+
+
+async def debounce_workload(store: Any, kit: Kit) -> None:
+    """Every debounced-start statement: the start (close a due window, upsert), get,
+    claim (probe, lease), the fenced delete, the next wake-up."""
+    pending = PendingStart(
+        tenant_id=kit.tenant,
+        workflow_name=kit.wf,
+        debounce_key="cart",
+        shard_key=store.layout.locate(kit.tenant, "cart"),
+        workflow_id="cart@1",
+        workflow_version=1,
+        input=raw(1),
+    )
+    await store.debounce_start(pending, window=timedelta(milliseconds=1))
+    await store.get_pending_start(kit.tenant, kit.wf, "cart", pending.shard_key)
+    await asyncio.sleep(0.01)
+    (claim,) = await store.claim_pending_starts(None, limit=10, lease=timedelta(seconds=30))
+    assert await store.finish_pending_start(claim.lease)
+    await store.next_pending_start_due(None)
 
 
 async def schedule_workload(store: Any, kit: Kit) -> None:

@@ -4,6 +4,7 @@ and sends the Citus (router) statements, in the caller's own transaction."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -66,6 +67,29 @@ async def test_sync_client_on_citus(store: Any, citus_dsn: str) -> None:
     finally:
         await worker.stop()
         await task
+
+
+async def test_sync_debounced_start_on_citus(store: Any, citus_dsn: str) -> None:
+    """The sync client's debounced start lands where the Engine's does (the key's shard
+    key, from the layout), in the caller's transaction."""
+    window = timedelta(hours=1)
+
+    def app_code() -> str:
+        client = SyncClient(citus_dsn, schema=store.schema, workflows=[waits_for_go])
+        with psycopg.connect(citus_dsn) as conn, conn.transaction():
+            return client.start(
+                waits_for_go, 1, tenant_id="acme", debounce=window, debounce_key="k", tx=conn
+            )
+
+    first = await asyncio.to_thread(app_code)
+    engine = flows.Engine(store, workflows=[waits_for_go])
+    run = await engine.start(waits_for_go, 2, tenant_id="acme", debounce=window, debounce_key="k")
+    assert run.workflow_id == first
+    assert run.starts == 2
+    shard_key = store.layout.locate("acme", "k")
+    found = await store.get_pending_start("acme", "sync-citus", "k", shard_key)
+    assert found is not None
+    assert found.starts == 2
 
 
 def idempotent_calls(dsn: str, schema: str) -> list[Any]:

@@ -12,8 +12,9 @@ SIGKILLs itself that long after sending its first workflow-task commit),
 workflow), ``die-after-child-start`` (SIGKILLs itself right after delivering the first
 child start from the outbox, before the outbox row is deleted), ``die-in-tick`` (its
 scheduler SIGKILLs the process after starting a schedule's tick workflows, before
-advancing the schedule) or ``die-in-continue:SECONDS`` (the same as ``die-in-commit``
-with its first commit that continues as new).
+advancing the schedule), ``die-in-continue:SECONDS`` (the same as ``die-in-commit``
+with its first commit that continues as new) or ``die-in-debounce`` (it SIGKILLs itself
+after starting a closed debounce window's workflow, before deleting the window's row).
 Every activity execution is recorded in ``<schema>.crash_effects`` (its own connection,
 autocommit), so the test can count executions against recorded results.
 """
@@ -145,6 +146,13 @@ async def run_worker(dsn: str, schema: str, lease: float) -> None:
                 return False
 
             store.advance_schedule = die_before_advancing  # type: ignore[method-assign]
+        if MODE == "die-in-debounce":
+
+            async def die_before_deleting(lease: object) -> bool:
+                os.kill(os.getpid(), signal.SIGKILL)
+                return False
+
+            store.finish_pending_start = die_before_deleting  # type: ignore[method-assign]
         if MODE.startswith("die-in-child-commit:"):
             delay = float(MODE.split(":", 1)[1])
             plain_commit = store.commit_workflow_task

@@ -378,3 +378,35 @@ async def test_scheduler_killed_mid_tick_leaves_one_workflow_per_tick(dsn: str, 
     ticks = [datetime.strptime(i.split("@")[1], "%Y-%m-%dT%H:%M:%SZ") for i in ids]
     assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(ticks)), ids
     assert len(set(ids)) == len(ids)
+
+
+async def test_firer_killed_after_a_debounced_start_leaves_one_workflow(dsn: str, store) -> None:  # type: ignore[no-untyped-def]
+    """A worker SIGKILLed after starting a closed debounce window's workflow and before
+    deleting the window's row: the next worker claims the row once its lease runs out,
+    finds the workflow started (the same id: a no-op) and deletes the row. One workflow
+    ran, with the window's last input."""
+    engine = flows.Engine(store, workflows=[tick_wf])
+    window = timedelta(seconds=1)
+    runs = [
+        await engine.start(tick_wf, name, debounce=window, debounce_key="crash-deb")
+        for name in ("a", "b", "c")
+    ]
+    assert len({r.workflow_id for r in runs}) == 1
+    victim = spawn(dsn, store, "die-in-debounce")
+    victim.wait(60)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read() if victim.stderr else ""
+    record = await store.get_workflow(flows.DEFAULT_TENANT, runs[0].workflow_id)
+    assert record.status in (flows.WorkflowStatus.RUNNING, flows.WorkflowStatus.COMPLETED)
+    assert await runs[0].pending() is not None  # the row outlived its firer
+    rescuer = spawn(dsn, store, "normal")
+    try:
+
+        async def row_gone() -> bool:
+            return await runs[0].pending() is None
+
+        await wait_for(row_gone, 60, "the rescuer to finish the window")
+        assert await runs[-1].result(timeout=60) == "tick of c"
+    finally:
+        kill(rescuer)
+    found = await engine.list(id_prefix="crash-deb@", limit=100)
+    assert [w.workflow_id for w in found] == [runs[0].workflow_id]

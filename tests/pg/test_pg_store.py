@@ -112,7 +112,7 @@ async def table_count(store: PostgresStore, table: str) -> int:
 
 async def test_migrate_twice_is_idempotent(pg_dsn: str) -> None:
     schema = fresh_schema()
-    assert await migrate(pg_dsn, schema) == [1, 3, 4, 5, 7, 9, 11]
+    assert await migrate(pg_dsn, schema) == [1, 3, 4, 5, 7, 9, 11, 13]
     assert await migrate(pg_dsn, schema) == []
     store = PostgresStore(pg_dsn, schema=schema)
     try:
@@ -130,12 +130,12 @@ async def test_is_migrated_false_on_missing_schema(pg_dsn: str) -> None:
 async def test_ten_concurrent_migrations_apply_once(pg_dsn: str) -> None:
     schema = fresh_schema()
     results = await asyncio.gather(*(migrate(pg_dsn, schema) for _ in range(10)))
-    assert sorted(results) == [[]] * 9 + [[1, 3, 4, 5, 7, 9, 11]]
+    assert sorted(results) == [[]] * 9 + [[1, 3, 4, 5, 7, 9, 11, 13]]
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         cur = await conn.execute(
             sql.SQL("SELECT version FROM {}.schema_migrations").format(sql.Identifier(schema))
         )
-        assert sorted(await cur.fetchall()) == [(1,), (3,), (4,), (5,), (7,), (9,), (11,)]
+        assert sorted(await cur.fetchall()) == [(1,), (3,), (4,), (5,), (7,), (9,), (11,), (13,)]
         await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 

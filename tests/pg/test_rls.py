@@ -28,7 +28,7 @@ from flows_pg import PostgresStore, SyncClient, migrate, set_tenant, set_tenant_
 
 pytestmark = pytest.mark.pg
 
-TENANT_TABLES = ("workflows", "history", "inbox", "tasks", "schedules")
+TENANT_TABLES = ("workflows", "history", "inbox", "tasks", "schedules", "pending_starts")
 CHILDREN_TABLES = ("outbox", "delivery_keys")
 """Tables of migration 005 (child workflows, once-only delivery): policies from 101."""
 RUN_TABLES = ("runs", "run_history")
@@ -72,7 +72,7 @@ def app_role(pg_dsn: str) -> Iterator[str]:
 async def rls_store(pg_dsn: str, app_role: str) -> AsyncIterator[PostgresStore]:
     store: PostgresStore = await make_pg_store(pg_dsn)
     try:
-        assert await store.migrate(rls=True) == [100, 101, 102, 103]
+        assert await store.migrate(rls=True) == [100, 101, 102, 103, 105]
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             s, r = sql.Identifier(store.schema), sql.Identifier(app_role)
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r))
@@ -95,7 +95,8 @@ def app_connect(dsn: str, role: str) -> psycopg.Connection[Any]:
 
 
 async def seed(store: PostgresStore) -> dict[str, str]:
-    """One workflow per tenant, each with a signal waiting in its inbox, and a schedule."""
+    """One workflow per tenant, each with a signal waiting in its inbox, a schedule and a
+    debounced start."""
     engine = flows.Engine(store)
     ids = {}
     for tenant in ("A", "B"):
@@ -104,6 +105,9 @@ async def seed(store: PostgresStore) -> dict[str, str]:
         ids[tenant] = run.workflow_id
         spec = flows.ScheduleSpec(cron="0 3 * * *")
         await engine.schedule("nightly", greet, Greet(tenant), spec=spec, tenant_id=tenant)
+        await engine.start(
+            greet, Greet(tenant), tenant_id=tenant, debounce=timedelta(hours=1), debounce_key="k"
+        )
     return ids
 
 
@@ -125,8 +129,8 @@ def tenants_seen(conn: psycopg.Connection[Any], schema: str, table: str) -> list
 async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -> None:
     schema = fresh_schema("rls")
     try:
-        assert await migrate(pg_dsn, schema) == [1, 3, 4, 5, 7, 9, 11]
-        assert await migrate(pg_dsn, schema, rls=True) == [100, 101, 102, 103]
+        assert await migrate(pg_dsn, schema) == [1, 3, 4, 5, 7, 9, 11, 13]
+        assert await migrate(pg_dsn, schema, rls=True) == [100, 101, 102, 103, 105]
         assert await migrate(pg_dsn, schema, rls=True) == []
         assert await migrate(pg_dsn, schema) == []
         with psycopg.connect(pg_dsn) as conn:
@@ -148,7 +152,7 @@ async def test_rls_migration_is_optional_versioned_and_idempotent(pg_dsn: str) -
         other = fresh_schema("rls")
         try:
             results = await asyncio.gather(*(migrate(pg_dsn, other, rls=True) for _ in range(5)))
-            expected = [1, 3, 4, 5, 7, 9, 11, 100, 101, 102, 103]
+            expected = [1, 3, 4, 5, 7, 9, 11, 13, 100, 101, 102, 103, 105]
             assert sorted(v for r in results for v in r) == expected
         finally:
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -173,7 +177,7 @@ async def test_cli_migrate_rls(pg_dsn: str) -> None:
                     sql.Identifier(schema)
                 )
             ).fetchall()
-        assert [v[0] for v in versions] == [1, 3, 4, 5, 7, 9, 11, 100, 101, 102, 103]
+        assert [v[0] for v in versions] == [1, 3, 4, 5, 7, 9, 11, 13, 100, 101, 102, 103, 105]
         store = PostgresStore(pg_dsn, schema=schema)
         async with store:
             assert await store.is_migrated()
