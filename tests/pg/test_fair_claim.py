@@ -13,6 +13,7 @@ from conftest_pg import drop_pg_store, make_pg_store
 
 from flows_core.store import ClaimRequest
 from flows_pg import PostgresStore
+from flows_pg._records import cached_params
 from flows_pg._sql_fair import FAIR_CLAIM
 from tests.contract.adapters import Adapter
 from tests.contract.kit import Kit
@@ -87,6 +88,7 @@ async def test_fair_claim_plan_is_index_scans(pg_dsn: str) -> None:
             "owner": "w",
             "lease": timedelta(seconds=30),
             "fresh_only": False,
+            **cached_params([]),
         }
         async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
             await conn.execute(f"ANALYZE {store.statements.ident}.tasks")
