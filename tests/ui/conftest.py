@@ -30,7 +30,12 @@ def reset_flags() -> Iterator[None]:
 
 @pytest.fixture
 async def env() -> AsyncIterator[TestEnvironment]:
-    async with TestEnvironment(workflows=WORKFLOWS, activities=ACTIVITIES) as environment:
+    # ``BROKEN`` (tests/ui/workflows.py) stands for a deploy of broken code: a deploy
+    # restarts the workers, so their sticky caches start empty; without one, a cached
+    # instance would go on with the code it began with.
+    async with TestEnvironment(
+        workflows=WORKFLOWS, activities=ACTIVITIES, sticky_cache_size=0
+    ) as environment:
         yield environment
 
 

@@ -107,6 +107,7 @@ async def live(request: pytest.FixtureRequest) -> AsyncIterator[Live]:
         poll_interval=0.05,
         worker_id="worker-1",
         workflow_task_backoff=timedelta(milliseconds=10),
+        sticky_cache_size=0,  # BROKEN stands for a deploy (see tests/ui/conftest.py)
     )
     worker_task = asyncio.ensure_future(worker.run())
     options = getattr(request, "param", {})  # create_app options, by indirect parametrize

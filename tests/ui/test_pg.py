@@ -34,7 +34,12 @@ async def pg_engine(request: pytest.FixtureRequest) -> AsyncIterator[flows.Engin
         store = await make_citus_store(request.getfixturevalue("citus_dsn"))
         drop = drop_citus_store
     worker = flows.Worker(
-        store, workflows=WORKFLOWS, activities=ACTIVITIES, poll_interval=0.05, worker_id="pg-worker"
+        store,
+        workflows=WORKFLOWS,
+        activities=ACTIVITIES,
+        poll_interval=0.05,
+        worker_id="pg-worker",
+        sticky_cache_size=0,  # BROKEN stands for a deploy (see tests/ui/conftest.py)
     )
     task = asyncio.ensure_future(worker.run())
     try:
