@@ -33,7 +33,7 @@ from ._errors import (
     error_class,
 )
 from ._group_commit import group_writes
-from ._limits import prioritize, priority_offset
+from ._limits import priority_offset
 from ._observe import Observer, with_trace_context
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
@@ -663,33 +663,31 @@ class Engine:
         new, definition = self.planner.start(
             workflow, input, tenant_id, workflow_id, execution_timeout
         )
+        if ahead:
+            if not isinstance(self.store, FlowLimits):
+                raise InvalidArgument(f"{type(self.store).__name__} does not support priorities")
+            new = msgspec.structs.replace(new, claim_ahead=ahead)
         if if_exists == "error":
-            return await self._start(new, definition, tx, ahead)
+            return await self._start(new, definition, tx)
         try:
-            return await self._start(new, definition, tx, ahead)
+            return await self._start(new, definition, tx)
         except WorkflowAlreadyExists:
             record = await self.store.get_workflow(new.tenant_id, new.workflow_id, tx=tx)
             if record.name != new.name:
                 raise taken_by_another(new.workflow_id, record.name, new.name) from None
             return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
 
-    async def _start(
-        self, new: NewWorkflow, definition: Workflow[Any, Any], tx: Any, ahead: timedelta
-    ) -> Run[Any]:
+    async def _start(self, new: NewWorkflow, definition: Workflow[Any, Any], tx: Any) -> Run[Any]:
         observer = self.observer
         if type(observer) is Observer:  # the no-op: no context manager per start
             if tx is not None or not await self._start_eagerly(new):
                 await self._start_plain(new, tx)
-                if ahead:
-                    await prioritize(self.store, new, ahead, tx)
             return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
         with observer.workflow_start(new.name, new.tenant_id, new.workflow_id) as context:
             # stamped before the eager path, which writes ``new.started`` too
             new = with_trace_context(new, context)
             if tx is not None or not await self._start_eagerly(new):
                 await self._start_plain(new, tx)
-                if ahead:
-                    await prioritize(self.store, new, ahead, tx)
         observer.workflow_started(new.name, new.tenant_id)
         return Run(self, new.workflow_id, new.tenant_id, new.name, definition.output_type)
 

@@ -387,13 +387,6 @@ def priority_offset(priority: object) -> timedelta:
     return PRIORITY_STEP * check_priority(priority, "start")
 
 
-async def prioritize(store: Store, new: Any, ahead: timedelta, tx: Any) -> None:
-    """Move a just-started workflow's first task ``ahead`` in the claim order."""
-    if not isinstance(store, FlowLimits):
-        raise InvalidArgument(f"{type(store).__name__} does not support priorities")
-    await store.prioritize(new.tenant_id, new.workflow_id, ahead, tx=tx)
-
-
 def prioritized(commit: WorkflowTaskCommit) -> WorkflowTaskCommit:
     """``commit`` with the new tasks of activities that have a priority moved ahead in
     the claim order (claimable at once: their ``visible_at`` is in the past)."""

@@ -206,6 +206,10 @@ class NewWorkflow(msgspec.Struct, frozen=True, kw_only=True):
     input: msgspec.Raw
     started: Event
     """The WorkflowStarted event, position 1."""
+    claim_ahead: timedelta = timedelta(0)
+    """How far ahead in the claim order the first workflow task goes (a priority, see
+    flows_core._limits): its ``visible_at`` is the start time minus this, set in the
+    start's own transaction."""
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True):

@@ -566,6 +566,10 @@ class MemoryStore(MemoryLimits, MemoryDebounce):
         now = self._clock.now()
         wf = self._workflows[key] = _Workflow.new(new, now)
         self._ensure_workflow_task(wf)
+        task = wf.workflow_task
+        if new.claim_ahead > timedelta(0) and task is not None:
+            task.visible_at = min(task.visible_at, now - new.claim_ahead)
+            self._touch(task)
         self._changed(wf, work=True)
         self._fault("start_workflow", "after")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import uuid6
@@ -40,7 +40,7 @@ from flows_core.store import (
     terminated_error,
 )
 
-from . import _sql, _sql_children
+from . import _sql, _sql_children, _sql_limits
 from ._base import WORKER_HORIZON, Batch, Op, Rows, Statements, Step
 from ._records import error_text, record_from_row, utc
 
@@ -101,7 +101,12 @@ class ClientOps(ABC):
     def start(self, new: NewWorkflow, own_workers: Sequence[str] | None = None) -> Op[None]:
         """Start ``new``; ``own_workers``: ids of workers the caller wakes itself (a
         variant may then spare them a notification)."""
-        yield from self._start(new, self.start_batch(self.start_params(new), own_workers))
+        params = self.start_params(new)
+        batch = self.start_batch(params, own_workers)
+        if new.claim_ahead > timedelta(0):
+            params["visible_at"] = datetime.now(UTC) - new.claim_ahead
+            batch = [*batch, Step(self.st(_sql_limits.START_AHEAD), params)]
+        yield from self._start(new, batch)
 
     def start_leased(
         self, new: NewWorkflow, *, owner: str, lease: timedelta

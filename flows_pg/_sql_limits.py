@@ -198,6 +198,13 @@ ORDER BY t.visible_at LIMIT 1
 
 WAITING_SHARD: Final = "AND w.shard_key = %(sk)s AND t.shard_key = %(sk)s"
 
+# A start with a priority: its just-inserted workflow task (by id: nothing if the id was
+# taken) goes ahead in the claim order, in the start's transaction.
+START_AHEAD: Final = """
+UPDATE {S}.tasks t SET visible_at = least(t.visible_at, %(visible_at)s)
+WHERE t.shard_key = %(sk)s AND t.tenant_id = %(tid)s AND t.task_id = %(wf_task_id)s
+"""
+
 # (least(), not visible_at - interval: Citus refuses a stable operator on a column in
 # an UPDATE; the caller passes its clock's now minus the priority's offset)
 PRIORITIZE: Final = """
@@ -232,6 +239,7 @@ ON CONFLICT DO NOTHING"""
 
 
 ROUTER_STATEMENTS: Final = {
+    "START_AHEAD": START_AHEAD,
     "ACQUIRE_TAKE": ACQUIRE_TAKE,
     "ACQUIRE_UNWAIT": ACQUIRE_UNWAIT,
     "ACQUIRE_WAIT": ACQUIRE_WAIT,

@@ -348,6 +348,8 @@ async def limits_workload(store: Any, kit: Kit) -> None:
     deferred and its reason read; rate tokens; usage."""
     await kit.start()
     urgent = await kit.start()
+    # a start with a priority: its first task goes ahead in the same transaction
+    await store.start_workflow(msgspec.structs.replace(kit.new(), claim_ahead=timedelta(seconds=5)))
     await store.prioritize(urgent.tenant_id, urgent.workflow_id, timedelta(seconds=5))
     first, second = await kit.claim(acts=(), limit=2)
     held = _holder(kit, first.lease, past=True)

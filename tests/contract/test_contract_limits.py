@@ -381,6 +381,32 @@ async def test_higher_priority_is_claimed_first_and_ages_in(adapter: Adapter) ->
     assert order == ["urgent", "less-urgent", "plain-0", "plain-1", "plain-2", "plain-3"]
 
 
+async def test_a_priority_start_is_one_write_that_moves_only_its_own_task(
+    adapter: Adapter,
+) -> None:
+    """The priority travels with the start (NewWorkflow.claim_ahead, one transaction); a
+    start whose id is taken moves nothing, not the existing workflow's task either (else
+    "plain", pushed 9 levels ahead, would run before "urgent")."""
+    order: list[str] = []
+
+    @flows.workflow(f"prio-once-{adapter.ns}")
+    async def once(ctx: flows.WorkflowContext, label: str) -> str:
+        order.append(label)
+        return label
+
+    engine = flows.Engine(adapter.store)
+    plain = await engine.start(once, "plain", workflow_id=f"p-{adapter.ns}")
+    await engine.start(once, "urgent", priority=7)
+    with pytest.raises(flows.WorkflowAlreadyExists):
+        await engine.start(once, "again", workflow_id=plain.workflow_id, priority=9)
+    async with ticking(adapter), running(worker(adapter.store, workflows=[once], concurrency=1)):
+        for _ in range(2000):
+            if len(order) == 2:
+                break
+            await asyncio.sleep(0.01)
+    assert order == ["urgent", "plain"]
+
+
 async def test_priority_is_aging_not_starvation(adapter: Adapter) -> None:
     """A task that has waited longer than a newer one's priority offset goes first."""
     order: list[str] = []
