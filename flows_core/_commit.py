@@ -171,5 +171,6 @@ def next_run(instance: WorkflowInstance, run_number: int, last: Event) -> Contin
         at=last.at,
         trace_context=started.trace_context,
         run_number=run_number + 1,
+        parent=started.parent,
     )
     return ContinueAsNew(started=first, carried=instance.unconsumed())

@@ -373,3 +373,39 @@ async def test_idempotency_keys_are_kept_until_prune_passes_their_age(adapter: A
     await adapter.pass_time(0.05)
     await engine.prune(timedelta(0))
     assert await engine.signal(run.workflow_id, "go", "c", tenant_id=tenant, idempotency_key="k")
+
+
+async def test_a_child_that_continues_as_new_reports_its_last_run_to_the_parent(
+    adapter: Adapter,
+) -> None:
+    """The next run keeps the parent link (WorkflowStarted.parent): the parent gets the
+    result of the child's last run, and only that run tells it."""
+
+    @flows.workflow(f"counting-child-{adapter.ns}")
+    async def counting(ctx: flows.WorkflowContext, n: int) -> int:
+        if n < 3:
+            ctx.continue_as_new(n + 1)
+        return n * 10
+
+    @flows.workflow(f"counting-parent-{adapter.ns}")
+    async def parent(ctx: flows.WorkflowContext, n: int) -> int:
+        return await ctx.execute_child(counting, n)
+
+    tenant = f"t-{adapter.ns}"
+    engine = flows.Engine(adapter.store, workflows=[counting, parent])
+    async with running(worker(adapter.store, workflows=[counting, parent])):
+        run = await engine.start(parent, 1, tenant_id=tenant)
+        assert await result(run) == 30
+    child_id = f"{run.workflow_id}/child-1"
+    assert [r.run_number for r in await engine.runs(child_id, tenant_id=tenant)] == [1, 2, 3]
+    last = (await engine.history(child_id, tenant_id=tenant))[0]
+    assert isinstance(last, WorkflowStarted)
+    assert last.run_number == 3
+    assert last.parent is not None
+    assert last.parent.workflow_id == run.workflow_id
+    ended = [
+        e
+        for e in await engine.history(run.workflow_id, tenant_id=tenant)
+        if isinstance(e, ChildWorkflowEnded)
+    ]
+    assert len(ended) == 1
