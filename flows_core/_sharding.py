@@ -88,6 +88,30 @@ def key_for(sharder: Sharder, workflow_name: str, workflow_id: str, tenant_id: s
     return shard_key(workflow_name, sharder.shard_for(workflow_name, workflow_id, tenant_id))
 
 
+class StoreSharder:
+    """The placement the store imposes (Citus: its layout, known once the store has
+    opened), looked up at each use; ``HashSharder()`` for a store without one. A Worker
+    is made before its store opens, so it cannot read the layout then."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self._default = HashSharder()
+
+    def _current(self) -> Sharder:
+        imposed: Sharder | None = getattr(self._store, "sharder", None)
+        return self._default if imposed is None else imposed
+
+    @property
+    def shards(self) -> int:
+        return self._current().shards
+
+    def shard_for(self, workflow_name: str, workflow_id: str, tenant_id: str) -> int:
+        return self._current().shard_for(workflow_name, workflow_id, tenant_id)
+
+    def key_for(self, workflow_name: str, workflow_id: str, tenant_id: str) -> str:
+        return key_for(self._current(), workflow_name, workflow_id, tenant_id)
+
+
 def shard_keys_for(workflow_names: list[str] | set[str], shards: int) -> list[str]:
     """Every shard key of ``workflow_names`` for ``shards`` shards, interleaved by shard."""
     names = sorted(workflow_names)

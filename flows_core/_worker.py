@@ -54,7 +54,7 @@ from ._observe import Observer, TraceContexts, run_sampler
 from ._registry import WorkflowRegistry
 from ._retention import prune_store
 from ._schedules import Scheduler
-from ._sharding import HashSharder, Sharder
+from ._sharding import Sharder, StoreSharder
 from ._sticky import StickyCache
 from ._workflow_task import BlockingWatchdog, WorkflowTaskRunner, log_extra
 from .store import (
@@ -281,7 +281,7 @@ class Worker:
             self._scheduler = Scheduler(
                 store,
                 store.clock,
-                sharder or getattr(store, "sharder", None) or HashSharder(),
+                sharder or StoreSharder(store),
                 lease=lease,
                 started=self.observer.workflow_started,
             )
@@ -290,7 +290,7 @@ class Worker:
             self._debouncer = Debouncer(
                 store,
                 store.clock,
-                sharder or getattr(store, "sharder", None) or HashSharder(),
+                sharder or StoreSharder(store),
                 lease=lease,
                 started=self.observer.workflow_started,
             )

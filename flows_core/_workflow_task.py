@@ -44,7 +44,7 @@ from ._limits import prioritized, runs_inline
 from ._observe import Observer, TaskOutcome, TraceContext, WorkflowTask, trace_context_of
 from ._registry import WorkflowRegistry
 from ._replay import Activation, WorkflowInstance
-from ._sharding import HashSharder, Sharder
+from ._sharding import Sharder, StoreSharder
 from ._sticky import CachedWorkflow, StickyCache
 from .events import ActivityCompleted, ActivityScheduled, Event
 from .store import (
@@ -125,7 +125,7 @@ class WorkflowTaskRunner:
         self.observed = type(self.observer) is not Observer
         self.sticky = sticky
         """Suspended instances kept between tasks (None: every task replays)."""
-        self.sharder: Sharder = getattr(store, "sharder", None) or HashSharder()
+        self.sharder: Sharder = StoreSharder(store)
         """Where child workflows go (the store's own placement, if it imposes one)."""
         self.outbox_left: Callable[[], None] = lambda: None
         """Called when a commit left messages for claims (beyond INLINE_DELIVERIES): the
