@@ -1200,13 +1200,6 @@ class FlowLimits(Protocol):
         """The limits with rows under ``buckets`` and their usage."""
         ...
 
-    async def prioritize(
-        self, tenant_id: str, workflow_id: str, ahead: timedelta, *, tx: Any = None
-    ) -> None:
-        """Move the workflow's workflow task, if pending and unleased, ``ahead`` in the
-        claim order (its ``visible_at`` goes back by that much; priorities)."""
-        ...
-
 
 def eager_start_claim(
     new: NewWorkflow,

@@ -206,18 +206,6 @@ class MemoryLimits:
                 return self._waiting[task.task_id][0]
         return None
 
-    async def prioritize(
-        self, tenant_id: str, workflow_id: str, ahead: timedelta, *, tx: Any = None
-    ) -> None:
-        if tx is not None:
-            raise TypeError("MemoryStore does not take a transaction (tx=)")
-        wf = self._find(tenant_id, workflow_id)
-        task = None if wf is None else wf.workflow_task
-        if task is None or task.token is not None or task.parked:
-            return
-        task.visible_at = min(task.visible_at, self._clock.now() - ahead)
-        self._touch(task)
-
     async def limit_usage(self, buckets: list[str] | Any) -> list[LimitUsage]:
         wanted = set(buckets)
         found = []

@@ -211,14 +211,6 @@ class SqlLimits:
         rows = await self._run_one(self.statements(statement), params, read=True)
         return None if not rows else str(rows[0]["waiting"])
 
-    async def prioritize(
-        self, tenant_id: str, workflow_id: str, ahead: timedelta, *, tx: Any = None
-    ) -> None:
-        params = (await self._client_ops()).where(tenant_id, workflow_id)
-        params["visible_at"] = self.clock.now() - ahead
-        statement = _sql.PRIORITIZE.replace("{shard}", self.WAITING_SHARD)
-        await self._run([Step(self.statements(statement), params)], tx)
-
     async def limit_usage(self, buckets: Sequence[str]) -> list[LimitUsage]:
         found: list[LimitUsage] = []
         for bucket in sorted(set(buckets)):

@@ -199,21 +199,12 @@ ORDER BY t.visible_at LIMIT 1
 WAITING_SHARD: Final = "AND w.shard_key = %(sk)s AND t.shard_key = %(sk)s"
 
 # A start with a priority: its just-inserted workflow task (by id: nothing if the id was
-# taken) goes ahead in the claim order, in the start's transaction.
+# taken) goes ahead in the claim order, in the start's transaction. (least(), not
+# visible_at - interval: Citus refuses a stable operator on a column in an UPDATE; the
+# caller passes its clock's now minus the priority's offset.)
 START_AHEAD: Final = """
 UPDATE {S}.tasks t SET visible_at = least(t.visible_at, %(visible_at)s)
 WHERE t.shard_key = %(sk)s AND t.tenant_id = %(tid)s AND t.task_id = %(wf_task_id)s
-"""
-
-# (least(), not visible_at - interval: Citus refuses a stable operator on a column in
-# an UPDATE; the caller passes its clock's now minus the priority's offset)
-PRIORITIZE: Final = """
-UPDATE {S}.tasks t
-SET visible_at = least(t.visible_at, %(visible_at)s)
-FROM {S}.workflows w
-WHERE w.tenant_id = %(tid)s AND w.workflow_id = %(wid)s {shard}
-  AND t.shard_key = w.shard_key AND t.tenant_id = w.tenant_id
-  AND t.workflow_id = w.workflow_id AND t.kind = 'workflow' AND t.lease_token IS NULL
 """
 
 USAGE_SLOTS: Final = """
@@ -262,7 +253,6 @@ ROUTER_STATEMENTS: Final = {
     "RESERVE": RESERVE,
     "DEFER": DEFER,
     "WAITING_REASON": WAITING_REASON.replace("{shard}", WAITING_SHARD),
-    "PRIORITIZE": PRIORITIZE.replace("{shard}", WAITING_SHARD),
     "USAGE_SLOTS": USAGE_SLOTS,
     "USAGE_WAITERS": USAGE_WAITERS,
     "USAGE_RATES": USAGE_RATES,

@@ -347,10 +347,9 @@ async def limits_workload(store: Any, kit: Kit) -> None:
     live and dead holders (task and workflow), given back with a waiter woken; a task
     deferred and its reason read; rate tokens; usage."""
     await kit.start()
-    urgent = await kit.start()
+    await kit.start()
     # a start with a priority: its first task goes ahead in the same transaction
     await store.start_workflow(msgspec.structs.replace(kit.new(), claim_ahead=timedelta(seconds=5)))
-    await store.prioritize(urgent.tenant_id, urgent.workflow_id, timedelta(seconds=5))
     first, second = await kit.claim(acts=(), limit=2)
     held = _holder(kit, first.lease, past=True)
     assert (await store.acquire_slot("a:x", "c", 1, held)).acquired  # rows made, then taken
