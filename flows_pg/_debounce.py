@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import msgspec
-import uuid6
 
 from flows_core._errors import LeaseLost
 from flows_core.store import (
@@ -87,6 +86,12 @@ class DebounceSqlStore(SqlStore, ABC):
     async def _schedule_scan(self, shard_keys: Sequence[str] | None) -> Sequence[dict[str, Any]]:
         """One parameter set per statement a scan of ``shard_keys`` runs."""
 
+    @abstractmethod
+    async def _claim_due(
+        self, probe: str, claim: str, shard_keys: Sequence[str] | None, limit: int, lease: timedelta
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """ScheduleSqlStore's leased claim of due rows (its probe, then its claim)."""
+
     def _debounce_sql(self, name: str, shard_keys: Sequence[str] | None = None) -> str:
         if self.CITUS:
             return self.statements(_CITUS_SQL[name])
@@ -104,37 +109,26 @@ class DebounceSqlStore(SqlStore, ABC):
     ) -> list[PendingStartClaim]:
         if limit <= 0 or (shard_keys is not None and not shard_keys):
             return []
-        scans = await self._schedule_scan(shard_keys)
-        if len(scans) > 1:  # one probe of every key (one round trip), then the due ones
-            probes = await self._run(
-                [Step(self._debounce_sql("DEBOUNCE_PROBE"), extra) for extra in scans],
-                transaction=False,
-                read=True,
-            )
-            scans = [extra for extra, rows in zip(scans, probes, strict=True) if rows[0]["found"]]
+        probe = self._debounce_sql("DEBOUNCE_PROBE")
+        claim = self._debounce_sql("DEBOUNCE_CLAIM", shard_keys)
+        token, rows = await self._claim_due(probe, claim, shard_keys, limit, lease)
         claims: list[PendingStartClaim] = []
-        token = uuid6.uuid7()
-        for extra in scans:
-            if len(claims) >= limit:
-                break
-            params = {**extra, "limit": limit - len(claims), "token": token, "lease": lease}
-            rows = await self._run_one(self._debounce_sql("DEBOUNCE_CLAIM", shard_keys), params)
-            for row in rows:
-                record = pending_from_row(row)
-                claims.append(
-                    PendingStartClaim(
-                        lease=PendingStartLease(
-                            tenant_id=record.tenant_id,
-                            workflow_name=record.workflow_name,
-                            debounce_key=record.debounce_key,
-                            shard_key=record.shard_key,
-                            workflow_id=record.workflow_id,
-                            token=str(token),
-                            expires_at=utc(row["lease_expires_at"]),
-                        ),
-                        pending=record,
-                    )
+        for row in rows:
+            record = pending_from_row(row)
+            claims.append(
+                PendingStartClaim(
+                    lease=PendingStartLease(
+                        tenant_id=record.tenant_id,
+                        workflow_name=record.workflow_name,
+                        debounce_key=record.debounce_key,
+                        shard_key=record.shard_key,
+                        workflow_id=record.workflow_id,
+                        token=token,
+                        expires_at=utc(row["lease_expires_at"]),
+                    ),
+                    pending=record,
                 )
+            )
         return claims
 
     async def finish_pending_start(self, lease: PendingStartLease) -> bool:

@@ -74,6 +74,27 @@ class ScheduleSqlStore(SqlStore, ABC):
     async def _schedule_list_scan(self, tenant_id: str | None) -> Sequence[dict[str, Any]]:
         """One parameter set per statement a listing of ``tenant_id`` runs."""
 
+    async def _claim_due(
+        self, probe: str, claim: str, shard_keys: Sequence[str] | None, limit: int, lease: timedelta
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Lease up to ``limit`` due rows of ``shard_keys`` (schedules, debounce windows):
+        with several statements to scan, one ``probe`` of every key (one round trip) and
+        ``claim`` on the keys it found due only. Returns the lease token and the rows."""
+        scans = await self._schedule_scan(shard_keys)
+        if len(scans) > 1:
+            probes = await self._run(
+                [Step(probe, extra) for extra in scans], transaction=False, read=True
+            )
+            scans = [extra for extra, rows in zip(scans, probes, strict=True) if rows[0]["found"]]
+        token = uuid6.uuid7()
+        claimed: list[dict[str, Any]] = []
+        for extra in scans:
+            if len(claimed) >= limit:
+                break
+            params = {**extra, "limit": limit - len(claimed), "token": token, "lease": lease}
+            claimed += await self._run_one(claim, params)
+        return str(token), claimed
+
     async def put_schedule(
         self, schedule: ScheduleRecord, *, expected_revision: int | None
     ) -> bool:
@@ -135,35 +156,24 @@ class ScheduleSqlStore(SqlStore, ABC):
     ) -> list[ScheduleClaim]:
         if limit <= 0 or (shard_keys is not None and not shard_keys):
             return []
-        scans = await self._schedule_scan(shard_keys)
-        if len(scans) > 1:  # one probe of every key (one round trip), then the due ones
-            probes = await self._run(
-                [Step(self._schedule_sql("SCHEDULE_PROBE"), extra) for extra in scans],
-                transaction=False,
-                read=True,
-            )
-            scans = [extra for extra, rows in zip(scans, probes, strict=True) if rows[0]["found"]]
+        probe = self._schedule_sql("SCHEDULE_PROBE")
+        claim = self._schedule_sql("SCHEDULE_CLAIM", shard_keys)
+        token, rows = await self._claim_due(probe, claim, shard_keys, limit, lease)
         claims: list[ScheduleClaim] = []
-        token = uuid6.uuid7()
-        for extra in scans:
-            if len(claims) >= limit:
-                break
-            params = {**extra, "limit": limit - len(claims), "token": token, "lease": lease}
-            rows = await self._run_one(self._schedule_sql("SCHEDULE_CLAIM", shard_keys), params)
-            for row in rows:
-                record = schedule_from_row(row)
-                claims.append(
-                    ScheduleClaim(
-                        lease=ScheduleLease(
-                            tenant_id=record.tenant_id,
-                            schedule_id=record.schedule_id,
-                            shard_key=record.shard_key,
-                            token=str(token),
-                            expires_at=utc(row["lease_expires_at"]),
-                        ),
-                        schedule=record,
-                    )
+        for row in rows:
+            record = schedule_from_row(row)
+            claims.append(
+                ScheduleClaim(
+                    lease=ScheduleLease(
+                        tenant_id=record.tenant_id,
+                        schedule_id=record.schedule_id,
+                        shard_key=record.shard_key,
+                        token=token,
+                        expires_at=utc(row["lease_expires_at"]),
+                    ),
+                    schedule=record,
                 )
+            )
         return claims
 
     async def advance_schedule(self, advance: ScheduleAdvance) -> bool:
